@@ -1,0 +1,10 @@
+"""Long-tailed data: profiles, Data Balanced Review, sources (tfds, image folder, embedded), pipelines."""
+
+from bwlm_jax.data.long_tail import (FEW_BELOW, MANY_ABOVE, SHOT_GROUPS, balanced_review_counts,
+                                     long_tail_counts, shot_groups)
+from bwlm_jax.data.load import DATASETS, STAGES, load_dataset, stage_indices, stage_train_split
+from bwlm_jax.data.splits import ArraySplit, LongTailDataset, StreamSplit
+from bwlm_jax.data.tfds_source import DatasetNotPreparedError
+
+# Registers the `bwlm_shapes` tfds builder (importing it is cheap once tfds is imported).
+from bwlm_jax.data import embedded as _embedded  # noqa: F401,E402

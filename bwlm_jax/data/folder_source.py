@@ -1,0 +1,91 @@
+"""A user's image folder: ROOT/<split>/<class>/<image>, class names from the folder names."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bwlm_jax.data.splits import ArraySplit, StreamSplit
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
+
+def list_split(root: str, split: str, class_names=None) -> tuple[tuple[str, ...], list[str], np.ndarray]:
+  """(class names, file paths, labels) of ROOT/split; labels follow sorted class-folder names.
+
+  Files whose extension is not an image's are left out and counted in a printed message. With
+  `class_names` given (the train split's), a class folder unknown to it is an error.
+  """
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise FileNotFoundError(f'image folder split {split_dir!r} does not exist; expected '
+                            f'{root}/{split}/<class>/<image files>.')
+  found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+  if not found:
+    raise ValueError(f'{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>.')
+  if class_names is None:
+    class_names = tuple(found)
+  else:
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+      raise ValueError(f'{split_dir!r} has classes that the train split lacks: {unknown}.')
+  paths, labels, skipped = [], [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, name)
+    if not os.path.isdir(class_dir):
+      continue  # A balanced eval split may lack a class; the train split cannot (checked below).
+    files = sorted(os.listdir(class_dir))
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    skipped += [os.path.join(class_dir, f) for f in files if f not in images]
+    if not images:
+      raise ValueError(f'class folder {class_dir!r} has no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+    paths += [os.path.join(class_dir, f) for f in images]
+    labels += [label] * len(images)
+  if skipped:
+    print(f'image folder {split_dir}: left out {len(skipped)} non-image files, e.g. {skipped[0]}')
+  return class_names, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _open_rgb(path: str):
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as image:
+      return image.convert('RGB')
+  except (UnidentifiedImageError, OSError) as err:
+    raise ValueError(f'cannot read image {path!r}: {err}') from None
+
+
+def read_arrays(paths: list[str], labels: np.ndarray, image_size: int) -> ArraySplit:
+  """Decode every image, resized to image_size x image_size; an unreadable file is an error."""
+  from PIL import Image
+  images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+  for i, path in enumerate(paths):
+    image = _open_rgb(path)
+    if image.size != (image_size, image_size):
+      image = image.resize((image_size, image_size), Image.BILINEAR)
+    images[i] = np.asarray(image)
+  return ArraySplit(images, labels)
+
+
+def check_readable(paths: list[str]) -> None:
+  """Open each file's header (cheap) so that a broken file fails before training, not mid-epoch."""
+  from PIL import Image, UnidentifiedImageError
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+      raise ValueError(f'cannot read image {path!r}: {err}') from None
+
+
+def stream_split(paths: list[str], labels: np.ndarray) -> StreamSplit:
+  """Files read and decoded by tf.data at iteration time."""
+  check_readable(paths)
+
+  def make_source():
+    import tensorflow as tf
+    files = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return files.map(lambda path, label: {'image': tf.io.read_file(path), 'label': label})
+
+  return StreamSplit(make_source, labels, np.arange(labels.size))

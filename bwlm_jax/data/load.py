@@ -1,0 +1,144 @@
+"""`load_dataset`: one entry point from a data config to a `LongTailDataset`, validated up front."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from bwlm_jax.data import folder_source, tfds_source
+from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
+from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
+
+DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'folder')
+STAGES = ('naive', 'stage1', 'stage2')
+_PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.
+
+# Per-channel normalisation statistics in [0, 1] units (the usual published values).
+_STATS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    'imagenet_lt': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+IMAGENET_STATS = _STATS['imagenet_lt']
+# Offsets that keep the seeds of different random choices apart.
+_REVIEW_SEED_OFFSET = 1_000_003
+
+
+def _channel_stats(split: ArraySplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  pixels = split.images.reshape(-1, 3).astype(np.float64) / 255.0
+  return tuple(pixels.mean(0).round(4).tolist()), tuple(pixels.std(0).round(4).tolist())
+
+
+def _make_long_tailed(train: Split, num_classes: int, imbalance_factor: float,
+                      max_count: Optional[int], seed: int, class_names) -> Split:
+  """Keep a fixed-seed random `long_tail_counts(...)[c]` samples of each class c."""
+  available = np.bincount(train.labels, minlength=num_classes)
+  if max_count is None:
+    max_count = int(available.min())
+  targets = long_tail_counts(num_classes, max_count, imbalance_factor)
+  short = np.flatnonzero(targets > available)
+  if short.size:
+    c = int(short[0])
+    raise ValueError(
+        f'class {class_names[c]!r} has {available[c]} training images but the long-tail profile '
+        f'(IF {imbalance_factor}, max_count {max_count}) needs {targets[c]}; lower data.max_count.')
+  return train.subset(subsample_per_class(train.labels, targets, seed))
+
+
+def _check_eval_classes(train: Split, eval_split: Split, split_name: str, class_names) -> None:
+  missing = sorted(set(np.unique(eval_split.labels).tolist()) - set(np.unique(train.labels).tolist()))
+  if missing:
+    names = [class_names[c] for c in missing[:10]]
+    raise ValueError(f'the {split_name} split has {len(missing)} classes that the train split lacks, '
+                     f'e.g. {names}; every evaluated class needs training images.')
+
+
+def _validate(cfg) -> None:
+  if cfg.name not in DATASETS:
+    raise ValueError(f'unknown dataset data.name={cfg.name!r}; expected one of {DATASETS}.')
+  if cfg.imbalance_factor is not None and not cfg.imbalance_factor >= 1:
+    raise ValueError(f'data.imbalance_factor must be >= 1 (max / min class count), got {cfg.imbalance_factor}.')
+  if cfg.name == 'folder' and not cfg.folder:
+    raise ValueError('data.name="folder" needs data.folder=ROOT with ROOT/train/<class>/ and ROOT/test/<class>/.')
+  if cfg.name in _PROFILED and cfg.imbalance_factor is None:
+    raise ValueError(f'data.imbalance_factor is required for {cfg.name} (e.g. 100).')
+  if cfg.name == 'imagenet_lt' and cfg.imbalance_factor is not None:
+    raise ValueError('imagenet_lt has its own long tail; leave data.imbalance_factor unset (None).')
+  if cfg.pipeline not in ('auto', 'device', 'stream'):
+    raise ValueError(f'data.pipeline must be auto, device or stream, got {cfg.pipeline!r}.')
+
+
+def _load_tfds(cfg):
+  """(class names, train, test, val, image size, stats) of a tfds source."""
+  builder = tfds_source.prepared_builder(
+      'bwlm_shapes' if cfg.name == 'embedded' else cfg.name, cfg.data_dir, cfg.download)
+  names = tfds_source.class_names(builder)
+  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name == 'imagenet_lt')
+  read = tfds_source.stream_split if stream else tfds_source.read_arrays
+  train, test = read(builder, 'train'), read(builder, 'test')
+  val = read(builder, 'validation') if 'validation' in builder.info.splits else None
+  image_size = cfg.image_size if stream else int(train.images.shape[1])
+  stats = _STATS.get(cfg.name) or (IMAGENET_STATS if stream else _channel_stats(train))
+  return names, train, test, val, image_size, stats
+
+
+def _load_folder(cfg):
+  import os
+  names, paths, labels = folder_source.list_split(cfg.folder, 'train')
+  lists = {'train': (paths, labels)}
+  for split in ('test', 'val'):
+    if split == 'val' and not os.path.isdir(os.path.join(cfg.folder, split)):
+      continue
+    _, split_paths, split_labels = folder_source.list_split(cfg.folder, split, names)
+    lists[split] = (split_paths, split_labels)
+  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and len(paths) > cfg.stream_above)
+  if stream:
+    splits = {k: folder_source.stream_split(*v) for k, v in lists.items()}
+    stats = IMAGENET_STATS
+  else:
+    splits = {k: folder_source.read_arrays(*v, cfg.image_size) for k, v in lists.items()}
+    stats = _channel_stats(splits['train'])
+  return names, splits['train'], splits['test'], splits.get('val'), cfg.image_size, stats
+
+
+def load_dataset(cfg) -> LongTailDataset:
+  """The long-tailed dataset that `cfg` (a `config.data` section) describes.
+
+  CIFAR and the embedded set are made long-tailed at `cfg.imbalance_factor`; ImageNet-LT keeps
+  its own long tail; a folder keeps its natural distribution unless an imbalance factor is set.
+  """
+  _validate(cfg)
+  if cfg.name == 'folder':
+    names, train, test, val, image_size, stats = _load_folder(cfg)
+  else:
+    names, train, test, val, image_size, stats = _load_tfds(cfg)
+  if cfg.imbalance_factor is not None:
+    train = _make_long_tailed(train, len(names), cfg.imbalance_factor, cfg.max_count,
+                              cfg.subset_seed, names)
+  for split_name, split in (('test', test), ('val', val)):
+    if split is not None:
+      _check_eval_classes(train, split, split_name, names)
+  return LongTailDataset(cfg.name, tuple(names), train, test, val, int(image_size),
+                         tuple(stats[0]), tuple(stats[1]))
+
+
+def stage_indices(labels: np.ndarray, num_classes: int, stage: str, seed: int) -> np.ndarray:
+  """Sorted indices of the training examples that `stage` uses (Data Balanced Review for stages 1, 2)."""
+  if stage not in STAGES:
+    raise ValueError(f'unknown stage {stage!r}; expected one of {STAGES}.')
+  if stage == 'naive':
+    return np.arange(labels.size)
+  stage1, stage2 = balanced_review_counts(np.bincount(labels, minlength=num_classes))
+  if stage == 'stage1':
+    return np.flatnonzero(stage1[labels] > 0)
+  return subsample_per_class(labels, stage2, seed + _REVIEW_SEED_OFFSET)
+
+
+def stage_train_split(dataset: LongTailDataset, stage: str, seed: int) -> Split:
+  """The training split of `stage`: the full long tail, the stage-1 head set, or the stage-2 rebalanced set."""
+  indices = stage_indices(dataset.train.labels, dataset.num_classes, stage, seed)
+  if indices.size == 0:
+    raise ValueError(f'the {stage} training set of {dataset.name} is empty: with classes sorted by count, '
+                     'the first tail class has no images. Every class needs training images.')
+  return dataset.train.subset(indices)

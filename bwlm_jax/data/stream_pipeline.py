@@ -1,0 +1,110 @@
+"""tf.data pipeline for datasets too big for device memory (ImageNet-LT, big folders).
+
+Each process reads its own shard of the split. The training order is fixed by (seed, epoch), and
+a resumed run skips the batches already seen, so it sees what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from bwlm_jax.data.splits import StreamSplit
+
+RESIZE_RATIO = 256 / 224  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
+
+
+def _keep_positions(split: StreamSplit, dataset):
+  """Only the source positions in `split.indices`, in source order."""
+  import tensorflow as tf
+  keep = np.zeros(split.source_labels.size, bool)
+  keep[split.indices] = True
+  keep_table = tf.constant(keep)
+
+  def kept(position, example):
+    del example
+    return tf.gather(keep_table, position)
+
+  return dataset.enumerate().filter(kept)
+
+
+def _decode(image_bytes):
+  import tensorflow as tf
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _normalize(image, mean, std):
+  import tensorflow as tf
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def _train_view(image, seed, size: int):
+  """Random-resized crop (scale 0.08-1, ratio 3/4-4/3) and a random flip, seeded statelessly."""
+  import tensorflow as tf
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  crop = tf.slice(image, begin, crop_size)
+  crop = tf.image.resize(crop, (size, size), method='bilinear')
+  return tf.image.stateless_random_flip_left_right(crop, seed=seed + 1)
+
+
+def _eval_view(image, size: int):
+  import tensorflow as tf
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = size * RESIZE_RATIO / tf.reduce_min(shape)
+  resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method='bilinear')
+  return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mean, std, seed: int,
+                  epoch: int, start_step: int, steps: int, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`steps - start_step` batches of this process's share (global_batch / process_count) of epoch `epoch`."""
+  import tensorflow as tf
+  if global_batch % process_count:
+    raise ValueError(f'batch size {global_batch} is not divisible by the {process_count} processes.')
+  local_batch = global_batch // process_count
+  epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
+  dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)
+  dataset = dataset.shuffle(min(len(split), 50_000), seed=epoch_seed, reshuffle_each_iteration=False)
+  dataset = dataset.repeat()
+
+  def prepare(index, example):
+    view = _train_view(_decode(example['image']), tf.stack([tf.constant(epoch_seed, tf.int64), index]),
+                       image_size)
+    return _normalize(view, mean, std), tf.cast(example['label'], tf.int32)
+
+  options = tf.data.Options()
+  options.deterministic = True
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=True)
+  dataset = dataset.skip(start_step).take(steps - start_step).prefetch(2).with_options(options)
+  yield from dataset.as_numpy_iterator()
+
+
+def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, std, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(images, labels, mask) over this process's shard once; the last batch padded and masked."""
+  import tensorflow as tf
+  dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)
+
+  def prepare(index, example):
+    del index
+    view = _eval_view(_decode(example['image']), image_size)
+    return _normalize(view, mean, std), tf.cast(example['label'], tf.int32), True
+
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.padded_batch(batch_size, padding_values=(0.0, 0, False)).prefetch(2)
+  for images, labels, mask in dataset.as_numpy_iterator():
+    count = images.shape[0]
+    if count < batch_size:
+      pad = batch_size - count
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+      mask = np.concatenate([mask, np.zeros((pad,), bool)])
+    yield images, labels, mask

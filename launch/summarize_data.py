@@ -1,0 +1,37 @@
+"""Print a dataset's long-tail summary: totals, shot groups, Data Balanced Review sizes.
+
+  python launch/summarize_data.py --config=configs/quickstart.py
+  python launch/summarize_data.py --config=configs/cifar100_lt.py:100 --profile_only
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bwlm_jax import platform
+from bwlm_jax.data import long_tail_counts, load_dataset
+from bwlm_jax.data.summary import count_summary, format_summary
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_bool('profile_only', False, 'Use the long-tail profile counts (CIFAR: 500 or 5000 per '
+                  'class) instead of loading the data; works offline.')
+_PROFILE_MAX = {'cifar10': (10, 5000), 'cifar100': (100, 500)}
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value.data
+  if flags.FLAGS.profile_only:
+    if cfg.name not in _PROFILE_MAX:
+      raise app.UsageError(f'--profile_only knows CIFAR profiles only, not {cfg.name!r}.')
+    num_classes, max_count = _PROFILE_MAX[cfg.name]
+    counts = long_tail_counts(num_classes, cfg.max_count or max_count, cfg.imbalance_factor)
+    print(format_summary(f'{cfg.name}-LT (profile)', count_summary(counts)))
+    return
+  platform.hide_gpus_from_tensorflow()
+  dataset = load_dataset(cfg)
+  sizes = {name: len(split) for name, split in dataset.eval_splits().items()}
+  print(format_summary(dataset.name, count_summary(dataset.train_counts), sizes))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,28 @@
+"""Shared test set-up: quiet TensorFlow, a session-wide prepared embedded dataset."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+from bwlm_jax.config import base_config  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A tfds data dir with `bwlm_shapes` prepared once for the whole session."""
+  import tensorflow_datasets as tfds
+  from bwlm_jax.data import embedded  # noqa: F401  (registers the builder)
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('bwlm_shapes', data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture
+def embedded_data_config(tfds_dir):
+  cfg = base_config().data
+  cfg.name = 'embedded'
+  cfg.imbalance_factor = 50.0
+  cfg.data_dir = tfds_dir
+  return cfg
