@@ -54,12 +54,16 @@ def base_config() -> ml_collections.ConfigDict:
   # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads).
   config.stage2.head_bias_init = 'zeros'
   config.stage2.augment = True  # Augmentation in stage 2 (stage 1 and naive use data.augment).
+  # Class counts n_j of the balanced losses: 'long_tail' = the whole long-tailed training set (the
+  # n_j of the paper's section 3.1), or 'stage2' = the rebalanced stage-2 set actually trained on.
+  config.stage2.loss_counts = 'long_tail'
   # A stage-1 checkpoint directory from another run (its workdir); None = this run's stage 1.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
   config.log_every_steps = 50
+  config.eval_every_epochs = 0  # > 0: log test accuracy every this many epochs (training curves).
   # Resume even if the workdir's saved config differs in fields that change the result.
   config.allow_config_change = False
   return config

@@ -64,7 +64,7 @@ def _eval_view(image, size: int):
 
 def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mean, std, seed: int,
                   epoch: int, start_step: int, steps: int, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  process_count: int = 1, augment: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """`steps - start_step` batches of this process's share (global_batch / process_count) of epoch `epoch`."""
   import tensorflow as tf
   if global_batch % process_count:
@@ -76,8 +76,11 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
   dataset = dataset.repeat()
 
   def prepare(index, example):
-    view = _train_view(_decode(example['image']), tf.stack([tf.constant(epoch_seed, tf.int64), index]),
-                       image_size)
+    image = _decode(example['image'])
+    if augment:
+      view = _train_view(image, tf.stack([tf.constant(epoch_seed, tf.int64), index]), image_size)
+    else:
+      view = _eval_view(image, image_size)
     return _normalize(view, mean, std), tf.cast(example['label'], tf.int32)
 
   options = tf.data.Options()

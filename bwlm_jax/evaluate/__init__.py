@@ -1,0 +1,1 @@
+"""Evaluation: accuracy by shot group, per-class accuracy, classifier weight norms, reports."""

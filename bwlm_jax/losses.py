@@ -1,0 +1,81 @@
+"""The loss family of the paper (section 3.3): CE, balanced softmax, class-balanced focal and BFS.
+
+Every loss takes logits [B, C], integer labels [B] and returns the mean over the batch. Computation
+is in float32 and in log space, so logits of magnitude 1e4 stay finite.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LOSSES = ('ce', 'cb_focal', 'balanced_softmax', 'bfs')
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean of -log softmax(z)[y]."""
+  logits = logits.astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def balanced_softmax(logits: jax.Array, labels: jax.Array, class_counts: jax.Array) -> jax.Array:
+  """Balanced softmax (Ren et al. 2020; paper eq. 9-10): cross-entropy of z + log n."""
+  log_prior = jnp.log(jnp.asarray(class_counts, jnp.float32))
+  return cross_entropy(logits.astype(jnp.float32) + log_prior, labels)
+
+
+def class_balanced_weights(class_counts: jax.Array, beta) -> jax.Array:
+  """Cui et al.'s (1 - beta) / (1 - beta ** n_j), normalised to sum to C.
+
+  A class with no samples (n_j = 0) gets weight 0 before normalisation (it cannot be a label).
+  """
+  counts = jnp.asarray(class_counts, jnp.float32)
+  beta = jnp.asarray(beta, jnp.float32)
+  # 1 - beta ** n = -expm1(n * log(beta)) keeps precision for beta close to 1.
+  effective = -jnp.expm1(counts * jnp.log(beta))
+  raw = jnp.where(counts > 0, (1.0 - beta) / jnp.where(counts > 0, effective, 1.0), 0.0)
+  return raw * counts.shape[0] / raw.sum()
+
+
+def class_balanced_focal(logits: jax.Array, labels: jax.Array, class_counts: jax.Array, beta,
+                         gamma) -> jax.Array:
+  """Class-balanced sigmoid focal loss (Cui et al. 2019, their reference code; paper eq. 6-8).
+
+  Per sample: w_y * sum_j (1 - p_t,j) ** gamma * BCE_j, with the modulator computed as
+  exp(-gamma * (onehot * z + softplus(-z))).
+  """
+  logits = logits.astype(jnp.float32)
+  num_classes = logits.shape[-1]
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  bce = optax.sigmoid_binary_cross_entropy(logits, onehot)
+  modulator = jnp.exp(-gamma * (onehot * logits + jax.nn.softplus(-logits)))
+  per_sample = (modulator * bce).sum(-1)
+  weights = class_balanced_weights(class_counts, beta)[labels]
+  return (weights * per_sample).mean()
+
+
+def balanced_focal_softmax(logits: jax.Array, labels: jax.Array, class_counts: jax.Array, alpha, beta,
+                           gamma) -> jax.Array:
+  """BFS (paper eq. 11): alpha * CB focal + (1 - alpha) * balanced softmax, literally.
+
+  The two terms have different scales (a sum over C sigmoid terms vs. one softmax CE); the paper
+  combines them as written and so do we.
+  """
+  focal = class_balanced_focal(logits, labels, class_counts, beta, gamma)
+  softmax = balanced_softmax(logits, labels, class_counts)
+  return alpha * focal + (1.0 - alpha) * softmax
+
+
+def stage2_loss(name: str, logits: jax.Array, labels: jax.Array, class_counts: jax.Array, *, alpha, beta,
+                gamma) -> jax.Array:
+  """The stage-2 loss named by `config.stage2.loss`."""
+  if name == 'ce':
+    return cross_entropy(logits, labels)
+  if name == 'balanced_softmax':
+    return balanced_softmax(logits, labels, class_counts)
+  if name == 'cb_focal':
+    return class_balanced_focal(logits, labels, class_counts, beta, gamma)
+  if name == 'bfs':
+    return balanced_focal_softmax(logits, labels, class_counts, alpha, beta, gamma)
+  raise ValueError(f'unknown loss {name!r}; expected one of {LOSSES}.')

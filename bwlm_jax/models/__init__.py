@@ -1,0 +1,39 @@
+"""Backbones (features) and linear classifier heads, built by name."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bwlm_jax.models.resnet_cifar import CifarResNet
+from bwlm_jax.models.resnet_imagenet import ImageNetResNet
+
+MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet50', 'resnext50')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class LinearHead(nn.Module):
+  """The classifier: logits = features @ W + b, computed in float32."""
+  num_classes: int
+  bias_init_value: float = 0.0
+
+  @nn.compact
+  def __call__(self, features):
+    return nn.Dense(self.num_classes, bias_init=nn.initializers.constant(self.bias_init_value),
+                    dtype=jnp.float32, name='dense')(features.astype(jnp.float32))
+
+
+def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
+  if dtype not in DTYPES:
+    raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}.')
+  compute = DTYPES[dtype]
+  cifar_blocks = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5}
+  if name in cifar_blocks:
+    return CifarResNet(cifar_blocks[name], dtype=compute)
+  if name == 'resnet10':
+    return ImageNetResNet((1, 1, 1, 1), bottleneck=False, dtype=compute)
+  if name == 'resnet50':
+    return ImageNetResNet((3, 4, 6, 3), bottleneck=True, dtype=compute)
+  if name == 'resnext50':
+    return ImageNetResNet((3, 4, 6, 3), bottleneck=True, groups=32, width_per_group=4, dtype=compute)
+  raise ValueError(f'unknown model.name={name!r}; expected one of {MODELS}.')

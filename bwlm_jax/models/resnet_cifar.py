@@ -1,0 +1,51 @@
+"""ResNets for 32x32 inputs (He et al. 2016, section 4.2), as used by LDAM-DRW and the paper.
+
+Three stages of n basic blocks with 16/32/64 channels and option-A (parameter-free) shortcuts:
+ResNet-(6n+2), so n = 1, 3, 5 give ResNet-8, -20, -32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+conv_init = nn.initializers.kaiming_normal()
+
+
+class BasicBlockA(nn.Module):
+  """conv-BN-ReLU-conv-BN plus a shortcut that subsamples and zero-pads channels (option A)."""
+  channels: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    conv = lambda stride: nn.Conv(self.channels, (3, 3), (stride, stride), padding=1, use_bias=False,
+                                  kernel_init=conv_init, dtype=self.dtype)
+    y = nn.relu(norm()(conv(self.stride)(x)))
+    y = norm()(conv(1)(y))
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.channels:
+      shortcut = x[:, ::self.stride, ::self.stride, :]
+      extra = self.channels - x.shape[-1]
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+  """Backbone returning pooled features [B, 64]."""
+  blocks_per_stage: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
+    for stage, channels in enumerate((16, 32, 64)):
+      for block in range(self.blocks_per_stage):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlockA(channels, stride, self.dtype)(x, train)
+    return jnp.mean(x, axis=(1, 2))

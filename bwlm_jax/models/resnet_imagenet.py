@@ -1,0 +1,83 @@
+"""ResNet-10/50 and ResNeXt-50 32x4d for 224x224 inputs (He et al. 2016; Xie et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _norm(train: bool, dtype, zero_init: bool = False):
+  scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      scale_init=scale_init)
+
+
+class BasicBlock(nn.Module):
+  channels: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = nn.Conv(self.channels, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init,
+                dtype=self.dtype)(x)
+    y = nn.relu(_norm(train, self.dtype)(y))
+    y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
+    y = _norm(train, self.dtype)(y)
+    if x.shape[-1] != self.channels or self.stride != 1:
+      x = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+      x = _norm(train, self.dtype)(x)
+    return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 - 3x3 (grouped for ResNeXt) - 1x1 with 4x expansion; stride on the 3x3 (torchvision's v1.5)."""
+  channels: int
+  stride: int
+  groups: int = 1
+  width_per_group: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    width = int(self.channels * self.width_per_group / 64) * self.groups
+    out_channels = self.channels * 4
+    y = nn.Conv(width, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    y = nn.relu(_norm(train, self.dtype)(y))
+    y = nn.Conv(width, (3, 3), self.stride, padding=1, feature_group_count=self.groups, use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype)(y)
+    y = nn.relu(_norm(train, self.dtype)(y))
+    y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
+    y = _norm(train, self.dtype)(y)
+    if x.shape[-1] != out_channels or self.stride != 1:
+      x = nn.Conv(out_channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+      x = _norm(train, self.dtype)(x)
+    return nn.relu(x + y)
+
+
+class ImageNetResNet(nn.Module):
+  """Backbone returning pooled features (512 for basic blocks, 2048 for bottlenecks)."""
+  stage_sizes: Sequence[int]
+  bottleneck: bool
+  groups: int = 1
+  width_per_group: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.relu(_norm(train, self.dtype)(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, size in enumerate(self.stage_sizes):
+      for block in range(size):
+        stride = 2 if stage > 0 and block == 0 else 1
+        channels = 64 * 2 ** stage
+        if self.bottleneck:
+          x = Bottleneck(channels, stride, self.groups, self.width_per_group, self.dtype)(x, train)
+        else:
+          x = BasicBlock(channels, stride, self.dtype)(x, train)
+    return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,1 @@
+"""Training: optimisers, train state, jitted steps, checkpoints and the two-stage loop."""

@@ -1,0 +1,87 @@
+"""Orbax checkpoints of one stage, and the workdir's saved config."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import orbax.checkpoint as ocp
+
+# Config fields that do not change a result: they may differ between a run and its resumption.
+RESULT_NEUTRAL_FIELDS = (
+    'stages', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
+    'allow_config_change', 'data.data_dir', 'data.download', 'stage1_checkpoint', 'eval_every_epochs',
+)
+
+
+class StageCheckpoints:
+  """Checkpoints of one stage under `directory`: the TrainState and a JSON record of progress."""
+
+  def __init__(self, directory: str, keep: int):
+    self.directory = directory
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_meta(self) -> Optional[dict]:
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def restore_latest(self, target_state) -> tuple[Any, dict]:
+    """(state, meta) of the latest checkpoint, with arrays placed like `target_state`'s."""
+    step = self.manager.latest_step()
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['meta']
+
+  def save(self, step: int, state, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + '.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS) -> list[str]:
+  """'field: saved -> current' for every result-changing field that differs."""
+  old, new = flatten(saved), flatten(current)
+  lines = []
+  for field in sorted(set(old) | set(new)):
+    if field in neutral:
+      continue
+    if old.get(field, '<absent>') != new.get(field, '<absent>'):
+      lines.append(f'{field}: {old.get(field, "<absent>")!r} -> {new.get(field, "<absent>")!r}')
+  return lines
+
+
+def check_workdir_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
+  """Record the config in a new workdir; refuse a different one in a used workdir unless allowed."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    differences = config_differences(saved, config_dict)
+    if differences and not allow_change:
+      raise ValueError(
+          f'{workdir} holds a run with a different config; resuming it would mix results. Differing '
+          'fields:\n  ' + '\n  '.join(differences) +
+          '\nUse a new --workdir, or pass --config.allow_config_change=True to resume anyway.')
+    if not differences:
+      return
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(config_dict, f, indent=2, sort_keys=True)

@@ -1,0 +1,367 @@
+"""`train_and_evaluate`: the naive / stage-1 / stage-2 runs of a config, resumable, then evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from bwlm_jax import losses
+from bwlm_jax.data import (LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline)
+from bwlm_jax.data.summary import count_summary, format_summary
+from bwlm_jax.evaluate import metrics as metrics_lib
+from bwlm_jax.evaluate.report import results_table, write_json
+from bwlm_jax.models import DTYPES, MODELS, LinearHead, build_backbone
+from bwlm_jax.train import optim
+from bwlm_jax.train.checkpoint import StageCheckpoints, check_workdir_config
+from bwlm_jax.train.metric_writer import MetricWriter
+from bwlm_jax.train.state import Model, TrainState
+from bwlm_jax.train.steps import HEAD_INIT, StepConfig, make_device_train_step, make_predict_fn, make_stream_train_step
+
+STAGE_TAGS = {'naive': 11, 'stage1': 12, 'stage2': 13}
+TOP_K = 5
+
+
+class Interrupted(Exception):
+  """Raised when `stop_after_steps` ends a run early (after its checkpoint is saved)."""
+
+
+def parse_stages(config) -> tuple[str, ...]:
+  stages = tuple(s.strip() for s in config.stages.split(',') if s.strip())
+  unknown = [s for s in stages if s not in STAGE_TAGS]
+  if not stages or unknown:
+    raise ValueError(f'config.stages={config.stages!r}: expected a comma-separated subset of naive,stage1,stage2.')
+  order = [s for s in STAGE_TAGS if s in stages]
+  return tuple(order)
+
+
+def validate_config(config) -> None:
+  """Every cheap check of a config, before any data is read."""
+  parse_stages(config)
+  if config.model.name not in MODELS:
+    raise ValueError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}.')
+  if config.stage2.loss not in losses.LOSSES:
+    raise ValueError(f'unknown stage2.loss={config.stage2.loss!r}; expected one of {losses.LOSSES}.')
+  if not 0.0 <= config.stage2.alpha <= 1.0:
+    raise ValueError(f'stage2.alpha must be in [0, 1], got {config.stage2.alpha}.')
+  if not 0.0 < config.stage2.beta < 1.0:
+    raise ValueError(f'stage2.beta must be in (0, 1), got {config.stage2.beta}.')
+  if config.stage2.gamma < 0:
+    raise ValueError(f'stage2.gamma must be >= 0, got {config.stage2.gamma}.')
+  if config.stage2.head_bias_init not in ('zeros', 'cb_prior'):
+    raise ValueError(f"stage2.head_bias_init must be 'zeros' or 'cb_prior', got {config.stage2.head_bias_init!r}.")
+  if config.stage2.loss_counts not in ('long_tail', 'stage2'):
+    raise ValueError(f"stage2.loss_counts must be 'long_tail' or 'stage2', got {config.stage2.loss_counts!r}.")
+  for stage in STAGE_TAGS:
+    cfg = config[stage]
+    if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
+      raise ValueError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
+                       f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+  if config.batch_size < 1 or config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size={config.batch_size} must be a positive multiple of the '
+                     f'{jax.device_count()} devices (the global batch is split evenly between them).')
+  if config.eval_batch_size < 1 or config.eval_batch_size % jax.device_count():
+    raise ValueError(f'eval_batch_size={config.eval_batch_size} must be a positive multiple of the '
+                     f'{jax.device_count()} devices.')
+
+
+@dataclasses.dataclass
+class Runtime:
+  """What every stage of one run shares."""
+  config: object
+  workdir: str
+  dataset: LongTailDataset
+  model: Model
+  mesh: jax.sharding.Mesh
+  writer: MetricWriter
+  device_data: dict  # split name -> (images, labels) on device, for the device pipeline.
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def data_sharding(self):
+    return NamedSharding(self.mesh, P('data'))
+
+  @property
+  def image_shape(self):
+    size = self.dataset.image_size
+    return (size, size, 3)
+
+
+def _stage_key(config, stage: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(config.seed), STAGE_TAGS[stage])
+
+
+def _find_stage1_dir(config, workdir: str) -> str:
+  path = config.stage1_checkpoint or workdir
+  candidate = os.path.join(path, 'checkpoints', 'stage1')
+  return candidate if os.path.isdir(candidate) else path
+
+
+def _initial_state(rt: Runtime, stage: str, tx, stage1_state: Optional[TrainState]) -> TrainState:
+  key = _stage_key(rt.config, stage)
+  backbone_key, head_key = jax.random.split(jax.random.fold_in(key, HEAD_INIT))
+  num_classes = rt.dataset.num_classes
+  if stage == 'stage2':
+    # Copied: stage 2's steps donate their state, and stage 1's arrays are still evaluated later.
+    frozen = jax.tree.map(jnp.copy, {'params': stage1_state.params['backbone'],
+                                     'batch_stats': stage1_state.batch_stats})
+    feature_dim = rt.model.feature_dim(rt.image_shape)
+    bias = -float(np.log(num_classes - 1)) if rt.config.stage2.head_bias_init == 'cb_prior' else 0.0
+    head = LinearHead(num_classes, bias_init_value=bias).init(
+        head_key, jnp.zeros((1, feature_dim)))['params']
+    params, batch_stats = {'head': head}, {}
+  else:
+    backbone_params, batch_stats = rt.model.init_backbone(backbone_key, rt.image_shape)
+    feature_dim = rt.model.feature_dim(rt.image_shape)
+    params = {'backbone': backbone_params, 'head': rt.model.init_head(head_key, feature_dim)}
+    frozen = {}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), frozen=frozen, rng=jax.random.key_data(key))
+
+
+def _loss_fn(rt: Runtime, stage: str, split):
+  if stage != 'stage2':
+    return losses.cross_entropy
+  cfg = rt.config.stage2
+  source = rt.dataset.train_counts if cfg.loss_counts == 'long_tail' else np.bincount(
+      split.labels, minlength=rt.dataset.num_classes)
+  counts = jnp.asarray(np.maximum(source, 1), jnp.float32)  # A class with no image cannot be a label.
+
+  def loss_fn(logits, labels):
+    return losses.stage2_loss(cfg.loss, logits, labels, counts, alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma)
+
+  return loss_fn
+
+
+def _optimizer(rt: Runtime, stage: str, total_steps: int, steps_per_epoch: int):
+  stage_cfg = rt.config[stage]
+  schedule = optim.learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch)
+  # Stage 2 trains only the head; the mask keeps decay on it even if more were ever trainable.
+  return optim.sgd(stage_cfg, schedule, optim.head_mask if stage == 'stage2' else None), schedule
+
+
+def _load_stage1(rt: Runtime) -> TrainState:
+  """The finished stage-1 state of this run or of `config.stage1_checkpoint`."""
+  directory = _find_stage1_dir(rt.config, rt.workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'stage 2 needs a stage-1 checkpoint: none at {directory}. Add stage1 to '
+                            'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_STAGE1_RUN.')
+  checkpoints = StageCheckpoints(directory, rt.config.keep_checkpoints)
+  meta = checkpoints.latest_meta()
+  if meta is None or not meta.get('finished'):
+    raise ValueError(f'the stage-1 checkpoint in {directory} is missing or unfinished; finish stage 1 first.')
+  saved = meta['config']
+  for field in ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder'):
+    if saved['data'].get(field) != rt.config.data[field]:
+      raise ValueError(f'the stage-1 checkpoint in {directory} was trained on other data: data.{field} is '
+                       f'{saved["data"].get(field)!r} there, {rt.config.data[field]!r} here.')
+  if saved['model']['name'] != rt.config.model.name:
+    raise ValueError(f'the stage-1 checkpoint in {directory} is a {saved["model"]["name"]}, not a '
+                     f'{rt.config.model.name}.')
+  tx, _ = _optimizer(rt, 'stage1', 1, 1)  # Only the state's structure matters for restoring.
+  target = jax.device_put(_initial_state(rt, 'stage1', tx, None), rt.replicated)
+  state, _ = checkpoints.restore_latest(target)
+  checkpoints.close()
+  return state
+
+
+def _device_arrays(rt: Runtime, split_name: str, split):
+  if split_name not in rt.device_data:
+    rt.device_data[split_name] = (jax.device_put(jnp.asarray(split.images), rt.replicated),
+                                  jax.device_put(jnp.asarray(split.labels, jnp.int32), rt.replicated))
+  return rt.device_data[split_name]
+
+
+def run_stage(rt: Runtime, stage: str, stop_after_steps: Optional[int] = None,
+              stage1_state: Optional[TrainState] = None) -> TrainState:
+  """Train one stage to its end, resuming from its latest checkpoint; returns the final state."""
+  config = rt.config
+  stage_cfg = config[stage]
+  split = stage_train_split(rt.dataset, stage, config.data.subset_seed)
+  steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
+  total_steps = stage_cfg.epochs * steps_per_epoch
+  checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', stage), config.keep_checkpoints)
+  tx, schedule = _optimizer(rt, stage, total_steps, steps_per_epoch)
+  if stage == 'stage2' and stage1_state is None:
+    stage1_state = _load_stage1(rt)
+  state = jax.device_put(_initial_state(rt, stage, tx, stage1_state), rt.replicated)
+  meta = checkpoints.latest_meta()
+  if meta is not None:
+    state, meta = checkpoints.restore_latest(state)
+    if meta.get('finished'):
+      print(f'{stage}: finished earlier ({meta["step"]} steps); using its checkpoint.')
+      checkpoints.close()
+      return state
+    print(f'{stage}: resuming at step {meta["step"]} of {total_steps}.')
+
+  augment = config.stage2.augment if stage == 'stage2' else config.data.augment
+  step_cfg = StepConfig(mode='head' if stage == 'stage2' else 'full', batch_size=config.batch_size,
+                        steps_per_epoch=steps_per_epoch, augment=augment, mean=rt.dataset.mean,
+                        std=rt.dataset.std, dtype=DTYPES[config.model.dtype])
+  loss_fn = _loss_fn(rt, stage, split)
+  batches = _batch_source(rt, stage, split, step_cfg, tx, loss_fn, schedule, int(state.step), total_steps,
+                          augment)
+
+  def record(step, finished):
+    checkpoints.save(step, state, {'stage': stage, 'step': step, 'total_steps': total_steps,
+                                   'finished': finished, 'config': config.to_dict()})
+
+  start = int(state.step)
+  progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True,
+                  mininterval=1.0, disable=jax.process_index() != 0)
+  timer, images_since = time.perf_counter(), 0
+  pending = None
+  for step in range(start, total_steps):
+    state, step_metrics = batches(state)
+    images_since += config.batch_size
+    progress.update(1)
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == total_steps:
+      # Metrics of the step before are read now, so the host never waits on the step it just queued.
+      if pending is not None:
+        _log(rt, stage, progress, pending, steps_per_epoch, images_since, timer)
+        timer, images_since = time.perf_counter(), 0
+      pending = (done, step_metrics)
+    if config.eval_every_epochs and done % (config.eval_every_epochs * steps_per_epoch) == 0:
+      report = evaluate(rt, _variables(stage, state), rt.dataset.test, 'test')
+      rt.writer.write(stage, done, {'test_accuracy': report['all']})
+    if done % config.checkpoint_every_steps == 0 and done != total_steps:
+      record(done, False)
+    if stop_after_steps is not None and done - start >= stop_after_steps and done != total_steps:
+      record(done, False)
+      checkpoints.close()
+      progress.close()
+      raise Interrupted(f'{stage}: stopped after step {done} as asked; rerun to resume.')
+  if pending is not None:
+    _log(rt, stage, progress, pending, steps_per_epoch, images_since, timer)
+  progress.close()
+  record(total_steps, True)
+  checkpoints.close()
+  return state
+
+
+def _log(rt, stage, progress, pending, steps_per_epoch, images, since):
+  step, step_metrics = pending
+  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  values['images_per_second'] = images / max(time.perf_counter() - since, 1e-9)
+  values['epoch'] = step / steps_per_epoch
+  rt.writer.write(stage, step, values)
+  progress.set_postfix(epoch=f'{values["epoch"]:.1f}', loss=f'{values["loss"]:.3f}',
+                       img_s=f'{values["images_per_second"]:.0f}', refresh=False)
+
+
+def _batch_source(rt: Runtime, stage, split, step_cfg, tx, loss_fn, schedule, start_step, total_steps, augment):
+  """A callable state -> (state, metrics) that advances training by one step with the right batch."""
+  if rt.dataset.in_memory:
+    train_step = make_device_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.data_sharding, rt.replicated)
+    images, labels = _device_arrays(rt, f'train/{stage}', split)
+    return lambda state: train_step(state, images, labels)
+
+  train_step = make_stream_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.replicated)
+  spe = step_cfg.steps_per_epoch
+
+  def host_batches():
+    for epoch in range(start_step // spe, total_steps // spe):
+      first = start_step - epoch * spe if epoch == start_step // spe else 0
+      yield from stream_pipeline.train_batches(
+          split, global_batch=step_cfg.batch_size, image_size=rt.dataset.image_size, mean=rt.dataset.mean,
+          std=rt.dataset.std, seed=rt.config.seed + STAGE_TAGS[stage], epoch=epoch, start_step=first,
+          steps=spe, process_index=jax.process_index(), process_count=jax.process_count(), augment=augment)
+
+  iterator = host_batches()
+
+  def advance(state):
+    x, labels = next(iterator)
+    x = jax.make_array_from_process_local_data(rt.data_sharding, x)
+    labels = jax.make_array_from_process_local_data(rt.data_sharding, labels)
+    return train_step(state, x, labels)
+
+  return advance
+
+
+def _variables(stage: str, state: TrainState) -> dict:
+  """Inference variables {'backbone', 'batch_stats', 'head'} of a trained state."""
+  if stage == 'stage2':
+    return {'backbone': state.frozen['params'], 'batch_stats': state.frozen['batch_stats'],
+            'head': state.params['head']}
+  return {'backbone': state.params['backbone'], 'batch_stats': state.batch_stats, 'head': state.params['head']}
+
+
+_PREDICT_CACHE = {}
+
+
+def evaluate(rt: Runtime, variables: dict, split, split_name: str) -> dict:
+  """Accuracy report of `variables` on an evaluation split (every example exactly once)."""
+  k = min(TOP_K, rt.dataset.num_classes)
+  cache_key = (id(rt.model), k)
+  if cache_key not in _PREDICT_CACHE:
+    _PREDICT_CACHE[cache_key] = make_predict_fn(rt.model, k, rt.dataset.mean, rt.dataset.std,
+                                                DTYPES[rt.config.model.dtype])
+  predict = _PREDICT_CACHE[cache_key]
+  batch = rt.config.eval_batch_size
+  if rt.dataset.in_memory:
+    batches = device_pipeline.eval_batches(split, batch)
+  else:
+    batches = stream_pipeline.eval_batches(split, batch_size=batch, image_size=rt.dataset.image_size,
+                                           mean=rt.dataset.mean, std=rt.dataset.std)
+  predictions, labels = [], []
+  for images, batch_labels, mask in batches:
+    top_k = np.asarray(predict(variables, jax.device_put(images, rt.data_sharding)))
+    predictions.append(top_k[mask])
+    labels.append(batch_labels[mask])
+  report = metrics_lib.accuracy_report(np.concatenate(predictions), np.concatenate(labels),
+                                       rt.dataset.train_counts)
+  return report
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """One data axis over every device: the batch is split over it, parameters are replicated."""
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
+  """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it."""
+  validate_config(config)
+  stages = parse_stages(config)
+  check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
+  dataset = load_dataset(config.data)
+  print(format_summary(dataset.name, count_summary(dataset.train_counts),
+                       {n: len(s) for n, s in dataset.eval_splits().items()}))
+  model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
+  rt = Runtime(config, workdir, dataset, model, make_mesh(), MetricWriter(workdir), {})
+  trained = {}
+  try:
+    for stage in stages:
+      trained[stage] = run_stage(rt, stage, stop_after_steps, trained.get('stage1'))
+  finally:
+    rt.writer.close()
+
+  results = {
+      'dataset': dataset.name,
+      'class_names': list(dataset.class_names),
+      'train_counts': dataset.train_counts.tolist(),
+      'shot_groups': metrics_lib.shot_groups(dataset.train_counts).tolist(),
+      'models': {},
+      'weight_norms': {},
+  }
+  for stage, state in trained.items():
+    variables = _variables(stage, state)
+    results['models'][stage] = {name: evaluate(rt, variables, split, name)
+                                for name, split in dataset.eval_splits().items()}
+    results['weight_norms'][stage] = metrics_lib.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, 'results.json'), results)
+    print(results_table(results))
+  return results

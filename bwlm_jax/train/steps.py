@@ -1,0 +1,117 @@
+"""Jitted, pure train and predict steps.
+
+A 'full' step trains backbone and head (naive, stage 1); a 'head' step trains only the head on
+features of the frozen backbone (stage 2): the features go through `stop_gradient`, BatchNorm runs
+in inference mode, and the gradient is taken with respect to the head alone, so the backbone's
+backward pass is never computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bwlm_jax.data import device_pipeline
+from bwlm_jax.train.state import Model, TrainState
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+# Streams of randomness derived from a state's rng, kept apart by these tags.
+DATA_ORDER, AUGMENT, HEAD_INIT = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  mode: str  # 'full' | 'head'
+  batch_size: int
+  steps_per_epoch: int
+  augment: bool
+  mean: tuple
+  std: tuple
+  dtype: jnp.dtype
+
+
+def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
+                        schedule: optax.Schedule, mode: str, state: TrainState, x, labels):
+  if mode == 'full':
+    def loss_of(params):
+      features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
+      logits = model.logits(params['head'], features)
+      return loss_fn(logits, labels), (logits, new_stats)
+  else:
+    features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
+    features = jax.lax.stop_gradient(features)
+
+    def loss_of(params):
+      logits = model.logits(params['head'], features)
+      return loss_fn(logits, labels), (logits, state.batch_stats)
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      'loss': loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+      'learning_rate': schedule(state.step),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_sharding):
+  """The training batch of `state.step`, gathered from on-device arrays and augmented."""
+  key = jax.random.wrap_key_data(state.rng)
+  epoch = state.step // cfg.steps_per_epoch
+  step_in_epoch = state.step % cfg.steps_per_epoch
+  indices = device_pipeline.batch_indices(
+      jax.random.fold_in(key, DATA_ORDER), epoch, step_in_epoch, labels.shape[0], cfg.batch_size)
+  batch_images, batch_labels = images[indices], labels[indices]
+  if cfg.augment:
+    aug_key = jax.random.fold_in(jax.random.fold_in(key, AUGMENT), state.step)
+    batch_images = device_pipeline.random_crop_flip(aug_key, batch_images)
+  x = device_pipeline.normalize(batch_images, cfg.mean, cfg.std, cfg.dtype)
+  if data_sharding is not None:
+    x = jax.lax.with_sharding_constraint(x, data_sharding)
+    batch_labels = jax.lax.with_sharding_constraint(batch_labels, data_sharding)
+  return x, batch_labels
+
+
+def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
+                           state_sharding=None):
+  """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step."""
+  def step(state, images, labels):
+    x, batch_labels = device_batch(state, images, labels, cfg, data_sharding)
+    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x, batch_labels)
+
+  out_shardings = None if state_sharding is None else (state_sharding, None)
+  return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
+
+
+def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, state_sharding=None):
+  """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
+  def step(state, x, labels):
+    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x.astype(cfg.dtype), labels)
+
+  out_shardings = None if state_sharding is None else (state_sharding, None)
+  return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
+
+
+def make_predict_fn(model: Model, k: int, mean, std, dtype):
+  """predict(variables, images) -> top-k class indices [B, k]; uint8 images are normalised first.
+
+  `variables` = {'backbone': params, 'batch_stats': ..., 'head': params}.
+  """
+  @jax.jit
+  def predict(variables, images):
+    if images.dtype == jnp.uint8:
+      x = device_pipeline.normalize(images, mean, std, dtype)
+    else:
+      x = images.astype(dtype)
+    features, _ = model.features(variables['backbone'], variables['batch_stats'], x, train=False)
+    return jax.lax.top_k(model.logits(variables['head'], features), k)[1]
+
+  return predict

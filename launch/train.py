@@ -1,0 +1,30 @@
+"""Train and evaluate: naive CE, BWLM stage 1 and stage 2, as the config says; a rerun resumes.
+
+  python launch/train.py --config=configs/quickstart.py --workdir=/tmp/bwlm_quickstart
+  python launch/train.py --config=configs/cifar100_lt.py:100 --workdir=DIR --config.stage2.alpha=0.2
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bwlm_jax import platform
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  platform.hide_gpus_from_tensorflow()
+  import jax
+  from bwlm_jax.train.loop import train_and_evaluate
+  logging.set_verbosity(logging.WARNING)
+  print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
+        f'process {jax.process_index()} of {jax.process_count()}')
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
