@@ -54,9 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads).
   config.stage2.head_bias_init = 'zeros'
   config.stage2.augment = True  # Augmentation in stage 2 (stage 1 and naive use data.augment).
-  # Class counts n_j of the balanced losses: 'long_tail' = the whole long-tailed training set (the
-  # n_j of the paper's section 3.1), or 'stage2' = the rebalanced stage-2 set actually trained on.
-  config.stage2.loss_counts = 'long_tail'
+  # Class counts n_j of the balanced losses. 'stage2' (default): the rebalanced set stage 2 trains
+  # on, the label distribution balanced softmax corrects for (Ren et al.'s derivation) and the
+  # effective numbers CB weights are meant for. 'long_tail': the whole long-tailed set (n_j of the
+  # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution.
+  config.stage2.loss_counts = 'stage2'
   # A stage-1 checkpoint directory from another run (its workdir); None = this run's stage 1.
   config.stage1_checkpoint = config_dict.placeholder(str)
 

@@ -89,7 +89,11 @@ def test_embedded_dataset_is_long_tailed_and_deterministic(embedded_data_config)
   assert sorted(set(shot_groups(counts))) == ['few', 'many', 'medium']
   assert len(dataset.test) == 2000
   np.testing.assert_array_equal(np.bincount(dataset.test.labels), np.full(20, 100))
-  assert dataset.class_names[0] == 'red_disc'
+  assert dataset.class_names[:3] == ('red_disc', 'green_square', 'blue_triangle')
+  # The head half shows every shape and colour; the tail holds new combinations of them.
+  head = [name.split('_') for name in dataset.class_names[:10]]
+  assert {s for _, s in head} == set(shapes.SHAPES) and {c for c, _ in head} == set(shapes.DEFAULT_COLOURS)
+  assert len(set(dataset.class_names)) == 20
   images, labels = shapes.draw_split([3] * 20, seed=7)
   images2, labels2 = shapes.draw_split([3] * 20, seed=7)
   np.testing.assert_array_equal(images, images2)
@@ -105,10 +109,10 @@ def test_embedded_classes_differ_in_colour_and_shape(embedded_data_config):
     member = images[test.labels == label]
     vivid = saturation[test.labels == label] > 0.5
     return np.argmax(member[vivid].mean(0))
-  assert dominant(0) == 0 and dominant(2) == 2  # red_disc, blue_disc
+  assert dominant(0) == 0 and dominant(2) == 2  # red_disc, blue_triangle
   # Shape signal: discs fill more of their centre than rings of the same colour.
   centre = saturation[:, 12:20, 12:20].mean((1, 2))
-  assert centre[test.labels == 0].mean() > centre[test.labels == 12].mean()  # red_disc vs red_ring
+  assert centre[test.labels == 0].mean() > centre[test.labels == 8].mean()  # red_disc vs red_ring
 
 
 def _write_folder(root, split, class_counts, size=(20, 14), fmt='png'):

@@ -16,9 +16,19 @@ COLOURS = {'red': 0.0, 'yellow': 0.15, 'green': 0.33, 'cyan': 0.5, 'blue': 0.63,
 DEFAULT_COLOURS = ('red', 'green', 'blue', 'yellow')
 
 
+def class_attributes(colours=DEFAULT_COLOURS) -> tuple[tuple[int, int], ...]:
+  """(shape index, colour index) of each label, walking the shape x colour grid by diagonals.
+
+  The order matters because the long-tail profile follows label order: along diagonals, the head
+  half of the classes already shows every shape and every colour, and the tail classes are new
+  combinations of them, which is what a backbone trained on the head can transfer to.
+  """
+  return tuple((s, (s + d) % len(colours)) for d in range(len(colours)) for s in range(len(SHAPES)))
+
+
 def class_names(colours=DEFAULT_COLOURS) -> tuple[str, ...]:
-  """Class names in label order: shape-major, then colour."""
-  return tuple(f'{colour}_{shape}' for shape in SHAPES for colour in colours)
+  """Class names in label order, e.g. 'red_disc'."""
+  return tuple(f'{colours[c]}_{SHAPES[s]}' for s, c in class_attributes(colours))
 
 
 def _hue_to_rgb(hue: float, value: float) -> np.ndarray:
@@ -48,8 +58,9 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, scale: float, angle:
 
 def draw_image(label: int, rng: np.random.Generator, colours=DEFAULT_COLOURS) -> np.ndarray:
   """One uint8 [32, 32, 3] image of class `label`."""
-  shape = SHAPES[label // len(colours)]
-  hue = COLOURS[colours[label % len(colours)]]
+  shape_index, colour_index = class_attributes(colours)[label]
+  shape = SHAPES[shape_index]
+  hue = COLOURS[colours[colour_index]]
   coords = np.arange(IMAGE_SIZE, dtype=np.float64)
   yy, xx = np.meshgrid(coords, coords, indexing='ij')
 
@@ -59,17 +70,17 @@ def draw_image(label: int, rng: np.random.Generator, colours=DEFAULT_COLOURS) ->
   image = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
   for _ in range(rng.integers(1, 4)):
     cx, cy = rng.uniform(0, IMAGE_SIZE, size=2)
-    radius = rng.uniform(1.5, 4.0)
+    radius = rng.uniform(1.0, 3.0)
     blob = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
     image[blob] = _hue_to_rgb(rng.uniform(), rng.uniform(0.3, 0.8))
 
-  scale = rng.uniform(4.0, 9.0)
+  scale = rng.uniform(5.0, 10.0)
   cx, cy = rng.uniform(scale + 1, IMAGE_SIZE - scale - 1, size=2)
   mask = _shape_mask(shape, xx - cx, yy - cy, scale, rng.uniform(0, 2 * np.pi))
   colour = _hue_to_rgb((hue + rng.normal(0.0, 0.03)) % 1.0, rng.uniform(0.5, 1.0))
   image[mask] = colour
 
-  image = image + rng.normal(0.0, 0.1, size=image.shape)
+  image = image + rng.normal(0.0, 0.08, size=image.shape)
   return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -29,8 +29,11 @@ class StageCheckpoints:
       return None
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def restore_latest(self, target_state) -> tuple[Any, dict]:
-    """(state, meta) of the latest checkpoint, with arrays placed like `target_state`'s."""
+  def restore_latest(self, target_state=None) -> tuple[Any, dict]:
+    """(state, meta) of the latest checkpoint, with arrays placed like `target_state`'s.
+
+    Without a target the state comes back as the nested dict of arrays that was saved.
+    """
     step = self.manager.latest_step()
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,20 @@ TOP_K = 5
 
 class Interrupted(Exception):
   """Raised when `stop_after_steps` ends a run early (after its checkpoint is saved)."""
+
+
+class StepBudget:
+  """How many more training steps this process may take (across stages); None = no limit."""
+
+  def __init__(self, steps: Optional[int]):
+    self.remaining = steps
+
+  def spend(self) -> bool:
+    """Count one step; True when the budget is used up."""
+    if self.remaining is None:
+      return False
+    self.remaining -= 1
+    return self.remaining <= 0
 
 
 def parse_stages(config) -> tuple[str, ...]:
@@ -84,6 +98,7 @@ class Runtime:
   mesh: jax.sharding.Mesh
   writer: MetricWriter
   device_data: dict  # split name -> (images, labels) on device, for the device pipeline.
+  predict: Optional[Callable] = None  # The jitted top-k predictor, built on first use.
 
   @property
   def replicated(self):
@@ -104,9 +119,11 @@ def _stage_key(config, stage: str) -> jax.Array:
 
 
 def _find_stage1_dir(config, workdir: str) -> str:
-  path = config.stage1_checkpoint or workdir
-  candidate = os.path.join(path, 'checkpoints', 'stage1')
-  return candidate if os.path.isdir(candidate) else path
+  """This run's stage-1 checkpoints, or those of `config.stage1_checkpoint` (a workdir or the directory itself)."""
+  if not config.stage1_checkpoint:
+    return os.path.join(workdir, 'checkpoints', 'stage1')
+  candidate = os.path.join(config.stage1_checkpoint, 'checkpoints', 'stage1')
+  return candidate if os.path.isdir(candidate) else config.stage1_checkpoint
 
 
 def _initial_state(rt: Runtime, stage: str, tx, stage1_state: Optional[TrainState]) -> TrainState:
@@ -184,7 +201,7 @@ def _device_arrays(rt: Runtime, split_name: str, split):
   return rt.device_data[split_name]
 
 
-def run_stage(rt: Runtime, stage: str, stop_after_steps: Optional[int] = None,
+def run_stage(rt: Runtime, stage: str, budget: StepBudget,
               stage1_state: Optional[TrainState] = None) -> TrainState:
   """Train one stage to its end, resuming from its latest checkpoint; returns the final state."""
   config = rt.config
@@ -230,32 +247,35 @@ def run_stage(rt: Runtime, stage: str, stop_after_steps: Optional[int] = None,
     done = step + 1
     if done % config.log_every_steps == 0 or done == total_steps:
       # Metrics of the step before are read now, so the host never waits on the step it just queued.
+      now = time.perf_counter()
+      rate = images_since / max(now - timer, 1e-9)
       if pending is not None:
-        _log(rt, stage, progress, pending, steps_per_epoch, images_since, timer)
-        timer, images_since = time.perf_counter(), 0
+        _log(rt, stage, progress, pending, steps_per_epoch, rate)
+      timer, images_since = now, 0
       pending = (done, step_metrics)
     if config.eval_every_epochs and done % (config.eval_every_epochs * steps_per_epoch) == 0:
       report = evaluate(rt, _variables(stage, state), rt.dataset.test, 'test')
       rt.writer.write(stage, done, {'test_accuracy': report['all']})
-    if done % config.checkpoint_every_steps == 0 and done != total_steps:
+    stopping = budget.spend() and done != total_steps
+    if (done % config.checkpoint_every_steps == 0 or stopping) and done != total_steps:
       record(done, False)
-    if stop_after_steps is not None and done - start >= stop_after_steps and done != total_steps:
-      record(done, False)
+    if stopping:
       checkpoints.close()
       progress.close()
       raise Interrupted(f'{stage}: stopped after step {done} as asked; rerun to resume.')
   if pending is not None:
-    _log(rt, stage, progress, pending, steps_per_epoch, images_since, timer)
+    _log(rt, stage, progress, pending, steps_per_epoch, rate)
   progress.close()
   record(total_steps, True)
   checkpoints.close()
   return state
 
 
-def _log(rt, stage, progress, pending, steps_per_epoch, images, since):
+def _log(rt, stage, progress, pending, steps_per_epoch, images_per_second):
+  """Write the metrics of a step queued one logging interval earlier, and the latest image rate."""
   step, step_metrics = pending
   values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-  values['images_per_second'] = images / max(time.perf_counter() - since, 1e-9)
+  values['images_per_second'] = images_per_second
   values['epoch'] = step / steps_per_epoch
   rt.writer.write(stage, step, values)
   progress.set_postfix(epoch=f'{values["epoch"]:.1f}', loss=f'{values["loss"]:.3f}',
@@ -299,17 +319,11 @@ def _variables(stage: str, state: TrainState) -> dict:
   return {'backbone': state.params['backbone'], 'batch_stats': state.batch_stats, 'head': state.params['head']}
 
 
-_PREDICT_CACHE = {}
-
-
 def evaluate(rt: Runtime, variables: dict, split, split_name: str) -> dict:
   """Accuracy report of `variables` on an evaluation split (every example exactly once)."""
-  k = min(TOP_K, rt.dataset.num_classes)
-  cache_key = (id(rt.model), k)
-  if cache_key not in _PREDICT_CACHE:
-    _PREDICT_CACHE[cache_key] = make_predict_fn(rt.model, k, rt.dataset.mean, rt.dataset.std,
-                                                DTYPES[rt.config.model.dtype])
-  predict = _PREDICT_CACHE[cache_key]
+  if rt.predict is None:
+    rt.predict = make_predict_fn(rt.model, min(TOP_K, rt.dataset.num_classes), rt.dataset.mean,
+                                 rt.dataset.std, DTYPES[rt.config.model.dtype])
   batch = rt.config.eval_batch_size
   if rt.dataset.in_memory:
     batches = device_pipeline.eval_batches(split, batch)
@@ -318,7 +332,7 @@ def evaluate(rt: Runtime, variables: dict, split, split_name: str) -> dict:
                                            mean=rt.dataset.mean, std=rt.dataset.std)
   predictions, labels = [], []
   for images, batch_labels, mask in batches:
-    top_k = np.asarray(predict(variables, jax.device_put(images, rt.data_sharding)))
+    top_k = np.asarray(rt.predict(variables, jax.device_put(images, rt.data_sharding)))
     predictions.append(top_k[mask])
     labels.append(batch_labels[mask])
   report = metrics_lib.accuracy_report(np.concatenate(predictions), np.concatenate(labels),
@@ -332,7 +346,11 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
-  """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it."""
+  """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it.
+
+  `stop_after_steps` ends this process's training after that many steps (a checkpoint saved), as a
+  preemption would: rerunning resumes.
+  """
   validate_config(config)
   stages = parse_stages(config)
   check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
@@ -342,9 +360,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
   rt = Runtime(config, workdir, dataset, model, make_mesh(), MetricWriter(workdir), {})
   trained = {}
+  budget = StepBudget(stop_after_steps)
   try:
     for stage in stages:
-      trained[stage] = run_stage(rt, stage, stop_after_steps, trained.get('stage1'))
+      trained[stage] = run_stage(rt, stage, budget, trained.get('stage1'))
   finally:
     rt.writer.close()
 

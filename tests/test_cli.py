@@ -1,0 +1,58 @@
+"""The train CLI and the config files, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_flags  # noqa: F401  (same loader the CLI uses)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config(spec):
+  from absl import flags
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True)
+  flag_values(['prog', f'--config={os.path.join(ROOT, spec)}'])
+  return flag_values.config
+
+
+@pytest.mark.parametrize('spec,name,imbalance,model', [
+    ('configs/quickstart.py', 'embedded', 50.0, 'resnet8'),
+    ('configs/cifar100_lt.py:200', 'cifar100', 200.0, 'resnet32'),
+    ('configs/cifar10_lt.py:100', 'cifar10', 100.0, 'resnet32'),
+    ('configs/imagenet_lt.py', 'imagenet_lt', None, 'resnext50'),
+])
+def test_config_files(spec, name, imbalance, model):
+  config = _load_config(spec)
+  assert (config.data.name, config.data.imbalance_factor, config.model.name) == (name, imbalance, model)
+  assert config.batch_size == 64 and config.stage2.loss == 'bfs' and config.stage2.alpha == 0.1
+
+
+def _run(args, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'train.py')] + args,
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_train_cli_runs_prints_the_table_and_resumes(tfds_dir, tmp_path):
+  args = [f'--config={ROOT}/configs/quickstart.py', f'--workdir={tmp_path}',
+          f'--config.data.data_dir={tfds_dir}', '--config.data.max_count=30', '--config.data.imbalance_factor=10', '--config.stages=naive',
+          '--config.naive.epochs=1', '--config.batch_size=32']
+  first = _run(args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'Many Medium    Few    All' in first.stdout
+  results = json.load(open(tmp_path / 'results.json'))
+  assert list(results['models']) == ['naive']
+  second = _run(args)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'naive: finished earlier' in second.stdout
+  assert json.load(open(tmp_path / 'results.json'))['models'] == results['models']
+
+
+def test_train_cli_rejects_a_mistyped_field(tmp_path):
+  result = _run([f'--config={ROOT}/configs/quickstart.py', f'--workdir={tmp_path}', '--config.stage2.alphaa=0.3'])
+  assert result.returncode != 0
+  assert 'alphaa' in result.stderr

@@ -1,0 +1,179 @@
+"""Two-stage training: resume equals an uninterrupted run, frozen backbone, masked decay, config checks."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bwlm_jax.data import long_tail_counts
+from bwlm_jax.train import optim
+from bwlm_jax.train.checkpoint import StageCheckpoints
+from bwlm_jax.train.loop import Interrupted, train_and_evaluate
+
+
+def _tiny_config(tfds_dir):
+  from bwlm_jax.config import base_config
+  config = base_config()
+  config.data.name = 'embedded'
+  config.data.data_dir = tfds_dir
+  config.data.imbalance_factor = 10.0
+  config.data.max_count = 40  # counts 40 .. 4: no Many class at all.
+  config.model.name = 'resnet8'
+  config.batch_size = 32
+  config.eval_batch_size = 400
+  config.stages = 'stage1,stage2'
+  config.stage1.epochs = 2
+  config.stage1.learning_rate = 0.05
+  config.stage2.epochs = 2
+  config.checkpoint_every_steps = 4
+  config.log_every_steps = 2
+  return config
+
+
+@pytest.fixture
+def tiny_config(tfds_dir):
+  return _tiny_config(tfds_dir)
+
+
+def _restore(workdir, stage):
+  checkpoints = StageCheckpoints(os.path.join(workdir, 'checkpoints', stage), keep=2)
+  state, meta = checkpoints.restore_latest()
+  checkpoints.close()
+  return state, meta
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tfds_dir, tmp_path_factory):
+  """One reference run shared by the tests of this module (they only read it)."""
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  return workdir, train_and_evaluate(_tiny_config(tfds_dir), workdir)
+
+
+def test_resume_equals_uninterrupted_run(tiny_config, uninterrupted, tmp_path):
+  reference_dir, reference = uninterrupted
+  workdir = str(tmp_path)
+  with pytest.raises(Interrupted, match='stage1: stopped after step 3'):
+    train_and_evaluate(tiny_config, workdir, stop_after_steps=3)
+  state, meta = _restore(workdir, 'stage1')
+  assert meta['step'] == 3 and not meta['finished'] and int(state['step']) == 3
+  with pytest.raises(Interrupted, match='stage2: stopped after step 2'):
+    train_and_evaluate(tiny_config, workdir, stop_after_steps=15)  # 13 steps end stage 1, 2 more
+  results = train_and_evaluate(tiny_config, workdir)
+  for stage in ('stage1', 'stage2'):
+    resumed_state, resumed_meta = _restore(workdir, stage)
+    reference_state, _ = _restore(reference_dir, stage)
+    assert resumed_meta['finished']
+    _assert_trees_equal(resumed_state, reference_state)  # bitwise on CPU
+  assert results['models'] == reference['models']
+
+
+def test_stage2_freezes_backbone_and_trains_head(uninterrupted):
+  workdir, results = uninterrupted
+  stage1, _ = _restore(workdir, 'stage1')
+  stage2, meta = _restore(workdir, 'stage2')
+  _assert_trees_equal(stage2['frozen']['params'], stage1['params']['backbone'])
+  _assert_trees_equal(stage2['frozen']['batch_stats'], stage1['batch_stats'])
+  assert set(stage2['params']) == {'head'}  # only the head has an optimizer state
+  steps_per_epoch = -(-meta['total_steps'] // 2)
+  assert meta['total_steps'] == 2 * steps_per_epoch
+  kernel = stage2['params']['head']['dense']['kernel']
+  assert kernel.shape == (64, 20)
+
+
+def test_results_file_has_groups_counts_and_absent_many(uninterrupted):
+  workdir, results = uninterrupted
+  with open(os.path.join(workdir, 'results.json')) as f:
+    saved = json.load(f)
+  assert saved['models'] == json.loads(json.dumps(results['models']))
+  assert saved['train_counts'] == long_tail_counts(20, 40, 10.0).tolist()
+  test = saved['models']['stage2']['test']
+  assert test['many'] is None  # no class has > 100 images: absent, not 0 %
+  assert test['medium'] is not None and test['few'] is not None
+  assert len(test['per_class']) == 20 and test['num_examples'] == 2000
+  # Stage 1 never saw a tail class, so it gets none right; "all" is the per-example mean.
+  stage1 = saved['models']['stage1']['test']
+  assert all(a == 0 for a in stage1['per_class'][10:])
+  np.testing.assert_allclose(stage1['all'], np.mean(stage1['per_class']))
+  assert len(saved['weight_norms']['stage2']) == 20
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert {l['stage'] for l in lines} == {'stage1', 'stage2'}
+  assert any(name.startswith('events.out.tfevents')
+             for name in os.listdir(os.path.join(workdir, 'tensorboard', 'stage2')))
+
+
+def test_stage2_from_another_runs_stage1(tiny_config, uninterrupted, tmp_path):
+  reference_dir, reference = uninterrupted
+  tiny_config.stages = 'stage2'
+  tiny_config.stage1_checkpoint = reference_dir
+  results = train_and_evaluate(tiny_config, str(tmp_path))
+  assert results['models']['stage2'] == reference['models']['stage2']
+
+
+def test_changed_config_is_refused_with_the_differing_fields(tiny_config, uninterrupted):
+  workdir, _ = uninterrupted
+  tiny_config.stage2.alpha = 0.5
+  tiny_config.model.name = 'resnet20'
+  with pytest.raises(ValueError, match=r"(?s)model.name: 'resnet8' -> 'resnet20'.*stage2.alpha: 0.1 -> 0.5"):
+    train_and_evaluate(tiny_config, workdir)
+
+
+def test_stage2_without_stage1_checkpoint_fails_early(tiny_config, tmp_path):
+  tiny_config.stages = 'stage2'
+  with pytest.raises(FileNotFoundError, match='stage 2 needs a stage-1 checkpoint'):
+    train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_stage1_checkpoint_of_other_data_is_refused(tiny_config, uninterrupted, tmp_path):
+  reference_dir, _ = uninterrupted
+  tiny_config.stages = 'stage2'
+  tiny_config.stage1_checkpoint = reference_dir
+  tiny_config.data.imbalance_factor = 5.0
+  with pytest.raises(ValueError, match='trained on other data: data.imbalance_factor'):
+    train_and_evaluate(tiny_config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('stage2.loss', 'focal', "unknown stage2.loss='focal'"),
+    ('stage2.alpha', 1.5, 'stage2.alpha must be in'),
+    ('stages', 'stage3', 'config.stages='),
+    ('stage1.epochs', 0, 'epochs must be >= 1'),
+    ('model.name', 'vgg', "unknown model.name='vgg'"),
+])
+def test_bad_config_fails_before_training(tiny_config, tmp_path, field, value, message):
+  section, _, name = field.rpartition('.')
+  target = tiny_config[section] if section else tiny_config
+  target[name] = value
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_weight_decay_mask_leaves_other_params_alone():
+  from bwlm_jax.config import base_config
+  stage = base_config().stage2
+  stage.weight_decay = 0.1
+  params = {'backbone': jnp.ones(3), 'head': jnp.ones(3)}
+  tx = optim.sgd(stage, optax.constant_schedule(0.5), optim.head_mask)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new['backbone'], params['backbone'])
+  np.testing.assert_allclose(new['head'], 1 - 0.5 * 0.1)  # p - lr * wd * p, PyTorch's SGD decay
+
+
+def test_cosine_schedule_goes_from_lr_to_zero():
+  from bwlm_jax.config import base_config
+  stage = base_config().stage1
+  schedule = optim.learning_rate_schedule(stage, total_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose(schedule(0), 0.01)
+  np.testing.assert_allclose(schedule(50), 0.005, rtol=1e-6)
+  np.testing.assert_allclose(schedule(100), 0.0, atol=1e-9)
