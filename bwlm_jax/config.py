@@ -59,7 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
   # effective numbers CB weights are meant for. 'long_tail': the whole long-tailed set (n_j of the
   # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution.
   config.stage2.loss_counts = 'stage2'
-  # A stage-1 checkpoint directory from another run (its workdir); None = this run's stage 1.
+  # Where stage 2's frozen backbone comes from: 'stage1' (BWLM) or 'naive' (classifier re-training
+  # on a one-stage model, as cRT). Its training set: 'review' (Data Balanced Review) or 'long_tail'.
+  config.stage2.backbone = 'stage1'
+  config.stage2.train_set = 'review'
+  # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
+  config.stage2.sampler = 'uniform'
+  # MaxNorm (Alshammari et al. 2022): after each step, cap every class's weight-vector norm. None = off.
+  config.stage2.max_norm = config_dict.placeholder(float)
+  # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
   config.checkpoint_every_steps = 500

@@ -128,7 +128,7 @@ def test_changed_config_is_refused_with_the_differing_fields(tiny_config, uninte
 
 def test_stage2_without_stage1_checkpoint_fails_early(tiny_config, tmp_path):
   tiny_config.stages = 'stage2'
-  with pytest.raises(FileNotFoundError, match='stage 2 needs a stage-1 checkpoint'):
+  with pytest.raises(FileNotFoundError, match='stage 2 needs a stage1 checkpoint'):
     train_and_evaluate(tiny_config, str(tmp_path))
 
 
@@ -177,3 +177,40 @@ def test_cosine_schedule_goes_from_lr_to_zero():
   np.testing.assert_allclose(schedule(0), 0.01)
   np.testing.assert_allclose(schedule(50), 0.005, rtol=1e-6)
   np.testing.assert_allclose(schedule(100), 0.0, atol=1e-9)
+
+
+def test_class_balanced_sampling_draws_classes_uniformly():
+  from bwlm_jax.train.steps import class_balanced_indices, class_balanced_tables
+  labels = np.array([0] * 90 + [1] * 9 + [3] * 1)  # class 2 has no example
+  tables = class_balanced_tables(labels, 4)
+  key = jax.random.key(0)
+  drawn = np.concatenate([np.asarray(class_balanced_indices(key, step, tables, 64)) for step in range(50)])
+  per_class = np.bincount(labels[drawn], minlength=4) / drawn.size
+  np.testing.assert_allclose(per_class[[0, 1, 3]], 1 / 3, atol=0.03)
+  assert per_class[2] == 0
+  assert len(set(drawn[labels[drawn] == 1].tolist())) == 9  # every example of a class can be drawn
+
+
+def test_max_norm_caps_each_class_vector():
+  from bwlm_jax.train.steps import cap_class_norms
+  kernel = jnp.array([[3.0, 0.1], [4.0, 0.0]])  # class norms 5 and 0.1
+  capped = cap_class_norms({'dense': {'kernel': kernel, 'bias': jnp.zeros(2)}}, 1.0)['dense']['kernel']
+  np.testing.assert_allclose(np.linalg.norm(capped, axis=0), [1.0, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(capped[:, 0], [0.6, 0.8], rtol=1e-6)
+
+
+def test_crt_style_stage2_on_naive_backbone(tiny_config, tmp_path):
+  tiny_config.stages = 'naive,stage2'
+  tiny_config.naive.epochs = 1
+  tiny_config.stage2.backbone = 'naive'
+  tiny_config.stage2.train_set = 'long_tail'
+  tiny_config.stage2.sampler = 'class_balanced'
+  tiny_config.stage2.loss = 'ce'
+  tiny_config.stage2.max_norm = 0.5
+  results = train_and_evaluate(tiny_config, str(tmp_path))
+  naive, _ = _restore(str(tmp_path), 'naive')
+  stage2, meta = _restore(str(tmp_path), 'stage2')
+  _assert_trees_equal(stage2['frozen']['params'], naive['params']['backbone'])
+  assert meta['total_steps'] == 2 * -(-311 // 32)  # the whole long tail, not the review set
+  assert np.linalg.norm(stage2['params']['head']['dense']['kernel'], axis=0).max() <= 0.5 + 1e-5
+  assert set(results['models']) == {'naive', 'stage2'}

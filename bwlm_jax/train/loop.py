@@ -14,16 +14,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from bwlm_jax import losses
-from bwlm_jax.data import (LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline)
+from bwlm_jax.data import LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline
 from bwlm_jax.data.summary import count_summary, format_summary
 from bwlm_jax.evaluate import metrics as metrics_lib
+from bwlm_jax.evaluate import posthoc
 from bwlm_jax.evaluate.report import results_table, write_json
 from bwlm_jax.models import DTYPES, MODELS, LinearHead, build_backbone
 from bwlm_jax.train import optim
 from bwlm_jax.train.checkpoint import StageCheckpoints, check_workdir_config
 from bwlm_jax.train.metric_writer import MetricWriter
 from bwlm_jax.train.state import Model, TrainState
-from bwlm_jax.train.steps import HEAD_INIT, StepConfig, make_device_train_step, make_predict_fn, make_stream_train_step
+from bwlm_jax.train.steps import (HEAD_INIT, StepConfig, class_balanced_tables, make_device_train_step,
+                                  make_features_fn, make_stream_train_step)
 
 STAGE_TAGS = {'naive': 11, 'stage1': 12, 'stage2': 13}
 TOP_K = 5
@@ -73,6 +75,12 @@ def validate_config(config) -> None:
     raise ValueError(f'stage2.gamma must be >= 0, got {config.stage2.gamma}.')
   if config.stage2.head_bias_init not in ('zeros', 'cb_prior'):
     raise ValueError(f"stage2.head_bias_init must be 'zeros' or 'cb_prior', got {config.stage2.head_bias_init!r}.")
+  for field, allowed in (('backbone', ('stage1', 'naive')), ('train_set', ('review', 'long_tail')),
+                         ('sampler', ('uniform', 'class_balanced'))):
+    if config.stage2[field] not in allowed:
+      raise ValueError(f'stage2.{field} must be one of {allowed}, got {config.stage2[field]!r}.')
+  if config.stage2.max_norm is not None and config.stage2.max_norm <= 0:
+    raise ValueError(f'stage2.max_norm must be > 0 (or None), got {config.stage2.max_norm}.')
   if config.stage2.loss_counts not in ('long_tail', 'stage2'):
     raise ValueError(f"stage2.loss_counts must be 'long_tail' or 'stage2', got {config.stage2.loss_counts!r}.")
   for stage in STAGE_TAGS:
@@ -98,7 +106,7 @@ class Runtime:
   mesh: jax.sharding.Mesh
   writer: MetricWriter
   device_data: dict  # split name -> (images, labels) on device, for the device pipeline.
-  predict: Optional[Callable] = None  # The jitted top-k predictor, built on first use.
+  features_fn: Optional[Callable] = None  # The jitted feature extractor, built on first use.
 
   @property
   def replicated(self):
@@ -118,22 +126,24 @@ def _stage_key(config, stage: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), STAGE_TAGS[stage])
 
 
-def _find_stage1_dir(config, workdir: str) -> str:
-  """This run's stage-1 checkpoints, or those of `config.stage1_checkpoint` (a workdir or the directory itself)."""
+def _backbone_dir(config, workdir: str) -> str:
+  """Checkpoints of the stage that gives stage 2 its backbone (config.stage2.backbone), in this run
+  or in `config.stage1_checkpoint` (a workdir, or that stage's checkpoint directory itself)."""
+  source = config.stage2.backbone
   if not config.stage1_checkpoint:
-    return os.path.join(workdir, 'checkpoints', 'stage1')
-  candidate = os.path.join(config.stage1_checkpoint, 'checkpoints', 'stage1')
+    return os.path.join(workdir, 'checkpoints', source)
+  candidate = os.path.join(config.stage1_checkpoint, 'checkpoints', source)
   return candidate if os.path.isdir(candidate) else config.stage1_checkpoint
 
 
-def _initial_state(rt: Runtime, stage: str, tx, stage1_state: Optional[TrainState]) -> TrainState:
+def _initial_state(rt: Runtime, stage: str, tx, backbone_state: Optional[TrainState]) -> TrainState:
   key = _stage_key(rt.config, stage)
   backbone_key, head_key = jax.random.split(jax.random.fold_in(key, HEAD_INIT))
   num_classes = rt.dataset.num_classes
   if stage == 'stage2':
     # Copied: stage 2's steps donate their state, and stage 1's arrays are still evaluated later.
-    frozen = jax.tree.map(jnp.copy, {'params': stage1_state.params['backbone'],
-                                     'batch_stats': stage1_state.batch_stats})
+    frozen = jax.tree.map(jnp.copy, {'params': backbone_state.params['backbone'],
+                                     'batch_stats': backbone_state.batch_stats})
     feature_dim = rt.model.feature_dim(rt.image_shape)
     bias = -float(np.log(num_classes - 1)) if rt.config.stage2.head_bias_init == 'cb_prior' else 0.0
     head = LinearHead(num_classes, bias_init_value=bias).init(
@@ -169,29 +179,38 @@ def _optimizer(rt: Runtime, stage: str, total_steps: int, steps_per_epoch: int):
   return optim.sgd(stage_cfg, schedule, optim.head_mask if stage == 'stage2' else None), schedule
 
 
-def _load_stage1(rt: Runtime) -> TrainState:
-  """The finished stage-1 state of this run or of `config.stage1_checkpoint`."""
-  directory = _find_stage1_dir(rt.config, rt.workdir)
+def _load_backbone_state(rt: Runtime) -> TrainState:
+  """The finished state whose backbone stage 2 freezes: stage 1 (BWLM) or naive (cRT-style)."""
+  source = rt.config.stage2.backbone
+  directory = _backbone_dir(rt.config, rt.workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'stage 2 needs a stage-1 checkpoint: none at {directory}. Add stage1 to '
-                            'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_STAGE1_RUN.')
+    raise FileNotFoundError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
+                            f'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_{source.upper()}_RUN.')
   checkpoints = StageCheckpoints(directory, rt.config.keep_checkpoints)
   meta = checkpoints.latest_meta()
   if meta is None or not meta.get('finished'):
-    raise ValueError(f'the stage-1 checkpoint in {directory} is missing or unfinished; finish stage 1 first.')
+    raise ValueError(f'the {source} checkpoint in {directory} is missing or unfinished; finish {source} first.')
+  if meta['stage'] != source:
+    raise ValueError(f'{directory} holds a {meta["stage"]} checkpoint, but stage2.backbone is {source!r}.')
   saved = meta['config']
   for field in ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder'):
     if saved['data'].get(field) != rt.config.data[field]:
-      raise ValueError(f'the stage-1 checkpoint in {directory} was trained on other data: data.{field} is '
+      raise ValueError(f'the {source} checkpoint in {directory} was trained on other data: data.{field} is '
                        f'{saved["data"].get(field)!r} there, {rt.config.data[field]!r} here.')
   if saved['model']['name'] != rt.config.model.name:
-    raise ValueError(f'the stage-1 checkpoint in {directory} is a {saved["model"]["name"]}, not a '
+    raise ValueError(f'the {source} checkpoint in {directory} is a {saved["model"]["name"]}, not a '
                      f'{rt.config.model.name}.')
-  tx, _ = _optimizer(rt, 'stage1', 1, 1)  # Only the state's structure matters for restoring.
-  target = jax.device_put(_initial_state(rt, 'stage1', tx, None), rt.replicated)
+  tx, _ = _optimizer(rt, source, 1, 1)  # Only the state's structure matters for restoring.
+  target = jax.device_put(_initial_state(rt, source, tx, None), rt.replicated)
   state, _ = checkpoints.restore_latest(target)
   checkpoints.close()
   return state
+
+
+def stage_split(rt: Runtime, stage: str):
+  """The training set of a stage; stage 2 trains on the review set or, if configured, the whole tail."""
+  use = 'naive' if stage == 'stage2' and rt.config.stage2.train_set == 'long_tail' else stage
+  return stage_train_split(rt.dataset, use, rt.config.data.subset_seed)
 
 
 def _device_arrays(rt: Runtime, split_name: str, split):
@@ -202,18 +221,18 @@ def _device_arrays(rt: Runtime, split_name: str, split):
 
 
 def run_stage(rt: Runtime, stage: str, budget: StepBudget,
-              stage1_state: Optional[TrainState] = None) -> TrainState:
+              backbone_state: Optional[TrainState] = None) -> TrainState:
   """Train one stage to its end, resuming from its latest checkpoint; returns the final state."""
   config = rt.config
   stage_cfg = config[stage]
-  split = stage_train_split(rt.dataset, stage, config.data.subset_seed)
+  split = stage_split(rt, stage)
   steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
   total_steps = stage_cfg.epochs * steps_per_epoch
   checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', stage), config.keep_checkpoints)
   tx, schedule = _optimizer(rt, stage, total_steps, steps_per_epoch)
-  if stage == 'stage2' and stage1_state is None:
-    stage1_state = _load_stage1(rt)
-  state = jax.device_put(_initial_state(rt, stage, tx, stage1_state), rt.replicated)
+  if stage == 'stage2' and backbone_state is None:
+    backbone_state = _load_backbone_state(rt)
+  state = jax.device_put(_initial_state(rt, stage, tx, backbone_state), rt.replicated)
   meta = checkpoints.latest_meta()
   if meta is not None:
     state, meta = checkpoints.restore_latest(state)
@@ -226,7 +245,8 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
   augment = config.stage2.augment if stage == 'stage2' else config.data.augment
   step_cfg = StepConfig(mode='head' if stage == 'stage2' else 'full', batch_size=config.batch_size,
                         steps_per_epoch=steps_per_epoch, augment=augment, mean=rt.dataset.mean,
-                        std=rt.dataset.std, dtype=DTYPES[config.model.dtype])
+                        std=rt.dataset.std, dtype=DTYPES[config.model.dtype],
+                        max_norm=config.stage2.max_norm if stage == 'stage2' else None)
   loss_fn = _loss_fn(rt, stage, split)
   batches = _batch_source(rt, stage, split, step_cfg, tx, loss_fn, schedule, int(state.step), total_steps,
                           augment)
@@ -284,11 +304,16 @@ def _log(rt, stage, progress, pending, steps_per_epoch, images_per_second):
 
 def _batch_source(rt: Runtime, stage, split, step_cfg, tx, loss_fn, schedule, start_step, total_steps, augment):
   """A callable state -> (state, metrics) that advances training by one step with the right batch."""
+  class_balanced = stage == 'stage2' and rt.config.stage2.sampler == 'class_balanced'
   if rt.dataset.in_memory:
-    train_step = make_device_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.data_sharding, rt.replicated)
-    images, labels = _device_arrays(rt, f'train/{stage}', split)
+    tables = class_balanced_tables(split.labels, rt.dataset.num_classes) if class_balanced else None
+    train_step = make_device_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.data_sharding, rt.replicated,
+                                        tables)
+    images, labels = _device_arrays(rt, f'train/{stage}/{rt.config.stage2.train_set}', split)
     return lambda state: train_step(state, images, labels)
 
+  if class_balanced:
+    raise ValueError('stage2.sampler=class_balanced needs the device pipeline (data that fits in memory).')
   train_step = make_stream_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.replicated)
   spe = step_cfg.steps_per_epoch
 
@@ -319,25 +344,31 @@ def _variables(stage: str, state: TrainState) -> dict:
   return {'backbone': state.params['backbone'], 'batch_stats': state.batch_stats, 'head': state.params['head']}
 
 
-def evaluate(rt: Runtime, variables: dict, split, split_name: str) -> dict:
-  """Accuracy report of `variables` on an evaluation split (every example exactly once)."""
-  if rt.predict is None:
-    rt.predict = make_predict_fn(rt.model, min(TOP_K, rt.dataset.num_classes), rt.dataset.mean,
-                                 rt.dataset.std, DTYPES[rt.config.model.dtype])
+def split_features(rt: Runtime, variables: dict, split) -> tuple[np.ndarray, np.ndarray]:
+  """Backbone features [N, D] and labels [N] of every example of an evaluation split, exactly once."""
+  if rt.features_fn is None:
+    rt.features_fn = make_features_fn(rt.model, rt.dataset.mean, rt.dataset.std, DTYPES[rt.config.model.dtype])
   batch = rt.config.eval_batch_size
   if rt.dataset.in_memory:
     batches = device_pipeline.eval_batches(split, batch)
   else:
     batches = stream_pipeline.eval_batches(split, batch_size=batch, image_size=rt.dataset.image_size,
                                            mean=rt.dataset.mean, std=rt.dataset.std)
-  predictions, labels = [], []
+  backbone = {'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}
+  features, labels = [], []
   for images, batch_labels, mask in batches:
-    top_k = np.asarray(rt.predict(variables, jax.device_put(images, rt.data_sharding)))
-    predictions.append(top_k[mask])
+    out = np.asarray(rt.features_fn(backbone, jax.device_put(images, rt.data_sharding)))
+    features.append(out[mask])
     labels.append(batch_labels[mask])
-  report = metrics_lib.accuracy_report(np.concatenate(predictions), np.concatenate(labels),
-                                       rt.dataset.train_counts)
-  return report
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def evaluate(rt: Runtime, variables: dict, split, split_name: str = 'test') -> dict:
+  """Accuracy report of `variables` on an evaluation split."""
+  del split_name
+  features, labels = split_features(rt, variables, split)
+  logits = posthoc.linear_logits(features, variables['head'])
+  return metrics_lib.accuracy_report(posthoc.top_k(logits, TOP_K), labels, rt.dataset.train_counts)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -363,7 +394,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   budget = StepBudget(stop_after_steps)
   try:
     for stage in stages:
-      trained[stage] = run_stage(rt, stage, budget, trained.get('stage1'))
+      trained[stage] = run_stage(rt, stage, budget, trained.get(config.stage2.backbone))
   finally:
     rt.writer.close()
 

@@ -9,7 +9,9 @@ backward pass is never computed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +35,38 @@ class StepConfig:
   mean: tuple
   std: tuple
   dtype: jnp.dtype
+  max_norm: Optional[float] = None  # Head only: cap each class's weight-vector norm after the update.
+
+
+def cap_class_norms(head_params, max_norm: float):
+  """MaxNorm (Alshammari et al. 2022): project each class's weight vector into the ball of radius max_norm."""
+  kernel = head_params['dense']['kernel']
+  norms = jnp.linalg.norm(kernel, axis=0, keepdims=True)
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12))
+  return {**head_params, 'dense': {**head_params['dense'], 'kernel': kernel * scale}}
+
+
+def class_balanced_tables(labels: np.ndarray, num_classes: int) -> dict:
+  """Lookup arrays for class-balanced sampling: example indices grouped by class, and where each class starts."""
+  order = np.argsort(labels, kind='stable')
+  counts = np.bincount(labels, minlength=num_classes)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  return {'order': jnp.asarray(order, jnp.int32), 'starts': jnp.asarray(starts, jnp.int32),
+          'counts': jnp.asarray(counts, jnp.int32), 'present': jnp.asarray(np.flatnonzero(counts), jnp.int32)}
+
+
+def class_balanced_indices(key, step, tables: dict, batch_size: int) -> jax.Array:
+  """A uniformly drawn class, then a uniformly drawn example of it, for each batch slot."""
+  class_key, example_key = jax.random.split(jax.random.fold_in(key, step))
+  present = tables['present']
+  classes = present[jax.random.randint(class_key, (batch_size,), 0, present.shape[0])]
+  offsets = jnp.floor(jax.random.uniform(example_key, (batch_size,)) * tables['counts'][classes]).astype(jnp.int32)
+  return tables['order'][tables['starts'][classes] + offsets]
 
 
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
-                        schedule: optax.Schedule, mode: str, state: TrainState, x, labels):
+                        schedule: optax.Schedule, mode: str, state: TrainState, x, labels,
+                        max_norm: Optional[float] = None):
   if mode == 'full':
     def loss_of(params):
       features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
@@ -53,6 +83,8 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if mode == 'head' and max_norm is not None:
+    params = {**params, 'head': cap_class_norms(params['head'], max_norm)}
   metrics = {
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -62,13 +94,20 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
   return new_state, metrics
 
 
-def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_sharding):
-  """The training batch of `state.step`, gathered from on-device arrays and augmented."""
+def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_sharding, sampler_tables=None):
+  """The training batch of `state.step`, gathered from on-device arrays and augmented.
+
+  Without `sampler_tables` an epoch is a permutation; with them (class-balanced) every slot draws a class.
+  """
   key = jax.random.wrap_key_data(state.rng)
-  epoch = state.step // cfg.steps_per_epoch
-  step_in_epoch = state.step % cfg.steps_per_epoch
-  indices = device_pipeline.batch_indices(
-      jax.random.fold_in(key, DATA_ORDER), epoch, step_in_epoch, labels.shape[0], cfg.batch_size)
+  if sampler_tables is None:
+    epoch = state.step // cfg.steps_per_epoch
+    step_in_epoch = state.step % cfg.steps_per_epoch
+    indices = device_pipeline.batch_indices(
+        jax.random.fold_in(key, DATA_ORDER), epoch, step_in_epoch, labels.shape[0], cfg.batch_size)
+  else:
+    indices = class_balanced_indices(jax.random.fold_in(key, DATA_ORDER), state.step, sampler_tables,
+                                     cfg.batch_size)
   batch_images, batch_labels = images[indices], labels[indices]
   if cfg.augment:
     aug_key = jax.random.fold_in(jax.random.fold_in(key, AUGMENT), state.step)
@@ -81,11 +120,11 @@ def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_shardi
 
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
-                           state_sharding=None):
+                           state_sharding=None, sampler_tables=None):
   """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step."""
   def step(state, images, labels):
-    x, batch_labels = device_batch(state, images, labels, cfg, data_sharding)
-    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x, batch_labels)
+    x, batch_labels = device_batch(state, images, labels, cfg, data_sharding, sampler_tables)
+    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x, batch_labels, cfg.max_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
@@ -94,24 +133,25 @@ def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: Ste
 def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, state_sharding=None):
   """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
   def step(state, x, labels):
-    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x.astype(cfg.dtype), labels)
+    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x.astype(cfg.dtype), labels,
+                               cfg.max_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_predict_fn(model: Model, k: int, mean, std, dtype):
-  """predict(variables, images) -> top-k class indices [B, k]; uint8 images are normalised first.
+def make_features_fn(model: Model, mean, std, dtype):
+  """features(variables, images) -> float32 features [B, D]; uint8 images are normalised first.
 
-  `variables` = {'backbone': params, 'batch_stats': ..., 'head': params}.
+  `variables` = {'backbone': params, 'batch_stats': ...}; BatchNorm runs in inference mode.
   """
   @jax.jit
-  def predict(variables, images):
+  def features(variables, images):
     if images.dtype == jnp.uint8:
       x = device_pipeline.normalize(images, mean, std, dtype)
     else:
       x = images.astype(dtype)
-    features, _ = model.features(variables['backbone'], variables['batch_stats'], x, train=False)
-    return jax.lax.top_k(model.logits(variables['head'], features), k)[1]
+    out, _ = model.features(variables['backbone'], variables['batch_stats'], x, train=False)
+    return out.astype(jnp.float32)
 
-  return predict
+  return features

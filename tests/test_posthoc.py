@@ -1,0 +1,62 @@
+"""Post-hoc corrections against a direct NumPy transcription, and metrics on hand-made predictions."""
+
+import numpy as np
+import pytest
+
+from bwlm_jax.evaluate import metrics, posthoc
+
+RNG = np.random.default_rng(1)
+
+
+def test_tau_norm_matches_formula_and_limits():
+  features = RNG.normal(size=(6, 4))
+  kernel = RNG.normal(size=(4, 3))
+  for tau in (0.0, 0.5, 1.0):
+    expected = np.stack([features @ (kernel[:, c] / np.linalg.norm(kernel[:, c]) ** tau) for c in range(3)], -1)
+    np.testing.assert_allclose(posthoc.tau_normalized_logits(features, kernel, tau), expected, rtol=1e-5)
+  np.testing.assert_allclose(posthoc.tau_normalized_logits(features, kernel, 0.0), features @ kernel, rtol=1e-5)
+
+
+def test_logit_adjustment_matches_formula():
+  logits = RNG.normal(size=(5, 3))
+  counts = np.array([100, 10, 1])
+  expected = logits - 0.7 * np.log(counts / counts.sum())
+  np.testing.assert_allclose(posthoc.logit_adjusted(logits, counts, 0.7), expected, rtol=1e-5)
+
+
+def test_top_k_orders_best_first():
+  logits = np.array([[0.1, 0.9, 0.5, 0.3], [4.0, 3.0, 2.0, 1.0]])
+  np.testing.assert_array_equal(posthoc.top_k(logits, 3), [[1, 2, 3], [0, 1, 2]])
+  assert posthoc.top_k(logits, 10).shape == (2, 4)
+
+
+def test_choose_tau_picks_the_best_and_needs_candidates():
+  assert posthoc.choose_tau(lambda t: -(t - 0.4) ** 2, [0.0, 0.2, 0.4, 0.6]) == (0.4, 0.0)
+  with pytest.raises(ValueError):
+    posthoc.choose_tau(lambda t: t, [])
+
+
+def test_accuracy_report_on_hand_made_predictions():
+  train_counts = np.array([200, 50, 5])  # many, medium, few
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  top = np.array([[0, 1], [1, 0], [1, 2], [1, 0], [0, 2], [1, 0]])
+  report = metrics.accuracy_report(top, labels, train_counts)
+  assert report['all'] == pytest.approx(3 / 6)
+  assert (report['many'], report['medium'], report['few']) == (0.5, 1.0, 0.0)
+  assert report['top5'] == pytest.approx(5 / 6)
+  assert report['per_class'] == [0.5, 1.0, 0.0]
+
+
+def test_empty_group_is_none_and_missing_class_is_skipped():
+  train_counts = np.array([300, 150, 30])  # many, many, medium: no few class
+  labels = np.array([0, 1])  # class 2 has no test example here
+  report = metrics.accuracy_report(np.array([[0], [0]]), labels, train_counts)
+  assert report['few'] is None
+  assert report['medium'] is None  # its only class (2) has no test example
+  assert report['many'] == 0.5
+  assert report['per_class'][2] is None
+
+
+def test_weight_norms_per_class():
+  kernel = np.array([[3.0, 0.0], [4.0, 2.0]])
+  assert metrics.weight_norms(kernel) == [5.0, 2.0]
