@@ -21,4 +21,5 @@ def get_config():
   config.stage2.learning_rate = 0.05
   config.stage2.weight_decay = 0.01
   config.checkpoint_every_steps = 200
+  config.eval_every_epochs = 5  # test accuracy along training, for the training-curve figure
   return config

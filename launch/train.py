@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/cifar100_lt.py:100 --workdir=DIR --config.stage2.alpha=0.2
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from bwlm_jax import platform
@@ -20,7 +20,6 @@ def main(argv):
   platform.hide_gpus_from_tensorflow()
   import jax
   from bwlm_jax.train.loop import train_and_evaluate
-  logging.set_verbosity(logging.WARNING)
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -253,7 +253,11 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
 
   def record(step, finished):
     checkpoints.save(step, state, {'stage': stage, 'step': step, 'total_steps': total_steps,
-                                   'finished': finished, 'config': config.to_dict()})
+                                   'finished': finished, 'config': config.to_dict(),
+                                   # What inference needs without loading the dataset (predict.py).
+                                   'class_names': list(rt.dataset.class_names), 'image_size': rt.dataset.image_size,
+                                   'mean': list(rt.dataset.mean), 'std': list(rt.dataset.std),
+                                   'center_crop': not rt.dataset.in_memory})
 
   start = int(state.step)
   progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True,
@@ -275,7 +279,7 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
       pending = (done, step_metrics)
     if config.eval_every_epochs and done % (config.eval_every_epochs * steps_per_epoch) == 0:
       report = evaluate(rt, _variables(stage, state), rt.dataset.test, 'test')
-      rt.writer.write(stage, done, {'test_accuracy': report['all']})
+      rt.writer.write(stage, done, {'test_accuracy': report['all'], 'epoch': done / steps_per_epoch})
     stopping = budget.spend() and done != total_steps
     if (done % config.checkpoint_every_steps == 0 or stopping) and done != total_steps:
       record(done, False)
@@ -376,20 +380,54 @@ def make_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
+def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> Runtime:
+  """Validate `config`, load its dataset (unless given) and build the model and mesh."""
+  validate_config(config)
+  if dataset is None:
+    dataset = load_dataset(config.data)
+    print(format_summary(dataset.name, count_summary(dataset.train_counts),
+                         {n: len(s) for n, s in dataset.eval_splits().items()}))
+  model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
+  return Runtime(config, workdir, dataset, model, make_mesh(), MetricWriter(workdir), {})
+
+
+def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
+  """(inference variables, meta) of the finished `stage` checkpoint in `workdir`; a clear error if absent."""
+  directory = os.path.join(workdir, 'checkpoints', stage)
+  checkpoints = StageCheckpoints(directory, 1) if os.path.isdir(directory) else None
+  meta = checkpoints.latest_meta() if checkpoints else None
+  if meta is None or not meta.get('finished'):
+    if checkpoints:
+      checkpoints.close()
+    raise FileNotFoundError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '
+                            f'train it first with launch/train.py --config.stages={stage}.')
+  state, _ = checkpoints.restore_latest()
+  checkpoints.close()
+  return _variables(stage, TrainState(**state)), meta
+
+
+def restore_variables(rt: Runtime, stage: str) -> dict:
+  """Inference variables of a finished stage of `rt.workdir`, checked against the runtime's dataset."""
+  variables, meta = load_finished(rt.workdir, stage)
+  num_classes = variables['head']['dense']['kernel'].shape[-1]
+  saved = meta['config']['data']['name']
+  if saved != rt.config.data.name or num_classes != rt.dataset.num_classes:
+    raise ValueError(f'the {stage} checkpoint in {rt.workdir} was trained on {saved} with {num_classes} classes; '
+                     f'this config has {rt.config.data.name} with {rt.dataset.num_classes} classes.')
+  return variables
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None,
+                       dataset: Optional[LongTailDataset] = None) -> dict:
   """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it.
 
   `stop_after_steps` ends this process's training after that many steps (a checkpoint saved), as a
-  preemption would: rerunning resumes.
+  preemption would: rerunning resumes. `dataset` skips loading when the caller has it already.
   """
   validate_config(config)
-  stages = parse_stages(config)
   check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
-  dataset = load_dataset(config.data)
-  print(format_summary(dataset.name, count_summary(dataset.train_counts),
-                       {n: len(s) for n, s in dataset.eval_splits().items()}))
-  model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
-  rt = Runtime(config, workdir, dataset, model, make_mesh(), MetricWriter(workdir), {})
+  rt = make_runtime(config, workdir, dataset)
+  stages = parse_stages(config)
   trained = {}
   budget = StepBudget(stop_after_steps)
   try:
@@ -398,6 +436,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   finally:
     rt.writer.close()
 
+  dataset = rt.dataset
   results = {
       'dataset': dataset.name,
       'class_names': list(dataset.class_names),

@@ -1,0 +1,118 @@
+"""The paper's figures for our runs (matplotlib, PNG and PDF): Figures 3, 4, 5a, 6 and 7."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GROUP_COLUMNS = ('all', 'many', 'medium', 'few')
+
+
+def save(figure, directory: str, name: str) -> list[str]:
+  """Write `name`.png and `name`.pdf in `directory`; returns the paths."""
+  os.makedirs(directory, exist_ok=True)
+  paths = [os.path.join(directory, f'{name}.{ext}') for ext in ('png', 'pdf')]
+  for path in paths:
+    figure.savefig(path, dpi=150, bbox_inches='tight')
+  plt.close(figure)
+  return paths
+
+
+def _by_count(train_counts):
+  return np.argsort(-np.asarray(train_counts), kind='stable')
+
+
+def class_counts(train_counts, title: str):
+  """Figure 3: training images per class, classes sorted by count."""
+  counts = np.asarray(train_counts)[_by_count(train_counts)]
+  figure, axis = plt.subplots(figsize=(6, 3.5))
+  axis.bar(np.arange(counts.size), counts, width=1.0, color='tab:blue', label='training images')
+  axis.axhline(100, color='gray', ls='--', lw=0.8, label='Many / Medium (100)')
+  axis.axhline(20, color='gray', ls=':', lw=0.8, label='Medium / Few (20)')
+  axis.set_xlabel('class index (sorted by training count)')
+  axis.set_ylabel('training images')
+  axis.set_title(f'Class distribution: {title}')
+  axis.legend()
+  return figure
+
+
+def per_class_accuracy(accuracy_by_method: dict, train_counts, title: str):
+  """Figure 7: per-class test accuracy, classes sorted by training count, one line per method."""
+  order = _by_count(train_counts)
+  figure, axis = plt.subplots(figsize=(7, 3.8))
+  for method, accuracy in accuracy_by_method.items():
+    values = np.array([np.nan if a is None else a for a in accuracy], float)[order]
+    axis.plot(np.arange(values.size), 100 * values, marker='.', lw=1, label=method)
+  axis.set_xlabel('class index (sorted by training count)')
+  axis.set_ylabel('test accuracy (%)')
+  axis.set_title(f'Per-class accuracy: {title}')
+  axis.legend()
+  return figure
+
+
+def weight_norms(norms_by_method: dict, train_counts, title: str):
+  """Figure 5a: classifier weight norm per class, classes sorted by training count."""
+  order = _by_count(train_counts)
+  figure, axis = plt.subplots(figsize=(7, 3.8))
+  for method, norms in norms_by_method.items():
+    axis.plot(np.arange(len(order)), np.asarray(norms)[order], lw=1.2, label=method)
+  counts_axis = axis.twinx()
+  counts_axis.plot(np.arange(len(order)), np.asarray(train_counts)[order], 'k--', lw=0.8, label='training count')
+  counts_axis.set_ylabel('training images')
+  axis.set_xlabel('class index (sorted by training count)')
+  axis.set_ylabel('weight norm ||w_c||')
+  axis.set_title(f'Classifier weight norms: {title}')
+  lines, labels = axis.get_legend_handles_labels()
+  more_lines, more_labels = counts_axis.get_legend_handles_labels()
+  axis.legend(lines + more_lines, labels + more_labels)
+  return figure
+
+
+def accuracy_vs_parameter(values, reports, parameter: str, title: str):
+  """Figure 4: All / Many / Medium / Few accuracy against alpha (or lambda); the best All is starred."""
+  figure, axes = plt.subplots(1, 4, figsize=(13, 3.2), sharex=True)
+  for axis, column in zip(axes, GROUP_COLUMNS):
+    ys = np.array([np.nan if r[column] is None else 100 * r[column] for r in reports], float)
+    axis.plot(values, ys, marker='o', label=column.capitalize())
+    if not np.all(np.isnan(ys)):
+      best = int(np.nanargmax(ys))
+      axis.plot(values[best], ys[best], marker='*', color='tab:blue', ms=14, ls='none', label='best')
+    axis.set_title(column.capitalize())
+    axis.set_xlabel(parameter)
+    axis.set_ylabel('accuracy (%)')
+    axis.legend()
+  figure.suptitle(f'Accuracy against {parameter}: {title}')
+  figure.tight_layout()
+  return figure
+
+
+def training_curves(metrics_jsonl: str, title: str):
+  """Figure 6: training loss and test accuracy per epoch for each stage of a run."""
+  rows = [json.loads(line) for line in open(metrics_jsonl)]
+  figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.6))
+  for stage in dict.fromkeys(r['stage'] for r in rows):
+    losses = [(r['epoch'], r['loss']) for r in rows if r['stage'] == stage and 'loss' in r and 'epoch' in r]
+    if losses:
+      loss_axis.plot(*zip(*losses), label=stage)
+    accuracy = [(r['epoch'], 100 * r['test_accuracy']) for r in rows
+                if r['stage'] == stage and 'test_accuracy' in r and 'epoch' in r]
+    if accuracy:
+      accuracy_axis.plot(*zip(*accuracy), marker='o', label=stage)
+  loss_axis.set_xlabel('epoch')
+  loss_axis.set_ylabel('training loss')
+  loss_axis.set_title('Training loss')
+  accuracy_axis.set_xlabel('epoch')
+  accuracy_axis.set_ylabel('test accuracy (%)')
+  accuracy_axis.set_title('Test accuracy')
+  for axis in (loss_axis, accuracy_axis):
+    if axis.get_legend_handles_labels()[0]:
+      axis.legend()
+  figure.suptitle(f'Training curves: {title}')
+  figure.tight_layout()
+  return figure

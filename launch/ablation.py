@@ -1,0 +1,28 @@
+"""The paper's Table 2 for any dataset, from one base run: naive, stage-2 CE/CB/BS/BFS with lambda = 0
+and lambda > 0 (CEW/CBW/BSW/BWLM), plus comparison methods (tau-norm, logit adjustment, cRT, MaxNorm).
+
+  python launch/ablation.py --config=configs/quickstart.py --workdir=workdirs/quickstart
+
+Trains what is missing (naive and stage 1 in WORKDIR, each variant in WORKDIR/ablation/<row>), then
+writes WORKDIR/ablation/table.{md,csv,json} and figures in WORKDIR/figures/.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bwlm_jax import platform
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  platform.hide_gpus_from_tensorflow()
+  from bwlm_jax.experiments import run_ablation
+  run_ablation(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,45 @@
+"""Classify image files or folders with a trained model.
+
+  python launch/predict.py --workdir=workdirs/quickstart --images=cat.png,photos/ --top_k=3
+  python launch/predict.py --workdir=... --images=photos/ --output=preds.csv
+
+The model's architecture, classes and preprocessing come from its checkpoint. --stage picks the model
+(default: stage2 if the workdir has one, else naive).
+"""
+
+import os
+
+from absl import app, flags
+
+from bwlm_jax import platform
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
+_IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
+_STAGE = flags.DEFINE_string('stage', None, 'naive, stage1 or stage2.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
+_OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write (refuses to overwrite).')
+flags.mark_flags_as_required(['workdir', 'images'])
+
+
+def main(argv):
+  del argv
+  platform.hide_gpus_from_tensorflow()
+  from bwlm_jax.evaluate.report import write_csv
+  from bwlm_jax.predict import image_paths, predict_files
+  if _TOP_K.value < 1:
+    raise app.UsageError('--top_k must be >= 1.')
+  if _OUTPUT.value and os.path.exists(_OUTPUT.value):
+    raise app.UsageError(f'{_OUTPUT.value} exists; choose another --output (results are never overwritten).')
+  stage = _STAGE.value or ('stage2' if os.path.isdir(os.path.join(_WORKDIR.value, 'checkpoints', 'stage2'))
+                           else 'naive')
+  predictions = predict_files(_WORKDIR.value, stage, image_paths(_IMAGES.value), _TOP_K.value)
+  for path, top in predictions:
+    print(f'{path}: ' + ', '.join(f'{name} {probability:.3f}' for name, probability in top))
+  if _OUTPUT.value:
+    header = ['path'] + [f'{kind}_{rank}' for rank in range(1, _TOP_K.value + 1) for kind in ('class', 'prob')]
+    write_csv(_OUTPUT.value, header, [[path] + [v for pair in top for v in pair] for path, top in predictions])
+    print(f'wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

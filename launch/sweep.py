@@ -1,0 +1,32 @@
+"""BWLM over alpha (Figure 4) and/or lambda, from one base run.
+
+  python launch/sweep.py --config=configs/quickstart.py --workdir=workdirs/quickstart
+  python launch/sweep.py --config=... --workdir=... --alphas=0.1 --lambdas=0,0.01,0.1
+
+Writes WORKDIR/sweep/table.{md,csv,json} and WORKDIR/figures/alpha_sweep_*.{png,pdf}.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bwlm_jax import platform
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
+_ALPHAS = flags.DEFINE_string('alphas', '0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1', 'Comma-separated alphas.')
+_LAMBDAS = flags.DEFINE_string('lambdas', None, 'Comma-separated lambdas (default: config.stage2.weight_decay).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  from bwlm_jax.experiments import parse_values, run_sweep
+  alphas = parse_values(_ALPHAS.value, 'alphas')
+  lambdas = (parse_values(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
+             else [_CONFIG.value.stage2.weight_decay])
+  platform.hide_gpus_from_tensorflow()
+  run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas)
+
+
+if __name__ == '__main__':
+  app.run(main)

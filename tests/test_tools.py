@@ -1,0 +1,141 @@
+"""Evaluation tools on a tiny run: evaluate, ablation table, sweep, figures, predict, and their bad input."""
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bwlm_jax.config import base_config
+from bwlm_jax.data import shapes
+from bwlm_jax.evaluate.evaluation import evaluate_workdir
+from bwlm_jax.experiments import run_ablation, run_sweep
+from bwlm_jax.predict import image_paths, predict_files
+from bwlm_jax.train.loop import make_runtime
+
+
+def _tiny(tfds_dir):
+  config = base_config()
+  config.data.name = 'embedded'
+  config.data.data_dir = tfds_dir
+  config.data.imbalance_factor = 10.0
+  config.data.max_count = 40
+  config.model.name = 'resnet8'
+  config.batch_size = 32
+  config.eval_batch_size = 500
+  for stage in (config.naive, config.stage1, config.stage2):
+    stage.epochs = 1
+    stage.learning_rate = 0.05
+  config.stage2.weight_decay = 0.01
+  config.eval_every_epochs = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def ablation_run(tfds_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('ablation'))
+  rows = run_ablation(_tiny(tfds_dir), workdir)
+  return workdir, rows
+
+
+def test_ablation_table_has_every_row_and_column(ablation_run):
+  workdir, rows = ablation_run
+  expected = ['naive', '+CE', '+CB', '+BS', '+BFS', '+CEW', '+CBW', '+BSW', '+BWLM', 'cRT', '+BWLM+MaxNorm',
+              'naive+tau-norm (tau=1)', 'naive+logit adjustment']
+  assert list(rows) == expected
+  table = open(os.path.join(workdir, 'ablation', 'table.md')).read().splitlines()
+  assert table[0] == '| embedded IF 10 | Many | Medium | Few | All |'
+  assert [line.split('|')[1].strip() for line in table[2:]] == expected
+  for line in table[2:]:
+    many, medium, few, everything = [c.strip() for c in line.split('|')[2:6]]
+    assert many == '-'  # no class has more than 100 images: absent, not 0
+    assert all(0 <= float(v) <= 100 for v in (medium, few, everything))
+  saved = json.load(open(os.path.join(workdir, 'ablation', 'table.json')))
+  assert list(saved['rows']) == expected
+  # The grid trained each variant in its own sub-workdir with the loss and lambda of its row.
+  bwlm = json.load(open(os.path.join(workdir, 'ablation', 'BWLM', 'config.json')))
+  cew = json.load(open(os.path.join(workdir, 'ablation', 'CEW', 'config.json')))
+  assert (bwlm['stage2']['loss'], bwlm['stage2']['weight_decay']) == ('bfs', 0.01)
+  assert (cew['stage2']['loss'], cew['stage2']['weight_decay']) == ('ce', 0.01)
+  assert json.load(open(os.path.join(workdir, 'ablation', 'CE', 'config.json')))['stage2']['weight_decay'] == 0
+
+
+def test_figures_are_written_and_not_empty(ablation_run):
+  workdir, _ = ablation_run
+  for name in ('per_class_accuracy', 'weight_norms', 'class_counts', 'training_curves'):
+    for ext in ('png', 'pdf'):
+      path = os.path.join(workdir, 'figures', f'{name}.{ext}')
+      assert os.path.getsize(path) > 5000, path
+  image = np.asarray(Image.open(os.path.join(workdir, 'figures', 'per_class_accuracy.png')))
+  assert image.shape[0] > 300 and image.std() > 10  # a drawn figure, not a blank canvas
+
+
+def test_rerun_reuses_finished_variants_and_never_overwrites(ablation_run, tfds_dir):
+  workdir, rows = ablation_run
+  again = run_ablation(_tiny(tfds_dir), workdir)
+  assert again == rows  # finished variants were reused, not retrained
+  assert os.path.exists(os.path.join(workdir, 'ablation', 'table-2.md'))
+
+
+def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
+  workdir, rows = ablation_run
+  rt = make_runtime(_tiny(tfds_dir), workdir)
+  summary = evaluate_workdir(rt)
+  assert set(summary) == {'naive', 'stage1'}
+  report = summary['naive']['splits']['test']['report']
+  assert report['all'] == rows['naive']['all']
+  confusion = np.loadtxt(os.path.join(workdir, 'evaluation', 'naive', 'confusion_test.csv'), delimiter=',',
+                         skiprows=1, usecols=range(1, 21))
+  assert confusion.sum() == 2000 and np.trace(confusion) == round(report['all'] * 2000)
+  per_class = open(os.path.join(workdir, 'evaluation', 'naive', 'per_class_test.csv')).read().splitlines()
+  assert per_class[0] == 'class,name,train_count,group,accuracy,weight_norm' and len(per_class) == 21
+  evaluate_workdir(rt, ['naive'])
+  assert os.path.exists(os.path.join(workdir, 'evaluation', 'naive', 'test-2.json'))
+
+
+def test_sweep_table_and_plot(ablation_run, tfds_dir):
+  workdir, _ = ablation_run
+  grid = run_sweep(_tiny(tfds_dir), workdir, [0.0, 1.0], [0.01])
+  assert list(grid) == ['alpha=0,lambda=0.01', 'alpha=1,lambda=0.01']
+  assert os.path.getsize(os.path.join(workdir, 'figures', 'alpha_sweep_lambda0.01.png')) > 5000
+  with pytest.raises(ValueError, match='at least one alpha'):
+    run_sweep(_tiny(tfds_dir), workdir, [], [0.01])
+  with pytest.raises(ValueError, match=r'alpha values must lie in \[0, 1\]'):
+    run_sweep(_tiny(tfds_dir), workdir, [1.5], [0.01])
+
+
+def test_predict_on_generated_images(ablation_run, tmp_path):
+  workdir, _ = ablation_run
+  images, labels = shapes.draw_split([1] * 20, seed=5)
+  for i, image in enumerate(images[:4]):
+    Image.fromarray(image).resize((64, 64)).save(tmp_path / f'{i}.png')
+  predictions = predict_files(os.path.join(workdir, 'ablation', 'BWLM'), 'stage2', image_paths([str(tmp_path)]), 3)
+  assert len(predictions) == 4
+  for _, top in predictions:
+    assert len(top) == 3 and all(name in shapes.class_names() for name, _ in top)
+    probabilities = [p for _, p in top]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+  (tmp_path / 'broken.png').write_bytes(b'no image')
+  with pytest.raises(ValueError, match='cannot decode image .*broken.png'):
+    predict_files(os.path.join(workdir, 'ablation', 'BWLM'), 'stage2', [str(tmp_path / 'broken.png')])
+
+
+def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, tmp_path):
+  workdir, _ = ablation_run
+  with pytest.raises(FileNotFoundError, match='no finished stage2 checkpoint'):
+    predict_files(str(tmp_path), 'stage2', [])
+  other = _tiny(tfds_dir)
+  other.data.name = 'folder'
+  folder = tmp_path / 'imgs'
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      os.makedirs(folder / split / name)
+      Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / split / name / '0.png')
+  other.data.folder = str(folder)
+  other.data.imbalance_factor = None
+  other.data.max_count = None
+  rt = make_runtime(other, workdir)
+  with pytest.raises(ValueError, match='trained on embedded with 20 classes; this config has folder with 2'):
+    evaluate_workdir(rt, ['naive'])
