@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads).
   config.stage2.head_bias_init = 'zeros'
   config.stage2.augment = True  # Augmentation in stage 2 (stage 1 and naive use data.augment).
+  # With stage2.augment off, the frozen backbone's features are a fixed function of each image:
+  # compute them once and train the head on them (much faster; same result to float tolerance).
+  config.stage2.cache_features = True
   # Class counts n_j of the balanced losses. 'stage2' (default): the rebalanced set stage 2 trains
   # on, the label distribution balanced softmax corrects for (Ren et al.'s derivation) and the
   # effective numbers CB weights are meant for. 'long_tail': the whole long-tailed set (n_j of the

@@ -214,3 +214,20 @@ def test_crt_style_stage2_on_naive_backbone(tiny_config, tmp_path):
   assert meta['total_steps'] == 2 * -(-311 // 32)  # the whole long tail, not the review set
   assert np.linalg.norm(stage2['params']['head']['dense']['kernel'], axis=0).max() <= 0.5 + 1e-5
   assert set(results['models']) == {'naive', 'stage2'}
+
+
+def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uninterrupted, tmp_path):
+  reference_dir, _ = uninterrupted
+  tiny_config.stages = 'stage2'
+  tiny_config.stage1_checkpoint = reference_dir
+  tiny_config.stage2.augment = False
+  heads = {}
+  for cache in (False, True):
+    tiny_config.stage2.cache_features = cache
+    workdir = str(tmp_path / f'cache_{cache}')
+    train_and_evaluate(tiny_config, workdir)
+    heads[cache] = _restore(workdir, 'stage2')[0]['params']['head']['dense']
+  for name in ('kernel', 'bias'):
+    np.testing.assert_allclose(heads[True][name], heads[False][name], rtol=1e-4, atol=1e-5)
+  assert not np.array_equal(heads[True]['kernel'], _restore(reference_dir, 'stage2')[0]['params']['head']['dense'][
+      'kernel'])  # augmentation off really changed the batches' content

@@ -6,7 +6,10 @@ import json
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
+
+from bwlm_jax.sharding import make_mesh, replicated
 
 # Config fields that do not change a result: they may differ between a run and its resumption.
 RESULT_NEUTRAL_FIELDS = (
@@ -21,7 +24,8 @@ class StageCheckpoints:
   def __init__(self, directory: str, keep: int):
     self.directory = directory
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
   def latest_meta(self) -> Optional[dict]:
     step = self.manager.latest_step()
@@ -32,9 +36,14 @@ class StageCheckpoints:
   def restore_latest(self, target_state=None) -> tuple[Any, dict]:
     """(state, meta) of the latest checkpoint, with arrays placed like `target_state`'s.
 
-    Without a target the state comes back as the nested dict of arrays that was saved.
+    Without a target the state comes back as the nested dict of arrays that was saved, replicated
+    over this process's devices (whatever devices saved it).
     """
     step = self.manager.latest_step()
+    if target_state is None:
+      everywhere = replicated(make_mesh())
+      target_state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=everywhere),
+                                  self.manager.item_metadata(step)['state'])
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']

@@ -10,10 +10,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from bwlm_jax import losses
+from bwlm_jax import losses, sharding
 from bwlm_jax.data import LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline
 from bwlm_jax.data.summary import count_summary, format_summary
 from bwlm_jax.evaluate import metrics as metrics_lib
@@ -25,7 +24,7 @@ from bwlm_jax.train.checkpoint import StageCheckpoints, check_workdir_config
 from bwlm_jax.train.metric_writer import MetricWriter
 from bwlm_jax.train.state import Model, TrainState
 from bwlm_jax.train.steps import (HEAD_INIT, StepConfig, class_balanced_tables, make_device_train_step,
-                                  make_features_fn, make_stream_train_step)
+                                  make_cached_head_step, make_features_fn, make_stream_train_step)
 
 STAGE_TAGS = {'naive': 11, 'stage1': 12, 'stage2': 13}
 TOP_K = 5
@@ -110,11 +109,11 @@ class Runtime:
 
   @property
   def replicated(self):
-    return NamedSharding(self.mesh, P())
+    return sharding.replicated(self.mesh)
 
   @property
   def data_sharding(self):
-    return NamedSharding(self.mesh, P('data'))
+    return sharding.batch_sharded(self.mesh)
 
   @property
   def image_shape(self):
@@ -220,6 +219,13 @@ def _device_arrays(rt: Runtime, split_name: str, split):
   return rt.device_data[split_name]
 
 
+def _cached_features(rt: Runtime, frozen: dict, split):
+  """The frozen backbone's features of every stage-2 training example, computed once, kept on device."""
+  features, labels = split_features(rt, {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats']}, split)
+  return (jax.device_put(jnp.asarray(features), rt.replicated),
+          jax.device_put(jnp.asarray(labels, jnp.int32), rt.replicated))
+
+
 def run_stage(rt: Runtime, stage: str, budget: StepBudget,
               backbone_state: Optional[TrainState] = None) -> TrainState:
   """Train one stage to its end, resuming from its latest checkpoint; returns the final state."""
@@ -248,7 +254,8 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
                         std=rt.dataset.std, dtype=DTYPES[config.model.dtype],
                         max_norm=config.stage2.max_norm if stage == 'stage2' else None)
   loss_fn = _loss_fn(rt, stage, split)
-  batches = _batch_source(rt, stage, split, step_cfg, tx, loss_fn, schedule, int(state.step), total_steps,
+  batches = _batch_source(rt, stage, split, step_cfg, tx, loss_fn, schedule, state.frozen, int(state.step),
+                          total_steps,
                           augment)
 
   def record(step, finished):
@@ -306,11 +313,17 @@ def _log(rt, stage, progress, pending, steps_per_epoch, images_per_second):
                        img_s=f'{values["images_per_second"]:.0f}', refresh=False)
 
 
-def _batch_source(rt: Runtime, stage, split, step_cfg, tx, loss_fn, schedule, start_step, total_steps, augment):
+def _batch_source(rt: Runtime, stage, split, step_cfg, tx, loss_fn, schedule, frozen, start_step, total_steps,
+                  augment):
   """A callable state -> (state, metrics) that advances training by one step with the right batch."""
   class_balanced = stage == 'stage2' and rt.config.stage2.sampler == 'class_balanced'
   if rt.dataset.in_memory:
     tables = class_balanced_tables(split.labels, rt.dataset.num_classes) if class_balanced else None
+    if stage == 'stage2' and not augment and rt.config.stage2.cache_features:
+      cached_step = make_cached_head_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.data_sharding,
+                                          rt.replicated, tables)
+      features, labels = _cached_features(rt, frozen, split)
+      return lambda state: cached_step(state, features, labels)
     train_step = make_device_train_step(rt.model, tx, loss_fn, schedule, step_cfg, rt.data_sharding, rt.replicated,
                                         tables)
     images, labels = _device_arrays(rt, f'train/{stage}/{rt.config.stage2.train_set}', split)
@@ -375,11 +388,6 @@ def evaluate(rt: Runtime, variables: dict, split, split_name: str = 'test') -> d
   return metrics_lib.accuracy_report(posthoc.top_k(logits, TOP_K), labels, rt.dataset.train_counts)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """One data axis over every device: the batch is split over it, parameters are replicated."""
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> Runtime:
   """Validate `config`, load its dataset (unless given) and build the model and mesh."""
   validate_config(config)
@@ -388,7 +396,7 @@ def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None
     print(format_summary(dataset.name, count_summary(dataset.train_counts),
                          {n: len(s) for n, s in dataset.eval_splits().items()}))
   model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
-  return Runtime(config, workdir, dataset, model, make_mesh(), MetricWriter(workdir), {})
+  return Runtime(config, workdir, dataset, model, sharding.make_mesh(), MetricWriter(workdir), {})
 
 
 def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:

@@ -67,7 +67,10 @@ def class_balanced_indices(key, step, tables: dict, batch_size: int) -> jax.Arra
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
                         schedule: optax.Schedule, mode: str, state: TrainState, x, labels,
                         max_norm: Optional[float] = None):
-  if mode == 'full':
+  if mode == 'cached':  # x already holds the frozen backbone's features.
+    def loss_of(params):
+      return loss_fn(model.logits(params['head'], x), labels), (model.logits(params['head'], x), state.batch_stats)
+  elif mode == 'full':
     def loss_of(params):
       features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
       logits = model.logits(params['head'], features)
@@ -83,7 +86,7 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  if mode == 'head' and max_norm is not None:
+  if mode != 'full' and max_norm is not None:
     params = {**params, 'head': cap_class_norms(params['head'], max_norm)}
   metrics = {
       'loss': loss,
@@ -94,20 +97,23 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
   return new_state, metrics
 
 
-def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_sharding, sampler_tables=None):
-  """The training batch of `state.step`, gathered from on-device arrays and augmented.
+def step_indices(state: TrainState, num_examples: int, cfg: StepConfig, sampler_tables=None) -> jax.Array:
+  """Example indices of the batch of `state.step`.
 
   Without `sampler_tables` an epoch is a permutation; with them (class-balanced) every slot draws a class.
   """
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), DATA_ORDER)
+  if sampler_tables is not None:
+    return class_balanced_indices(key, state.step, sampler_tables, cfg.batch_size)
+  epoch = state.step // cfg.steps_per_epoch
+  step_in_epoch = state.step % cfg.steps_per_epoch
+  return device_pipeline.batch_indices(key, epoch, step_in_epoch, num_examples, cfg.batch_size)
+
+
+def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_sharding, sampler_tables=None):
+  """The training batch of `state.step`, gathered from on-device arrays, augmented and normalised."""
   key = jax.random.wrap_key_data(state.rng)
-  if sampler_tables is None:
-    epoch = state.step // cfg.steps_per_epoch
-    step_in_epoch = state.step % cfg.steps_per_epoch
-    indices = device_pipeline.batch_indices(
-        jax.random.fold_in(key, DATA_ORDER), epoch, step_in_epoch, labels.shape[0], cfg.batch_size)
-  else:
-    indices = class_balanced_indices(jax.random.fold_in(key, DATA_ORDER), state.step, sampler_tables,
-                                     cfg.batch_size)
+  indices = step_indices(state, labels.shape[0], cfg, sampler_tables)
   batch_images, batch_labels = images[indices], labels[indices]
   if cfg.augment:
     aug_key = jax.random.fold_in(jax.random.fold_in(key, AUGMENT), state.step)
@@ -125,6 +131,24 @@ def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: Ste
   def step(state, images, labels):
     x, batch_labels = device_batch(state, images, labels, cfg, data_sharding, sampler_tables)
     return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x, batch_labels, cfg.max_norm)
+
+  out_shardings = None if state_sharding is None else (state_sharding, None)
+  return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
+
+
+def make_cached_head_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
+                          state_sharding=None, sampler_tables=None):
+  """step(state, features [N, D], labels [N]) -> (state, metrics): stage 2 on precomputed features.
+
+  The batches are those of `make_device_train_step` (same indices), without the backbone's forward pass.
+  """
+  def step(state, features, labels):
+    indices = step_indices(state, labels.shape[0], cfg, sampler_tables)
+    x, batch_labels = features[indices], labels[indices]
+    if data_sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, data_sharding)
+      batch_labels = jax.lax.with_sharding_constraint(batch_labels, data_sharding)
+    return _forward_and_update(model, tx, loss_fn, schedule, 'cached', state, x, batch_labels, cfg.max_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
