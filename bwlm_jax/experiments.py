@@ -7,6 +7,8 @@ Each stage-2 variant trains in its own sub-workdir on the base run's frozen back
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -15,7 +17,7 @@ from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluate import plots
 from bwlm_jax.evaluate.evaluation import model_outputs, posthoc_reports
 from bwlm_jax.evaluate.report import markdown_table, unique_path, write_csv, write_json
-from bwlm_jax.train.loop import make_runtime, train_and_evaluate
+from bwlm_jax.train.loop import make_runtime, train_and_evaluate, train_heads_and_evaluate
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
 LOSS_ROWS = (('CE', 'ce'), ('CB', 'cb_focal'), ('BS', 'balanced_softmax'), ('BFS', 'bfs'))
@@ -48,14 +50,37 @@ def run_base(config, workdir: str, dataset) -> dict:
   return train_and_evaluate(base, workdir, dataset=dataset)
 
 
-def run_variant(config, workdir: str, kind: str, name: str, overrides: dict, dataset) -> dict:
+def _stage2_config(config, workdir: str):
   variant = copy.deepcopy(config)
   variant.stages = 'stage2'
   variant.stage1_checkpoint = os.path.abspath(workdir)
+  return variant
+
+
+def run_variant(config, workdir: str, kind: str, name: str, overrides: dict, dataset) -> dict:
+  """One stage-2 variant trained alone in WORKDIR/kind/<name>."""
+  variant = _stage2_config(config, workdir)
   for field, value in overrides.items():
     variant.stage2[field] = value
   print(f'--- {kind} {name}: {overrides}')
   return train_and_evaluate(variant, os.path.join(workdir, kind, _slug(name)), dataset=dataset)
+
+
+HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate')
+
+
+def run_variants_together(config, workdir: str, kind: str, variants: dict, dataset) -> dict:
+  """Variants that differ only in HEAD_FIELDS, trained as K heads at once in WORKDIR/kind/heads-<digest>."""
+  settings = []
+  for overrides in variants.values():
+    setting = {field: config.stage2[field] for field in HEAD_FIELDS}
+    setting.update(overrides)
+    settings.append(setting)
+  digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  print(f'--- {kind}: {len(settings)} heads at once: {", ".join(variants)}')
+  results = train_heads_and_evaluate(_stage2_config(config, workdir), os.path.join(workdir, kind, f'heads-{digest}'),
+                                     settings, dataset=dataset)
+  return dict(zip(variants, results))
 
 
 def _title(dataset, config) -> str:
@@ -63,16 +88,21 @@ def _title(dataset, config) -> str:
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
 
 
-def run_ablation(config, workdir: str) -> dict:
-  """The Table-2 grid plus comparison rows; writes table.md/.csv/.json and figures under WORKDIR/ablation."""
+def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
+  """The Table-2 grid plus comparison rows; writes table.md/.csv/.json and figures under WORKDIR/ablation.
+
+  With `vectorized`, the eight loss x lambda rows train as eight heads at once (shared features).
+  """
   variants = ablation_variants(config)
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
   rows = {'naive': base['models']['naive']['test']}
   norms = {'naive': base['weight_norms']['naive']}
   per_class = {'naive': rows['naive']['per_class']}
+  together = {n: v for n, v in variants.items() if set(v) <= set(HEAD_FIELDS)} if vectorized else {}
+  finished = run_variants_together(config, workdir, 'ablation', together, dataset) if together else {}
   for name, overrides in variants.items():
-    results = run_variant(config, workdir, 'ablation', name, overrides, dataset)
+    results = finished.get(name) or run_variant(config, workdir, 'ablation', name, overrides, dataset)
     rows[name] = results['models']['stage2']['test']
     norms[name] = results['weight_norms']['stage2']
   per_class['BWLM'] = rows['+BWLM']['per_class']
@@ -110,8 +140,11 @@ def parse_values(text: str, name: str) -> list[float]:
   return values
 
 
-def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float]) -> dict:
-  """BWLM over every (alpha, lambda) pair (Figure 4); a table per lambda and a plot against alpha."""
+def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], vectorized: bool = True) -> dict:
+  """BWLM over every (alpha, lambda) pair (Figure 4); a table per lambda and a plot against alpha.
+
+  With `vectorized`, all pairs train as heads of one run (one jitted step, shared features).
+  """
   if not alphas or not lambdas:
     raise ValueError('the sweep needs at least one alpha and one lambda value.')
   bad = [a for a in alphas if not 0.0 <= a <= 1.0]
@@ -122,15 +155,15 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float]) -
   title = _title(dataset, config)
   out_dir = os.path.join(workdir, 'sweep')
   os.makedirs(out_dir, exist_ok=True)
-  grid = {}
+  variants = {f'alpha={a:g},lambda={d:g}': {'loss': 'bfs', 'alpha': a, 'weight_decay': d}
+              for d in lambdas for a in alphas}
+  if vectorized:
+    finished = run_variants_together(config, workdir, 'sweep', variants, dataset)
+  else:
+    finished = {name: run_variant(config, workdir, 'sweep', name, v, dataset) for name, v in variants.items()}
+  grid = {name: results['models']['stage2']['test'] for name, results in finished.items()}
   for decay in lambdas:
-    reports = []
-    for alpha in alphas:
-      name = f'alpha={alpha:g},lambda={decay:g}'
-      results = run_variant(config, workdir, 'sweep', name, {'loss': 'bfs', 'alpha': alpha, 'weight_decay': decay},
-                            dataset)
-      reports.append(results['models']['stage2']['test'])
-      grid[name] = reports[-1]
+    reports = [grid[f'alpha={a:g},lambda={decay:g}'] for a in alphas]
     rows = {f'alpha={a:g}': r for a, r in zip(alphas, reports)}
     print(markdown_table(rows, f'{title}, lambda={decay:g}'))
     if len(alphas) > 1:

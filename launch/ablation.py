@@ -14,6 +14,8 @@ from bwlm_jax import platform
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
+_VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
+                                  'hyper-parameters as heads of one run (shared features, one jitted step).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -21,7 +23,7 @@ def main(argv):
   del argv
   platform.hide_gpus_from_tensorflow()
   from bwlm_jax.experiments import run_ablation
-  run_ablation(_CONFIG.value, _WORKDIR.value)
+  run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
 
 
 if __name__ == '__main__':

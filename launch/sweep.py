@@ -15,6 +15,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
 _ALPHAS = flags.DEFINE_string('alphas', '0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1', 'Comma-separated alphas.')
 _LAMBDAS = flags.DEFINE_string('lambdas', None, 'Comma-separated lambdas (default: config.stage2.weight_decay).')
+_VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
+                                  'hyper-parameters as heads of one run (shared features, one jitted step).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,7 +27,7 @@ def main(argv):
   lambdas = (parse_values(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
              else [_CONFIG.value.stage2.weight_decay])
   platform.hide_gpus_from_tensorflow()
-  run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas)
+  run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
 
 
 if __name__ == '__main__':

@@ -54,12 +54,16 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
     assert all(0 <= float(v) <= 100 for v in (medium, few, everything))
   saved = json.load(open(os.path.join(workdir, 'ablation', 'table.json')))
   assert list(saved['rows']) == expected
-  # The grid trained each variant in its own sub-workdir with the loss and lambda of its row.
-  bwlm = json.load(open(os.path.join(workdir, 'ablation', 'BWLM', 'config.json')))
-  cew = json.load(open(os.path.join(workdir, 'ablation', 'CEW', 'config.json')))
-  assert (bwlm['stage2']['loss'], bwlm['stage2']['weight_decay']) == ('bfs', 0.01)
-  assert (cew['stage2']['loss'], cew['stage2']['weight_decay']) == ('ce', 0.01)
-  assert json.load(open(os.path.join(workdir, 'ablation', 'CE', 'config.json')))['stage2']['weight_decay'] == 0
+  # The eight loss x lambda rows trained as eight heads of one run, each with its row's loss and lambda.
+  [heads_dir] = [d for d in os.listdir(os.path.join(workdir, 'ablation')) if d.startswith('heads-')]
+  heads = json.load(open(os.path.join(workdir, 'ablation', heads_dir, 'results.json')))['heads']
+  assert [(h['setting']['loss'], h['setting']['weight_decay']) for h in heads] == [
+      ('ce', 0.0), ('cb_focal', 0.0), ('balanced_softmax', 0.0), ('bfs', 0.0),
+      ('ce', 0.01), ('cb_focal', 0.01), ('balanced_softmax', 0.01), ('bfs', 0.01)]
+  assert heads[7]['models']['stage2']['test'] == rows['+BWLM']
+  # The comparison rows that change more than the head trained alone.
+  crt = json.load(open(os.path.join(workdir, 'ablation', 'cRT', 'config.json')))
+  assert (crt['stage2']['backbone'], crt['stage2']['sampler']) == ('naive', 'class_balanced')
 
 
 def test_figures_are_written_and_not_empty(ablation_run):
@@ -111,7 +115,7 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
   images, labels = shapes.draw_split([1] * 20, seed=5)
   for i, image in enumerate(images[:4]):
     Image.fromarray(image).resize((64, 64)).save(tmp_path / f'{i}.png')
-  predictions = predict_files(os.path.join(workdir, 'ablation', 'BWLM'), 'stage2', image_paths([str(tmp_path)]), 3)
+  predictions = predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', image_paths([str(tmp_path)]), 3)
   assert len(predictions) == 4
   for _, top in predictions:
     assert len(top) == 3 and all(name in shapes.class_names() for name, _ in top)
@@ -119,7 +123,7 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
   (tmp_path / 'broken.png').write_bytes(b'no image')
   with pytest.raises(ValueError, match='cannot decode image .*broken.png'):
-    predict_files(os.path.join(workdir, 'ablation', 'BWLM'), 'stage2', [str(tmp_path / 'broken.png')])
+    predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', [str(tmp_path / 'broken.png')])
 
 
 def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, tmp_path):

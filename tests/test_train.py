@@ -231,3 +231,27 @@ def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uni
     np.testing.assert_allclose(heads[True][name], heads[False][name], rtol=1e-4, atol=1e-5)
   assert not np.array_equal(heads[True]['kernel'], _restore(reference_dir, 'stage2')[0]['params']['head']['dense'][
       'kernel'])  # augmentation off really changed the batches' content
+
+
+@pytest.mark.parametrize('augment', [True, False])
+def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterrupted, tmp_path, augment):
+  from bwlm_jax.train.loop import train_heads_and_evaluate
+  reference_dir, _ = uninterrupted
+  tiny_config.stages = 'stage2'
+  tiny_config.stage1_checkpoint = reference_dir
+  tiny_config.stage2.augment = augment
+  settings = [
+      {'loss': 'bfs', 'alpha': 0.3, 'beta': 0.999, 'gamma': 2.0, 'weight_decay': 0.1, 'learning_rate': 0.01},
+      {'loss': 'ce', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 0.0, 'learning_rate': 0.05},
+  ]
+  together = train_heads_and_evaluate(tiny_config, str(tmp_path / 'together'), settings)
+  stacked = _restore(str(tmp_path / 'together'), 'stage2')[0]['params']['head']['dense']
+  for k, setting in enumerate(settings):
+    for field, value in setting.items():
+      tiny_config.stage2[field] = value
+    workdir = str(tmp_path / f'alone{k}')
+    alone = train_and_evaluate(tiny_config, workdir)
+    head = _restore(workdir, 'stage2')[0]['params']['head']['dense']
+    np.testing.assert_allclose(stacked['kernel'][k], head['kernel'], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stacked['bias'][k], head['bias'], rtol=1e-4, atol=1e-5)
+    assert abs(together[k]['models']['stage2']['test']['all'] - alone['models']['stage2']['test']['all']) <= 0.002

@@ -24,7 +24,8 @@ from bwlm_jax.train.checkpoint import StageCheckpoints, check_workdir_config
 from bwlm_jax.train.metric_writer import MetricWriter
 from bwlm_jax.train.state import Model, TrainState
 from bwlm_jax.train.steps import (HEAD_INIT, StepConfig, class_balanced_tables, make_device_train_step,
-                                  make_cached_head_step, make_features_fn, make_stream_train_step)
+                                  head_settings_arrays, make_cached_head_step, make_features_fn,
+                                  make_multihead_step, make_stream_train_step, stack_heads)
 
 STAGE_TAGS = {'naive': 11, 'stage1': 12, 'stage2': 13}
 TOP_K = 5
@@ -157,13 +158,18 @@ def _initial_state(rt: Runtime, stage: str, tx, backbone_state: Optional[TrainSt
                     opt_state=tx.init(params), frozen=frozen, rng=jax.random.key_data(key))
 
 
+def _loss_counts(rt: Runtime, split) -> jax.Array:
+  """n_j of the balanced losses (config.stage2.loss_counts); a class with no image cannot be a label."""
+  source = rt.dataset.train_counts if rt.config.stage2.loss_counts == 'long_tail' else np.bincount(
+      split.labels, minlength=rt.dataset.num_classes)
+  return jnp.asarray(np.maximum(source, 1), jnp.float32)
+
+
 def _loss_fn(rt: Runtime, stage: str, split):
   if stage != 'stage2':
     return losses.cross_entropy
   cfg = rt.config.stage2
-  source = rt.dataset.train_counts if cfg.loss_counts == 'long_tail' else np.bincount(
-      split.labels, minlength=rt.dataset.num_classes)
-  counts = jnp.asarray(np.maximum(source, 1), jnp.float32)  # A class with no image cannot be a label.
+  counts = _loss_counts(rt, split)
 
   def loss_fn(logits, labels):
     return losses.stage2_loss(cfg.loss, logits, labels, counts, alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma)
@@ -219,6 +225,30 @@ def _device_arrays(rt: Runtime, split_name: str, split):
   return rt.device_data[split_name]
 
 
+def _multihead(rt: Runtime, split, head_settings: list, total_steps: int, steps_per_epoch: int) -> dict:
+  """The pieces of a K-head stage 2: 'init_opt_state' and 'batches' (a state -> (state, metrics) factory)."""
+  config = rt.config
+  if not rt.dataset.in_memory or config.stage2.sampler != 'uniform':
+    raise ValueError('training several stage-2 heads at once needs the device pipeline and the uniform sampler.')
+  cached = not config.stage2.augment and config.stage2.cache_features
+  settings = head_settings_arrays(head_settings)
+  cfg = StepConfig(mode='head', batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+                   augment=config.stage2.augment, mean=rt.dataset.mean, std=rt.dataset.std,
+                   dtype=DTYPES[config.model.dtype], max_norm=config.stage2.max_norm)
+  step, init_opt_state = make_multihead_step(rt.model, settings, config.stage2, _loss_counts(rt, split), cfg,
+                                             total_steps, cached, rt.data_sharding, rt.replicated)
+
+  def batches(step_cfg, frozen):
+    del step_cfg
+    if cached:
+      data, labels = _cached_features(rt, frozen, split)
+    else:
+      data, labels = _device_arrays(rt, f'train/stage2/{config.stage2.train_set}', split)
+    return lambda state: step(state, data, labels)
+
+  return {'init_opt_state': init_opt_state, 'batches': batches}
+
+
 def _cached_features(rt: Runtime, frozen: dict, split):
   """The frozen backbone's features of every stage-2 training example, computed once, kept on device."""
   features, labels = split_features(rt, {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats']}, split)
@@ -226,9 +256,13 @@ def _cached_features(rt: Runtime, frozen: dict, split):
           jax.device_put(jnp.asarray(labels, jnp.int32), rt.replicated))
 
 
-def run_stage(rt: Runtime, stage: str, budget: StepBudget,
-              backbone_state: Optional[TrainState] = None) -> TrainState:
-  """Train one stage to its end, resuming from its latest checkpoint; returns the final state."""
+def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optional[TrainState] = None,
+              head_settings: Optional[list] = None) -> TrainState:
+  """Train one stage to its end, resuming from its latest checkpoint; returns the final state.
+
+  With `head_settings` (stage 2 only), K heads train at once, one per setting (see
+  `steps.make_multihead_step`); the state then holds the K heads stacked on a leading axis.
+  """
   config = rt.config
   stage_cfg = config[stage]
   split = stage_split(rt, stage)
@@ -238,7 +272,12 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
   tx, schedule = _optimizer(rt, stage, total_steps, steps_per_epoch)
   if stage == 'stage2' and backbone_state is None:
     backbone_state = _load_backbone_state(rt)
-  state = jax.device_put(_initial_state(rt, stage, tx, backbone_state), rt.replicated)
+  state = _initial_state(rt, stage, tx, backbone_state)
+  if head_settings is not None:
+    multihead = _multihead(rt, split, head_settings, total_steps, steps_per_epoch)
+    heads = {'head': stack_heads(state.params['head'], len(head_settings))}
+    state = state.replace(params=heads, opt_state=multihead['init_opt_state'](heads))
+  state = jax.device_put(state, rt.replicated)
   meta = checkpoints.latest_meta()
   if meta is not None:
     state, meta = checkpoints.restore_latest(state)
@@ -253,10 +292,11 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
                         steps_per_epoch=steps_per_epoch, augment=augment, mean=rt.dataset.mean,
                         std=rt.dataset.std, dtype=DTYPES[config.model.dtype],
                         max_norm=config.stage2.max_norm if stage == 'stage2' else None)
-  loss_fn = _loss_fn(rt, stage, split)
-  batches = _batch_source(rt, stage, split, step_cfg, tx, loss_fn, schedule, state.frozen, int(state.step),
-                          total_steps,
-                          augment)
+  if head_settings is None:
+    batches = _batch_source(rt, stage, split, step_cfg, tx, _loss_fn(rt, stage, split), schedule, state.frozen,
+                            int(state.step), total_steps, augment)
+  else:
+    batches = multihead['batches'](step_cfg, state.frozen)
 
   def record(step, finished):
     checkpoints.save(step, state, {'stage': stage, 'step': step, 'total_steps': total_steps,
@@ -284,7 +324,8 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
         _log(rt, stage, progress, pending, steps_per_epoch, rate)
       timer, images_since = now, 0
       pending = (done, step_metrics)
-    if config.eval_every_epochs and done % (config.eval_every_epochs * steps_per_epoch) == 0:
+    if (config.eval_every_epochs and head_settings is None
+        and done % (config.eval_every_epochs * steps_per_epoch) == 0):
       report = evaluate(rt, _variables(stage, state), rt.dataset.test, 'test')
       rt.writer.write(stage, done, {'test_accuracy': report['all'], 'epoch': done / steps_per_epoch})
     stopping = budget.spend() and done != total_steps
@@ -305,7 +346,12 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget,
 def _log(rt, stage, progress, pending, steps_per_epoch, images_per_second):
   """Write the metrics of a step queued one logging interval earlier, and the latest image rate."""
   step, step_metrics = pending
-  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  values = {}
+  for name, value in jax.device_get(step_metrics).items():
+    value = np.asarray(value)
+    values[name] = float(value.mean())  # K heads at once: the mean, and each head below
+    if value.ndim:
+      values.update({f'{name}/head{k}': float(v) for k, v in enumerate(value)})
   values['images_per_second'] = images_per_second
   values['epoch'] = step / steps_per_epoch
   rt.writer.write(stage, step, values)
@@ -461,4 +507,36 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, 'results.json'), results)
     print(results_table(results))
+  return results
+
+
+def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
+                             dataset: Optional[LongTailDataset] = None) -> list:
+  """Stage 2 with one head per setting, trained at once on shared features; evaluate each head.
+
+  Returns one results dict per head, shaped like `train_and_evaluate`'s ({'models': {'stage2': ...},
+  'weight_norms': {'stage2': ...}}), and writes them to `workdir/results.json`.
+  """
+  if not head_settings:
+    raise ValueError('train_heads_and_evaluate needs at least one head setting.')
+  validate_config(config)
+  check_workdir_config(workdir, {**config.to_dict(), 'head_settings': head_settings}, config.allow_config_change)
+  rt = make_runtime(config, workdir, dataset)
+  try:
+    state = run_stage(rt, 'stage2', StepBudget(None), head_settings=head_settings)
+  finally:
+    rt.writer.close()
+  frozen = {'backbone': state.frozen['params'], 'batch_stats': state.frozen['batch_stats']}
+  outputs = {name: split_features(rt, frozen, split) for name, split in rt.dataset.eval_splits().items()}
+  heads = jax.device_get(state.params['head'])
+  results = []
+  for k, setting in enumerate(head_settings):
+    head = jax.tree.map(lambda leaf: leaf[k], heads)
+    reports = {name: metrics_lib.accuracy_report(posthoc.top_k(posthoc.linear_logits(f, head), TOP_K), y,
+                                                 rt.dataset.train_counts)
+               for name, (f, y) in outputs.items()}
+    results.append({'setting': setting, 'models': {'stage2': reports},
+                    'weight_norms': {'stage2': metrics_lib.weight_norms(head['dense']['kernel'])}})
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, 'results.json'), {'dataset': rt.dataset.name, 'heads': results})
   return results

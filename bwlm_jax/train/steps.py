@@ -179,3 +179,80 @@ def make_features_fn(model: Model, mean, std, dtype):
     return out.astype(jnp.float32)
 
   return features
+
+
+def head_settings_arrays(settings: list[dict]) -> dict:
+  """Stack per-head stage-2 settings ({'loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate'})."""
+  from bwlm_jax.losses import LOSSES
+  arrays = {name: jnp.asarray([float(s[name]) for s in settings], jnp.float32)
+            for name in ('alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate')}
+  arrays['loss'] = jnp.asarray([LOSSES.index(s['loss']) for s in settings], jnp.int32)
+  return arrays
+
+
+def _head_optimizer(stage_cfg, setting: dict, total_steps: int, steps_per_epoch: int):
+  """The stage-2 optimizer of one head, with its (possibly traced) learning rate and weight decay."""
+  from types import SimpleNamespace
+  from bwlm_jax.train import optim
+  schedule_cfg = SimpleNamespace(learning_rate=setting['learning_rate'], warmup_epochs=stage_cfg.warmup_epochs)
+  decay_cfg = SimpleNamespace(weight_decay=setting['weight_decay'], momentum=stage_cfg.momentum,
+                              nesterov=stage_cfg.nesterov)
+  schedule = optim.learning_rate_schedule(schedule_cfg, total_steps, steps_per_epoch)
+  return optim.sgd(decay_cfg, schedule, optim.head_mask), schedule
+
+
+def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, cfg: StepConfig, total_steps: int,
+                        cached: bool, data_sharding=None, state_sharding=None):
+  """K stage-2 heads trained at once: one jitted step, features computed once and shared, vmap over heads.
+
+  `settings` holds [K] arrays (see `head_settings_arrays`); head k follows exactly the updates it would
+  get trained alone with those settings (same batches, same init). Returns (step, init_opt_state) where
+  step(state, data, labels) takes cached features [N, D] (cached=True) or uint8 images [N, H, W, 3].
+  """
+  from bwlm_jax import losses
+
+  def loss_of(logits, labels, setting):
+    def one(name):
+      return lambda: losses.stage2_loss(name, logits, labels, class_counts, alpha=setting['alpha'],
+                                        beta=setting['beta'], gamma=setting['gamma'])
+    return jax.lax.switch(setting['loss'], [one(name) for name in losses.LOSSES])
+
+  def update_one(head_params, opt_state, setting, step, features, labels):
+    tx, schedule = _head_optimizer(stage_cfg, setting, total_steps, cfg.steps_per_epoch)
+
+    def objective(params):
+      logits = model.logits(params['head'], features)
+      return loss_of(logits, labels, setting), logits
+
+    (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(head_params)
+    updates, opt_state = tx.update(grads, opt_state, head_params)
+    head_params = optax.apply_updates(head_params, updates)
+    if cfg.max_norm is not None:
+      head_params = {'head': cap_class_norms(head_params['head'], cfg.max_norm)}
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+               'learning_rate': schedule(step)}
+    return head_params, opt_state, metrics
+
+  def step(state, data, labels):
+    if cached:
+      indices = step_indices(state, labels.shape[0], cfg)
+      features, batch_labels = data[indices], labels[indices]
+    else:
+      x, batch_labels = device_batch(state, data, labels, cfg, data_sharding)
+      features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
+    features = jax.lax.stop_gradient(features)
+    params, opt_state, metrics = jax.vmap(update_one, in_axes=(0, 0, 0, None, None, None))(
+        state.params, state.opt_state, settings, state.step, features, batch_labels)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def init_opt_state(stacked_params):
+    return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, total_steps, cfg.steps_per_epoch)[0].init(p))(
+        stacked_params, settings)
+
+  out_shardings = None if state_sharding is None else (state_sharding, None)
+  return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings), init_opt_state
+
+
+def stack_heads(head_params, count: int):
+  """`count` copies of one head's parameters along a new leading axis."""
+  return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count,) + leaf.shape), head_params)

@@ -1,0 +1,159 @@
+"""Throughput benchmarks on synthetic inputs (no dataset needed); one JSON object per measurement.
+
+  python launch/benchmark.py                       # ResNet-32 (batch 128, 32x32) and ResNeXt-50 (batch 64, 224x224)
+  python launch/benchmark.py --models=resnet32 --dtypes=float32,bfloat16 --blocks=3 --steps=10
+
+Each measurement: compile time (s), then the best of --blocks timed blocks of --steps steps after one
+warm-up step (single steps can stall for seconds on shared CPUs); images/s; XLA's FLOP count per step
+and the achieved fraction of the device's peak where the peak is known.
+"""
+
+import json
+import time
+
+from absl import app, flags
+
+from bwlm_jax import platform
+
+_MODELS = flags.DEFINE_list('models', ['resnet32', 'resnext50'], 'Backbones to measure.')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+_BLOCKS = flags.DEFINE_integer('blocks', 3, 'Timed blocks per measurement (the best is reported).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 32x32 models, 2 for 224x224).')
+_HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
+_SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
+           'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
+# Dense peak FLOP/s by device kind and dtype (vendor figures, without sparsity).
+PEAK_FLOPS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989e12, ('NVIDIA H100 80GB HBM3', 'float32'): 67e12,
+              ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 67e12}
+
+
+def _flops(compiled) -> float | None:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
+
+
+def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
+  """Compile, warm up, then time `blocks` blocks of `steps` chained steps; print and return the record."""
+  import jax
+  start = time.perf_counter()
+  compiled = jitted.lower(state, *args).compile()
+  compile_s = time.perf_counter() - start
+  state, _ = compiled(state, *args)
+  jax.block_until_ready(state)
+  best = float('inf')
+  for _ in range(blocks):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, *args)
+    jax.block_until_ready((state, metrics))
+    best = min(best, (time.perf_counter() - start) / steps)
+  device = jax.devices()[0]
+  flops = _flops(compiled)
+  peak = PEAK_FLOPS.get((device.device_kind, extra['dtype']))
+  record = {'measurement': name, **extra, 'device': device.device_kind, 'devices': jax.device_count(),
+            'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
+            'images_per_s': round(images_per_step / best, 1),
+            'flops_per_step': flops, 'peak_fraction': round(flops / best / peak, 4) if flops and peak else None}
+  print(json.dumps(record), flush=True)
+  return record, state
+
+
+def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from bwlm_jax import sharding
+  from bwlm_jax.config import base_config
+  from bwlm_jax.losses import balanced_focal_softmax, cross_entropy
+  from bwlm_jax.models import DTYPES, LinearHead, build_backbone
+  from bwlm_jax.train import optim
+  from bwlm_jax.train.state import Model, TrainState
+  from bwlm_jax.train.steps import (StepConfig, head_settings_arrays, make_cached_head_step, make_device_train_step,
+                                    make_features_fn, make_multihead_step, stack_heads)
+
+  batch, size, classes = _SHAPES[model_name]
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  num_images = 4 * batch  # synthetic "dataset" on device
+  images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8), sharding.replicated(mesh))
+  labels = jax.device_put(rng.integers(0, classes, num_images).astype(np.int32), sharding.replicated(mesh))
+  counts = jnp.asarray(np.maximum(np.bincount(np.asarray(labels), minlength=classes), 1), jnp.float32)
+  model = Model(build_backbone(model_name, dtype), LinearHead(classes))
+  config = base_config()
+  cfg = StepConfig(mode='full', batch_size=batch, steps_per_epoch=num_images // batch, augment=True,
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dtype=DTYPES[dtype])
+  schedule = optim.learning_rate_schedule(config.stage1, 10_000, cfg.steps_per_epoch)
+  key = jax.random.key(0)
+  backbone, stats = model.init_backbone(key, (size, size, 3))
+  feature_dim = model.feature_dim((size, size, 3))
+  head = model.init_head(key, feature_dim)
+  fresh = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (each measured state is donated)
+  extra = {'model': model_name, 'batch': batch, 'image_size': size, 'dtype': dtype}
+
+  tx = optim.sgd(config.stage1, schedule)
+  params = jax.tree.map(jnp.copy, {'backbone': backbone, 'head': head})  # this state gets donated
+  state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
+  step = make_device_train_step(model, tx, cross_entropy, schedule, cfg, sharding.batch_sharded(mesh),
+                                sharding.replicated(mesh))
+  record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
+  frozen = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
+
+  def loss_fn(logits, y):
+    return balanced_focal_softmax(logits, y, counts, 0.1, 0.9999, 1.0)
+
+  head_tx = optim.sgd(config.stage2, schedule, optim.head_mask)
+  head_params = {'head': head}
+  head_cfg = StepConfig(**{**cfg.__dict__, 'mode': 'head'})
+  head_state = TrainState(jnp.zeros((), jnp.int32), fresh(head_params), {}, head_tx.init(head_params),
+                          jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
+  uncached = make_device_train_step(model, head_tx, loss_fn, schedule, head_cfg, sharding.batch_sharded(mesh),
+                                    sharding.replicated(mesh))
+  measure('stage2_train_uncached', uncached, head_state, (images, labels), batch, steps, blocks, extra)
+
+  features_fn = make_features_fn(model, cfg.mean, cfg.std, cfg.dtype)
+  variables = {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats']}
+  start = time.perf_counter()
+  features = jnp.concatenate([features_fn(variables, images[i:i + batch]) for i in range(0, num_images, batch)])
+  jax.block_until_ready(features)
+  cache_s = time.perf_counter() - start
+
+  cached_state = TrainState(jnp.zeros((), jnp.int32), fresh(head_params), {}, head_tx.init(head_params),
+                            jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
+  cached = make_cached_head_step(model, head_tx, loss_fn, schedule, head_cfg, sharding.batch_sharded(mesh),
+                                 sharding.replicated(mesh))
+  measure('stage2_train_cached', cached, cached_state, (features, labels), batch, steps * 20, blocks,
+          {**extra, 'feature_cache_s_for_%d_images' % num_images: round(cache_s, 3)})
+
+  settings = head_settings_arrays([{'loss': 'bfs', 'alpha': a, 'beta': 0.9999, 'gamma': 1.0,
+                                    'weight_decay': config.stage2.weight_decay,
+                                    'learning_rate': config.stage2.learning_rate}
+                                   for a in np.linspace(0.0, 1.0, heads)])
+  multi_step, init_opt_state = make_multihead_step(model, settings, config.stage2, counts, head_cfg, 10_000, True,
+                                                   sharding.batch_sharded(mesh), sharding.replicated(mesh))
+  stacked = {'head': fresh(stack_heads(head, heads))}
+  multi_state = TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),
+                           jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
+  measure(f'stage2_sweep_{heads}_heads_cached', multi_step, multi_state, (features, labels), batch, steps * 20,
+          blocks, extra)
+
+  def eval_step(state, batch_images):
+    return state, features_fn(state, batch_images)
+
+  measure('eval_forward', jax.jit(eval_step), variables, (images[:batch],), batch, steps, blocks, extra)
+
+
+def main(argv):
+  del argv
+  platform.hide_gpus_from_tensorflow()
+  for model_name in _MODELS.value:
+    if model_name not in _SHAPES:
+      raise app.UsageError(f'unknown model {model_name!r}; expected one of {tuple(_SHAPES)}.')
+    steps = _STEPS.value or (10 if _SHAPES[model_name][1] == 32 else 2)
+    for dtype in _DTYPES.value:
+      run_model(model_name, dtype, steps, _BLOCKS.value, _HEADS.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
