@@ -11,6 +11,8 @@ from bwlm_jax import platform
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
+                                 '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -19,6 +21,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   platform.hide_gpus_from_tensorflow()
   import jax
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   from bwlm_jax.train.loop import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')

@@ -80,6 +80,12 @@ def test_stream_shards_split_the_data_between_processes(reachable):
                                          std=dataset.std, seed=0, epoch=0, start_step=0, steps=1,
                                          process_count=2))
   assert shard_sizes == [12, 12]
+  with tfds.testing.mock_data(num_examples=9):  # shards of 5 and 4: both yield 2 batches of 4
+    dataset = load_dataset(_data_config(name='imagenet_lt', image_size=32))
+    kwargs = dict(batch_size=4, image_size=32, mean=dataset.mean, std=dataset.std, process_count=2)
+    shards = [list(stream_pipeline.eval_batches(dataset.test, process_index=p, **kwargs)) for p in (0, 1)]
+  assert [len(s) for s in shards] == [2, 2]
+  assert [sum(int(m.sum()) for _, _, m in s) for s in shards] == [5, 4]
 
 
 def test_embedded_dataset_is_long_tailed_and_deterministic(embedded_data_config):

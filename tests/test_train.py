@@ -255,3 +255,17 @@ def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterru
     np.testing.assert_allclose(stacked['kernel'][k], head['kernel'], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stacked['bias'][k], head['bias'], rtol=1e-4, atol=1e-5)
     assert abs(together[k]['models']['stage2']['test']['all'] - alone['models']['stage2']['test']['all']) <= 0.002
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
+  tiny_config.model.dtype = 'bfloat16'
+  tiny_config.stages = 'stage1'
+  tiny_config.stage1.epochs = 1
+  results = train_and_evaluate(tiny_config, str(tmp_path))
+  state, _ = _restore(str(tmp_path), 'stage1')
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state['params'])} == {np.dtype('float32')}
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state['opt_state'])} <= {np.dtype('float32'),
+                                                                                    np.dtype('int32')}
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert all(np.isfinite(l['loss']) for l in lines)
+  assert 0 <= results['models']['stage1']['test']['all'] <= 1

@@ -92,7 +92,11 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
 
 def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, std, process_index: int = 0,
                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(images, labels, mask) over this process's shard once; the last batch padded and masked."""
+  """(images, labels, mask) over this process's shard once; the last batch padded and masked.
+
+  Every process yields the same number of batches (shards differ by at most one example), padding with
+  fully masked batches, so collective evaluation steps stay in lockstep.
+  """
   import tensorflow as tf
   dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)
 
@@ -103,6 +107,8 @@ def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, 
 
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.padded_batch(batch_size, padding_values=(0.0, 0, False)).prefetch(2)
+  largest_shard = -(-len(split) // process_count)
+  batches = 0
   for images, labels, mask in dataset.as_numpy_iterator():
     count = images.shape[0]
     if count < batch_size:
@@ -110,4 +116,8 @@ def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, 
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,), bool)])
+    batches += 1
     yield images, labels, mask
+  for _ in range(batches, -(-largest_shard // batch_size)):
+    yield (np.zeros((batch_size, image_size, image_size, 3), np.float32), np.zeros((batch_size,), np.int32),
+           np.zeros((batch_size,), bool))

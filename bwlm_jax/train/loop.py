@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from bwlm_jax import losses, sharding
@@ -415,14 +416,22 @@ def split_features(rt: Runtime, variables: dict, split) -> tuple[np.ndarray, np.
   if rt.dataset.in_memory:
     batches = device_pipeline.eval_batches(split, batch)
   else:
-    batches = stream_pipeline.eval_batches(split, batch_size=batch, image_size=rt.dataset.image_size,
-                                           mean=rt.dataset.mean, std=rt.dataset.std)
+    batches = stream_pipeline.eval_batches(split, batch_size=batch // jax.process_count(),
+                                           image_size=rt.dataset.image_size, mean=rt.dataset.mean, std=rt.dataset.std,
+                                           process_index=jax.process_index(), process_count=jax.process_count())
   backbone = {'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}
   features, labels = [], []
   for images, batch_labels, mask in batches:
-    out = np.asarray(rt.features_fn(backbone, jax.device_put(images, rt.data_sharding)))
-    features.append(out[mask])
-    labels.append(batch_labels[mask])
+    if rt.dataset.in_memory:  # every process holds the same full batch
+      out = rt.features_fn(backbone, jax.device_put(images, rt.data_sharding))
+    else:  # each process holds its own shard's batch
+      out = rt.features_fn(backbone, jax.make_array_from_process_local_data(rt.data_sharding, images))
+    if jax.process_count() > 1:
+      out = multihost_utils.process_allgather(out, tiled=True)
+      batch_labels = multihost_utils.process_allgather(batch_labels) if not rt.dataset.in_memory else batch_labels
+      mask = multihost_utils.process_allgather(mask) if not rt.dataset.in_memory else mask
+    features.append(np.asarray(out)[np.asarray(mask).reshape(-1)])
+    labels.append(np.asarray(batch_labels).reshape(-1)[np.asarray(mask).reshape(-1)])
   return np.concatenate(features), np.concatenate(labels)
 
 
