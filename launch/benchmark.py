@@ -1,7 +1,9 @@
 """Throughput benchmarks on synthetic inputs (no dataset needed); one JSON object per measurement.
 
-  python launch/benchmark.py                       # ResNet-32 (batch 128, 32x32) and ResNeXt-50 (batch 64, 224x224)
-  python launch/benchmark.py --models=resnet32 --dtypes=float32,bfloat16 --blocks=3 --steps=10
+  python launch/benchmark.py            # ResNet-32 (batch 128, 32x32): every measurement, float32 and bfloat16;
+                                        # ResNeXt-50 (batch 64, 224x224): on a CPU its forward pass in float32 only,
+                                        # on an accelerator every measurement in both dtypes
+  python launch/benchmark.py --models=resnext50 --dtypes=float32,bfloat16 --blocks=3 --steps=5
 
 Each measurement: compile time (s), then the best of --blocks timed blocks of --steps steps after one
 warm-up step (single steps can stall for seconds on shared CPUs); images/s; XLA's FLOP count per step
@@ -16,7 +18,13 @@ from absl import app, flags
 from bwlm_jax import platform
 
 _MODELS = flags.DEFINE_list('models', ['resnet32', 'resnext50'], 'Backbones to measure.')
-_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+_DTYPES = flags.DEFINE_list('dtypes', None, 'Compute dtypes (default float32,bfloat16; ResNeXt/ResNet-50 on a '
+                            'CPU: float32 only, to stay within minutes).')
+_TRAIN_224 = flags.DEFINE_bool('train_224', None, 'Time training steps of the 224x224 models too (default: on an '
+                                'accelerator only; on 2 CPU cores one ResNeXt-50 training step at batch 64 takes minutes, '
+                                'its forward pass 14 s).')
+_REAL_DATA = flags.DEFINE_bool('real_data', True, 'Also time the stage-1 step on the embedded dataset (real images '
+                               'through the same device pipeline) to compare with synthetic inputs.')
 _BLOCKS = flags.DEFINE_integer('blocks', 3, 'Timed blocks per measurement (the best is reported).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 32x32 models, 2 for 224x224).')
 _HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
@@ -60,7 +68,7 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
   return record, state
 
 
-def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int):
+def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, real_data: bool, train: bool):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -92,12 +100,36 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int):
   fresh = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (each measured state is donated)
   extra = {'model': model_name, 'batch': batch, 'image_size': size, 'dtype': dtype}
 
+  features_fn = make_features_fn(model, cfg.mean, cfg.std, cfg.dtype)
+
+  def eval_step(state, batch_images):
+    return state, features_fn(state, batch_images)
+
+  if not train:
+    variables = {'backbone': backbone, 'batch_stats': stats}
+    measure('eval_forward', jax.jit(eval_step), variables, (images[:batch],), batch, steps, blocks, extra)
+    return
+
   tx = optim.sgd(config.stage1, schedule)
   params = jax.tree.map(jnp.copy, {'backbone': backbone, 'head': head})  # this state gets donated
   state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
   step = make_device_train_step(model, tx, cross_entropy, schedule, cfg, sharding.batch_sharded(mesh),
                                 sharding.replicated(mesh))
   record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
+  if real_data:
+    # Same step on real 32x32 images (the embedded dataset, prepared offline): the device pipeline
+    # reads nothing from the host per step, so the rate should equal the synthetic one.
+    from bwlm_jax.data import load_dataset
+    data_cfg = config.data
+    data_cfg.imbalance_factor = 50.0
+    train = load_dataset(data_cfg).train
+    real_images = jax.device_put(train.images, sharding.replicated(mesh))
+    real_labels = jax.device_put(train.labels.astype(np.int32), sharding.replicated(mesh))
+    real_cfg = StepConfig(**{**cfg.__dict__, 'steps_per_epoch': -(-len(train) // batch)})
+    real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_cfg, sharding.batch_sharded(mesh),
+                                       sharding.replicated(mesh))
+    _, state = measure('stage1_train_real_data', real_step, state, (real_images, real_labels), batch, steps, blocks,
+                       {**extra, 'dataset': 'embedded IF 50'})
   frozen = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
 
   def loss_fn(logits, y):
@@ -112,7 +144,6 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int):
                                     sharding.replicated(mesh))
   measure('stage2_train_uncached', uncached, head_state, (images, labels), batch, steps, blocks, extra)
 
-  features_fn = make_features_fn(model, cfg.mean, cfg.std, cfg.dtype)
   variables = {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats']}
   start = time.perf_counter()
   features = jnp.concatenate([features_fn(variables, images[i:i + batch]) for i in range(0, num_images, batch)])
@@ -138,21 +169,24 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int):
   measure(f'stage2_sweep_{heads}_heads_cached', multi_step, multi_state, (features, labels), batch, steps * 20,
           blocks, extra)
 
-  def eval_step(state, batch_images):
-    return state, features_fn(state, batch_images)
-
   measure('eval_forward', jax.jit(eval_step), variables, (images[:batch],), batch, steps, blocks, extra)
 
 
 def main(argv):
   del argv
   platform.hide_gpus_from_tensorflow()
+  import jax
+  on_cpu = jax.default_backend() == 'cpu'
   for model_name in _MODELS.value:
     if model_name not in _SHAPES:
       raise app.UsageError(f'unknown model {model_name!r}; expected one of {tuple(_SHAPES)}.')
-    steps = _STEPS.value or (10 if _SHAPES[model_name][1] == 32 else 2)
-    for dtype in _DTYPES.value:
-      run_model(model_name, dtype, steps, _BLOCKS.value, _HEADS.value)
+    small = _SHAPES[model_name][1] == 32
+    steps = _STEPS.value or (10 if small else (1 if on_cpu else 5))
+    blocks = _BLOCKS.value if small or not on_cpu else 1
+    dtypes = _DTYPES.value or (['float32', 'bfloat16'] if small or not on_cpu else ['float32'])
+    train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
+    for dtype in dtypes:
+      run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train)
 
 
 if __name__ == '__main__':

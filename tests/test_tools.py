@@ -1,6 +1,5 @@
 """Evaluation tools on a tiny run: evaluate, ablation table, sweep, figures, predict, and their bad input."""
 
-import copy
 import json
 import os
 
@@ -8,26 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bwlm_jax.config import base_config
 from bwlm_jax.data import shapes
 from bwlm_jax.evaluate.evaluation import evaluate_workdir
 from bwlm_jax.experiments import run_ablation, run_sweep
 from bwlm_jax.predict import image_paths, predict_files
 from bwlm_jax.train.loop import make_runtime
+from helpers import tiny_config
 
 
 def _tiny(tfds_dir):
-  config = base_config()
-  config.data.name = 'embedded'
-  config.data.data_dir = tfds_dir
-  config.data.imbalance_factor = 10.0
-  config.data.max_count = 40
-  config.model.name = 'resnet8'
-  config.batch_size = 32
+  config = tiny_config(tfds_dir, epochs=1)
   config.eval_batch_size = 500
-  for stage in (config.naive, config.stage1, config.stage2):
-    stage.epochs = 1
-    stage.learning_rate = 0.05
+  config.stage2.learning_rate = config.naive.learning_rate = 0.05
   config.stage2.weight_decay = 0.01
   config.eval_every_epochs = 1
   return config

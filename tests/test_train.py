@@ -13,22 +13,12 @@ from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
 from bwlm_jax.train.checkpoint import StageCheckpoints
 from bwlm_jax.train.loop import Interrupted, train_and_evaluate
+from helpers import tiny_config as tiny_config_for
 
 
 def _tiny_config(tfds_dir):
-  from bwlm_jax.config import base_config
-  config = base_config()
-  config.data.name = 'embedded'
-  config.data.data_dir = tfds_dir
-  config.data.imbalance_factor = 10.0
-  config.data.max_count = 40  # counts 40 .. 4: no Many class at all.
-  config.model.name = 'resnet8'
-  config.batch_size = 32
-  config.eval_batch_size = 400
+  config = tiny_config_for(tfds_dir)
   config.stages = 'stage1,stage2'
-  config.stage1.epochs = 2
-  config.stage1.learning_rate = 0.05
-  config.stage2.epochs = 2
   config.checkpoint_every_steps = 4
   config.log_every_steps = 2
   return config

@@ -1,0 +1,19 @@
+"""The tiny run the training tests share: embedded data at IF 10 with max 40 images per class, ResNet-8."""
+
+from bwlm_jax.config import base_config
+
+
+def tiny_config(tfds_dir: str, epochs: int = 2):
+  """311 training images (40 .. 4 per class: no Many class), batch 32, `epochs` per stage."""
+  config = base_config()
+  config.data.name = 'embedded'
+  config.data.data_dir = tfds_dir
+  config.data.imbalance_factor = 10.0
+  config.data.max_count = 40
+  config.model.name = 'resnet8'
+  config.batch_size = 32
+  config.eval_batch_size = 400
+  for stage in (config.naive, config.stage1, config.stage2):
+    stage.epochs = epochs
+  config.stage1.learning_rate = 0.05
+  return config
