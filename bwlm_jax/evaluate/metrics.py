@@ -50,6 +50,12 @@ def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_cou
   }
 
 
+def head_report(features: np.ndarray, labels: np.ndarray, head_params: dict, train_counts, k: int = 5) -> dict:
+  """`accuracy_report` of a linear head applied to backbone features."""
+  from bwlm_jax.evaluate import posthoc
+  return accuracy_report(posthoc.top_k(posthoc.linear_logits(features, head_params), k), labels, train_counts)
+
+
 def weight_norms(head_kernel: np.ndarray) -> list[float]:
   """L2 norm of each class's classifier weight vector (kernel is [features, classes])."""
   return np.linalg.norm(np.asarray(head_kernel, np.float64), axis=0).tolist()

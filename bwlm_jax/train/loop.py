@@ -17,7 +17,6 @@ from bwlm_jax import losses, sharding
 from bwlm_jax.data import LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline
 from bwlm_jax.data.summary import count_summary, format_summary
 from bwlm_jax.evaluate import metrics as metrics_lib
-from bwlm_jax.evaluate import posthoc
 from bwlm_jax.evaluate.report import results_table, write_json
 from bwlm_jax.models import DTYPES, MODELS, LinearHead, build_backbone
 from bwlm_jax.train import optim
@@ -327,7 +326,7 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
       pending = (done, step_metrics)
     if (config.eval_every_epochs and head_settings is None
         and done % (config.eval_every_epochs * steps_per_epoch) == 0):
-      report = evaluate(rt, _variables(stage, state), rt.dataset.test, 'test')
+      report = evaluate(rt, _variables(stage, state), rt.dataset.test)
       rt.writer.write(stage, done, {'test_accuracy': report['all'], 'epoch': done / steps_per_epoch})
     stopping = budget.spend() and done != total_steps
     if (done % config.checkpoint_every_steps == 0 or stopping) and done != total_steps:
@@ -435,12 +434,10 @@ def split_features(rt: Runtime, variables: dict, split) -> tuple[np.ndarray, np.
   return np.concatenate(features), np.concatenate(labels)
 
 
-def evaluate(rt: Runtime, variables: dict, split, split_name: str = 'test') -> dict:
+def evaluate(rt: Runtime, variables: dict, split) -> dict:
   """Accuracy report of `variables` on an evaluation split."""
-  del split_name
   features, labels = split_features(rt, variables, split)
-  logits = posthoc.linear_logits(features, variables['head'])
-  return metrics_lib.accuracy_report(posthoc.top_k(logits, TOP_K), labels, rt.dataset.train_counts)
+  return metrics_lib.head_report(features, labels, variables['head'], rt.dataset.train_counts, TOP_K)
 
 
 def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> Runtime:
@@ -510,7 +507,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   }
   for stage, state in trained.items():
     variables = _variables(stage, state)
-    results['models'][stage] = {name: evaluate(rt, variables, split, name)
+    results['models'][stage] = {name: evaluate(rt, variables, split)
                                 for name, split in dataset.eval_splits().items()}
     results['weight_norms'][stage] = metrics_lib.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
   if jax.process_index() == 0:
@@ -541,8 +538,7 @@ def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
   results = []
   for k, setting in enumerate(head_settings):
     head = jax.tree.map(lambda leaf: leaf[k], heads)
-    reports = {name: metrics_lib.accuracy_report(posthoc.top_k(posthoc.linear_logits(f, head), TOP_K), y,
-                                                 rt.dataset.train_counts)
+    reports = {name: metrics_lib.head_report(f, y, head, rt.dataset.train_counts, TOP_K)
                for name, (f, y) in outputs.items()}
     results.append({'setting': setting, 'models': {'stage2': reports},
                     'weight_norms': {'stage2': metrics_lib.weight_norms(head['dense']['kernel'])}})

@@ -69,7 +69,8 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
                         max_norm: Optional[float] = None):
   if mode == 'cached':  # x already holds the frozen backbone's features.
     def loss_of(params):
-      return loss_fn(model.logits(params['head'], x), labels), (model.logits(params['head'], x), state.batch_stats)
+      logits = model.logits(params['head'], x)
+      return loss_fn(logits, labels), (logits, state.batch_stats)
   elif mode == 'full':
     def loss_of(params):
       features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
