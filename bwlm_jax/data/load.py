@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -84,7 +85,6 @@ def _load_tfds(cfg):
 
 
 def _load_folder(cfg):
-  import os
   names, paths, labels = folder_source.list_split(cfg.folder, 'train')
   lists = {'train': (paths, labels)}
   for split in ('test', 'val'):
