@@ -259,3 +259,14 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert all(np.isfinite(l['loss']) for l in lines)
   assert 0 <= results['models']['stage1']['test']['all'] <= 1
+
+
+def test_config_fields_added_later_at_their_default_do_not_block_resume():
+  from bwlm_jax.config import base_config
+  from bwlm_jax.train.checkpoint import config_differences
+  current = base_config().to_dict()
+  saved = base_config().to_dict()
+  del saved['stage2']['cache_features']  # a run made before the field existed
+  assert config_differences(saved, current) == []
+  current['stage2']['cache_features'] = False
+  assert config_differences(saved, current) == ["stage2.cache_features: '<absent>' -> False"]

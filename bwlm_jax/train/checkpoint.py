@@ -69,11 +69,19 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS) -> list[str]:
-  """'field: saved -> current' for every result-changing field that differs."""
+  """'field: saved -> current' for every result-changing field that differs.
+
+  A field the saved config lacks (added to bwlm-jax after that run) counts as equal when the current
+  value is its default, which is what the older code did.
+  """
+  from bwlm_jax.config import base_config
   old, new = flatten(saved), flatten(current)
+  defaults = flatten(base_config().to_dict())
   lines = []
   for field in sorted(set(old) | set(new)):
     if field in neutral:
+      continue
+    if field not in old and field in defaults and new.get(field) == defaults[field]:
       continue
     if old.get(field, '<absent>') != new.get(field, '<absent>'):
       lines.append(f'{field}: {old.get(field, "<absent>")!r} -> {new.get(field, "<absent>")!r}')
