@@ -26,7 +26,12 @@ def main(argv):
   from bwlm_jax.train.loop import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from bwlm_jax.train.loop import Interrupted
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except Interrupted as stop:
+    print(stop)
+    raise SystemExit(143)  # the conventional exit status after SIGTERM
 
 
 if __name__ == '__main__':

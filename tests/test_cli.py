@@ -56,3 +56,28 @@ def test_train_cli_rejects_a_mistyped_field(tmp_path):
   result = _run([f'--config={ROOT}/configs/quickstart.py', f'--workdir={tmp_path}', '--config.stage2.alphaa=0.3'])
   assert result.returncode != 0
   assert 'alphaa' in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tfds_dir, tmp_path):
+  import signal
+  import time
+  args = [f'--config={ROOT}/configs/quickstart.py', f'--workdir={tmp_path}', f'--config.data.data_dir={tfds_dir}',
+          '--config.data.max_count=40', '--config.data.imbalance_factor=10', '--config.stages=naive',
+          '--config.naive.epochs=30', '--config.batch_size=32', '--config.log_every_steps=2',
+          '--config.eval_every_epochs=0', '--config.checkpoint_every_steps=100000']
+  process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch', 'train.py')] + args, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 3):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 143, stderr[-3000:]
+  assert 'stopped after step' in stdout and 'on SIGTERM' in stdout
+  steps = os.listdir(tmp_path / 'checkpoints' / 'naive')
+  [saved] = [int(s) for s in steps if s.isdigit()]
+  assert 0 < saved < 300  # saved mid-run although no periodic checkpoint was due
+  resumed = _run(args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'naive: resuming at step {saved} of 300.' in resumed.stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -36,17 +38,36 @@ class Interrupted(Exception):
 
 
 class StepBudget:
-  """How many more training steps this process may take (across stages); None = no limit."""
+  """How many more training steps this process may take (across stages); None = no limit.
+
+  SIGTERM (a preempted or cancelled job) also ends the budget: the step in flight finishes, a
+  checkpoint is saved and `Interrupted` is raised, so a rerun resumes from that step.
+  """
 
   def __init__(self, steps: Optional[int]):
     self.remaining = steps
+    self.terminated = False
 
   def spend(self) -> bool:
-    """Count one step; True when the budget is used up."""
+    """Count one step; True when the budget is used up or a SIGTERM arrived."""
+    if self.terminated:
+      return True
     if self.remaining is None:
       return False
     self.remaining -= 1
     return self.remaining <= 0
+
+  def stop_on_sigterm(self):
+    """Install the SIGTERM handler (main thread only); returns the previous handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+      return None
+
+    def handler(signum, frame):
+      del signum, frame
+      print('SIGTERM: saving a checkpoint after this step, then stopping.', flush=True)
+      self.terminated = True
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def parse_stages(config) -> tuple[str, ...]:
@@ -334,7 +355,8 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
     if stopping:
       checkpoints.close()
       progress.close()
-      raise Interrupted(f'{stage}: stopped after step {done} as asked; rerun to resume.')
+      reason = 'on SIGTERM' if budget.terminated else 'as asked'
+      raise Interrupted(f'{stage}: stopped after step {done} {reason}; rerun to resume.')
   if pending is not None:
     _log(rt, stage, progress, pending, steps_per_epoch, rate)
   progress.close()
@@ -490,11 +512,14 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   stages = parse_stages(config)
   trained = {}
   budget = StepBudget(stop_after_steps)
+  previous_handler = budget.stop_on_sigterm()
   try:
     for stage in stages:
       trained[stage] = run_stage(rt, stage, budget, trained.get(config.stage2.backbone))
   finally:
     rt.writer.close()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
 
   dataset = rt.dataset
   results = {
