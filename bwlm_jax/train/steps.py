@@ -64,6 +64,19 @@ def class_balanced_indices(key, step, tables: dict, batch_size: int) -> jax.Arra
   return tables['order'][tables['starts'][classes] + offsets]
 
 
+def _apply_gradients(tx, grads, opt_state, params, max_norm: Optional[float]):
+  """One optimizer update; with `max_norm`, MaxNorm on the head afterwards."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  if max_norm is not None:
+    params = {**params, 'head': cap_class_norms(params['head'], max_norm)}
+  return params, opt_state
+
+
+def _step_metrics(loss, logits, labels, learning_rate) -> dict:
+  return {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels), 'learning_rate': learning_rate}
+
+
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
                         schedule: optax.Schedule, mode: str, state: TrainState, x, labels,
                         max_norm: Optional[float] = None):
@@ -85,15 +98,9 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
       return loss_fn(logits, labels), (logits, state.batch_stats)
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  if mode != 'full' and max_norm is not None:
-    params = {**params, 'head': cap_class_norms(params['head'], max_norm)}
-  metrics = {
-      'loss': loss,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
-      'learning_rate': schedule(state.step),
-  }
+  params, opt_state = _apply_gradients(tx, grads, state.opt_state, state.params,
+                                       max_norm if mode != 'full' else None)
+  metrics = _step_metrics(loss, logits, labels, schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
   return new_state, metrics
 
@@ -226,13 +233,8 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
       return loss_of(logits, labels, setting), logits
 
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(head_params)
-    updates, opt_state = tx.update(grads, opt_state, head_params)
-    head_params = optax.apply_updates(head_params, updates)
-    if cfg.max_norm is not None:
-      head_params = {'head': cap_class_norms(head_params['head'], cfg.max_norm)}
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
-               'learning_rate': schedule(step)}
-    return head_params, opt_state, metrics
+    head_params, opt_state = _apply_gradients(tx, grads, opt_state, head_params, cfg.max_norm)
+    return head_params, opt_state, _step_metrics(loss, logits, labels, schedule(step))
 
   def step(state, data, labels):
     if cached:
