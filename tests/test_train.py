@@ -270,3 +270,30 @@ def test_config_fields_added_later_at_their_default_do_not_block_resume():
   assert config_differences(saved, current) == []
   current['stage2']['cache_features'] = False
   assert config_differences(saved, current) == ["stage2.cache_features: '<absent>' -> False"]
+
+
+def test_streamed_imagenet_lt_trains_resumes_and_evaluates(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  from bwlm_jax.config import base_config
+  from bwlm_jax.data import tfds_source
+  monkeypatch.setattr(tfds_source, 'host_reachable', lambda host, timeout_s=5.0: True)
+  config = base_config()
+  config.data.name = 'imagenet_lt'
+  config.data.image_size = 32
+  config.data.pipeline = 'stream'
+  config.model.name = 'resnet8'
+  config.stages = 'naive'
+  config.naive.epochs = 2
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.log_every_steps = 1
+  with tfds.testing.mock_data(num_examples=40):
+    with pytest.raises(Interrupted):
+      train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after_steps=7)  # mid second epoch
+    resumed = train_and_evaluate(config, str(tmp_path / 'resumed'))
+    straight = train_and_evaluate(config, str(tmp_path / 'straight'))
+  state, meta = _restore(str(tmp_path / 'resumed'), 'naive')
+  assert meta['total_steps'] == 10 and meta['finished'] and meta['center_crop'] is True
+  _assert_trees_equal(state, _restore(str(tmp_path / 'straight'), 'naive')[0])
+  test = resumed['models']['naive']['test']
+  assert test['num_examples'] == 40 and len(test['per_class']) == 1000
