@@ -161,18 +161,17 @@ def _initial_state(rt: Runtime, stage: str, tx, backbone_state: Optional[TrainSt
   key = _stage_key(rt.config, stage)
   backbone_key, head_key = jax.random.split(jax.random.fold_in(key, HEAD_INIT))
   num_classes = rt.dataset.num_classes
+  feature_dim = rt.model.feature_dim(rt.image_shape)
   if stage == 'stage2':
     # Copied: stage 2's steps donate their state, and stage 1's arrays are still evaluated later.
     frozen = jax.tree.map(jnp.copy, {'params': backbone_state.params['backbone'],
                                      'batch_stats': backbone_state.batch_stats})
-    feature_dim = rt.model.feature_dim(rt.image_shape)
     bias = -float(np.log(num_classes - 1)) if rt.config.stage2.head_bias_init == 'cb_prior' else 0.0
     head = LinearHead(num_classes, bias_init_value=bias).init(
         head_key, jnp.zeros((1, feature_dim)))['params']
     params, batch_stats = {'head': head}, {}
   else:
     backbone_params, batch_stats = rt.model.init_backbone(backbone_key, rt.image_shape)
-    feature_dim = rt.model.feature_dim(rt.image_shape)
     params = {'backbone': backbone_params, 'head': rt.model.init_head(head_key, feature_dim)}
     frozen = {}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -212,10 +211,10 @@ def _load_backbone_state(rt: Runtime) -> TrainState:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
                             f'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_{source.upper()}_RUN.')
-  checkpoints = StageCheckpoints(directory, rt.config.keep_checkpoints)
-  meta = checkpoints.latest_meta()
-  if meta is None or not meta.get('finished'):
+  restored = _restore_finished(directory)
+  if restored is None:
     raise ValueError(f'the {source} checkpoint in {directory} is missing or unfinished; finish {source} first.')
+  state, meta = restored
   if meta['stage'] != source:
     raise ValueError(f'{directory} holds a {meta["stage"]} checkpoint, but stage2.backbone is {source!r}.')
   saved = meta['config']
@@ -226,10 +225,6 @@ def _load_backbone_state(rt: Runtime) -> TrainState:
   if saved['model']['name'] != rt.config.model.name:
     raise ValueError(f'the {source} checkpoint in {directory} is a {saved["model"]["name"]}, not a '
                      f'{rt.config.model.name}.')
-  tx, _ = _optimizer(rt, source, 1, 1)  # Only the state's structure matters for restoring.
-  target = jax.device_put(_initial_state(rt, source, tx, None), rt.replicated)
-  state, _ = checkpoints.restore_latest(target)
-  checkpoints.close()
   return state
 
 
@@ -246,21 +241,17 @@ def _device_arrays(rt: Runtime, split_name: str, split):
   return rt.device_data[split_name]
 
 
-def _multihead(rt: Runtime, split, head_settings: list, total_steps: int, steps_per_epoch: int) -> dict:
-  """The pieces of a K-head stage 2: 'init_opt_state' and 'batches' (a state -> (state, metrics) factory)."""
+def _multihead(rt: Runtime, split, head_settings: list, total_steps: int, cfg: StepConfig) -> dict:
+  """The pieces of a K-head stage 2: 'init_opt_state' and 'batches' (frozen -> a state -> (state, metrics) step)."""
   config = rt.config
   if not rt.dataset.in_memory or config.stage2.sampler != 'uniform':
     raise ValueError('training several stage-2 heads at once needs the device pipeline and the uniform sampler.')
   cached = not config.stage2.augment and config.stage2.cache_features
   settings = head_settings_arrays(head_settings)
-  cfg = StepConfig(mode='head', batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-                   augment=config.stage2.augment, mean=rt.dataset.mean, std=rt.dataset.std,
-                   dtype=DTYPES[config.model.dtype], max_norm=config.stage2.max_norm)
   step, init_opt_state = make_multihead_step(rt.model, settings, config.stage2, _loss_counts(rt, split), cfg,
                                              total_steps, cached, rt.data_sharding, rt.replicated)
 
-  def batches(step_cfg, frozen):
-    del step_cfg
+  def batches(frozen):
     if cached:
       data, labels = _cached_features(rt, frozen, split)
     else:
@@ -293,9 +284,14 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
   tx, schedule = _optimizer(rt, stage, total_steps, steps_per_epoch)
   if stage == 'stage2' and backbone_state is None:
     backbone_state = _load_backbone_state(rt)
+  augment = config.stage2.augment if stage == 'stage2' else config.data.augment
+  step_cfg = StepConfig(mode='head' if stage == 'stage2' else 'full', batch_size=config.batch_size,
+                        steps_per_epoch=steps_per_epoch, augment=augment, mean=rt.dataset.mean,
+                        std=rt.dataset.std, dtype=DTYPES[config.model.dtype],
+                        max_norm=config.stage2.max_norm if stage == 'stage2' else None)
   state = _initial_state(rt, stage, tx, backbone_state)
   if head_settings is not None:
-    multihead = _multihead(rt, split, head_settings, total_steps, steps_per_epoch)
+    multihead = _multihead(rt, split, head_settings, total_steps, step_cfg)
     heads = {'head': stack_heads(state.params['head'], len(head_settings))}
     state = state.replace(params=heads, opt_state=multihead['init_opt_state'](heads))
   state = jax.device_put(state, rt.replicated)
@@ -308,16 +304,11 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
       return state
     print(f'{stage}: resuming at step {meta["step"]} of {total_steps}.')
 
-  augment = config.stage2.augment if stage == 'stage2' else config.data.augment
-  step_cfg = StepConfig(mode='head' if stage == 'stage2' else 'full', batch_size=config.batch_size,
-                        steps_per_epoch=steps_per_epoch, augment=augment, mean=rt.dataset.mean,
-                        std=rt.dataset.std, dtype=DTYPES[config.model.dtype],
-                        max_norm=config.stage2.max_norm if stage == 'stage2' else None)
   if head_settings is None:
     batches = _batch_source(rt, stage, split, step_cfg, tx, _loss_fn(rt, stage, split), schedule, state.frozen,
                             int(state.step), total_steps, augment)
   else:
-    batches = multihead['batches'](step_cfg, state.frozen)
+    batches = multihead['batches'](state.frozen)
 
   def record(step, finished):
     checkpoints.save(step, state, {'stage': stage, 'step': step, 'total_steps': total_steps,
@@ -473,19 +464,32 @@ def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None
   return Runtime(config, workdir, dataset, model, sharding.make_mesh(), MetricWriter(workdir), {})
 
 
+def _restore_finished(directory: str):
+  """(TrainState, meta) of the finished checkpoint in `directory`, or None if it has none.
+
+  Restored without a target, so it loads whatever devices saved it.
+  """
+  if not os.path.isdir(directory):
+    return None
+  checkpoints = StageCheckpoints(directory, 1)
+  meta = checkpoints.latest_meta()
+  restored = None
+  if meta is not None and meta.get('finished'):
+    state, _ = checkpoints.restore_latest()
+    restored = TrainState(**state), meta
+  checkpoints.close()
+  return restored
+
+
 def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
   """(inference variables, meta) of the finished `stage` checkpoint in `workdir`; a clear error if absent."""
   directory = os.path.join(workdir, 'checkpoints', stage)
-  checkpoints = StageCheckpoints(directory, 1) if os.path.isdir(directory) else None
-  meta = checkpoints.latest_meta() if checkpoints else None
-  if meta is None or not meta.get('finished'):
-    if checkpoints:
-      checkpoints.close()
+  restored = _restore_finished(directory)
+  if restored is None:
     raise FileNotFoundError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '
                             f'train it first with launch/train.py --config.stages={stage}.')
-  state, _ = checkpoints.restore_latest()
-  checkpoints.close()
-  return _variables(stage, TrainState(**state)), meta
+  state, meta = restored
+  return _variables(stage, state), meta
 
 
 def restore_variables(rt: Runtime, stage: str) -> dict:
