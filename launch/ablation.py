@@ -16,12 +16,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
+_CPU_DEVICES = platform.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  platform.hide_gpus_from_tensorflow()
+  platform.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import run_ablation
   run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
 

@@ -27,6 +27,7 @@ _REAL_DATA = flags.DEFINE_bool('real_data', True, 'Also time the stage-1 step on
                                'through the same device pipeline) to compare with synthetic inputs.')
 _BLOCKS = flags.DEFINE_integer('blocks', 3, 'Timed blocks per measurement (the best is reported).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 32x32 models, 2 for 224x224).')
+_CPU_DEVICES = platform.define_cpu_devices_flag()
 _HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
@@ -174,7 +175,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
 
 def main(argv):
   del argv
-  platform.hide_gpus_from_tensorflow()
+  platform.start_process(_CPU_DEVICES.value)
   import jax
   on_cpu = jax.default_backend() == 'cpu'
   for model_name in _MODELS.value:

@@ -15,12 +15,13 @@ from bwlm_jax import platform
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _STAGES = flags.DEFINE_list('stages', None, 'Stages to evaluate (default: every one with a checkpoint).')
+_CPU_DEVICES = platform.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  platform.hide_gpus_from_tensorflow()
+  platform.start_process(_CPU_DEVICES.value)
   from bwlm_jax.evaluate.evaluation import evaluate_workdir
   from bwlm_jax.evaluate.report import results_table
   from bwlm_jax.train.loop import make_runtime

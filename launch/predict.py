@@ -23,7 +23,7 @@ flags.mark_flags_as_required(['workdir', 'images'])
 
 def main(argv):
   del argv
-  platform.hide_gpus_from_tensorflow()
+  platform.start_process()
   from bwlm_jax.evaluate.report import write_csv
   from bwlm_jax.predict import image_paths, predict_files
   if _TOP_K.value < 1:

@@ -13,13 +13,14 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
                                  '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
+_CPU_DEVICES = platform.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  platform.hide_gpus_from_tensorflow()
+  platform.start_process(_CPU_DEVICES.value)
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
