@@ -106,9 +106,11 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   def eval_step(state, batch_images):
     return state, features_fn(state, batch_images)
 
+  eval_images = jax.device_put(images[:batch], sharding.batch_sharded(mesh))  # split like evaluation batches
+
   if not train:
     variables = {'backbone': backbone, 'batch_stats': stats}
-    measure('eval_forward', jax.jit(eval_step), variables, (images[:batch],), batch, steps, blocks, extra)
+    measure('eval_forward', jax.jit(eval_step), variables, (eval_images,), batch, steps, blocks, extra)
     return
 
   tx = optim.sgd(config.stage1, schedule)
@@ -170,7 +172,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   measure(f'stage2_sweep_{heads}_heads_cached', multi_step, multi_state, (features, labels), batch, steps * 20,
           blocks, extra)
 
-  measure('eval_forward', jax.jit(eval_step), variables, (images[:batch],), batch, steps, blocks, extra)
+  measure('eval_forward', jax.jit(eval_step), variables, (eval_images,), batch, steps, blocks, extra)
 
 
 def main(argv):
