@@ -226,3 +226,28 @@ def test_imagenet_lt_not_prepared_points_to_manual_dir(tmp_path):
 def test_natural_tail_rejects_an_imbalance_factor(tmp_path):
   with pytest.raises(ValueError, match='imagenet_lt has its own long tail'):
     load_dataset(_data_config(name='imagenet_lt', imbalance_factor=10.0, data_dir=str(tmp_path)))
+
+
+def test_streamed_labels_are_cached_next_to_the_prepared_files(tfds_dir, tmp_path, monkeypatch):
+  import shutil
+  data_dir = str(tmp_path / 'tfds')
+  shutil.copytree(tfds_dir, data_dir)  # the cache is written next to the files; keep the shared copy clean
+  builder = tfds.builder('bwlm_shapes', data_dir=data_dir)
+  first = tfds_source.stream_split(builder, 'test')
+  expected = tfds_source.read_arrays(builder, 'test').labels
+  np.testing.assert_array_equal(first.labels, expected)
+  caches = [name for name in os.listdir(builder.data_dir) if name.startswith('bwlm-labels-test-')]
+  assert len(caches) == 1
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError('labels read again instead of from the cache')
+
+  monkeypatch.setattr(builder, 'as_dataset', no_reading)
+  np.testing.assert_array_equal(tfds_source.stream_split(builder, 'test').labels, expected)
+  monkeypatch.undo()
+  # Files prepared again (new times) invalidate the cache: the labels are read afresh under a new key.
+  for name in os.listdir(builder.data_dir):
+    if name.startswith('bwlm_shapes-test.'):
+      os.utime(os.path.join(builder.data_dir, name), ns=(1, 1))
+  np.testing.assert_array_equal(tfds_source.stream_split(builder, 'test').labels, expected)
+  assert len([name for name in os.listdir(builder.data_dir) if name.startswith('bwlm-labels-test-')]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 from typing import Optional
@@ -93,7 +95,7 @@ def read_arrays(builder, split: str, label_key: str = 'label') -> ArraySplit:
 
 
 def stream_split(builder, split: str, label_key: str = 'label') -> StreamSplit:
-  """A split read lazily: encoded images stay on disk, only labels are read now."""
+  """A split read lazily: encoded images stay on disk, only labels are read now (or from their cache)."""
   tfds = _tfds()
 
   def make_source():
@@ -101,10 +103,36 @@ def stream_split(builder, split: str, label_key: str = 'label') -> StreamSplit:
         split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
     return dataset.map(lambda ex: {'image': ex['image'], 'label': ex[label_key]})
 
+  source_labels = split_labels(builder, split, label_key)
+  return StreamSplit(make_source, source_labels, np.arange(source_labels.size))
+
+
+def split_labels(builder, split: str, label_key: str = 'label') -> np.ndarray:
+  """The labels of a split in stored order. Reading them touches every record (all of ImageNet-LT's
+  images), so they are cached next to the prepared files, keyed by those files' names, sizes and times."""
+  files = sorted(name for name in (os.listdir(builder.data_dir) if os.path.isdir(builder.data_dir) else [])
+                 if name.startswith(f'{builder.name}-{split}.'))
+  cache = None
+  if files:  # prepared on disk (not mocked): the cache can be keyed by the files
+    stats = [(name, os.stat(os.path.join(builder.data_dir, name)).st_size,
+              os.stat(os.path.join(builder.data_dir, name)).st_mtime_ns) for name in files]
+    key = hashlib.sha1(json.dumps([split, label_key, stats]).encode()).hexdigest()[:16]
+    cache = os.path.join(builder.data_dir, f'bwlm-labels-{split}-{key}.npy')
+    if os.path.exists(cache):
+      return np.load(cache)
+  tfds = _tfds()
   labels_only = builder.as_dataset(
       split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
-  labels = [batch for batch in tfds.as_numpy(labels_only.map(lambda ex: ex[label_key]).batch(4096))]
-  if not labels:
+  batches = [batch for batch in tfds.as_numpy(labels_only.map(lambda ex: ex[label_key]).batch(4096))]
+  if not batches:
     raise ValueError(f'split {split!r} of {builder.name} is empty.')
-  source_labels = np.concatenate(labels).astype(np.int64)
-  return StreamSplit(make_source, source_labels, np.arange(source_labels.size))
+  labels = np.concatenate(batches).astype(np.int64)
+  if cache:
+    try:
+      partial = f'{cache}.{os.getpid()}.tmp'
+      with open(partial, 'wb') as file:
+        np.save(file, labels)
+      os.replace(partial, cache)
+    except OSError as error:
+      print(f'note: labels of {builder.name} {split} not cached ({error}); the next run reads them again.')
+  return labels
