@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 
 # CPU-only runtime settings, each measured on the ResNet-32 stage-1 step (batch 128, float32, 2-core CPU;
-# docs/PERFORMANCE.md): 106 img/s with none of them, 270 with all three.
+# docs/PERFORMANCE.md): 106 img/s without them, 196 with 1 and 2, 266 with 3 as well.
 # 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend. Without it the
 #    weight-gradient convolutions wait on transposes that re-compute whole BatchNorm/ReLU/residual chains.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
@@ -21,8 +21,9 @@ YNN_TESTED_JAXLIB = ('0.10.',)  # the flag is experimental: an XLA that does not
 MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
                    'glibc.malloc.trim_threshold': str(2**40)}
 # 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (XLA runs most ops of one
-#    device on one thread). On 2 cores N = 2 trains 25% faster, but XLA:CPU's in-process all-reduce stalled for
-#    good (rendezvous timeout, abort) in 1 of 11 quickstart runs here, so it stays opt-in.
+#    device on one thread). On 2 cores N = 2 trains 35% faster, but one device never reached the first
+#    all-reduce of a step (rendezvous timeout, abort) in 3 of 20 quickstart runs here, also with synchronous
+#    dispatch, so it stays opt-in.
 OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
 
 
@@ -72,7 +73,7 @@ def tune_cpu_runtime(reexec: bool = True) -> None:
   tuned = cpu_tuned_environ(os.environ, importlib.metadata.version('jaxlib'))
   os.environ['XLA_FLAGS'] = tuned.get('XLA_FLAGS', '')
   glibc = _platform.system() == 'Linux' and _platform.libc_ver()[0] == 'glibc'
-  if reexec and glibc and tuned['GLIBC_TUNABLES'] != os.environ.get('GLIBC_TUNABLES'):
+  if reexec and glibc and sys.executable and tuned['GLIBC_TUNABLES'] != os.environ.get('GLIBC_TUNABLES'):
     os.environ['GLIBC_TUNABLES'] = tuned['GLIBC_TUNABLES']
     sys.stdout.flush()
     sys.stderr.flush()
