@@ -83,6 +83,20 @@ def run_variants_together(config, workdir: str, kind: str, variants: dict, datas
   return dict(zip(variants, results))
 
 
+def _write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_columns: tuple) -> str:
+  """table.md, table.csv (row_label + csv_columns) and table.json in out_dir (never overwritten); returns the md."""
+  os.makedirs(out_dir, exist_ok=True)
+  table = markdown_table(rows, title)
+  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
+    f.write(table + '\n')
+  write_csv(unique_path(os.path.join(out_dir, 'table.csv')), [row_label, *csv_columns],
+            [[name, *(report[column] for column in csv_columns)] for name, report in rows.items()])
+  write_json(unique_path(os.path.join(out_dir, 'table.json')),
+             {'dataset': title, 'rows': {name: {k: v for k, v in report.items() if k != 'per_class'}
+                                         for name, report in rows.items()}})
+  return table
+
+
 def _title(dataset, config) -> str:
   imbalance = config.data.imbalance_factor
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
@@ -112,16 +126,9 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   rows[f'naive+tau-norm (tau={extra["tau_norm"]["tau"]:g})'] = extra['tau_norm']
   rows['naive+logit adjustment'] = extra['logit_adjustment']
 
-  out_dir = os.path.join(workdir, 'ablation')
-  os.makedirs(out_dir, exist_ok=True)
   title = _title(dataset, config)
-  table = markdown_table(rows, title)
-  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
-    f.write(table + '\n')
-  write_csv(unique_path(os.path.join(out_dir, 'table.csv')), ['method', 'many', 'medium', 'few', 'all', 'top5'],
-            [[m, r['many'], r['medium'], r['few'], r['all'], r['top5']] for m, r in rows.items()])
-  write_json(unique_path(os.path.join(out_dir, 'table.json')),
-             {'dataset': title, 'rows': {m: {k: v for k, v in r.items() if k != 'per_class'} for m, r in rows.items()}})
+  table = _write_tables(os.path.join(workdir, 'ablation'), rows, title, 'method',
+                        ('many', 'medium', 'few', 'all', 'top5'))
   figures = os.path.join(workdir, 'figures')
   counts = dataset.train_counts
   plots.save(plots.per_class_accuracy(per_class, counts, title), figures, 'per_class_accuracy')
@@ -153,8 +160,6 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
   dataset = load_dataset(config.data)
   run_base(config, workdir, dataset)
   title = _title(dataset, config)
-  out_dir = os.path.join(workdir, 'sweep')
-  os.makedirs(out_dir, exist_ok=True)
   variants = {f'alpha={a:g},lambda={d:g}': {'loss': 'bfs', 'alpha': a, 'weight_decay': d}
               for d in lambdas for a in alphas}
   if vectorized:
@@ -173,11 +178,5 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
     reports = [grid[f'alpha={alphas[0]:g},lambda={d:g}'] for d in lambdas]
     plots.save(plots.accuracy_vs_parameter(np.asarray(lambdas), reports, 'lambda', f'{title}, alpha={alphas[0]:g}'),
                os.path.join(workdir, 'figures'), f'lambda_sweep_alpha{alphas[0]:g}')
-  table = markdown_table(grid, title)
-  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
-    f.write(table + '\n')
-  write_csv(unique_path(os.path.join(out_dir, 'table.csv')), ['setting', 'many', 'medium', 'few', 'all'],
-            [[m, r['many'], r['medium'], r['few'], r['all']] for m, r in grid.items()])
-  write_json(unique_path(os.path.join(out_dir, 'table.json')),
-             {'dataset': title, 'rows': {m: {k: v for k, v in r.items() if k != 'per_class'} for m, r in grid.items()}})
+  _write_tables(os.path.join(workdir, 'sweep'), grid, title, 'setting', ('many', 'medium', 'few', 'all'))
   return grid

@@ -71,7 +71,8 @@ def tune_cpu_runtime(reexec: bool = True) -> None:
   if not cpu_tuning_applies():
     return
   tuned = cpu_tuned_environ(os.environ, importlib.metadata.version('jaxlib'))
-  os.environ['XLA_FLAGS'] = tuned.get('XLA_FLAGS', '')
+  if 'XLA_FLAGS' in tuned:
+    os.environ['XLA_FLAGS'] = tuned['XLA_FLAGS']
   glibc = _platform.system() == 'Linux' and _platform.libc_ver()[0] == 'glibc'
   if reexec and glibc and sys.executable and tuned['GLIBC_TUNABLES'] != os.environ.get('GLIBC_TUNABLES'):
     os.environ['GLIBC_TUNABLES'] = tuned['GLIBC_TUNABLES']

@@ -114,8 +114,10 @@ def split_labels(builder, split: str, label_key: str = 'label') -> np.ndarray:
                  if name.startswith(f'{builder.name}-{split}.'))
   cache = None
   if files:  # prepared on disk (not mocked): the cache can be keyed by the files
-    stats = [(name, os.stat(os.path.join(builder.data_dir, name)).st_size,
-              os.stat(os.path.join(builder.data_dir, name)).st_mtime_ns) for name in files]
+    stats = []
+    for name in files:
+      info = os.stat(os.path.join(builder.data_dir, name))
+      stats.append((name, info.st_size, info.st_mtime_ns))
     key = hashlib.sha1(json.dumps([split, label_key, stats]).encode()).hexdigest()[:16]
     cache = os.path.join(builder.data_dir, f'bwlm-labels-{split}-{key}.npy')
     if os.path.exists(cache):

@@ -42,32 +42,34 @@ def class_counts(train_counts, title: str):
   return figure
 
 
-def per_class_accuracy(accuracy_by_method: dict, train_counts, title: str):
-  """Figure 7: per-class test accuracy, classes sorted by training count, one line per method."""
+def _per_class_lines(values_by_method: dict, train_counts, scale: float, ylabel: str, title: str, **style):
+  """One line per method over the classes sorted by training count; None values are gaps."""
   order = _by_count(train_counts)
   figure, axis = plt.subplots(figsize=(7, 3.8))
-  for method, accuracy in accuracy_by_method.items():
-    values = np.array([np.nan if a is None else a for a in accuracy], float)[order]
-    axis.plot(np.arange(values.size), 100 * values, marker='.', lw=1, label=method)
+  for method, values in values_by_method.items():
+    values = np.array([np.nan if v is None else v for v in values], float)[order]
+    axis.plot(np.arange(values.size), scale * values, label=method, **style)
   axis.set_xlabel('class index (sorted by training count)')
-  axis.set_ylabel('test accuracy (%)')
-  axis.set_title(f'Per-class accuracy: {title}')
+  axis.set_ylabel(ylabel)
+  axis.set_title(title)
+  return figure, axis, order
+
+
+def per_class_accuracy(accuracy_by_method: dict, train_counts, title: str):
+  """Figure 7: per-class test accuracy, classes sorted by training count, one line per method."""
+  figure, axis, _ = _per_class_lines(accuracy_by_method, train_counts, 100.0, 'test accuracy (%)',
+                                     f'Per-class accuracy: {title}', marker='.', lw=1)
   axis.legend()
   return figure
 
 
 def weight_norms(norms_by_method: dict, train_counts, title: str):
   """Figure 5a: classifier weight norm per class, classes sorted by training count."""
-  order = _by_count(train_counts)
-  figure, axis = plt.subplots(figsize=(7, 3.8))
-  for method, norms in norms_by_method.items():
-    axis.plot(np.arange(len(order)), np.asarray(norms)[order], lw=1.2, label=method)
+  figure, axis, order = _per_class_lines(norms_by_method, train_counts, 1.0, 'weight norm ||w_c||',
+                                         f'Classifier weight norms: {title}', lw=1.2)
   counts_axis = axis.twinx()
   counts_axis.plot(np.arange(len(order)), np.asarray(train_counts)[order], 'k--', lw=0.8, label='training count')
   counts_axis.set_ylabel('training images')
-  axis.set_xlabel('class index (sorted by training count)')
-  axis.set_ylabel('weight norm ||w_c||')
-  axis.set_title(f'Classifier weight norms: {title}')
   lines, labels = axis.get_legend_handles_labels()
   more_lines, more_labels = counts_axis.get_legend_handles_labels()
   axis.legend(lines + more_lines, labels + more_labels)

@@ -127,10 +127,20 @@ def device_batch(state: TrainState, images, labels, cfg: StepConfig, data_shardi
     aug_key = jax.random.fold_in(jax.random.fold_in(key, AUGMENT), state.step)
     batch_images = device_pipeline.random_crop_flip(aug_key, batch_images)
   x = device_pipeline.normalize(batch_images, cfg.mean, cfg.std, cfg.dtype)
-  if data_sharding is not None:
-    x = jax.lax.with_sharding_constraint(x, data_sharding)
-    batch_labels = jax.lax.with_sharding_constraint(batch_labels, data_sharding)
-  return x, batch_labels
+  return _split_over_devices(x, batch_labels, data_sharding)
+
+
+def cached_batch(state: TrainState, features, labels, cfg: StepConfig, data_sharding, sampler_tables=None):
+  """The rows of precomputed features [N, D] for the batch of `state.step` (the indices of `device_batch`)."""
+  indices = step_indices(state, labels.shape[0], cfg, sampler_tables)
+  return _split_over_devices(features[indices], labels[indices], data_sharding)
+
+
+def _split_over_devices(x, labels, data_sharding):
+  if data_sharding is None:
+    return x, labels
+  return (jax.lax.with_sharding_constraint(x, data_sharding),
+          jax.lax.with_sharding_constraint(labels, data_sharding))
 
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
@@ -151,11 +161,7 @@ def make_cached_head_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: Step
   The batches are those of `make_device_train_step` (same indices), without the backbone's forward pass.
   """
   def step(state, features, labels):
-    indices = step_indices(state, labels.shape[0], cfg, sampler_tables)
-    x, batch_labels = features[indices], labels[indices]
-    if data_sharding is not None:
-      x = jax.lax.with_sharding_constraint(x, data_sharding)
-      batch_labels = jax.lax.with_sharding_constraint(batch_labels, data_sharding)
+    x, batch_labels = cached_batch(state, features, labels, cfg, data_sharding, sampler_tables)
     return _forward_and_update(model, tx, loss_fn, schedule, 'cached', state, x, batch_labels, cfg.max_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
@@ -238,8 +244,7 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
 
   def step(state, data, labels):
     if cached:
-      indices = step_indices(state, labels.shape[0], cfg)
-      features, batch_labels = data[indices], labels[indices]
+      features, batch_labels = cached_batch(state, data, labels, cfg, data_sharding)
     else:
       x, batch_labels = device_batch(state, data, labels, cfg, data_sharding)
       features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
