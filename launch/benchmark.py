@@ -162,9 +162,10 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
 
   settings = head_settings_arrays([{'loss': 'bfs', 'alpha': a, 'beta': 0.9999, 'gamma': 1.0,
                                     'weight_decay': config.stage2.weight_decay,
-                                    'learning_rate': config.stage2.learning_rate}
+                                    'learning_rate': config.stage2.learning_rate,
+                                    'epochs': -(-10_000 // head_cfg.steps_per_epoch)}
                                    for a in np.linspace(0.0, 1.0, heads)])
-  multi_step, init_opt_state = make_multihead_step(model, settings, config.stage2, counts, head_cfg, 10_000, True,
+  multi_step, init_opt_state = make_multihead_step(model, settings, config.stage2, counts, head_cfg, True,
                                                    sharding.batch_sharded(mesh), sharding.replicated(mesh))
   stacked = {'head': fresh(stack_heads(head, heads))}
   multi_state = TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),

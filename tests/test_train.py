@@ -167,6 +167,13 @@ def test_cosine_schedule_goes_from_lr_to_zero():
   np.testing.assert_allclose(schedule(0), 0.01)
   np.testing.assert_allclose(schedule(50), 0.005, rtol=1e-6)
   np.testing.assert_allclose(schedule(100), 0.0, atol=1e-9)
+  reference = optax.cosine_decay_schedule(0.01, 100)
+  steps = jnp.arange(0, 130, 7)
+  np.testing.assert_array_equal(jax.vmap(schedule)(steps), jax.vmap(reference)(steps))
+  # A traced length (one per stage-2 head) gives the same values, and 0 after its end.
+  traced = jax.jit(lambda total, t: optim.learning_rate_schedule(stage, total, 10)(t))
+  np.testing.assert_allclose(traced(jnp.int32(100), steps), jax.vmap(reference)(steps), rtol=1e-6, atol=1e-9)
+  assert float(traced(jnp.int32(40), 41)) == 0.0
 
 
 def test_class_balanced_sampling_draws_classes_uniformly():
@@ -230,9 +237,13 @@ def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterru
   tiny_config.stages = 'stage2'
   tiny_config.stage1_checkpoint = reference_dir
   tiny_config.stage2.augment = augment
-  settings = [
-      {'loss': 'bfs', 'alpha': 0.3, 'beta': 0.999, 'gamma': 2.0, 'weight_decay': 0.1, 'learning_rate': 0.01},
-      {'loss': 'ce', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 0.0, 'learning_rate': 0.05},
+  settings = [  # the third head's schedule ends after one of the run's two epochs
+      {'loss': 'bfs', 'alpha': 0.3, 'beta': 0.999, 'gamma': 2.0, 'weight_decay': 0.1, 'learning_rate': 0.01,
+       'epochs': 2},
+      {'loss': 'ce', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 0.0, 'learning_rate': 0.05,
+       'epochs': 2},
+      {'loss': 'balanced_softmax', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 5e-3,
+       'learning_rate': 0.1, 'epochs': 1},
   ]
   together = train_heads_and_evaluate(tiny_config, str(tmp_path / 'together'), settings)
   stacked = _restore(str(tmp_path / 'together'), 'stage2')[0]['params']['head']['dense']

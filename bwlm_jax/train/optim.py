@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
-def learning_rate_schedule(stage_cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-  """Cosine from `learning_rate` to 0 over the stage (paper 4.2), after optional linear warm-up."""
+def cosine_decay(init_value, decay_steps) -> optax.Schedule:
+  """`init_value * (1 + cos(pi * min(t, T) / T)) / 2`, the arithmetic of optax's cosine_decay_schedule.
+
+  Unlike optax's, T may be a traced array: K stage-2 heads trained at once can each have their own
+  length (a head whose schedule has ended keeps lr 0, so its parameters stop moving).
+  """
+  decay_steps = float(decay_steps) if isinstance(decay_steps, int) else jnp.maximum(decay_steps, 1.0)
+
+  def schedule(count):
+    count = jnp.minimum(count, decay_steps)
+    return init_value * (0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps)))
+
+  return schedule
+
+
+def learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch: int) -> optax.Schedule:
+  """Cosine from `learning_rate` to 0 over the stage (paper 4.2), after optional linear warm-up.
+
+  `total_steps` may be traced (see `cosine_decay`); the warm-up length may not.
+  """
   warmup = stage_cfg.warmup_epochs * steps_per_epoch
-  cosine = optax.cosine_decay_schedule(stage_cfg.learning_rate, max(total_steps - warmup, 1))
+  length = max(total_steps - warmup, 1) if isinstance(total_steps, int) else total_steps - warmup
+  cosine = cosine_decay(stage_cfg.learning_rate, length)
   if warmup <= 0:
     return cosine
   ramp = optax.linear_schedule(0.0, stage_cfg.learning_rate, warmup)

@@ -196,32 +196,36 @@ def make_features_fn(model: Model, mean, std, dtype):
 
 
 def head_settings_arrays(settings: list[dict]) -> dict:
-  """Stack per-head stage-2 settings ({'loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate'})."""
+  """Stack per-head stage-2 settings ({'loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate',
+  'epochs'})."""
   from bwlm_jax.losses import LOSSES
   arrays = {name: jnp.asarray([float(s[name]) for s in settings], jnp.float32)
             for name in ('alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate')}
   arrays['loss'] = jnp.asarray([LOSSES.index(s['loss']) for s in settings], jnp.int32)
+  arrays['epochs'] = jnp.asarray([int(s['epochs']) for s in settings], jnp.int32)
   return arrays
 
 
-def _head_optimizer(stage_cfg, setting: dict, total_steps: int, steps_per_epoch: int):
-  """The stage-2 optimizer of one head, with its (possibly traced) learning rate and weight decay."""
+def _head_optimizer(stage_cfg, setting: dict, steps_per_epoch: int):
+  """The stage-2 optimizer of one head, with its (possibly traced) learning rate, weight decay and length."""
   from types import SimpleNamespace
   from bwlm_jax.train import optim
   schedule_cfg = SimpleNamespace(learning_rate=setting['learning_rate'], warmup_epochs=stage_cfg.warmup_epochs)
   decay_cfg = SimpleNamespace(weight_decay=setting['weight_decay'], momentum=stage_cfg.momentum,
                               nesterov=stage_cfg.nesterov)
+  total_steps = setting['epochs'] * steps_per_epoch
   schedule = optim.learning_rate_schedule(schedule_cfg, total_steps, steps_per_epoch)
   return optim.sgd(decay_cfg, schedule, optim.head_mask), schedule
 
 
-def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, cfg: StepConfig, total_steps: int,
-                        cached: bool, data_sharding=None, state_sharding=None):
+def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, cfg: StepConfig, cached: bool,
+                        data_sharding=None, state_sharding=None, sampler_tables=None):
   """K stage-2 heads trained at once: one jitted step, features computed once and shared, vmap over heads.
 
   `settings` holds [K] arrays (see `head_settings_arrays`); head k follows exactly the updates it would
-  get trained alone with those settings (same batches, same init). Returns (step, init_opt_state) where
-  step(state, data, labels) takes cached features [N, D] (cached=True) or uint8 images [N, H, W, 3].
+  get trained alone with those settings (same batches, same init). A head whose `epochs` are fewer than
+  the run's has reached learning rate 0 by then and stays where it ended. Returns (step, init_opt_state)
+  where step(state, data, labels) takes cached features [N, D] (cached=True) or uint8 images [N, H, W, 3].
   """
   from bwlm_jax import losses
 
@@ -232,7 +236,7 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
     return jax.lax.switch(setting['loss'], [one(name) for name in losses.LOSSES])
 
   def update_one(head_params, opt_state, setting, step, features, labels):
-    tx, schedule = _head_optimizer(stage_cfg, setting, total_steps, cfg.steps_per_epoch)
+    tx, schedule = _head_optimizer(stage_cfg, setting, cfg.steps_per_epoch)
 
     def objective(params):
       logits = model.logits(params['head'], features)
@@ -244,9 +248,9 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
 
   def step(state, data, labels):
     if cached:
-      features, batch_labels = cached_batch(state, data, labels, cfg, data_sharding)
+      features, batch_labels = cached_batch(state, data, labels, cfg, data_sharding, sampler_tables)
     else:
-      x, batch_labels = device_batch(state, data, labels, cfg, data_sharding)
+      x, batch_labels = device_batch(state, data, labels, cfg, data_sharding, sampler_tables)
       features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
     features = jax.lax.stop_gradient(features)
     params, opt_state, metrics = jax.vmap(update_one, in_axes=(0, 0, 0, None, None, None))(
@@ -254,7 +258,7 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def init_opt_state(stacked_params):
-    return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, total_steps, cfg.steps_per_epoch)[0].init(p))(
+    return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, cfg.steps_per_epoch)[0].init(p))(
         stacked_params, settings)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
