@@ -4,12 +4,13 @@
   python launch/summarize_data.py --config=configs/cifar100_lt.py:100 --profile_only
 """
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from bwlm_jax import platform
 from bwlm_jax.data import long_tail_counts, load_dataset
-from bwlm_jax.data.summary import count_summary, format_summary
+from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_bool('profile_only', False, 'Use the long-tail profile counts (CIFAR: 500 or 5000 per '
@@ -25,12 +26,15 @@ def main(argv):
       raise app.UsageError(f'--profile_only knows CIFAR profiles only, not {cfg.name!r}.')
     num_classes, max_count = _PROFILE_MAX[cfg.name]
     counts = long_tail_counts(num_classes, cfg.max_count or max_count, cfg.imbalance_factor)
-    print(format_summary(f'{cfg.name}-LT (profile)', count_summary(counts)))
+    # The validation split is carved from the images the profile leaves unused (all of them are in train).
+    val = np.minimum(max_count - counts, cfg.val_per_class)
+    line = (f'val: {val.sum():,} images ({val.min()}-{val.max()} per class), drawn from the training images '
+            f'the long tail leaves unused; {(val < cfg.val_per_class).sum()} classes get fewer than {cfg.val_per_class}')
+    print(format_summary(f'{cfg.name}-LT (profile)', count_summary(counts), [line]))
     return
   platform.hide_gpus_from_tensorflow()
   dataset = load_dataset(cfg)
-  sizes = {name: len(split) for name, split in dataset.eval_splits().items()}
-  print(format_summary(dataset.name, count_summary(dataset.train_counts), sizes))
+  print(format_summary(dataset.name, count_summary(dataset.train_counts), eval_split_lines(dataset, cfg.val_per_class)))
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ _STATS = {
 IMAGENET_STATS = _STATS['imagenet_lt']
 # Offsets that keep the seeds of different random choices apart.
 _REVIEW_SEED_OFFSET = 1_000_003
+_VAL_SEED_OFFSET = 2_000_003
 
 
 def _channel_stats(split: ArraySplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -31,9 +32,9 @@ def _channel_stats(split: ArraySplit) -> tuple[tuple[float, ...], tuple[float, .
   return tuple(pixels.mean(0).round(4).tolist()), tuple(pixels.std(0).round(4).tolist())
 
 
-def _make_long_tailed(train: Split, num_classes: int, imbalance_factor: float,
-                      max_count: Optional[int], seed: int, class_names) -> Split:
-  """Keep a fixed-seed random `long_tail_counts(...)[c]` samples of each class c."""
+def _long_tail_indices(train: Split, num_classes: int, imbalance_factor: float,
+                       max_count: Optional[int], seed: int, class_names) -> np.ndarray:
+  """Indices of a fixed-seed random `long_tail_counts(...)[c]` samples of each class c."""
   available = np.bincount(train.labels, minlength=num_classes)
   if max_count is None:
     max_count = int(available.min())
@@ -44,7 +45,23 @@ def _make_long_tailed(train: Split, num_classes: int, imbalance_factor: float,
     raise ValueError(
         f'class {class_names[c]!r} has {available[c]} training images but the long-tail profile '
         f'(IF {imbalance_factor}, max_count {max_count}) needs {targets[c]}; lower data.max_count.')
-  return train.subset(subsample_per_class(train.labels, targets, seed))
+  return subsample_per_class(train.labels, targets, seed)
+
+
+def validation_indices(labels: np.ndarray, kept: np.ndarray, num_classes: int, per_class: int,
+                       seed: int) -> np.ndarray:
+  """Sorted indices of a balanced validation split drawn from the examples that `kept` leaves out.
+
+  Each class gets `per_class` examples, or all of its unused ones where it has fewer (the class the
+  long-tail profile keeps whole gets none). A fixed-seed random choice, disjoint from `kept`.
+  """
+  unused = np.setdiff1d(np.arange(labels.size), kept)
+  available = np.bincount(labels[unused], minlength=num_classes)
+  if per_class > available.max():
+    raise ValueError(f'data.val_per_class={per_class} is more than any class can give: at most '
+                     f'{int(available.max())} training images per class are left out of the long tail.')
+  chosen = subsample_per_class(labels[unused], np.minimum(available, per_class), seed + _VAL_SEED_OFFSET)
+  return unused[chosen]
 
 
 def _check_eval_classes(train: Split, eval_split: Split, split_name: str, class_names) -> None:
@@ -66,6 +83,8 @@ def _validate(cfg) -> None:
     raise ValueError(f'data.imbalance_factor is required for {cfg.name} (e.g. 100).')
   if cfg.name == 'imagenet_lt' and cfg.imbalance_factor is not None:
     raise ValueError('imagenet_lt has its own long tail; leave data.imbalance_factor unset (None).')
+  if cfg.val_per_class < 0:
+    raise ValueError(f'data.val_per_class must be >= 0 (0: no validation split carved), got {cfg.val_per_class}.')
   if cfg.pipeline not in ('auto', 'device', 'stream'):
     raise ValueError(f'data.pipeline must be auto, device or stream, got {cfg.pipeline!r}.')
 
@@ -107,20 +126,28 @@ def load_dataset(cfg) -> LongTailDataset:
 
   CIFAR and the embedded set are made long-tailed at `cfg.imbalance_factor`; ImageNet-LT keeps
   its own long tail; a folder keeps its natural distribution unless an imbalance factor is set.
+
+  Validation: the source's own split (ImageNet-LT's, a folder's ROOT/val/) when it has one; else,
+  for a source made long-tailed here, `cfg.val_per_class` images per class drawn from those the
+  profile leaves unused (the training counts stay the standard ones); else none.
   """
   _validate(cfg)
   if cfg.name == 'folder':
     names, train, test, val, image_size, stats = _load_folder(cfg)
   else:
     names, train, test, val, image_size, stats = _load_tfds(cfg)
+  val_source = 'split' if val is not None else None
   if cfg.imbalance_factor is not None:
-    train = _make_long_tailed(train, len(names), cfg.imbalance_factor, cfg.max_count,
-                              cfg.subset_seed, names)
+    kept = _long_tail_indices(train, len(names), cfg.imbalance_factor, cfg.max_count, cfg.subset_seed, names)
+    if val is None and cfg.val_per_class > 0:
+      val = train.subset(validation_indices(train.labels, kept, len(names), cfg.val_per_class, cfg.subset_seed))
+      val_source = 'unused_train'
+    train = train.subset(kept)
   for split_name, split in (('test', test), ('val', val)):
     if split is not None:
       _check_eval_classes(train, split, split_name, names)
   return LongTailDataset(cfg.name, tuple(names), train, test, val, int(image_size),
-                         tuple(stats[0]), tuple(stats[1]))
+                         tuple(stats[0]), tuple(stats[1]), val_source)
 
 
 def stage_indices(labels: np.ndarray, num_classes: int, stage: str, seed: int) -> np.ndarray:

@@ -52,6 +52,8 @@ class LongTailDataset:
   """A long-tailed training split with balanced evaluation splits.
 
   `mean` and `std` are per-channel statistics in [0, 1] pixel units used for normalisation.
+  `val_source` says where `val` comes from: 'split' (the source's own), 'unused_train' (carved from
+  the training images the long-tail profile leaves out), or None (no validation split).
   """
   name: str
   class_names: tuple[str, ...]
@@ -61,6 +63,7 @@ class LongTailDataset:
   image_size: int
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
+  val_source: Optional[str] = None
 
   @property
   def num_classes(self) -> int:

@@ -27,7 +27,7 @@ def count_summary(counts) -> dict:
   }
 
 
-def format_summary(name: str, summary: dict, eval_sizes: dict | None = None) -> str:
+def format_summary(name: str, summary: dict, eval_lines: tuple = ()) -> str:
   groups = summary['classes_per_group']
   lines = [
       f'dataset {name}: {summary["num_classes"]} classes, {summary["train_total"]:,} training images '
@@ -36,6 +36,29 @@ def format_summary(name: str, summary: dict, eval_sizes: dict | None = None) -> 
       f'  Data Balanced Review: stage 1 {summary["stage1_total"]:,} images; stage 2 '
       f'{summary["stage2_total"]:,} images (head classes subsampled to n_(m+1) = {summary["first_tail_count"]})',
   ]
-  for split, size in (eval_sizes or {}).items():
-    lines.append(f'  {split}: {size:,} images')
-  return '\n'.join(lines)
+  return '\n'.join(lines + [f'  {line}' for line in eval_lines])
+
+
+_VAL_SOURCES = {'split': "the source's own validation split",
+                'unused_train': 'drawn from the training images the long tail leaves unused'}
+
+
+def eval_split_lines(dataset, val_per_class: int) -> list[str]:
+  """One line per evaluation split: its size, per-class range, and for a carved validation split the
+  classes that got fewer than `val_per_class` images; or why there is no validation split."""
+  lines = []
+  for split_name, split in dataset.eval_splits().items():
+    per_class = np.bincount(split.labels, minlength=dataset.num_classes)
+    line = f'{split_name}: {len(split):,} images ({per_class.min()}-{per_class.max()} per class)'
+    if split_name == 'val':
+      line += f', {_VAL_SOURCES[dataset.val_source]}'
+      short = np.flatnonzero(per_class < val_per_class) if dataset.val_source == 'unused_train' else []
+      if len(short):
+        shown = ', '.join(f'{dataset.class_names[c]} {per_class[c]}' for c in short[:5])
+        line += (f'; {len(short)} classes have fewer than {val_per_class} unused images and get what there is '
+                 f'({shown}{", ..." if len(short) > 5 else ""})')
+    lines.append(line)
+  if dataset.val is None:
+    lines.append('val: none (no ROOT/val/ or source validation split, and no long-tail profile to carve one '
+                 'from): nothing can be selected on validation; the test split is never used for it.')
+  return lines
