@@ -30,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.pipeline = 'auto'  # auto | device (arrays on device) | stream (tf.data).
   config.data.stream_above = 50_000  # auto: folders with more training images than this stream.
   config.data.augment = True  # Pad-4 crop + flip (device) or random-resized crop + flip (stream).
+  # Validation split for sources made long-tailed here (CIFAR, embedded, folders with an IF) that have
+  # none of their own: this many images per class from those the profile leaves unused (the training
+  # counts stay the standard ones). 20 per class: 2,000 images on CIFAR-100, as many as Tiny-ImageNet-LT's
+  # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
+  config.data.val_per_class = 20
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet32'  # resnet8 | resnet20 | resnet32 | resnet10 | resnet50 | resnext50
@@ -70,6 +75,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.stage2.sampler = 'uniform'
   # MaxNorm (Alshammari et al. 2022): after each step, cap every class's weight-vector norm. None = off.
   config.stage2.max_norm = config_dict.placeholder(float)
+  # Stage-2 settings chosen on the validation split: every combination of the grid's values trains as
+  # one head of a single run (K heads at once, shared features), and the head with the best
+  # validation score becomes the stage-2 model. 'auto' selects whenever there is a validation split
+  # (else it trains the one setting above and says so), 'val' requires one, 'none' never selects.
+  # The test split is never used to choose. A grid field left None keeps the stage-2 value above.
+  config.stage2.select = 'auto'
+  config.stage2.select_metric = 'balanced_accuracy'  # mean per-class accuracy | accuracy
+  config.stage2.grid = ml_collections.ConfigDict()
+  config.stage2.grid.learning_rate = (0.01, 0.1)
+  config.stage2.grid.epochs = (10, 30)
+  config.stage2.grid.weight_decay = (5e-4, 5e-3, 0.1)
+  config.stage2.grid.alpha = (0.1, 0.5, 0.9)
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 

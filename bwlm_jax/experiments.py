@@ -1,7 +1,9 @@
 """Experiments built from one base run: the paper's Table-2 ablation, comparison methods, alpha/lambda sweeps.
 
 Each stage-2 variant trains in its own sub-workdir on the base run's frozen backbone (via
-`stage1_checkpoint`), so every variant is resumable and a finished one is never retrained.
+`stage1_checkpoint`), so every variant is resumable and a finished one is never retrained. Where
+the dataset has a validation split, every stage-2 row chooses its own settings from
+`config.stage2.grid` on it, and the table says what was chosen.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import os
 
 import numpy as np
 
+from bwlm_jax import selection
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluate import plots
 from bwlm_jax.evaluate.evaluation import model_outputs, posthoc_reports
-from bwlm_jax.evaluate.report import markdown_table, unique_path, write_csv, write_json
-from bwlm_jax.train.loop import make_runtime, train_and_evaluate, train_heads_and_evaluate
+from bwlm_jax.evaluate.report import COLUMNS, format_cell, markdown_table, unique_path, write_csv, write_json
+from bwlm_jax.train.loop import make_runtime, selects_stage2, train_and_evaluate, train_heads_and_evaluate
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
 LOSS_ROWS = (('CE', 'ce'), ('CB', 'cb_focal'), ('BS', 'balanced_softmax'), ('BFS', 'bfs'))
@@ -25,22 +28,33 @@ DECAYED_NAMES = {'CE': 'CEW', 'CB': 'CBW', 'BS': 'BSW', 'BFS': 'BWLM'}
 
 
 def ablation_variants(config) -> dict[str, dict]:
-  """Row name -> stage-2 overrides, in the paper's order, then the comparison methods."""
-  decay = config.stage2.weight_decay
+  """Row name -> stage-2 overrides, in the paper's order, then the comparison methods.
+
+  A plain key sets a stage-2 field (and pins it: the grid does not vary it); 'grid.X' sets the
+  values the grid tries for X. The decayed rows try the grid's positive lambdas.
+  """
+  grid = config.stage2.grid.weight_decay
+  positive = tuple(v for v in (grid if grid is not None else ()) if v > 0)
+  decay = config.stage2.weight_decay if config.stage2.weight_decay > 0 else (positive or (0.0,))[0]
   if decay <= 0:
-    raise ValueError('the ablation compares lambda = 0 with lambda > 0: set --config.stage2.weight_decay > 0.')
+    raise ValueError('the ablation compares lambda = 0 with lambda > 0: set --config.stage2.weight_decay > 0 '
+                     '(or a positive value in stage2.grid.weight_decay).')
+  decayed = {'weight_decay': decay, 'grid.weight_decay': positive or None}
   variants = {f'+{name}': {'loss': loss, 'weight_decay': 0.0} for name, loss in LOSS_ROWS}
-  variants.update({f'+{DECAYED_NAMES[name]}': {'loss': loss, 'weight_decay': decay} for name, loss in LOSS_ROWS})
+  variants.update({f'+{DECAYED_NAMES[name]}': {'loss': loss, **decayed} for name, loss in LOSS_ROWS})
   # Comparison: classifier re-training (Kang et al.): CE head on the naive backbone, class-balanced
-  # sampling over the whole long tail; and BWLM with MaxNorm on the head (Alshammari et al.).
+  # sampling over the whole long tail; BWLM with MaxNorm on the head (Alshammari et al.); and the
+  # BWLM head on the naive backbone (what weight transfer from stage 1 adds or costs).
   variants['cRT'] = {'loss': 'ce', 'weight_decay': 0.0, 'backbone': 'naive', 'train_set': 'long_tail',
                      'sampler': 'class_balanced'}
-  variants['+BWLM+MaxNorm'] = {'loss': 'bfs', 'weight_decay': decay, 'max_norm': config.stage2.max_norm or 1.0}
+  variants['+BWLM+MaxNorm'] = {'loss': 'bfs', **decayed, 'max_norm': config.stage2.max_norm or 1.0}
+  variants['BWLM (naive backbone)'] = {'loss': 'bfs', **decayed, 'backbone': 'naive'}
   return variants
 
 
 def _slug(name: str) -> str:
-  return name.strip('+').replace('+', '_').replace('=', '').replace(',', '_') or 'base'
+  slug = name.strip('+').replace('+', '_').replace('=', '').replace(',', '_')
+  return slug.replace(' (', '_').replace(')', '').replace(' ', '_') or 'base'
 
 
 def run_base(config, workdir: str, dataset) -> dict:
@@ -50,50 +64,100 @@ def run_base(config, workdir: str, dataset) -> dict:
   return train_and_evaluate(base, workdir, dataset=dataset)
 
 
-def _stage2_config(config, workdir: str):
+def variant_config(config, workdir: str, overrides: dict):
+  """A stage-2-only config on `workdir`'s backbones with `overrides` applied (see `ablation_variants`)."""
   variant = copy.deepcopy(config)
   variant.stages = 'stage2'
   variant.stage1_checkpoint = os.path.abspath(workdir)
+  for field, value in overrides.items():
+    if not field.startswith('grid.'):
+      variant.stage2[field] = value
+      if field in selection.GRID_FIELDS:
+        variant.stage2.grid[field] = None  # pinned
+  for field, value in overrides.items():
+    if field.startswith('grid.'):
+      variant.stage2.grid[field[len('grid.'):]] = value
   return variant
 
 
 def run_variant(config, workdir: str, kind: str, name: str, overrides: dict, dataset) -> dict:
-  """One stage-2 variant trained alone in WORKDIR/kind/<name>."""
-  variant = _stage2_config(config, workdir)
-  for field, value in overrides.items():
-    variant.stage2[field] = value
+  """One stage-2 variant trained alone in WORKDIR/kind/<name> (chosen on validation where there is one)."""
   print(f'--- {kind} {name}: {overrides}')
-  return train_and_evaluate(variant, os.path.join(workdir, kind, _slug(name)), dataset=dataset)
+  variant_dir = os.path.join(workdir, kind, _slug(name))
+  results = train_and_evaluate(variant_config(config, workdir, overrides), variant_dir, dataset=dataset)
+  return {**results, 'source': {'workdir': variant_dir, 'stage': 'stage2'}}
 
 
-HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate')
+def run_variants_together(config, workdir: str, kind: str, variants: dict, dataset, select: bool = False) -> dict:
+  """Variants that differ only in the head, trained as K heads at once in WORKDIR/kind/heads-<digest>.
 
-
-def run_variants_together(config, workdir: str, kind: str, variants: dict, dataset) -> dict:
-  """Variants that differ only in HEAD_FIELDS, trained as K heads at once in WORKDIR/kind/heads-<digest>."""
-  settings = []
-  for overrides in variants.values():
-    setting = {field: config.stage2[field] for field in HEAD_FIELDS}
-    setting.update(overrides)
-    settings.append(setting)
+  With `select`, each variant contributes every candidate of its grid, and its result is the candidate
+  with the best validation score (with 'stage2_selection' saying which); else one head per variant.
+  """
+  settings, owner = [], []
+  for name, overrides in variants.items():
+    stage2 = variant_config(config, workdir, overrides).stage2
+    options = selection.candidates(stage2) if select else [selection.base_setting(stage2)]
+    settings += options
+    owner += [name] * len(options)
   digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  heads_dir = os.path.join(workdir, kind, f'heads-{digest}')
   print(f'--- {kind}: {len(settings)} heads at once: {", ".join(variants)}')
-  results = train_heads_and_evaluate(_stage2_config(config, workdir), os.path.join(workdir, kind, f'heads-{digest}'),
-                                     settings, dataset=dataset)
-  return dict(zip(variants, results))
+  heads = train_heads_and_evaluate(variant_config(config, workdir, {}), heads_dir, settings, dataset=dataset)
+  metric = config.stage2.select_metric
+  finished = {}
+  for name in variants:
+    indices = [k for k, o in enumerate(owner) if o == name]
+    record = None
+    if select:
+      scores = [selection.score(heads[k]['models']['stage2']['val'], metric) for k in indices]
+      best = selection.choose(scores)
+      record = {'metric': metric, 'split': 'val', 'chosen': best,
+                'candidates': [{'setting': settings[k], 'score': v} for k, v in zip(indices, scores)]}
+      index = indices[best]
+    else:
+      [index] = indices
+    finished[name] = {**heads[index], 'stage2_selection': record,
+                      'source': {'workdir': heads_dir, 'stage': 'stage2', 'head': index}}
+  return finished
 
 
-def _write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_columns: tuple) -> str:
-  """table.md, table.csv (row_label + csv_columns) and table.json in out_dir (never overwritten); returns the md."""
+def _chosen_label(results: dict) -> str:
+  record = results.get('stage2_selection')
+  if not record:
+    return ''
+  return selection.setting_label(record['candidates'][record['chosen']]['setting'])
+
+
+def _write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_columns: tuple,
+                  notes: dict | None = None) -> str:
+  """table.md, table.csv and table.json in out_dir (never overwritten); returns the md.
+
+  `notes` (row -> {'val': score, 'chosen': text}) adds the validation score and the settings
+  chosen on validation to each row.
+  """
   os.makedirs(out_dir, exist_ok=True)
-  table = markdown_table(rows, title)
+  notes = notes or {}
+  extra = ('val', 'chosen on validation') if notes else ()
+  lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ''.join(f' | {e}' for e in extra) + ' |',
+           '|---' * (1 + len(COLUMNS) + len(extra)) + '|']
+  for name, report in rows.items():
+    cells = [format_cell(report[c]).strip() for c in COLUMNS]
+    if notes:
+      note = notes.get(name, {})
+      cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  table = '\n'.join(lines)
   with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
     f.write(table + '\n')
-  write_csv(unique_path(os.path.join(out_dir, 'table.csv')), [row_label, *csv_columns],
-            [[name, *(report[column] for column in csv_columns)] for name, report in rows.items()])
+  write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
+            [row_label, *csv_columns, *(['val', 'chosen'] if notes else [])],
+            [[name, *(report[column] for column in csv_columns),
+              *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
+             for name, report in rows.items()])
   write_json(unique_path(os.path.join(out_dir, 'table.json')),
              {'dataset': title, 'rows': {name: {k: v for k, v in report.items() if k != 'per_class'}
-                                         for name, report in rows.items()}})
+                                         for name, report in rows.items()}, 'notes': notes})
   return table
 
 
@@ -105,30 +169,63 @@ def _title(dataset, config) -> str:
 def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   """The Table-2 grid plus comparison rows; writes table.md/.csv/.json and figures under WORKDIR/ablation.
 
-  With `vectorized`, the eight loss x lambda rows train as eight heads at once (shared features).
+  With `vectorized`, the eight loss x lambda rows (each with its validation grid) train as heads of
+  one run on shared features. With a validation split, the table adds each row's validation score
+  and chosen settings, and a 'best on validation' line; `ablation/best.json` names that model
+  (`predict.py --stage=best` uses it).
   """
   variants = ablation_variants(config)
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
-  rows = {'naive': base['models']['naive']['test']}
-  norms = {'naive': base['weight_norms']['naive']}
-  per_class = {'naive': rows['naive']['per_class']}
-  together = {n: v for n, v in variants.items() if set(v) <= set(HEAD_FIELDS)} if vectorized else {}
-  finished = run_variants_together(config, workdir, 'ablation', together, dataset) if together else {}
+  select = selects_stage2(variant_config(config, workdir, {}), dataset)
+  metric = config.stage2.select_metric
+  results = {'naive': {**base, 'source': {'workdir': os.path.abspath(workdir), 'stage': 'naive'}}}
+  head_fields = set(selection.HEAD_FIELDS) | {f'grid.{f}' for f in selection.GRID_FIELDS}
+  together = {n: v for n, v in variants.items() if set(v) <= head_fields} if vectorized else {}
+  if together:
+    results.update(run_variants_together(config, workdir, 'ablation', together, dataset, select))
   for name, overrides in variants.items():
-    results = finished.get(name) or run_variant(config, workdir, 'ablation', name, overrides, dataset)
-    rows[name] = results['models']['stage2']['test']
-    norms[name] = results['weight_norms']['stage2']
-  per_class['BWLM'] = rows['+BWLM']['per_class']
+    if name not in results:
+      results[name] = run_variant(config, workdir, 'ablation', name, overrides, dataset)
+  stage_of = {name: 'naive' if name == 'naive' else 'stage2' for name in results}
+  rows = {name: r['models'][stage_of[name]]['test'] for name, r in results.items()}
+  vals = {name: r['models'][stage_of[name]].get('val') for name, r in results.items()}
+  notes = {name: {'chosen': _chosen_label(r)} for name, r in results.items()}
+  sources = {name: r['source'] for name, r in results.items()}
+  norms = {name: r['weight_norms'][stage_of[name]] for name, r in results.items()}
+  per_class = {'naive': rows['naive']['per_class'], 'BWLM': rows['+BWLM']['per_class']}
+
   rt = make_runtime(config, workdir, dataset)
   naive = model_outputs(rt, 'naive')
-  extra = posthoc_reports(naive['outputs'], naive['head'], dataset.train_counts)['test']
-  rows[f'naive+tau-norm (tau={extra["tau_norm"]["tau"]:g})'] = extra['tau_norm']
-  rows['naive+logit adjustment'] = extra['logit_adjustment']
+  extra = posthoc_reports(naive['outputs'], naive['head'], dataset.train_counts)
+  for method, label in (('tau_norm', 'naive+tau-norm'), ('logit_adjustment', 'naive+logit adjustment')):
+    tau = extra['test'][method]['tau']
+    name = f'{label} (tau={tau:g})'
+    rows[name] = extra['test'][method]
+    vals[name] = extra.get('val', {}).get(method)
+    notes[name] = {'chosen': f'tau={tau:g}' if select else ''}
+    sources[name] = {'workdir': os.path.abspath(workdir), 'stage': 'naive',
+                     'posthoc': {'method': method, 'tau': tau}}
+
+  best = None
+  if select:
+    scores = {name: selection.score(report, metric) for name, report in vals.items() if report is not None}
+    for name, value in scores.items():
+      notes[name]['val'] = value
+    best = max(scores, key=scores.get)  # ties: the earlier row
+    rows[f'best on validation: {best}'] = rows[best]
+    notes[f'best on validation: {best}'] = notes[best]
+    os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
+    write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
+               {'method': best, 'metric': metric, 'val_score': scores[best], 'source': sources[best],
+                'train_counts': dataset.train_counts.tolist(), 'test': {k: v for k, v in rows[best].items()
+                                                                       if k != 'per_class'}})
+  else:
+    print('ablation: no validation split, so no settings are chosen and no best model is named.')
 
   title = _title(dataset, config)
   table = _write_tables(os.path.join(workdir, 'ablation'), rows, title, 'method',
-                        ('many', 'medium', 'few', 'all', 'top5'))
+                        ('many', 'medium', 'few', 'all', 'top5'), notes if select else None)
   figures = os.path.join(workdir, 'figures')
   counts = dataset.train_counts
   plots.save(plots.per_class_accuracy(per_class, counts, title), figures, 'per_class_accuracy')
@@ -160,10 +257,12 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
   dataset = load_dataset(config.data)
   run_base(config, workdir, dataset)
   title = _title(dataset, config)
-  variants = {f'alpha={a:g},lambda={d:g}': {'loss': 'bfs', 'alpha': a, 'weight_decay': d}
+  # Fixed settings (a figure over alpha and lambda, not a selection): every field pinned.
+  variants = {f'alpha={a:g},lambda={d:g}': {'loss': 'bfs', 'alpha': a, 'weight_decay': d, 'select': 'none'}
               for d in lambdas for a in alphas}
   if vectorized:
-    finished = run_variants_together(config, workdir, 'sweep', variants, dataset)
+    finished = run_variants_together(config, workdir, 'sweep', {n: {k: v for k, v in o.items() if k != 'select'}
+                                                                for n, o in variants.items()}, dataset)
   else:
     finished = {name: run_variant(config, workdir, 'sweep', name, v, dataset) for name, v in variants.items()}
   grid = {name: results['models']['stage2']['test'] for name, results in finished.items()}

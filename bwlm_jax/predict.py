@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -50,18 +51,50 @@ def load_image(path: str, size: int, center_crop: bool) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
+def best_model(workdir: str) -> dict:
+  """The model `ablation.py` named best on validation: the newest WORKDIR/ablation/best*.json."""
+  folder = os.path.join(workdir, 'ablation')
+  found = [os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+           if f.startswith('best') and f.endswith('.json')]
+  if not found:
+    raise FileNotFoundError(f'{workdir} has no ablation/best.json: run launch/ablation.py on it first (it names '
+                            'the best model on the validation split).')
+  with open(max(found, key=os.path.getmtime)) as f:
+    return json.load(f)
+
+
+def _posthoc_logits(features: np.ndarray, head: dict, posthoc_spec: dict, train_counts) -> np.ndarray:
+  if posthoc_spec['method'] == 'tau_norm':
+    return posthoc.tau_normalized_logits(features, head['dense']['kernel'], posthoc_spec['tau'])
+  return posthoc.logit_adjusted(posthoc.linear_logits(features, head), train_counts, posthoc_spec['tau'])
+
+
 def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, batch_size: int = 64):
-  """[(path, [(class name, probability), ...])] for each file, best class first."""
+  """[(path, [(class name, probability), ...])] for each file, best class first.
+
+  `stage` 'best' uses the model that `ablation.py` chose on validation in `workdir` (a head of a
+  K-head run, or the naive model with a post-hoc correction included).
+  """
+  head_index, posthoc_spec, train_counts = None, None, None
+  if stage == 'best':
+    best = best_model(workdir)
+    source = best['source']
+    workdir, stage = source['workdir'], source['stage']
+    head_index, posthoc_spec, train_counts = source.get('head'), source.get('posthoc'), best['train_counts']
   variables, meta = load_finished(workdir, stage)
+  if head_index is not None:  # one head of the stacked K heads
+    variables['head'] = jax.tree.map(lambda leaf: leaf[head_index], variables['head'])
   config = meta['config']
   names = meta['class_names']
   model = Model(build_backbone(config['model']['name'], config['model']['dtype']), LinearHead(len(names)))
   features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']])
   images = np.stack([load_image(p, meta['image_size'], meta['center_crop']) for p in paths])
   backbone = {'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}
-  logits = np.concatenate([posthoc.linear_logits(np.asarray(features_fn(backbone, images[i:i + batch_size])),
-                                                 jax.device_get(variables['head']))
-                           for i in range(0, len(images), batch_size)])
+  head = jax.device_get(variables['head'])
+  features = np.concatenate([np.asarray(features_fn(backbone, images[i:i + batch_size]))
+                             for i in range(0, len(images), batch_size)])
+  logits = (posthoc.linear_logits(features, head) if posthoc_spec is None
+            else _posthoc_logits(features, head, posthoc_spec, train_counts))
   probabilities = np.exp(logits - logits.max(-1, keepdims=True))
   probabilities /= probabilities.sum(-1, keepdims=True)
   best = posthoc.top_k(logits, top_k)

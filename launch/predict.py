@@ -4,7 +4,8 @@
   python launch/predict.py --workdir=... --images=photos/ --output=preds.csv
 
 The model's architecture, classes and preprocessing come from its checkpoint. --stage picks the model
-(default: stage2 if the workdir has one, else naive).
+(default: stage2 if the workdir has one, else naive); --stage=best takes the model that ablation.py chose
+on the validation split (WORKDIR/ablation/best.json), post-hoc correction included.
 """
 
 import os
@@ -15,7 +16,8 @@ from bwlm_jax import platform
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
-_STAGE = flags.DEFINE_string('stage', None, 'naive, stage1 or stage2.')
+_STAGE = flags.DEFINE_string('stage', None, 'naive, stage1, stage2, or best (the best on validation in '
+                             'ablation/best.json).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write (refuses to overwrite).')
 flags.mark_flags_as_required(['workdir', 'images'])

@@ -4,7 +4,7 @@ from bwlm_jax.config import base_config
 
 
 def tiny_config(tfds_dir: str, epochs: int = 2):
-  """311 training images (40 .. 4 per class: no Many class), batch 32, `epochs` per stage."""
+  """311 training images (40 .. 4 per class: no Many class), 400 val images, batch 32, `epochs` per stage."""
   config = base_config()
   config.data.name = 'embedded'
   config.data.data_dir = tfds_dir
@@ -16,4 +16,13 @@ def tiny_config(tfds_dir: str, epochs: int = 2):
   for stage in (config.naive, config.stage1, config.stage2):
     stage.epochs = epochs
   config.stage1.learning_rate = 0.05
+  config.stage2.select = 'none'  # one stage-2 setting; tests of selection set a small grid
+  return config
+
+
+def small_grid(config, **grid):
+  """Selection on validation over a small grid (fields not given keep the stage-2 value)."""
+  config.stage2.select = 'val'
+  for field in ('learning_rate', 'epochs', 'weight_decay', 'alpha'):
+    config.stage2.grid[field] = grid.get(field)
   return config

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bwlm_jax import selection
 from bwlm_jax.data import shapes
 from bwlm_jax.evaluate.evaluation import evaluate_workdir
 from bwlm_jax.experiments import run_ablation, run_sweep
 from bwlm_jax.predict import image_paths, predict_files
 from bwlm_jax.train.loop import make_runtime
-from helpers import tiny_config
+from helpers import small_grid, tiny_config
 
 
 def _tiny(tfds_dir):
@@ -21,7 +22,7 @@ def _tiny(tfds_dir):
   config.stage2.learning_rate = config.naive.learning_rate = 0.05
   config.stage2.weight_decay = 0.01
   config.eval_every_epochs = 1
-  return config
+  return small_grid(config, alpha=(0.1, 0.9))  # each BFS row chooses its alpha on validation
 
 
 @pytest.fixture(scope='module')
@@ -34,27 +35,41 @@ def ablation_run(tfds_dir, tmp_path_factory):
 def test_ablation_table_has_every_row_and_column(ablation_run):
   workdir, rows = ablation_run
   expected = ['naive', '+CE', '+CB', '+BS', '+BFS', '+CEW', '+CBW', '+BSW', '+BWLM', 'cRT', '+BWLM+MaxNorm',
-              'naive+tau-norm (tau=1)', 'naive+logit adjustment']
-  assert list(rows) == expected
+              'BWLM (naive backbone)', 'naive+tau-norm', 'naive+logit adjustment', 'best on validation']
+  assert [name.split(' (tau=')[0].split(':')[0] for name in rows] == expected
   table = open(os.path.join(workdir, 'ablation', 'table.md')).read().splitlines()
-  assert table[0] == '| embedded IF 10 | Many | Medium | Few | All |'
-  assert [line.split('|')[1].strip() for line in table[2:]] == expected
-  for line in table[2:]:
-    many, medium, few, everything = [c.strip() for c in line.split('|')[2:6]]
-    assert many == '-'  # no class has more than 100 images: absent, not 0
-    assert all(0 <= float(v) <= 100 for v in (medium, few, everything))
+  assert table[0] == '| embedded IF 10 | Many | Medium | Few | All | val | chosen on validation |'
+  assert [line.split('|')[1].strip() for line in table[2:]] == list(rows)
   saved = json.load(open(os.path.join(workdir, 'ablation', 'table.json')))
-  assert list(saved['rows']) == expected
-  # The eight loss x lambda rows trained as eight heads of one run, each with its row's loss and lambda.
+  for line in table[2:]:
+    name, many, medium, few, everything, val, chosen = [c.strip() for c in line.split('|')[1:8]]
+    assert many == '-'  # no class has more than 100 images: absent, not 0
+    assert all(0 <= float(v) <= 100 for v in (medium, few, everything, val))
+    assert float(val) == round(100 * saved['notes'][name]['val'], 1)
+  # Every row says what validation chose; the BFS rows chose alpha among the two the grid offers.
+  assert saved['notes']['+BWLM']['chosen'] in ('lr=0.05 epochs=1 lambda=0.01 alpha=0.1',
+                                               'lr=0.05 epochs=1 lambda=0.01 alpha=0.9')
+  assert saved['notes']['+CE']['chosen'] == 'lr=0.05 epochs=1 lambda=0'
+  best_name = list(rows)[-1].split(': ', 1)[1]
+  best = json.load(open(os.path.join(workdir, 'ablation', 'best.json')))
+  scores = {name: note['val'] for name, note in saved['notes'].items() if not name.startswith('best')}
+  assert best['method'] == best_name == max(scores, key=scores.get)
+  assert rows[list(rows)[-1]] == rows[best_name]
+  # The loss x lambda rows trained as heads of one run: one head per (row, alpha) candidate.
   [heads_dir] = [d for d in os.listdir(os.path.join(workdir, 'ablation')) if d.startswith('heads-')]
   heads = json.load(open(os.path.join(workdir, 'ablation', heads_dir, 'results.json')))['heads']
-  assert [(h['setting']['loss'], h['setting']['weight_decay']) for h in heads] == [
-      ('ce', 0.0), ('cb_focal', 0.0), ('balanced_softmax', 0.0), ('bfs', 0.0),
-      ('ce', 0.01), ('cb_focal', 0.01), ('balanced_softmax', 0.01), ('bfs', 0.01)]
-  assert heads[7]['models']['stage2']['test'] == rows['+BWLM']
-  # The comparison rows that change more than the head trained alone.
+  assert [(h['setting']['loss'], h['setting']['weight_decay'], h['setting']['alpha']) for h in heads] == [
+      ('ce', 0.0, 0.1), ('cb_focal', 0.0, 0.1), ('balanced_softmax', 0.0, 0.1), ('bfs', 0.0, 0.1), ('bfs', 0.0, 0.9),
+      ('ce', 0.01, 0.1), ('cb_focal', 0.01, 0.1), ('balanced_softmax', 0.01, 0.1), ('bfs', 0.01, 0.1),
+      ('bfs', 0.01, 0.9)]
+  bwlm_heads = heads[8:10]
+  chosen = max(bwlm_heads, key=lambda h: selection.score(h['models']['stage2']['val'], 'balanced_accuracy'))
+  assert chosen['models']['stage2']['test'] == rows['+BWLM']
+  # The comparison rows that change more than the head trained alone, each chosen on validation.
   crt = json.load(open(os.path.join(workdir, 'ablation', 'cRT', 'config.json')))
   assert (crt['stage2']['backbone'], crt['stage2']['sampler']) == ('naive', 'class_balanced')
+  assert crt['stage2']['grid']['weight_decay'] is None  # cRT keeps lambda = 0
+  assert os.path.exists(os.path.join(workdir, 'ablation', 'BWLM_naive_backbone', 'stage2_selection.md'))
 
 
 def test_figures_are_written_and_not_empty(ablation_run):
@@ -112,6 +127,19 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
     assert len(top) == 3 and all(name in shapes.class_names() for name, _ in top)
     probabilities = [p for _, p in top]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+  best_predictions = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
+  assert [p for p, _ in best_predictions] == [p for p, _ in predictions]
+  assert all(len(top) == 3 and all(name in shapes.class_names() for name, _ in top) for _, top in best_predictions)
+  # A newer best.json naming the naive model with logit adjustment: a prior of 1 image for class 5
+  # against 1e9 for the others lifts class 5 to the top for every image, so the correction is applied.
+  pointer = os.path.join(workdir, 'ablation', 'best-9.json')
+  with open(pointer, 'w') as f:
+    json.dump({'source': {'workdir': workdir, 'stage': 'naive', 'posthoc': {'method': 'logit_adjustment', 'tau': 1.0}},
+               'train_counts': [1e9] * 5 + [1] + [1e9] * 14}, f)
+  os.utime(pointer, (2e9, 2e9))
+  adjusted = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
+  assert {top[0][0] for _, top in adjusted} == {shapes.class_names()[5]}
+  os.remove(pointer)
   (tmp_path / 'broken.png').write_bytes(b'no image')
   with pytest.raises(ValueError, match='cannot decode image .*broken.png'):
     predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', [str(tmp_path / 'broken.png')])

@@ -95,23 +95,27 @@ def accuracy_vs_parameter(values, reports, parameter: str, title: str):
 
 
 def training_curves(metrics_jsonl: str, title: str):
-  """Figure 6: training loss and test accuracy per epoch for each stage of a run."""
+  """Figure 6: training loss and accuracy per epoch for each stage of a run.
+
+  The accuracy is the validation split's where the run had one, else the test split's.
+  """
   rows = [json.loads(line) for line in open(metrics_jsonl)]
+  split = 'val' if any('val_accuracy' in r for r in rows) else 'test'
   figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.6))
   for stage in dict.fromkeys(r['stage'] for r in rows):
     losses = [(r['epoch'], r['loss']) for r in rows if r['stage'] == stage and 'loss' in r and 'epoch' in r]
     if losses:
       loss_axis.plot(*zip(*losses), label=stage)
-    accuracy = [(r['epoch'], 100 * r['test_accuracy']) for r in rows
-                if r['stage'] == stage and 'test_accuracy' in r and 'epoch' in r]
+    accuracy = [(r['epoch'], 100 * r[f'{split}_accuracy']) for r in rows
+                if r['stage'] == stage and f'{split}_accuracy' in r and 'epoch' in r]
     if accuracy:
       accuracy_axis.plot(*zip(*accuracy), marker='o', label=stage)
   loss_axis.set_xlabel('epoch')
   loss_axis.set_ylabel('training loss')
   loss_axis.set_title('Training loss')
   accuracy_axis.set_xlabel('epoch')
-  accuracy_axis.set_ylabel('test accuracy (%)')
-  accuracy_axis.set_title('Test accuracy')
+  accuracy_axis.set_ylabel(f'{split} accuracy (%)')
+  accuracy_axis.set_title(f'{split.capitalize()} accuracy')
   for axis in (loss_axis, accuracy_axis):
     if axis.get_legend_handles_labels()[0]:
       axis.legend()

@@ -64,7 +64,7 @@ def flatten(tree: dict, prefix: str = '') -> dict:
     if isinstance(value, dict):
       flat.update(flatten(value, name + '.'))
     else:
-      flat[name] = value
+      flat[name] = list(value) if isinstance(value, tuple) else value  # JSON keeps tuples as lists
   return flat
 
 

@@ -15,11 +15,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from bwlm_jax import losses, sharding
+from bwlm_jax import losses, selection, sharding
 from bwlm_jax.data import LongTailDataset, device_pipeline, load_dataset, stage_train_split, stream_pipeline
-from bwlm_jax.data.summary import count_summary, format_summary
+from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluate import metrics as metrics_lib
-from bwlm_jax.evaluate.report import results_table, write_json
+from bwlm_jax.evaluate.report import results_table, unique_path, write_json
 from bwlm_jax.models import DTYPES, MODELS, LinearHead, build_backbone
 from bwlm_jax.train import optim
 from bwlm_jax.train.checkpoint import StageCheckpoints, check_workdir_config
@@ -102,6 +102,7 @@ def validate_config(config) -> None:
       raise ValueError(f'stage2.{field} must be one of {allowed}, got {config.stage2[field]!r}.')
   if config.stage2.max_norm is not None and config.stage2.max_norm <= 0:
     raise ValueError(f'stage2.max_norm must be > 0 (or None), got {config.stage2.max_norm}.')
+  selection.validate(config.stage2)
   if config.stage2.loss_counts not in ('long_tail', 'stage2'):
     raise ValueError(f"stage2.loss_counts must be 'long_tail' or 'stage2', got {config.stage2.loss_counts!r}.")
   for stage in STAGE_TAGS:
@@ -241,15 +242,23 @@ def _device_arrays(rt: Runtime, split_name: str, split):
   return rt.device_data[split_name]
 
 
-def _multihead(rt: Runtime, split, head_settings: list, total_steps: int, cfg: StepConfig) -> dict:
+def multihead_supported(config, dataset: LongTailDataset) -> bool:
+  """Whether K stage-2 heads can train at once: on cached features, or on images kept on the device."""
+  return (not config.stage2.augment and config.stage2.cache_features) or dataset.in_memory
+
+
+def _multihead(rt: Runtime, split, head_settings: list, cfg: StepConfig) -> dict:
   """The pieces of a K-head stage 2: 'init_opt_state' and 'batches' (frozen -> a state -> (state, metrics) step)."""
   config = rt.config
-  if not rt.dataset.in_memory or config.stage2.sampler != 'uniform':
-    raise ValueError('training several stage-2 heads at once needs the device pipeline and the uniform sampler.')
+  if not multihead_supported(config, rt.dataset):
+    raise ValueError('training several stage-2 heads at once needs data that fits in memory, or cached '
+                     'features (--config.stage2.augment=False).')
   cached = not config.stage2.augment and config.stage2.cache_features
   settings = head_settings_arrays(head_settings)
+  tables = (class_balanced_tables(split.labels, rt.dataset.num_classes)
+            if config.stage2.sampler == 'class_balanced' else None)
   step, init_opt_state = make_multihead_step(rt.model, settings, config.stage2, _loss_counts(rt, split), cfg,
-                                             total_steps, cached, rt.data_sharding, rt.replicated)
+                                             cached, rt.data_sharding, rt.replicated, tables)
 
   def batches(frozen):
     if cached:
@@ -269,18 +278,21 @@ def _cached_features(rt: Runtime, frozen: dict, split):
 
 
 def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optional[TrainState] = None,
-              head_settings: Optional[list] = None) -> TrainState:
+              head_settings: Optional[list] = None, checkpoint_name: Optional[str] = None) -> TrainState:
   """Train one stage to its end, resuming from its latest checkpoint; returns the final state.
 
   With `head_settings` (stage 2 only), K heads train at once, one per setting (see
-  `steps.make_multihead_step`); the state then holds the K heads stacked on a leading axis.
+  `steps.make_multihead_step`), for as many epochs as the longest; the state then holds the K heads
+  stacked on a leading axis. Checkpoints go to WORKDIR/checkpoints/<checkpoint_name or stage>.
   """
   config = rt.config
   stage_cfg = config[stage]
   split = stage_split(rt, stage)
   steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
-  total_steps = stage_cfg.epochs * steps_per_epoch
-  checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', stage), config.keep_checkpoints)
+  epochs = max(s['epochs'] for s in head_settings) if head_settings else stage_cfg.epochs
+  total_steps = epochs * steps_per_epoch
+  checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', checkpoint_name or stage),
+                                 config.keep_checkpoints)
   tx, schedule = _optimizer(rt, stage, total_steps, steps_per_epoch)
   if stage == 'stage2' and backbone_state is None:
     backbone_state = _load_backbone_state(rt)
@@ -291,7 +303,7 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
                         max_norm=config.stage2.max_norm if stage == 'stage2' else None)
   state = _initial_state(rt, stage, tx, backbone_state)
   if head_settings is not None:
-    multihead = _multihead(rt, split, head_settings, total_steps, step_cfg)
+    multihead = _multihead(rt, split, head_settings, step_cfg)
     heads = {'head': stack_heads(state.params['head'], len(head_settings))}
     state = state.replace(params=heads, opt_state=multihead['init_opt_state'](heads))
   state = jax.device_put(state, rt.replicated)
@@ -311,12 +323,7 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
     batches = multihead['batches'](state.frozen)
 
   def record(step, finished):
-    checkpoints.save(step, state, {'stage': stage, 'step': step, 'total_steps': total_steps,
-                                   'finished': finished, 'config': config.to_dict(),
-                                   # What inference needs without loading the dataset (predict.py).
-                                   'class_names': list(rt.dataset.class_names), 'image_size': rt.dataset.image_size,
-                                   'mean': list(rt.dataset.mean), 'std': list(rt.dataset.std),
-                                   'center_crop': not rt.dataset.in_memory})
+    checkpoints.save(step, state, _checkpoint_meta(rt, stage, step, total_steps, finished, config.to_dict()))
 
   start = int(state.step)
   progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True,
@@ -338,8 +345,10 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
       pending = (done, step_metrics)
     if (config.eval_every_epochs and head_settings is None
         and done % (config.eval_every_epochs * steps_per_epoch) == 0):
-      report = evaluate(rt, _variables(stage, state), rt.dataset.test)
-      rt.writer.write(stage, done, {'test_accuracy': report['all'], 'epoch': done / steps_per_epoch})
+      # Training curves on validation where there is one; the test split only when there is none.
+      curve_split = 'val' if rt.dataset.val is not None else 'test'
+      report = evaluate(rt, _variables(stage, state), rt.dataset.eval_splits()[curve_split])
+      rt.writer.write(stage, done, {f'{curve_split}_accuracy': report['all'], 'epoch': done / steps_per_epoch})
     stopping = budget.spend() and done != total_steps
     if (done % config.checkpoint_every_steps == 0 or stopping) and done != total_steps:
       record(done, False)
@@ -354,6 +363,78 @@ def run_stage(rt: Runtime, stage: str, budget: StepBudget, backbone_state: Optio
   record(total_steps, True)
   checkpoints.close()
   return state
+
+
+def _checkpoint_meta(rt: Runtime, stage: str, step: int, total_steps: int, finished: bool, config_dict: dict) -> dict:
+  return {'stage': stage, 'step': step, 'total_steps': total_steps, 'finished': finished, 'config': config_dict,
+          # What inference needs without loading the dataset (predict.py).
+          'class_names': list(rt.dataset.class_names), 'image_size': rt.dataset.image_size,
+          'mean': list(rt.dataset.mean), 'std': list(rt.dataset.std), 'center_crop': not rt.dataset.in_memory}
+
+
+def selects_stage2(config, dataset: LongTailDataset) -> bool:
+  """Whether stage 2 is chosen on validation (config.stage2.select); a clear error where it cannot be."""
+  mode = config.stage2.select
+  if mode == 'none' or 'stage2' not in parse_stages(config):
+    return False
+  reason = None
+  if dataset.val is None:
+    reason = ('this dataset has no validation split (a folder needs ROOT/val/<class>/, or data.imbalance_factor '
+              'with data.val_per_class > 0 to carve one)')
+  elif not multihead_supported(config, dataset):
+    reason = 'the candidates train as heads of one run, which needs --config.stage2.augment=False on streamed data'
+  if reason is None:
+    return True
+  if mode == 'val':
+    raise ValueError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
+                     'setting.')
+  print(f'stage 2: no selection on validation ({reason}); training the configured setting '
+        f'({selection.setting_label(selection.base_setting(config.stage2))}). The test split is never used to choose.')
+  return False
+
+
+def run_selected_stage2(rt: Runtime, budget: StepBudget, backbone_state: Optional[TrainState]):
+  """Stage 2 chosen on validation: the grid trains as K heads at once (WORKDIR/checkpoints/stage2_grid),
+  each head is scored on the validation split, and the best becomes the finished stage-2 checkpoint.
+
+  Returns (the chosen head's state, the selection record without test numbers).
+  """
+  config = rt.config
+  candidates = selection.candidates(config.stage2)
+  print(f'stage 2: {len(candidates)} candidate settings trained as heads of one run, chosen on validation '
+        f'({config.stage2.select_metric}).')
+  grid_state = run_stage(rt, 'stage2', budget, backbone_state, head_settings=candidates, checkpoint_name='stage2_grid')
+  heads = jax.device_get(grid_state.params['head'])
+  val_features, val_labels = split_features(rt, _frozen_variables(grid_state), rt.dataset.val)
+  scored = []
+  for k, setting in enumerate(candidates):
+    report = metrics_lib.head_report(val_features, val_labels, _head_at(heads, k), rt.dataset.train_counts, TOP_K)
+    scored.append({'setting': setting, 'score': selection.score(report, config.stage2.select_metric),
+                   'val': {key: value for key, value in report.items() if key != 'per_class'}})
+  chosen = selection.choose(c['score'] for c in scored)
+  record = {'metric': config.stage2.select_metric, 'split': 'val', 'chosen': chosen, 'candidates': scored}
+  state = grid_state.replace(params=jax.tree.map(lambda leaf: leaf[chosen], grid_state.params),
+                             opt_state=jax.tree.map(lambda leaf: leaf[chosen], grid_state.opt_state))
+  checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', 'stage2'), config.keep_checkpoints)
+  if checkpoints.latest_meta() is None:
+    chosen_config = config.to_dict()
+    chosen_config['stage2'].update(candidates[chosen])
+    step = int(grid_state.step)
+    meta = _checkpoint_meta(rt, 'stage2', step, step, True, chosen_config)
+    checkpoints.save(step, state, {**meta, 'selected': {**record, 'candidates': None, 'setting': candidates[chosen],
+                                                        'score': scored[chosen]['score']}})
+  checkpoints.close()
+  print(f'stage 2: chose {selection.setting_label(candidates[chosen])} '
+        f'(val {config.stage2.select_metric} {100 * scored[chosen]["score"]:.1f} %).')
+  return state, record
+
+
+def _head_at(heads, k: int):
+  return jax.tree.map(lambda leaf: leaf[k], heads)
+
+
+def _frozen_variables(state: TrainState) -> dict:
+  return {'backbone': state.frozen['params'], 'batch_stats': state.frozen['batch_stats']}
 
 
 def _log(rt, stage, progress, pending, steps_per_epoch, images_per_second):
@@ -459,7 +540,7 @@ def make_runtime(config, workdir: str, dataset: Optional[LongTailDataset] = None
   if dataset is None:
     dataset = load_dataset(config.data)
     print(format_summary(dataset.name, count_summary(dataset.train_counts),
-                         {n: len(s) for n, s in dataset.eval_splits().items()}))
+                         eval_split_lines(dataset, config.data.val_per_class)))
   model = Model(build_backbone(config.model.name, config.model.dtype), LinearHead(dataset.num_classes))
   return Runtime(config, workdir, dataset, model, sharding.make_mesh(), MetricWriter(workdir), {})
 
@@ -514,12 +595,16 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
   rt = make_runtime(config, workdir, dataset)
   stages = parse_stages(config)
-  trained = {}
+  select = selects_stage2(config, rt.dataset)
+  trained, record = {}, None
   budget = StepBudget(stop_after_steps)
   previous_handler = budget.stop_on_sigterm()
   try:
     for stage in stages:
-      trained[stage] = run_stage(rt, stage, budget, trained.get(config.stage2.backbone))
+      if stage == 'stage2' and select:
+        trained[stage], record = run_selected_stage2(rt, budget, trained.get(config.stage2.backbone))
+      else:
+        trained[stage] = run_stage(rt, stage, budget, trained.get(config.stage2.backbone))
   finally:
     rt.writer.close()
     if previous_handler is not None:
@@ -539,10 +624,30 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     results['models'][stage] = {name: evaluate(rt, variables, split)
                                 for name, split in dataset.eval_splits().items()}
     results['weight_norms'][stage] = metrics_lib.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
+  if record is not None:
+    results['stage2_selection'] = _selection_with_test(rt, record)
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, 'results.json'), results)
+    if record is not None:
+      path = unique_path(os.path.join(workdir, 'stage2_selection.md'))
+      with open(path, 'w') as f:
+        f.write(selection.selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
+      print(f'stage-2 grid, validation scores and test accuracy of every candidate: {path}')
     print(results_table(results))
   return results
+
+
+def _selection_with_test(rt: Runtime, record: dict) -> dict:
+  """The selection record with each candidate's test report, computed after the choice was made."""
+  grid_dir = os.path.join(rt.workdir, 'checkpoints', 'stage2_grid')
+  grid_state, _ = _restore_finished(grid_dir)
+  features, labels = split_features(rt, _frozen_variables(grid_state), rt.dataset.test)
+  heads = jax.device_get(grid_state.params['head'])
+  candidates = []
+  for k, candidate in enumerate(record['candidates']):
+    report = metrics_lib.head_report(features, labels, _head_at(heads, k), rt.dataset.train_counts, TOP_K)
+    candidates.append({**candidate, 'test': {key: value for key, value in report.items() if key != 'per_class'}})
+  return {**record, 'candidates': candidates}
 
 
 def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
@@ -561,12 +666,11 @@ def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
     state = run_stage(rt, 'stage2', StepBudget(None), head_settings=head_settings)
   finally:
     rt.writer.close()
-  frozen = {'backbone': state.frozen['params'], 'batch_stats': state.frozen['batch_stats']}
-  outputs = {name: split_features(rt, frozen, split) for name, split in rt.dataset.eval_splits().items()}
+  outputs = {name: split_features(rt, _frozen_variables(state), split) for name, split in rt.dataset.eval_splits().items()}
   heads = jax.device_get(state.params['head'])
   results = []
   for k, setting in enumerate(head_settings):
-    head = jax.tree.map(lambda leaf: leaf[k], heads)
+    head = _head_at(heads, k)
     reports = {name: metrics_lib.head_report(f, y, head, rt.dataset.train_counts, TOP_K)
                for name, (f, y) in outputs.items()}
     results.append({'setting': setting, 'models': {'stage2': reports},

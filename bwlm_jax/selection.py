@@ -1,0 +1,108 @@
+"""Stage-2 settings chosen on the validation split: the candidate grid, the score, the choice, the table.
+
+The test split never enters here: candidates are scored on validation reports only, and test
+reports are attached to the table after the choice is made.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from bwlm_jax.evaluate.report import format_cell
+
+SELECT_MODES = ('auto', 'val', 'none')
+SELECT_METRICS = ('balanced_accuracy', 'accuracy')
+# Stage-2 fields a grid may vary; each trains as one head of a K-head run (shared features).
+GRID_FIELDS = ('learning_rate', 'epochs', 'weight_decay', 'alpha')
+# Every field that defines one head: its loss, the loss's parameters and its optimizer.
+HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate', 'epochs')
+
+
+def validate(stage2_cfg) -> None:
+  """Errors for a selection config that cannot work, raised before any data is read."""
+  if stage2_cfg.select not in SELECT_MODES:
+    raise ValueError(f'stage2.select must be one of {SELECT_MODES}, got {stage2_cfg.select!r}.')
+  if stage2_cfg.select_metric not in SELECT_METRICS:
+    raise ValueError(f'unknown stage2.select_metric={stage2_cfg.select_metric!r}; expected one of {SELECT_METRICS}.')
+  for field in GRID_FIELDS:
+    values = stage2_cfg.grid[field]
+    if values is None:
+      continue
+    if len(values) == 0:
+      raise ValueError(f'stage2.grid.{field} is empty: the grid has no candidate. Give at least one value, '
+                       f'or None to use stage2.{field}.')
+    if field == 'alpha' and not all(0.0 <= v <= 1.0 for v in values):
+      raise ValueError(f'stage2.grid.alpha values must lie in [0, 1], got {tuple(values)}.')
+    if field == 'weight_decay' and min(values) < 0:
+      raise ValueError(f'stage2.grid.weight_decay values must be >= 0, got {tuple(values)}.')
+    if field in ('learning_rate', 'epochs') and min(values) <= 0:
+      raise ValueError(f'stage2.grid.{field} values must be > 0, got {tuple(values)}.')
+    if field == 'epochs' and any(int(v) != v for v in values):
+      raise ValueError(f'stage2.grid.epochs values must be whole numbers, got {tuple(values)}.')
+
+
+def base_setting(stage2_cfg) -> dict:
+  """The one head that `stage2_cfg` describes, without a grid."""
+  setting = {field: stage2_cfg[field] for field in HEAD_FIELDS}
+  setting['epochs'] = int(setting['epochs'])
+  return setting
+
+
+def candidates(stage2_cfg, fixed=()) -> list[dict]:
+  """Head settings of the stage-2 grid, in a fixed order.
+
+  Every combination of `stage2_cfg.grid` values; a grid field left None, or named in `fixed`, keeps
+  `stage2_cfg`'s own value. alpha varies only for the BFS loss (the other losses ignore it).
+  """
+  base = base_setting(stage2_cfg)
+  axes = {}
+  for field in GRID_FIELDS:
+    values = stage2_cfg.grid[field]
+    if values is None or field in fixed or (field == 'alpha' and base['loss'] != 'bfs'):
+      values = (base[field],)
+    axes[field] = tuple(dict.fromkeys(int(v) if field == 'epochs' else float(v) for v in values))
+  return [{**base, **dict(zip(axes, combination))} for combination in itertools.product(*axes.values())]
+
+
+def score(report: dict, metric: str) -> float:
+  """The selection score of a validation report: mean per-class accuracy (balanced) or overall accuracy.
+
+  Classes without validation images (the class the long tail keeps whole) are left out of the mean.
+  """
+  if metric == 'balanced_accuracy':
+    per_class = np.asarray([np.nan if a is None else a for a in report['per_class']], np.float64)
+    return float(np.nanmean(per_class))
+  if metric == 'accuracy':
+    return float(report['all'])
+  raise ValueError(f'unknown selection metric {metric!r}; expected one of {SELECT_METRICS}.')
+
+
+def choose(scores) -> int:
+  """Index of the best score; ties keep the earliest candidate."""
+  scores = list(scores)
+  if not scores:
+    raise ValueError('nothing to choose from: the grid has no candidate.')
+  return int(np.argmax(scores))
+
+
+def setting_label(setting: dict, fields=GRID_FIELDS) -> str:
+  """'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1' (alpha only for BFS)."""
+  names = {'learning_rate': 'lr', 'weight_decay': 'lambda'}
+  parts = [f'{names.get(f, f)}={setting[f]:g}' for f in fields if f != 'alpha' or setting['loss'] == 'bfs']
+  return ' '.join(parts)
+
+
+def selection_table(selection: dict, title: str) -> str:
+  """Markdown: every candidate's validation score and test accuracy by group; the chosen row marked."""
+  metric = selection['metric']
+  lines = [f'| {title} | val {metric} | val All | test Many | test Medium | test Few | test All | chosen |',
+           '|---|---|---|---|---|---|---|---|']
+  for k, candidate in enumerate(selection['candidates']):
+    test = candidate.get('test')
+    cells = [format_cell(test[c]).strip() if test else '' for c in ('many', 'medium', 'few', 'all')]
+    mark = '**chosen**' if k == selection['chosen'] else ''
+    lines.append(f'| {setting_label(candidate["setting"])} | {format_cell(candidate["score"]).strip()} | '
+                 f'{format_cell(candidate["val"]["all"]).strip()} | ' + ' | '.join(cells) + f' | {mark} |')
+  return '\n'.join(lines)
