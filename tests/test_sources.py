@@ -139,8 +139,12 @@ def test_image_folder_natural_and_long_tailed(tmp_path, capsys):
   assert natural.train.images.shape == (36, 16, 16, 3)
   assert 'left out 1 non-image files' in capsys.readouterr().out
   tailed = load_dataset(_data_config(name='folder', folder=str(tmp_path), image_size=16,
-                                     imbalance_factor=4.0))
+                                     imbalance_factor=4.0, val_per_class=5))
   np.testing.assert_array_equal(tailed.train_counts, [12, 6, 3])
+  # Validation from the unused images: cat keeps all 12, dog has 6 left, eel 9.
+  np.testing.assert_array_equal(np.bincount(tailed.val.labels, minlength=3), [0, 5, 5])
+  with pytest.raises(ValueError, match='at most 9 training images per class are left out'):
+    load_dataset(_data_config(name='folder', folder=str(tmp_path), image_size=16, imbalance_factor=4.0))
   streamed = load_dataset(_data_config(name='folder', folder=str(tmp_path), image_size=16, pipeline='stream'))
   batch = next(stream_pipeline.eval_batches(streamed.test, batch_size=4, image_size=16, mean=streamed.mean,
                                             std=streamed.std))

@@ -59,7 +59,8 @@ def validation_indices(labels: np.ndarray, kept: np.ndarray, num_classes: int, p
   available = np.bincount(labels[unused], minlength=num_classes)
   if per_class > available.max():
     raise ValueError(f'data.val_per_class={per_class} is more than any class can give: at most '
-                     f'{int(available.max())} training images per class are left out of the long tail.')
+                     f'{int(available.max())} training images per class are left out of the long tail; set '
+                     f'--config.data.val_per_class to at most that, or to 0 for no validation split.')
   chosen = subsample_per_class(labels[unused], np.minimum(available, per_class), seed + _VAL_SEED_OFFSET)
   return unused[chosen]
 
