@@ -185,3 +185,13 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
   assert 'stage2_selection' not in results and set(results['models']['stage2']) == {'test'}
   assert 'stage 2: no selection on validation (this dataset has no validation split' in capsys.readouterr().out
   assert not os.path.exists(tmp_path / 'checkpoints' / 'stage2_grid')
+
+
+def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, epochs=1)
+  config.stages = 'stage1,stage2'
+  loop.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
+  small_grid(config, learning_rate=(0.05, 0.1))
+  config.allow_config_change = True
+  with pytest.raises(ValueError, match="holds a stage-2 model that is not this grid's choice"):
+    loop.train_and_evaluate(config, str(tmp_path))

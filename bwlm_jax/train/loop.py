@@ -416,7 +416,12 @@ def run_selected_stage2(rt: Runtime, budget: StepBudget, backbone_state: Optiona
   state = grid_state.replace(params=jax.tree.map(lambda leaf: leaf[chosen], grid_state.params),
                              opt_state=jax.tree.map(lambda leaf: leaf[chosen], grid_state.opt_state))
   checkpoints = StageCheckpoints(os.path.join(rt.workdir, 'checkpoints', 'stage2'), config.keep_checkpoints)
-  if checkpoints.latest_meta() is None:
+  existing = checkpoints.latest_meta()
+  if existing is not None and (existing.get('selected') or {}).get('setting') != candidates[chosen]:
+    checkpoints.close()
+    raise ValueError(f'{rt.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
+                     f'({selection.setting_label(candidates[chosen])}); it is kept as it is. Use a new --workdir.')
+  if existing is None:
     chosen_config = config.to_dict()
     chosen_config['stage2'].update(candidates[chosen])
     step = int(grid_state.step)
