@@ -17,6 +17,7 @@ def tiny_config(tfds_dir: str, epochs: int = 2):
     stage.epochs = epochs
   config.stage1.learning_rate = 0.05
   config.stage2.select = 'none'  # one stage-2 setting; tests of selection set a small grid
+  config.stage2.augment = True  # the uncached stage-2 path; tests of the cached one turn it off
   return config
 
 

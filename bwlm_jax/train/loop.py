@@ -397,7 +397,7 @@ def run_selected_stage2(rt: Runtime, budget: StepBudget, backbone_state: Optiona
   """Stage 2 chosen on validation: the grid trains as K heads at once (WORKDIR/checkpoints/stage2_grid),
   each head is scored on the validation split, and the best becomes the finished stage-2 checkpoint.
 
-  Returns (the chosen head's state, the selection record without test numbers).
+  Returns (the chosen head's state, the selection record without test numbers, the grid's state).
   """
   config = rt.config
   candidates = selection.candidates(config.stage2)
@@ -426,12 +426,12 @@ def run_selected_stage2(rt: Runtime, budget: StepBudget, backbone_state: Optiona
     chosen_config['stage2'].update(candidates[chosen])
     step = int(grid_state.step)
     meta = _checkpoint_meta(rt, 'stage2', step, step, True, chosen_config)
-    checkpoints.save(step, state, {**meta, 'selected': {**record, 'candidates': None, 'setting': candidates[chosen],
-                                                        'score': scored[chosen]['score']}})
+    checkpoints.save(step, state, {**meta, 'selected': {'metric': record['metric'], 'split': 'val',
+                                                        'setting': candidates[chosen], 'score': scored[chosen]['score']}})
   checkpoints.close()
   print(f'stage 2: chose {selection.setting_label(candidates[chosen])} '
         f'(val {config.stage2.select_metric} {100 * scored[chosen]["score"]:.1f} %).')
-  return state, record
+  return state, record, grid_state
 
 
 def _head_at(heads, k: int):
@@ -601,13 +601,13 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   rt = make_runtime(config, workdir, dataset)
   stages = parse_stages(config)
   select = selects_stage2(config, rt.dataset)
-  trained, record = {}, None
+  trained, record, grid_state = {}, None, None
   budget = StepBudget(stop_after_steps)
   previous_handler = budget.stop_on_sigterm()
   try:
     for stage in stages:
       if stage == 'stage2' and select:
-        trained[stage], record = run_selected_stage2(rt, budget, trained.get(config.stage2.backbone))
+        trained[stage], record, grid_state = run_selected_stage2(rt, budget, trained.get(config.stage2.backbone))
       else:
         trained[stage] = run_stage(rt, stage, budget, trained.get(config.stage2.backbone))
   finally:
@@ -630,7 +630,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
                                 for name, split in dataset.eval_splits().items()}
     results['weight_norms'][stage] = metrics_lib.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
   if record is not None:
-    results['stage2_selection'] = _selection_with_test(rt, record)
+    results['stage2_selection'] = _selection_with_test(rt, record, grid_state)
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, 'results.json'), results)
     if record is not None:
@@ -642,10 +642,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   return results
 
 
-def _selection_with_test(rt: Runtime, record: dict) -> dict:
+def _selection_with_test(rt: Runtime, record: dict, grid_state: TrainState) -> dict:
   """The selection record with each candidate's test report, computed after the choice was made."""
-  grid_dir = os.path.join(rt.workdir, 'checkpoints', 'stage2_grid')
-  grid_state, _ = _restore_finished(grid_dir)
   features, labels = split_features(rt, _frozen_variables(grid_state), rt.dataset.test)
   heads = jax.device_get(grid_state.params['head'])
   candidates = []
