@@ -303,6 +303,17 @@ def test_streamed_imagenet_lt_trains_resumes_and_evaluates(tmp_path, monkeypatch
       train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after_steps=7)  # mid second epoch
     resumed = train_and_evaluate(config, str(tmp_path / 'resumed'))
     straight = train_and_evaluate(config, str(tmp_path / 'straight'))
+    # Stage 2 chosen on ImageNet-LT's own validation split, streamed: candidates train on cached features.
+    config.stages, config.stage1_checkpoint = 'stage2', str(tmp_path / 'resumed')
+    config.stage2.backbone, config.stage2.train_set = 'naive', 'long_tail'
+    config.stage2.select, config.stage2.augment = 'val', False
+    config.stage2.grid.learning_rate, config.stage2.grid.epochs = (0.01, 0.1), (1,)
+    config.stage2.grid.weight_decay, config.stage2.grid.alpha = None, None
+    selected = train_and_evaluate(config, str(tmp_path / 'selected'))
+  record = selected['stage2_selection']
+  assert [c['setting']['learning_rate'] for c in record['candidates']] == [0.01, 0.1]
+  assert all(c['val']['num_examples'] == 40 and c['test']['num_examples'] == 40 for c in record['candidates'])
+  assert selected['models']['stage2']['val']['all'] == record['candidates'][record['chosen']]['val']['all']
   state, meta = _restore(str(tmp_path / 'resumed'), 'naive')
   assert meta['total_steps'] == 10 and meta['finished'] and meta['center_crop'] is True
   _assert_trees_equal(state, _restore(str(tmp_path / 'straight'), 'naive')[0])

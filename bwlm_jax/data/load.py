@@ -14,6 +14,9 @@ from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
 DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'folder')
 STAGES = ('naive', 'stage1', 'stage2')
 _PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.
+# Sources whose builder always has a 'validation' split (ImageNet-LT: 20,000 images), also where the
+# builder's split list is not known yet (tfds.testing.mock_data lists none).
+_OWN_VALIDATION = ('imagenet_lt',)
 
 # Per-channel normalisation statistics in [0, 1] units (the usual published values).
 _STATS = {
@@ -98,7 +101,8 @@ def _load_tfds(cfg):
   stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name == 'imagenet_lt')
   read = tfds_source.stream_split if stream else tfds_source.read_arrays
   train, test = read(builder, 'train'), read(builder, 'test')
-  val = read(builder, 'validation') if 'validation' in builder.info.splits else None
+  has_val = 'validation' in builder.info.splits or cfg.name in _OWN_VALIDATION
+  val = read(builder, 'validation') if has_val else None
   image_size = cfg.image_size if stream else int(train.images.shape[1])
   stats = _STATS.get(cfg.name) or (IMAGENET_STATS if stream else _channel_stats(train))
   return names, train, test, val, image_size, stats
