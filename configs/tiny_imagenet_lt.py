@@ -26,7 +26,8 @@ def get_config(arg: str = ''):
     config.model.name = 'resnet32'
     return config
   # CPU schedule, checked on the val split (docs/REPRODUCING.md): the usual short-schedule SGD recipe
-  # (lr 0.1, weight decay 5e-4, batch 128) for both backbones.
+  # (lr 0.1, weight decay 5e-4, batch 128) for both backbones. Weight decay 5e-3 (the paper's value for
+  # 310 epochs) under-fits 16 epochs: naive val 8.0 vs 12.4 %, stage 2 chosen on val 13.7 vs 16.8 %.
   config.data.image_size = 32
   config.model.name = 'resnet8'
   config.batch_size = 128
