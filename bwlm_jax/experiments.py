@@ -17,10 +17,10 @@ import numpy as np
 
 from bwlm_jax import selection
 from bwlm_jax.data import load_dataset
-from bwlm_jax.evaluate import plots
-from bwlm_jax.evaluate.evaluation import model_outputs, posthoc_reports
-from bwlm_jax.evaluate.report import COLUMNS, format_cell, markdown_table, unique_path, write_csv, write_json
-from bwlm_jax.train.loop import make_runtime, selects_stage2, train_and_evaluate, train_heads_and_evaluate
+from bwlm_jax.evaluation import plots
+from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
+from bwlm_jax.evaluation.report import markdown_table, unique_path, write_json, write_tables
+from bwlm_jax.pipeline import selects_stage2, train_and_evaluate, train_heads_and_evaluate
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
 LOSS_ROWS = (('CE', 'ce'), ('CB', 'cb_focal'), ('BS', 'balanced_softmax'), ('BFS', 'bfs'))
@@ -129,38 +129,6 @@ def _chosen_label(results: dict) -> str:
   return selection.setting_label(record['candidates'][record['chosen']]['setting'])
 
 
-def _write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_columns: tuple,
-                  notes: dict | None = None) -> str:
-  """table.md, table.csv and table.json in out_dir (never overwritten); returns the md.
-
-  `notes` (row -> {'val': score, 'chosen': text}) adds the validation score and the settings
-  chosen on validation to each row.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  notes = notes or {}
-  extra = ('val', 'chosen on validation') if notes else ()
-  lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ''.join(f' | {e}' for e in extra) + ' |',
-           '|---' * (1 + len(COLUMNS) + len(extra)) + '|']
-  for name, report in rows.items():
-    cells = [format_cell(report[c]).strip() for c in COLUMNS]
-    if notes:
-      note = notes.get(name, {})
-      cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
-    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  table = '\n'.join(lines)
-  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
-    f.write(table + '\n')
-  write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
-            [row_label, *csv_columns, *(['val', 'chosen'] if notes else [])],
-            [[name, *(report[column] for column in csv_columns),
-              *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
-             for name, report in rows.items()])
-  write_json(unique_path(os.path.join(out_dir, 'table.json')),
-             {'dataset': title, 'rows': {name: {k: v for k, v in report.items() if k != 'per_class'}
-                                         for name, report in rows.items()}, 'notes': notes})
-  return table
-
-
 def _title(dataset, config) -> str:
   imbalance = config.data.imbalance_factor
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
@@ -195,8 +163,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   norms = {name: r['weight_norms'][stage_of[name]] for name, r in results.items()}
   per_class = {'naive': rows['naive']['per_class'], 'BWLM': rows['+BWLM']['per_class']}
 
-  rt = make_runtime(config, workdir, dataset)
-  naive = model_outputs(rt, 'naive')
+  naive = saved_model_features(config, workdir, 'naive', dataset)
   extra = posthoc_reports(naive['outputs'], naive['head'], dataset.train_counts)
   for method, label in (('tau_norm', 'naive+tau-norm'), ('logit_adjustment', 'naive+logit adjustment')):
     tau = extra['test'][method]['tau']
@@ -224,7 +191,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
     print('ablation: no validation split, so no settings are chosen and no best model is named.')
 
   title = _title(dataset, config)
-  table = _write_tables(os.path.join(workdir, 'ablation'), rows, title, 'method',
+  table = write_tables(os.path.join(workdir, 'ablation'), rows, title, 'method',
                         ('many', 'medium', 'few', 'all', 'top5'), notes if select else None)
   figures = os.path.join(workdir, 'figures')
   counts = dataset.train_counts
@@ -277,5 +244,5 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
     reports = [grid[f'alpha={alphas[0]:g},lambda={d:g}'] for d in lambdas]
     plots.save(plots.accuracy_vs_parameter(np.asarray(lambdas), reports, 'lambda', f'{title}, alpha={alphas[0]:g}'),
                os.path.join(workdir, 'figures'), f'lambda_sweep_alpha{alphas[0]:g}')
-  _write_tables(os.path.join(workdir, 'sweep'), grid, title, 'setting', ('many', 'medium', 'few', 'all'))
+  write_tables(os.path.join(workdir, 'sweep'), grid, title, 'setting', ('many', 'medium', 'few', 'all'))
   return grid

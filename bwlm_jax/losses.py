@@ -1,4 +1,5 @@
-"""The loss family of the paper (section 3.3): CE, balanced softmax, class-balanced focal and BFS.
+"""The loss family of the paper (section 3.3): CE, balanced softmax, class-balanced focal and BFS, and
+which of them each stage trains with.
 
 Every loss takes logits [B, C], integer labels [B] and returns the mean over the batch. Computation
 is in float32 and in log space, so logits of magnitude 1e4 stay finite.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 LOSSES = ('ce', 'cb_focal', 'balanced_softmax', 'bfs')
@@ -79,3 +81,23 @@ def stage2_loss(name: str, logits: jax.Array, labels: jax.Array, class_counts: j
   if name == 'bfs':
     return balanced_focal_softmax(logits, labels, class_counts, alpha, beta, gamma)
   raise ValueError(f'unknown loss {name!r}; expected one of {LOSSES}.')
+
+
+def loss_counts(stage2_cfg, long_tail_counts, stage2_labels, num_classes: int) -> jax.Array:
+  """n_j of the balanced losses (`stage2.loss_counts`): the whole long tail's counts or those of the set
+  stage 2 trains on. A class with no image cannot be a label, so its count is raised to 1."""
+  source = (long_tail_counts if stage2_cfg.loss_counts == 'long_tail'
+            else np.bincount(stage2_labels, minlength=num_classes))
+  return jnp.asarray(np.maximum(source, 1), jnp.float32)
+
+
+def stage_loss(stage: str, stage2_cfg, class_counts):
+  """The loss of a stage as loss(logits, labels): cross-entropy for naive and stage 1, `stage2.loss` after."""
+  if stage != 'stage2':
+    return cross_entropy
+
+  def loss_fn(logits, labels):
+    return stage2_loss(stage2_cfg.loss, logits, labels, class_counts, alpha=stage2_cfg.alpha,
+                       beta=stage2_cfg.beta, gamma=stage2_cfg.gamma)
+
+  return loss_fn

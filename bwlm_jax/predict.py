@@ -8,13 +8,11 @@ import os
 import jax
 import numpy as np
 
+from bwlm_jax.checkpoints import load_finished
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
 from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
-from bwlm_jax.evaluate import posthoc
-from bwlm_jax.models import DTYPES, LinearHead, build_backbone
-from bwlm_jax.train.loop import load_finished
-from bwlm_jax.train.state import Model
-from bwlm_jax.train.steps import make_features_fn
+from bwlm_jax.evaluation import posthoc
+from bwlm_jax.models import DTYPES, build_model, head_logits, make_features_fn
 
 
 def image_paths(inputs: list[str]) -> list[str]:
@@ -63,12 +61,6 @@ def best_model(workdir: str) -> dict:
     return json.load(f)
 
 
-def _posthoc_logits(features: np.ndarray, head: dict, posthoc_spec: dict, train_counts) -> np.ndarray:
-  if posthoc_spec['method'] == 'tau_norm':
-    return posthoc.tau_normalized_logits(features, head['dense']['kernel'], posthoc_spec['tau'])
-  return posthoc.logit_adjusted(posthoc.linear_logits(features, head), train_counts, posthoc_spec['tau'])
-
-
 def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, batch_size: int = 64):
   """[(path, [(class name, probability), ...])] for each file, best class first.
 
@@ -86,15 +78,14 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
     variables['head'] = jax.tree.map(lambda leaf: leaf[head_index], variables['head'])
   config = meta['config']
   names = meta['class_names']
-  model = Model(build_backbone(config['model']['name'], config['model']['dtype']), LinearHead(len(names)))
+  model = build_model(config['model'], len(names))
   features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']])
   images = np.stack([load_image(p, meta['image_size'], meta['center_crop']) for p in paths])
-  backbone = {'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}
   head = jax.device_get(variables['head'])
-  features = np.concatenate([np.asarray(features_fn(backbone, images[i:i + batch_size]))
+  features = np.concatenate([np.asarray(features_fn(variables, images[i:i + batch_size]))
                              for i in range(0, len(images), batch_size)])
-  logits = (posthoc.linear_logits(features, head) if posthoc_spec is None
-            else _posthoc_logits(features, head, posthoc_spec, train_counts))
+  logits = (head_logits(head, features) if posthoc_spec is None else
+            posthoc.posthoc_logits(features, head, posthoc_spec['method'], posthoc_spec['tau'], train_counts))
   probabilities = np.exp(logits - logits.max(-1, keepdims=True))
   probabilities /= probabilities.sum(-1, keepdims=True)
   best = posthoc.top_k(logits, top_k)

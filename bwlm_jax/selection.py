@@ -1,4 +1,4 @@
-"""Stage-2 settings chosen on the validation split: the candidate grid, the score, the choice, the table.
+"""Stage-2 settings chosen on the validation split: the candidate grid, the score and the choice.
 
 The test split never enters here: candidates are scored on validation reports only, and test
 reports are attached to the table after the choice is made.
@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-
-from bwlm_jax.evaluate.report import format_cell
 
 SELECT_MODES = ('auto', 'val', 'none')
 SELECT_METRICS = ('balanced_accuracy', 'accuracy')
@@ -93,16 +91,3 @@ def setting_label(setting: dict, fields=GRID_FIELDS) -> str:
   parts = [f'{names.get(f, f)}={setting[f]:g}' for f in fields if f != 'alpha' or setting['loss'] == 'bfs']
   return ' '.join(parts)
 
-
-def selection_table(selection: dict, title: str) -> str:
-  """Markdown: every candidate's validation score and test accuracy by group; the chosen row marked."""
-  metric = selection['metric']
-  lines = [f'| {title} | val {metric} | val All | test Many | test Medium | test Few | test All | chosen |',
-           '|---|---|---|---|---|---|---|---|']
-  for k, candidate in enumerate(selection['candidates']):
-    test = candidate.get('test')
-    cells = [format_cell(test[c]).strip() if test else '' for c in ('many', 'medium', 'few', 'all')]
-    mark = '**chosen**' if k == selection['chosen'] else ''
-    lines.append(f'| {setting_label(candidate["setting"])} | {format_cell(candidate["score"]).strip()} | '
-                 f'{format_cell(candidate["val"]["all"]).strip()} | ' + ' | '.join(cells) + f' | {mark} |')
-  return '\n'.join(lines)

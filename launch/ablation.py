@@ -10,19 +10,19 @@ writes WORKDIR/ablation/table.{md,csv,json} and figures in WORKDIR/figures/.
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
-_CPU_DEVICES = platform.define_cpu_devices_flag()
+_CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  platform.start_process(_CPU_DEVICES.value)
+  process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import run_ablation
   run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
 

@@ -15,7 +15,7 @@ import time
 
 from absl import app, flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _MODELS = flags.DEFINE_list('models', ['resnet32', 'resnext50'], 'Backbones to measure.')
 _DTYPES = flags.DEFINE_list('dtypes', None, 'Compute dtypes (default float32,bfloat16; ResNeXt/ResNet-50 on a '
@@ -27,7 +27,7 @@ _REAL_DATA = flags.DEFINE_bool('real_data', True, 'Also time the stage-1 step on
                                'through the same device pipeline) to compare with synthetic inputs.')
 _BLOCKS = flags.DEFINE_integer('blocks', 3, 'Timed blocks per measurement (the best is reported).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 32x32 models, 2 for 224x224).')
-_CPU_DEVICES = platform.define_cpu_devices_flag()
+_CPU_DEVICES = process_setup.define_cpu_devices_flag()
 _HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
@@ -70,17 +70,20 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
 
 
 def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, real_data: bool, train: bool):
+  import dataclasses
+
   import jax
   import jax.numpy as jnp
   import numpy as np
   from bwlm_jax import sharding
   from bwlm_jax.config import base_config
   from bwlm_jax.losses import balanced_focal_softmax, cross_entropy
-  from bwlm_jax.models import DTYPES, LinearHead, build_backbone
+  from bwlm_jax.data.sampling import BatchSpec
+  from bwlm_jax.models import DTYPES, build_model, make_features_fn
   from bwlm_jax.train import optim
-  from bwlm_jax.train.state import Model, TrainState
+  from bwlm_jax.train.state import TrainState
   from bwlm_jax.train.steps import (StepConfig, head_settings_arrays, make_cached_head_step, make_device_train_step,
-                                    make_features_fn, make_multihead_step, stack_heads)
+                                    make_multihead_step, stack_heads)
 
   batch, size, classes = _SHAPES[model_name]
   mesh = sharding.make_mesh()
@@ -89,11 +92,12 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8), sharding.replicated(mesh))
   labels = jax.device_put(rng.integers(0, classes, num_images).astype(np.int32), sharding.replicated(mesh))
   counts = jnp.asarray(np.maximum(np.bincount(np.asarray(labels), minlength=classes), 1), jnp.float32)
-  model = Model(build_backbone(model_name, dtype), LinearHead(classes))
+  model = build_model({'name': model_name, 'dtype': dtype}, classes)
   config = base_config()
-  cfg = StepConfig(mode='full', batch_size=batch, steps_per_epoch=num_images // batch, augment=True,
-                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dtype=DTYPES[dtype])
-  schedule = optim.learning_rate_schedule(config.stage1, 10_000, cfg.steps_per_epoch)
+  spec = BatchSpec(batch_size=batch, steps_per_epoch=num_images // batch, augment=True, mean=(0.5, 0.5, 0.5),
+                   std=(0.25, 0.25, 0.25), dtype=DTYPES[dtype])
+  cfg = StepConfig(mode='full', batch=spec)
+  schedule = optim.learning_rate_schedule(config.stage1, 10_000, spec.steps_per_epoch)
   key = jax.random.key(0)
   backbone, stats = model.init_backbone(key, (size, size, 3))
   feature_dim = model.feature_dim((size, size, 3))
@@ -101,7 +105,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   fresh = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (each measured state is donated)
   extra = {'model': model_name, 'batch': batch, 'image_size': size, 'dtype': dtype}
 
-  features_fn = make_features_fn(model, cfg.mean, cfg.std, cfg.dtype)
+  features_fn = make_features_fn(model, spec.mean, spec.std, spec.dtype)
 
   def eval_step(state, batch_images):
     return state, features_fn(state, batch_images)
@@ -128,7 +132,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
     train = load_dataset(data_cfg).train
     real_images = jax.device_put(train.images, sharding.replicated(mesh))
     real_labels = jax.device_put(train.labels.astype(np.int32), sharding.replicated(mesh))
-    real_cfg = StepConfig(**{**cfg.__dict__, 'steps_per_epoch': -(-len(train) // batch)})
+    real_cfg = StepConfig(mode='full', batch=dataclasses.replace(spec, steps_per_epoch=-(-len(train) // batch)))
     real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_cfg, sharding.batch_sharded(mesh),
                                        sharding.replicated(mesh))
     _, state = measure('stage1_train_real_data', real_step, state, (real_images, real_labels), batch, steps, blocks,
@@ -138,9 +142,9 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   def loss_fn(logits, y):
     return balanced_focal_softmax(logits, y, counts, 0.1, 0.9999, 1.0)
 
-  head_tx = optim.sgd(config.stage2, schedule, optim.head_mask)
+  head_tx = optim.sgd(config.stage2, schedule)
   head_params = {'head': head}
-  head_cfg = StepConfig(**{**cfg.__dict__, 'mode': 'head'})
+  head_cfg = StepConfig(mode='head', batch=spec)
   head_state = TrainState(jnp.zeros((), jnp.int32), fresh(head_params), {}, head_tx.init(head_params),
                           jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
   uncached = make_device_train_step(model, head_tx, loss_fn, schedule, head_cfg, sharding.batch_sharded(mesh),
@@ -163,7 +167,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   settings = head_settings_arrays([{'loss': 'bfs', 'alpha': a, 'beta': 0.9999, 'gamma': 1.0,
                                     'weight_decay': config.stage2.weight_decay,
                                     'learning_rate': config.stage2.learning_rate,
-                                    'epochs': -(-10_000 // head_cfg.steps_per_epoch)}
+                                    'epochs': -(-10_000 // spec.steps_per_epoch)}
                                    for a in np.linspace(0.0, 1.0, heads)])
   multi_step, init_opt_state = make_multihead_step(model, settings, config.stage2, counts, head_cfg, True,
                                                    sharding.batch_sharded(mesh), sharding.replicated(mesh))
@@ -178,7 +182,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
 
 def main(argv):
   del argv
-  platform.start_process(_CPU_DEVICES.value)
+  process_setup.start_process(_CPU_DEVICES.value)
   import jax
   on_cpu = jax.default_backend() == 'cpu'
   for model_name in _MODELS.value:

@@ -10,23 +10,25 @@ norms; for the naive model also tau-normalisation and post-hoc logit adjustment.
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _STAGES = flags.DEFINE_list('stages', None, 'Stages to evaluate (default: every one with a checkpoint).')
-_CPU_DEVICES = platform.define_cpu_devices_flag()
+_CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  platform.start_process(_CPU_DEVICES.value)
-  from bwlm_jax.evaluate.evaluation import evaluate_workdir
-  from bwlm_jax.evaluate.report import results_table
-  from bwlm_jax.train.loop import make_runtime
-  rt = make_runtime(_CONFIG.value, _WORKDIR.value)
-  summary = evaluate_workdir(rt, _STAGES.value)
+  process_setup.start_process(_CPU_DEVICES.value)
+  from bwlm_jax.config import validate_config
+  from bwlm_jax.data import load_dataset
+  from bwlm_jax.evaluation.report import results_table
+  from bwlm_jax.evaluation.workdir_reports import report_workdir
+  config = _CONFIG.value
+  validate_config(config)
+  summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), _STAGES.value)
   if not summary:
     raise app.UsageError(f'{_WORKDIR.value} has no checkpoints to evaluate.')
   models = {stage: {split: info['report'] for split, info in s['splits'].items()} for stage, s in summary.items()}

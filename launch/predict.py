@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
@@ -25,8 +25,8 @@ flags.mark_flags_as_required(['workdir', 'images'])
 
 def main(argv):
   del argv
-  platform.start_process()
-  from bwlm_jax.evaluate.report import write_csv
+  process_setup.start_process()
+  from bwlm_jax.evaluation.report import write_csv
   from bwlm_jax.predict import image_paths, predict_files
   if _TOP_K.value < 1:
     raise app.UsageError('--top_k must be >= 1.')

@@ -8,7 +8,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 from bwlm_jax.data import long_tail_counts, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 
@@ -32,7 +32,7 @@ def main(argv):
             f'the long tail leaves unused; {(val < cfg.val_per_class).sum()} classes get fewer than {cfg.val_per_class}')
     print(format_summary(f'{cfg.name}-LT (profile)', count_summary(counts), [line]))
     return
-  platform.hide_gpus_from_tensorflow()
+  process_setup.hide_gpus_from_tensorflow()
   dataset = load_dataset(cfg)
   print(format_summary(dataset.name, count_summary(dataset.train_counts), eval_split_lines(dataset, cfg.val_per_class)))
 

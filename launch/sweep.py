@@ -9,7 +9,7 @@ Writes WORKDIR/sweep/table.{md,csv,json} and WORKDIR/figures/alpha_sweep_*.{png,
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
@@ -17,13 +17,13 @@ _ALPHAS = flags.DEFINE_string('alphas', '0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
 _LAMBDAS = flags.DEFINE_string('lambdas', None, 'Comma-separated lambdas (default: config.stage2.weight_decay).')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
-_CPU_DEVICES = platform.define_cpu_devices_flag()
+_CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  platform.start_process(_CPU_DEVICES.value)
+  process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import parse_values, run_sweep
   alphas = parse_values(_ALPHAS.value, 'alphas')
   lambdas = (parse_values(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None

@@ -7,24 +7,24 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
                                  '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
-_CPU_DEVICES = platform.define_cpu_devices_flag()
+_CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  platform.start_process(_CPU_DEVICES.value)
+  process_setup.start_process(_CPU_DEVICES.value)
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from bwlm_jax.train.loop import train_and_evaluate
+  from bwlm_jax.pipeline import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
   from bwlm_jax.train.loop import Interrupted

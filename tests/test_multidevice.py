@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bwlm_jax.train.checkpoint import StageCheckpoints
+from bwlm_jax.checkpoints import StageCheckpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = '''
@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, 'tests')
 import jax
 from helpers import tiny_config
-from bwlm_jax.train.loop import train_and_evaluate
+from bwlm_jax.pipeline import train_and_evaluate
 config = tiny_config(sys.argv[2], epochs=1)
 config.stages = 'stage1,stage2'
 config.stage1.learning_rate = 0.01  # small steps keep float reassociation differences small
@@ -46,8 +46,8 @@ def test_two_devices_match_one(tfds_dir, tmp_path):
 
 def test_batch_must_divide_over_devices(monkeypatch):
   from bwlm_jax.config import base_config
-  from bwlm_jax.train import loop
-  monkeypatch.setattr(loop.jax, 'device_count', lambda: 3)
+  from bwlm_jax.config import validate_config
+  monkeypatch.setattr(jax, 'device_count', lambda: 3)
   config = base_config()
   with pytest.raises(ValueError, match='batch_size=64 must be a positive multiple of the 3 devices'):
-    loop.validate_config(config)
+    validate_config(config)

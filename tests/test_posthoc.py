@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bwlm_jax.evaluate import metrics, posthoc
+from bwlm_jax.evaluation import metrics, posthoc
 
 RNG = np.random.default_rng(1)
 
@@ -11,10 +11,24 @@ RNG = np.random.default_rng(1)
 def test_tau_norm_matches_formula_and_limits():
   features = RNG.normal(size=(6, 4))
   kernel = RNG.normal(size=(4, 3))
+  head = {'dense': {'kernel': kernel, 'bias': RNG.normal(size=3)}}  # the bias is dropped
   for tau in (0.0, 0.5, 1.0):
     expected = np.stack([features @ (kernel[:, c] / np.linalg.norm(kernel[:, c]) ** tau) for c in range(3)], -1)
-    np.testing.assert_allclose(posthoc.tau_normalized_logits(features, kernel, tau), expected, rtol=1e-5)
-  np.testing.assert_allclose(posthoc.tau_normalized_logits(features, kernel, 0.0), features @ kernel, rtol=1e-5)
+    np.testing.assert_allclose(posthoc.tau_normalized_logits(features, head, tau), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(posthoc.tau_normalized_logits(features, head, 0.0), features @ kernel, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_posthoc_logits_use_the_models_head():
+  features = RNG.normal(size=(6, 4)).astype(np.float32)
+  head = {'dense': {'kernel': RNG.normal(size=(4, 3)).astype(np.float32),
+                    'bias': RNG.normal(size=3).astype(np.float32)}}
+  counts = np.array([50, 5, 1])
+  plain = features @ head['dense']['kernel'] + head['dense']['bias']
+  np.testing.assert_allclose(posthoc.posthoc_logits(features, head, 'logit_adjustment', 1.0, counts),
+                             plain - np.log(counts / counts.sum()), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='post-hoc method'):
+    posthoc.posthoc_logits(features, head, 'temperature', 1.0, counts)
 
 
 def test_logit_adjustment_matches_formula():

@@ -9,10 +9,10 @@ from PIL import Image
 
 from bwlm_jax import selection
 from bwlm_jax.data import shapes
-from bwlm_jax.evaluate.evaluation import evaluate_workdir
+from bwlm_jax.data import load_dataset
+from bwlm_jax.evaluation.workdir_reports import report_workdir
 from bwlm_jax.experiments import run_ablation, run_sweep
 from bwlm_jax.predict import image_paths, predict_files
-from bwlm_jax.train.loop import make_runtime
 from helpers import small_grid, tiny_config
 
 
@@ -91,8 +91,9 @@ def test_rerun_reuses_finished_variants_and_never_overwrites(ablation_run, tfds_
 
 def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
   workdir, rows = ablation_run
-  rt = make_runtime(_tiny(tfds_dir), workdir)
-  summary = evaluate_workdir(rt)
+  config = _tiny(tfds_dir)
+  dataset = load_dataset(config.data)
+  summary = report_workdir(config, workdir, dataset)
   assert set(summary) == {'naive', 'stage1'}
   report = summary['naive']['splits']['test']['report']
   assert report['all'] == rows['naive']['all']
@@ -101,7 +102,7 @@ def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
   assert confusion.sum() == 2000 and np.trace(confusion) == round(report['all'] * 2000)
   per_class = open(os.path.join(workdir, 'evaluation', 'naive', 'per_class_test.csv')).read().splitlines()
   assert per_class[0] == 'class,name,train_count,group,accuracy,weight_norm' and len(per_class) == 21
-  evaluate_workdir(rt, ['naive'])
+  report_workdir(config, workdir, dataset, ['naive'])
   assert os.path.exists(os.path.join(workdir, 'evaluation', 'naive', 'test-2.json'))
 
 
@@ -159,6 +160,33 @@ def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, 
   other.data.folder = str(folder)
   other.data.imbalance_factor = None
   other.data.max_count = None
-  rt = make_runtime(other, workdir)
   with pytest.raises(ValueError, match='trained on embedded with 20 classes; this config has folder with 2'):
-    evaluate_workdir(rt, ['naive'])
+    report_workdir(other, workdir, load_dataset(other.data), ['naive'])
+
+
+def test_evaluate_skips_an_interrupted_stage_and_writes_no_training_files(tfds_dir, tmp_path):
+  from bwlm_jax.evaluation.workdir_reports import finished_stages
+  from bwlm_jax.pipeline import train_and_evaluate
+  from bwlm_jax.train.loop import Interrupted
+  config = tiny_config(tfds_dir, epochs=1)
+  config.stages = 'naive,stage1'
+  steps_per_epoch = -(-311 // 32)
+  with pytest.raises(Interrupted):
+    train_and_evaluate(config, str(tmp_path), stop_after_steps=steps_per_epoch + 2)  # naive done, stage 1 not
+  assert os.path.isdir(tmp_path / 'checkpoints' / 'stage1')
+  assert finished_stages(str(tmp_path)) == ['naive']
+  os.remove(tmp_path / 'metrics.jsonl')
+  summary = report_workdir(config, str(tmp_path), load_dataset(config.data))
+  assert set(summary) == {'naive'}
+  assert not os.path.exists(tmp_path / 'metrics.jsonl')  # evaluation opens no training log
+  with pytest.raises(FileNotFoundError, match='no finished stage1 checkpoint'):
+    predict_files(str(tmp_path), 'stage1', [])
+
+
+def test_class_count_plot_draws_the_shared_shot_limits(monkeypatch):
+  from bwlm_jax.evaluation import plots
+  monkeypatch.setattr(plots, 'MANY_ABOVE', 150)
+  monkeypatch.setattr(plots, 'FEW_BELOW', 7)
+  figure = plots.class_counts([300, 100, 5], 'test')
+  lines = {line.get_label(): line.get_ydata()[0] for line in figure.axes[0].get_lines()}
+  assert lines == {'Many / Medium (150)': 150, 'Medium / Few (7)': 7}

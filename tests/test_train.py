@@ -11,8 +11,9 @@ import pytest
 
 from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
-from bwlm_jax.train.checkpoint import StageCheckpoints
-from bwlm_jax.train.loop import Interrupted, train_and_evaluate
+from bwlm_jax.checkpoints import StageCheckpoints
+from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.train.loop import Interrupted
 from helpers import tiny_config as tiny_config_for
 
 
@@ -147,16 +148,15 @@ def test_bad_config_fails_before_training(tiny_config, tmp_path, field, value, m
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-def test_weight_decay_mask_leaves_other_params_alone():
+def test_weight_decay_is_pytorch_sgd_decay_on_trained_params():
   from bwlm_jax.config import base_config
   stage = base_config().stage2
   stage.weight_decay = 0.1
-  params = {'backbone': jnp.ones(3), 'head': jnp.ones(3)}
-  tx = optim.sgd(stage, optax.constant_schedule(0.5), optim.head_mask)
+  params = {'head': jnp.ones(3)}
+  tx = optim.sgd(stage, optax.constant_schedule(0.5))
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
-  np.testing.assert_array_equal(new['backbone'], params['backbone'])
   np.testing.assert_allclose(new['head'], 1 - 0.5 * 0.1)  # p - lr * wd * p, PyTorch's SGD decay
 
 
@@ -177,7 +177,7 @@ def test_cosine_schedule_goes_from_lr_to_zero():
 
 
 def test_class_balanced_sampling_draws_classes_uniformly():
-  from bwlm_jax.train.steps import class_balanced_indices, class_balanced_tables
+  from bwlm_jax.data.sampling import class_balanced_indices, class_balanced_tables
   labels = np.array([0] * 90 + [1] * 9 + [3] * 1)  # class 2 has no example
   tables = class_balanced_tables(labels, 4)
   key = jax.random.key(0)
@@ -232,7 +232,7 @@ def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uni
 
 @pytest.mark.parametrize('augment', [True, False])
 def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterrupted, tmp_path, augment):
-  from bwlm_jax.train.loop import train_heads_and_evaluate
+  from bwlm_jax.pipeline import train_heads_and_evaluate
   reference_dir, _ = uninterrupted
   tiny_config.stages = 'stage2'
   tiny_config.stage1_checkpoint = reference_dir
@@ -274,7 +274,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
 
 def test_config_fields_added_later_at_their_default_do_not_block_resume():
   from bwlm_jax.config import base_config
-  from bwlm_jax.train.checkpoint import config_differences
+  from bwlm_jax.checkpoints import config_differences
   current = base_config().to_dict()
   saved = base_config().to_dict()
   del saved['stage2']['cache_features']  # a run made before the field existed
@@ -319,3 +319,73 @@ def test_streamed_imagenet_lt_trains_resumes_and_evaluates(tmp_path, monkeypatch
   _assert_trees_equal(state, _restore(str(tmp_path / 'straight'), 'naive')[0])
   test = resumed['models']['naive']['test']
   assert test['num_examples'] == 40 and len(test['per_class']) == 1000
+
+
+def test_metrics_file_holds_each_step_once_after_a_resume(tiny_config, tmp_path):
+  """Rows logged after the last checkpoint (a killed run) are dropped on resume, then logged again once."""
+  import shutil
+  tiny_config.stages = 'stage1'
+  tiny_config.log_every_steps = 1
+  with pytest.raises(Interrupted):
+    train_and_evaluate(tiny_config, str(tmp_path), stop_after_steps=5)
+  shutil.rmtree(tmp_path / 'checkpoints' / 'stage1' / '5')  # as if killed after logging step 5
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5]
+  train_and_evaluate(tiny_config, str(tmp_path))
+  _, meta = _restore(str(tmp_path), 'stage1')
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')]
+  assert steps == list(range(1, meta['total_steps'] + 1))
+
+
+def test_a_budget_spent_on_a_stages_last_step_starts_no_other_stage(tiny_config, uninterrupted, tmp_path):
+  _, meta = _restore(uninterrupted[0], 'stage1')
+  with pytest.raises(Interrupted, match='stage2: stopped after step 0'):
+    train_and_evaluate(tiny_config, str(tmp_path), stop_after_steps=meta['total_steps'])
+  assert _restore(str(tmp_path), 'stage1')[1]['finished']
+  assert not os.path.exists(tmp_path / 'checkpoints' / 'stage2') or not os.listdir(tmp_path / 'checkpoints' / 'stage2')
+
+
+def test_logged_metrics_are_means_over_the_interval():
+  from bwlm_jax.train.loop import _IntervalMetrics
+
+  class Writer:
+    rows = []
+
+    def write_scalars(self, step, values):
+      self.rows.append((step, values))
+
+  class Progress:
+    def set_postfix(self, **kwargs):
+      pass
+
+  writer = Writer()
+  interval = _IntervalMetrics(writer, 'stage1', steps_per_epoch=4, progress=Progress())
+  for loss in (1.0, 2.0, 6.0):
+    interval.add({'loss': jnp.float32(loss), 'accuracy': jnp.asarray([0.0, 1.0])}, batch_size=8)
+  interval.close_interval(3)
+  assert writer.rows == []  # read one interval later, so the host never waits on the queued step
+  interval.flush()
+  [(step, values)] = writer.rows
+  assert step == 3 and values['loss'] == pytest.approx(3.0) and values['epoch'] == 0.75
+  assert (values['accuracy'], values['accuracy/head0'], values['accuracy/head1']) == (0.5, 0.0, 1.0)
+
+
+def test_validate_config_runs_once_per_run(tiny_config, tmp_path, monkeypatch):
+  from bwlm_jax import config as config_lib, pipeline
+  calls = []
+  real = config_lib.validate_config
+  monkeypatch.setattr(pipeline, 'validate_config', lambda c: calls.append(1) or real(c))
+  tiny_config.stages = 'stage1'
+  tiny_config.stage1.epochs = 1
+  train_and_evaluate(tiny_config, str(tmp_path))
+  assert calls == [1]
+
+
+def test_device_arrays_of_a_backbone_stage_do_not_depend_on_stage2_fields(tiny_config):
+  from bwlm_jax.train.feeders import train_split_name
+  names = set()
+  for train_set in ('review', 'long_tail'):
+    tiny_config.stage2.train_set = train_set
+    names.add(train_split_name(tiny_config, 'naive'))
+  assert names == {'train/naive'}
+  assert train_split_name(tiny_config, 'stage2') == 'train/stage2/long_tail'

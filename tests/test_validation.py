@@ -13,8 +13,9 @@ from bwlm_jax import selection
 from bwlm_jax.data import load_dataset, long_tail_counts
 from bwlm_jax.data.load import validation_indices
 from bwlm_jax.data.summary import eval_split_lines
-from bwlm_jax.train import loop
-from bwlm_jax.train.checkpoint import StageCheckpoints
+from bwlm_jax import pipeline
+from bwlm_jax.features import SplitFeatures
+from bwlm_jax.checkpoints import StageCheckpoints
 from helpers import small_grid, tiny_config
 
 
@@ -84,7 +85,7 @@ def test_folder_validation_is_its_own_val_or_none(tfds_dir, tmp_path):
   assert eval_split_lines(dataset, 20)[-1].startswith('val: none (no ROOT/val/')
   config.stage2.select = 'val'
   with pytest.raises(ValueError, match='stage2.select=val: this dataset has no validation split'):
-    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+    pipeline.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')  # refused before any training
 
 
@@ -103,7 +104,7 @@ def test_bad_selection_config_fails_before_training(tfds_dir, tmp_path, field, v
     target = target[part]
   target[name] = value
   with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(config, str(tmp_path))
+    pipeline.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
@@ -130,19 +131,19 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
   config.stages = 'stage1,stage2'
   config.eval_every_epochs = 1  # training curves must use the val split, not test
   reads = []
-  real_split_features, real_choose = loop.split_features, selection.choose
+  real_split_features, real_choose = SplitFeatures.__call__, selection.choose
 
-  def logged_split_features(rt, variables, split):
-    reads.append('test' if split is rt.dataset.test else 'val' if split is rt.dataset.val else 'train')
-    return real_split_features(rt, variables, split)
+  def logged_split_features(self, variables, split):
+    reads.append('test' if split is self.dataset.test else 'val' if split is self.dataset.val else 'train')
+    return real_split_features(self, variables, split)
 
   def logged_choose(scores):
     reads.append('chosen')
     return real_choose(scores)
 
-  monkeypatch.setattr(loop, 'split_features', logged_split_features)
+  monkeypatch.setattr(SplitFeatures, '__call__', logged_split_features)
   monkeypatch.setattr(selection, 'choose', logged_choose)
-  results = loop.train_and_evaluate(config, str(tmp_path))
+  results = pipeline.train_and_evaluate(config, str(tmp_path))
   assert 'test' in reads and reads.index('test') > reads.index('chosen')
 
   record = results['stage2_selection']
@@ -172,7 +173,7 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
   curves = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert any('val_accuracy' in row for row in curves) and not any('test_accuracy' in row for row in curves)
   # A rerun reuses the finished grid and the chosen head.
-  again = loop.train_and_evaluate(config, str(tmp_path))
+  again = pipeline.train_and_evaluate(config, str(tmp_path))
   assert again['models'] == results['models'] and again['stage2_selection'] == record
 
 
@@ -181,7 +182,7 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
   config.data.val_per_class = 0
   config.stage2.select = 'auto'
   config.stages = 'stage1,stage2'
-  results = loop.train_and_evaluate(config, str(tmp_path))
+  results = pipeline.train_and_evaluate(config, str(tmp_path))
   assert 'stage2_selection' not in results and set(results['models']['stage2']) == {'test'}
   assert 'stage 2: no selection on validation (this dataset has no validation split' in capsys.readouterr().out
   assert not os.path.exists(tmp_path / 'checkpoints' / 'stage2_grid')
@@ -190,8 +191,8 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
 def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'stage1,stage2'
-  loop.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
+  pipeline.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
   small_grid(config, learning_rate=(0.05, 0.1))
   config.allow_config_change = True
   with pytest.raises(ValueError, match="holds a stage-2 model that is not this grid's choice"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    pipeline.train_and_evaluate(config, str(tmp_path))

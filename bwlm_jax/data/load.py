@@ -7,12 +7,12 @@ from typing import Optional
 
 import numpy as np
 
+from bwlm_jax.config import STAGES
 from bwlm_jax.data import folder_source, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
 
 DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'folder')
-STAGES = ('naive', 'stage1', 'stage2')
 _PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.
 # Sources whose builder always has a 'validation' split (ImageNet-LT: 20,000 images), also where the
 # builder's split list is not known yet (tfds.testing.mock_data lists none).

@@ -1,10 +1,11 @@
-"""Backbones (features) and linear classifier heads, built by name."""
+"""Backbones (features) and linear classifier heads, built by name, and the Model bundle of both."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
 
@@ -37,3 +38,9 @@ def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
   if name == 'resnext50':
     return ImageNetResNet((3, 4, 6, 3), bottleneck=True, groups=32, width_per_group=4, dtype=compute)
   raise ValueError(f'unknown model.name={name!r}; expected one of {MODELS}.')
+
+
+def build_model(model_cfg, num_classes: int) -> Model:
+  """The backbone `model_cfg` names ({'name', 'dtype'}, a config or a dict) with a head for `num_classes`."""
+  return Model(build_backbone(model_cfg['name'], model_cfg['dtype']), LinearHead(num_classes))
+

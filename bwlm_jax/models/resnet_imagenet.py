@@ -10,10 +10,8 @@ import jax.numpy as jnp
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _norm(train: bool, dtype, zero_init: bool = False):
-  scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      scale_init=scale_init)
+def _norm(train: bool, dtype):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class BasicBlock(nn.Module):

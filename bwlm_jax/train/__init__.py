@@ -1,1 +1,1 @@
-"""Training: optimisers, train state, jitted steps, checkpoints and the two-stage loop."""
+"""Training: train state, optimiser, pure jitted steps, batch feeders, metric writers and the stage loop."""

@@ -1,43 +1,91 @@
-"""Metrics to TensorBoard event files and to a JSON-lines file in the workdir (process 0 only)."""
+"""Training metrics: TensorBoard and logging through `clu.metric_writers`, plus `metrics.jsonl` for the plots.
+
+One writer per stage (`stage_writer`), closed when the stage ends. On a resume, the rows a stage
+logged after its last checkpoint are dropped first, so the file never holds a step twice.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any, Mapping, Optional
 
 import jax
+from clu import metric_writers
+from clu.metric_writers import interface
+
+METRICS_FILE = 'metrics.jsonl'
 
 
-class MetricWriter:
+class JsonlWriter(interface.MetricWriter):
+  """Scalars as JSON lines {'stage', 'step', name: value, ...} in WORKDIR/metrics.jsonl (other kinds are
+  not written: the training-curve plot reads scalars only)."""
 
-  def __init__(self, workdir: str):
-    self.enabled = jax.process_index() == 0
-    self._writers = {}
-    self._workdir = workdir
-    if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+  def __init__(self, workdir: str, stage: str, resume_step: Optional[int] = None):
+    self.stage = stage
+    self.path = os.path.join(workdir, METRICS_FILE)
+    os.makedirs(workdir, exist_ok=True)
+    if resume_step is not None:
+      self._drop_rows_after(resume_step)
+    self._file = open(self.path, 'a')
 
-  def _tensorboard(self, stage: str):
-    if stage not in self._writers:
-      from flax.metrics import tensorboard
-      self._writers[stage] = tensorboard.SummaryWriter(os.path.join(self._workdir, 'tensorboard', stage))
-    return self._writers[stage]
-
-  def write(self, stage: str, step: int, metrics: dict) -> None:
-    if not self.enabled:
+  def _drop_rows_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
       return
-    values = {k: float(v) for k, v in metrics.items()}
-    writer = self._tensorboard(stage)
-    for name, value in values.items():
-      writer.scalar(name, value, step)
-    writer.flush()
-    self._jsonl.write(json.dumps({'stage': stage, 'step': int(step), **values}) + '\n')
-    self._jsonl.flush()
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if not _logged_after(line, self.stage, step)]
+    if len(kept) != len(lines):
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    row = {'stage': self.stage, 'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(row) + '\n')
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self) -> None:
+    self._file.flush()
 
   def close(self) -> None:
-    if not self.enabled:
-      return
-    for writer in self._writers.values():
-      writer.close()
-    self._jsonl.close()
+    if not self._file.closed:
+      self._file.close()
+
+
+def _logged_after(line: str, stage: str, step: int) -> bool:
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError:
+    return False
+  return row.get('stage') == stage and row.get('step', 0) > step
+
+
+def stage_writer(workdir: str, stage: str, resume_step: Optional[int] = None) -> interface.MetricWriter:
+  """TensorBoard (WORKDIR/tensorboard/<stage>), logging and metrics.jsonl on process 0; logging elsewhere."""
+  if jax.process_index() != 0:
+    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+  tensorboard = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard', stage), asynchronous=False)
+  return metric_writers.MultiWriter([tensorboard, JsonlWriter(workdir, stage, resume_step)])

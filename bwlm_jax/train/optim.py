@@ -36,18 +36,20 @@ def learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch: int) -> opta
   return optax.join_schedules([ramp, cosine], [warmup])
 
 
-def head_mask(params):
-  """True for the parameters of the classifier head ('head' subtree), False elsewhere."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], 'key', None) == 'head', params)
-
-
-def sgd(stage_cfg, schedule: optax.Schedule, decay_mask=None) -> optax.GradientTransformation:
+def sgd(stage_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   """PyTorch-style SGD: g + wd * p, then momentum, then -lr.
 
-  `weight_decay` is therefore PyTorch's `weight_decay` (the gradient of (wd / 2) * ||p||^2), applied
-  only where `decay_mask` is True (all trainable parameters when None).
+  `weight_decay` is therefore PyTorch's `weight_decay` (the gradient of (wd / 2) * ||p||^2), on every
+  trainable parameter. In stage 2 those are the new head's alone: the frozen backbone lives outside
+  the trained parameters (`TrainState.frozen`), so it can neither move nor decay.
   """
   return optax.chain(
-      optax.add_decayed_weights(stage_cfg.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(stage_cfg.weight_decay),
       optax.sgd(schedule, momentum=stage_cfg.momentum or None, nesterov=stage_cfg.nesterov),
   )
+
+
+def stage_optimizer(stage_cfg, total_steps: int, steps_per_epoch: int):
+  """(SGD, its learning-rate schedule) of a stage of `total_steps` steps (paper section 4.2)."""
+  schedule = learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch)
+  return sgd(stage_cfg, schedule), schedule

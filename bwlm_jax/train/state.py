@@ -1,14 +1,22 @@
-"""The train state and the model bundle (backbone + head) it belongs to."""
+"""The train state, its initial value for each stage, and the finished backbone stage 2 freezes."""
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from bwlm_jax import checkpoints
+from bwlm_jax.config import stage_tag
+from bwlm_jax.data.sampling import HEAD_INIT
+from bwlm_jax.models import LinearHead
+
+# Data fields a stage-2 backbone must share with the run that uses it.
+_BACKBONE_DATA_FIELDS = ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder')
 
 
 @flax.struct.dataclass
@@ -16,7 +24,8 @@ class TrainState:
   """Everything a stage's training needs to continue: a pytree that orbax saves as is.
 
   `params`/`batch_stats` are trained; `frozen` holds stage 2's fixed backbone ({'params',
-  'batch_stats'}) and is empty otherwise; `rng` is the raw key data all randomness derives from.
+  'batch_stats'}) and is empty otherwise (it is outside `params`, so no optimizer touches it); `rng`
+  is the raw key data all randomness derives from.
   """
   step: jax.Array
   params: Any
@@ -26,31 +35,62 @@ class TrainState:
   rng: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class Model:
-  backbone: nn.Module
-  head: nn.Module
+def stage_key(seed: int, stage: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), stage_tag(stage))
 
-  def init_backbone(self, key, image_shape):
-    variables = self.backbone.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    return variables['params'], variables.get('batch_stats', {})
 
-  def init_head(self, key, feature_dim: int):
-    return self.head.init(key, jnp.zeros((1, feature_dim), jnp.float32))['params']
+def initial_state(ctx, stage: str, tx, backbone_state: TrainState = None) -> TrainState:
+  """Step 0 of a stage: a new backbone and head (naive, stage 1), or a new head on `backbone_state`'s
+  frozen backbone (stage 2)."""
+  key = stage_key(ctx.config.seed, stage)
+  backbone_key, head_key = jax.random.split(jax.random.fold_in(key, HEAD_INIT))
+  num_classes = ctx.dataset.num_classes
+  feature_dim = ctx.model.feature_dim(ctx.image_shape)
+  if stage == 'stage2':
+    # Copied: stage 2's steps donate their state, and stage 1's arrays are still evaluated later.
+    frozen = jax.tree.map(jnp.copy, {'params': backbone_state.params['backbone'],
+                                     'batch_stats': backbone_state.batch_stats})
+    bias = -float(np.log(num_classes - 1)) if ctx.config.stage2.head_bias_init == 'cb_prior' else 0.0
+    head = LinearHead(num_classes, bias_init_value=bias).init(head_key, jnp.zeros((1, feature_dim)))['params']
+    params, batch_stats = {'head': head}, {}
+  else:
+    backbone_params, batch_stats = ctx.model.init_backbone(backbone_key, ctx.image_shape)
+    params = {'backbone': backbone_params, 'head': ctx.model.init_head(head_key, feature_dim)}
+    frozen = {}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), frozen=frozen, rng=jax.random.key_data(key))
 
-  def features(self, backbone_params, batch_stats, images, train: bool):
-    """(features, updated batch_stats); batch_stats only change when train is True."""
-    variables = {'params': backbone_params, 'batch_stats': batch_stats}
-    if train:
-      features, updates = self.backbone.apply(variables, images, train=True, mutable=['batch_stats'])
-      return features, updates['batch_stats']
-    return self.backbone.apply(variables, images, train=False), batch_stats
 
-  def logits(self, head_params, features):
-    return self.head.apply({'params': head_params}, features)
+def backbone_directory(config, workdir: str) -> str:
+  """Checkpoints of the stage that gives stage 2 its backbone (config.stage2.backbone), in this run
+  or in `config.stage1_checkpoint` (a workdir, or that stage's checkpoint directory itself)."""
+  source = config.stage2.backbone
+  if not config.stage1_checkpoint:
+    return checkpoints.stage_directory(workdir, source)
+  candidate = checkpoints.stage_directory(config.stage1_checkpoint, source)
+  return candidate if os.path.isdir(candidate) else config.stage1_checkpoint
 
-  def feature_dim(self, image_shape) -> int:
-    shapes = jax.eval_shape(lambda k: self.init_backbone(k, image_shape), jax.random.key(0))
-    out = jax.eval_shape(lambda p, s: self.features(p, s, jnp.zeros((1,) + tuple(image_shape)), False)[0],
-                         *shapes)
-    return int(out.shape[-1])
+
+def load_backbone_state(config, workdir: str) -> TrainState:
+  """The finished state whose backbone stage 2 freezes: stage 1 (BWLM) or naive (cRT-style), checked
+  to be of the same data and model as `config`."""
+  source = config.stage2.backbone
+  directory = backbone_directory(config, workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
+                            f'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_{source.upper()}_RUN.')
+  restored = checkpoints.restore_finished(directory)
+  if restored is None:
+    raise ValueError(f'the {source} checkpoint in {directory} is missing or unfinished; finish {source} first.')
+  state, meta = restored
+  if meta['stage'] != source:
+    raise ValueError(f'{directory} holds a {meta["stage"]} checkpoint, but stage2.backbone is {source!r}.')
+  saved = meta['config']
+  for field in _BACKBONE_DATA_FIELDS:
+    if saved['data'].get(field) != config.data[field]:
+      raise ValueError(f'the {source} checkpoint in {directory} was trained on other data: data.{field} is '
+                       f'{saved["data"].get(field)!r} there, {config.data[field]!r} here.')
+  if saved['model']['name'] != config.model.name:
+    raise ValueError(f'the {source} checkpoint in {directory} is a {saved["model"]["name"]}, not a '
+                     f'{config.model.name}.')
+  return TrainState(**state)

@@ -11,6 +11,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bwlm_jax.data.long_tail import FEW_BELOW, MANY_ABOVE  # noqa: E402
+
 GROUP_COLUMNS = ('all', 'many', 'medium', 'few')
 
 
@@ -33,8 +35,8 @@ def class_counts(train_counts, title: str):
   counts = np.asarray(train_counts)[_by_count(train_counts)]
   figure, axis = plt.subplots(figsize=(6, 3.5))
   axis.bar(np.arange(counts.size), counts, width=1.0, color='tab:blue', label='training images')
-  axis.axhline(100, color='gray', ls='--', lw=0.8, label='Many / Medium (100)')
-  axis.axhline(20, color='gray', ls=':', lw=0.8, label='Medium / Few (20)')
+  axis.axhline(MANY_ABOVE, color='gray', ls='--', lw=0.8, label=f'Many / Medium ({MANY_ABOVE})')
+  axis.axhline(FEW_BELOW, color='gray', ls=':', lw=0.8, label=f'Medium / Few ({FEW_BELOW})')
   axis.set_xlabel('class index (sorted by training count)')
   axis.set_ylabel('training images')
   axis.set_title(f'Class distribution: {title}')

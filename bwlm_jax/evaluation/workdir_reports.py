@@ -1,4 +1,5 @@
-"""Evaluate the finished models of a workdir: accuracy by group, top-5, per class, confusion, weight norms."""
+"""Reports of the finished models saved in a workdir: accuracy by group, top-5, per class, confusion,
+weight norms, and the post-hoc corrections of the naive model."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import os
 
 import numpy as np
 
+from bwlm_jax import checkpoints, sharding
+from bwlm_jax.config import STAGES
 from bwlm_jax.data.long_tail import shot_groups
-from bwlm_jax.evaluate import metrics, posthoc
-from bwlm_jax.evaluate.report import unique_path, write_csv, write_json
+from bwlm_jax.evaluation import metrics, posthoc
+from bwlm_jax.evaluation.report import unique_path, write_csv, write_json
+from bwlm_jax.features import SplitFeatures
+from bwlm_jax.models import build_model, head_logits
 
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
+POSTHOC_METHODS = ('tau_norm', 'logit_adjustment')
 
 
 def finished_stages(workdir: str) -> list[str]:
-  from bwlm_jax.train.loop import STAGE_TAGS
-  return [s for s in STAGE_TAGS if os.path.isdir(os.path.join(workdir, 'checkpoints', s))]
+  """The stages of `workdir` with a finished checkpoint, in training order."""
+  return [s for s in STAGES if checkpoints.is_finished(workdir, s)]
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -25,11 +31,17 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
   return matrix
 
 
-def model_outputs(rt, stage: str) -> dict:
-  """{split: (features, labels)} and the head of a finished stage."""
-  from bwlm_jax.train.loop import restore_variables, split_features
-  variables = restore_variables(rt, stage)
-  outputs = {name: split_features(rt, variables, split) for name, split in rt.dataset.eval_splits().items()}
+def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
+  """The head of a finished stage of `workdir` and {split: (features, labels)} of its backbone."""
+  variables, meta = checkpoints.load_finished(workdir, stage)
+  num_classes = variables['head']['dense']['kernel'].shape[-1]
+  saved = meta['config']['data']['name']
+  if saved != config.data.name or num_classes != dataset.num_classes:
+    raise ValueError(f'the {stage} checkpoint in {workdir} was trained on {saved} with {num_classes} classes; '
+                     f'this config has {config.data.name} with {dataset.num_classes} classes.')
+  split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), dataset, sharding.make_mesh(),
+                                 config.eval_batch_size, meta['config']['model']['dtype'])
+  outputs = {name: split_features(variables, split) for name, split in dataset.eval_splits().items()}
   return {'head': variables['head'], 'outputs': outputs}
 
 
@@ -45,46 +57,41 @@ def posthoc_reports(outputs: dict, head: dict, train_counts) -> dict:
   Each temperature is chosen on the 'val' split by balanced (mean per-class) accuracy when there is
   one, else it is the method's published default (1 for both); the test split never chooses.
   """
-  kernel = np.asarray(head['dense']['kernel'])
-  num_classes = kernel.shape[-1]
-  logits = {split: posthoc.linear_logits(features, head) for split, (features, _) in outputs.items()}
-  methods = {'tau_norm': lambda split, t: posthoc.tau_normalized_logits(outputs[split][0], kernel, t),
-             'logit_adjustment': lambda split, t: posthoc.logit_adjusted(logits[split], train_counts, t)}
+  num_classes = int(np.shape(head['dense']['kernel'])[-1])
   reports = {split: {} for split in outputs}
-  for method, method_logits in methods.items():
+  for method in POSTHOC_METHODS:
+    def logits(split, tau):
+      return posthoc.posthoc_logits(outputs[split][0], head, method, tau, train_counts)
     if 'val' in outputs:
       val_labels = outputs['val'][1]
-      tau, _ = posthoc.choose_tau(
-          lambda t: _balanced_accuracy(method_logits('val', t), val_labels, num_classes), TAU_GRID)
+      tau, _ = posthoc.choose_tau(lambda t: _balanced_accuracy(logits('val', t), val_labels, num_classes), TAU_GRID)
     else:
       tau = 1.0
     for split, (_, labels) in outputs.items():
-      report = metrics.accuracy_report(posthoc.top_k(method_logits(split, tau), 5), labels, train_counts)
+      report = metrics.accuracy_report(posthoc.top_k(logits(split, tau), metrics.TOP_K), labels, train_counts)
       reports[split][method] = {**report, 'tau': tau, 'chosen_on': 'val' if 'val' in outputs else None}
   return reports
 
 
-def evaluate_workdir(rt, stages=None) -> dict:
+def report_workdir(config, workdir: str, dataset, stages=None) -> dict:
   """Evaluate each requested finished stage on every evaluation split; write JSON and CSV files.
 
   Files go to `WORKDIR/evaluation/<stage>/`; an existing file is never overwritten (a run suffix is added).
   """
-  dataset = rt.dataset
   counts = dataset.train_counts
   groups = shot_groups(counts)
-  stages = stages or finished_stages(rt.workdir)
+  stages = stages or finished_stages(workdir)
   summary = {}
   for stage in stages:
-    model = model_outputs(rt, stage)
-    kernel = np.asarray(model['head']['dense']['kernel'])
-    norms = metrics.weight_norms(kernel)
-    out_dir = os.path.join(rt.workdir, 'evaluation', stage)
+    model = saved_model_features(config, workdir, stage, dataset)
+    head = model['head']
+    norms = metrics.weight_norms(np.asarray(head['dense']['kernel']))
+    out_dir = os.path.join(workdir, 'evaluation', stage)
     os.makedirs(out_dir, exist_ok=True)
     stage_summary = {}
-    extra = posthoc_reports(model['outputs'], model['head'], counts) if stage == 'naive' else {}
+    extra = posthoc_reports(model['outputs'], head, counts) if stage == 'naive' else {}
     for split, (features, labels) in model['outputs'].items():
-      logits = posthoc.linear_logits(features, model['head'])
-      top = posthoc.top_k(logits, 5)
+      top = posthoc.top_k(head_logits(head, features), metrics.TOP_K)
       report = metrics.accuracy_report(top, labels, counts)
       confusion = confusion_matrix(top[:, 0], labels, dataset.num_classes)
       payload = {'stage': stage, 'split': split, 'report': report, 'weight_norms': norms,

@@ -1,4 +1,4 @@
-"""Accuracy metrics from predictions: top-k, per class, and by shot group (absent groups are None)."""
+"""Accuracy metrics from predictions: top-1 and top-5, per class, and by shot group (absent groups are None)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax.data.long_tail import SHOT_GROUPS, shot_groups  # noqa: F401 (re-exported)
+from bwlm_jax.evaluation.posthoc import top_k
+from bwlm_jax.models import head_logits
+
+TOP_K = 5  # every report also gives top-5 accuracy
 
 
 def per_class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -40,7 +44,7 @@ def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_cou
   top_k_predictions = np.asarray(top_k_predictions).reshape(len(labels), -1)
   correct = top_k_predictions[:, 0] == labels
   class_accuracy = per_class_accuracy(correct, labels, num_classes)
-  top5 = (top_k_predictions[:, :5] == labels[:, None]).any(-1)
+  top5 = (top_k_predictions[:, :TOP_K] == labels[:, None]).any(-1)
   return {
       'all': float(correct.mean()),
       **group_accuracy(class_accuracy, train_counts),
@@ -50,10 +54,9 @@ def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_cou
   }
 
 
-def head_report(features: np.ndarray, labels: np.ndarray, head_params: dict, train_counts, k: int = 5) -> dict:
-  """`accuracy_report` of a linear head applied to backbone features."""
-  from bwlm_jax.evaluate import posthoc
-  return accuracy_report(posthoc.top_k(posthoc.linear_logits(features, head_params), k), labels, train_counts)
+def head_report(features: np.ndarray, labels: np.ndarray, head_params: dict, train_counts) -> dict:
+  """`accuracy_report` of the model's linear head applied to backbone features."""
+  return accuracy_report(top_k(head_logits(head_params, features), TOP_K), labels, train_counts)
 
 
 def weight_norms(head_kernel: np.ndarray) -> list[float]:

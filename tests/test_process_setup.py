@@ -7,22 +7,22 @@ import sys
 
 import pytest
 
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tuned_environ_adds_the_settings():
-  env = platform.cpu_tuned_environ({'PATH': '/bin'}, '0.10.2')
+  env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, '0.10.2')
   assert env['PATH'] == '/bin'
-  assert env['XLA_FLAGS'] == f'{platform.YNN_FLAG}={platform.YNN_FUSIONS}'
-  assert dict(item.split('=') for item in env['GLIBC_TUNABLES'].split(':')) == platform.MALLOC_TUNABLES
+  assert env['XLA_FLAGS'] == f'{process_setup.YNN_FLAG}={process_setup.YNN_FUSIONS}'
+  assert dict(item.split('=') for item in env['GLIBC_TUNABLES'].split(':')) == process_setup.MALLOC_TUNABLES
 
 
 def test_tuned_environ_keeps_what_the_user_set():
-  user = {'XLA_FLAGS': f'--xla_cpu_enable_fast_math=true {platform.YNN_FLAG}=dot',
+  user = {'XLA_FLAGS': f'--xla_cpu_enable_fast_math=true {process_setup.YNN_FLAG}=dot',
           'GLIBC_TUNABLES': 'glibc.malloc.arena_max=4:glibc.rtld.optional_static_tls=2048'}
-  env = platform.cpu_tuned_environ(user, '0.10.2')
+  env = process_setup.cpu_tuned_environ(user, '0.10.2')
   assert env['XLA_FLAGS'] == user['XLA_FLAGS']
   tunables = dict(item.split('=') for item in env['GLIBC_TUNABLES'].split(':'))
   assert tunables['glibc.malloc.arena_max'] == '4'
@@ -32,7 +32,7 @@ def test_tuned_environ_keeps_what_the_user_set():
 
 def test_experimental_xla_flag_only_for_the_tested_jaxlib():
   # An XLA that does not know a flag in XLA_FLAGS aborts, so an untested jaxlib does not get it.
-  env = platform.cpu_tuned_environ({'XLA_FLAGS': '--xla_dump_to=/tmp/x'}, '0.11.0')
+  env = process_setup.cpu_tuned_environ({'XLA_FLAGS': '--xla_dump_to=/tmp/x'}, '0.11.0')
   assert env['XLA_FLAGS'] == '--xla_dump_to=/tmp/x'
   assert 'glibc.malloc.hugetlb=1' in env['GLIBC_TUNABLES']
 
@@ -41,19 +41,19 @@ def test_experimental_xla_flag_only_for_the_tested_jaxlib():
     ({}, True), ({'JAX_PLATFORMS': 'cpu'}, True), ({'JAX_PLATFORMS': 'cuda,cpu'}, False),
     ({'JAX_PLATFORMS': 'tpu'}, False), ({'BWLM_CPU_TUNING': '0'}, False)])
 def test_tuning_applies_to_cpu_runs_only(environ, applies):
-  assert platform.cpu_tuning_applies(environ) == applies
+  assert process_setup.cpu_tuning_applies(environ) == applies
 
 
 def test_cpu_devices_must_be_positive():
   with pytest.raises(ValueError, match='cpu_devices=0'):
-    platform.use_cpu_devices(0)
+    process_setup.use_cpu_devices(0)
 
 
 SCRIPT = '''
 import os, sys
-from bwlm_jax import platform
+from bwlm_jax import process_setup
 print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:], flush=True)
-platform.start_process(2)
+process_setup.start_process(2)
 import jax
 print('running', os.getpid(), os.environ['GLIBC_TUNABLES'], os.environ['XLA_FLAGS'], sys.argv[1:], jax.device_count())
 '''
@@ -62,7 +62,7 @@ print('running', os.getpid(), os.environ['GLIBC_TUNABLES'], os.environ['XLA_FLAG
 @pytest.mark.skipif(std_platform.libc_ver()[0] != 'glibc', reason='malloc settings are glibc tunables')
 def test_start_process_restarts_once_with_the_settings(tmp_path):
   env = {key: value for key, value in os.environ.items()
-         if key not in ('GLIBC_TUNABLES', 'XLA_FLAGS', 'JAX_PLATFORMS', 'JAX_NUM_CPU_DEVICES', platform.OPT_OUT)}
+         if key not in ('GLIBC_TUNABLES', 'XLA_FLAGS', 'JAX_PLATFORMS', 'JAX_NUM_CPU_DEVICES', process_setup.OPT_OUT)}
   result = subprocess.run([sys.executable, '-c', SCRIPT, 'an-arg', '--a-flag=1'], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -72,5 +72,5 @@ def test_start_process_restarts_once_with_the_settings(tmp_path):
   assert len(starts) == 2 and starts[0].startswith("- ['an-arg', '--a-flag=1']")
   assert 'glibc.malloc.mmap_max=0' in starts[1]
   assert len(running) == 1 and running[0][0] == lines[0][1]  # same process (exec), started once more
-  assert platform.YNN_FLAG in running[0][1] and "['an-arg', '--a-flag=1']" in running[0][1]
+  assert process_setup.YNN_FLAG in running[0][1] and "['an-arg', '--a-flag=1']" in running[0][1]
   assert running[0][1].endswith(' 2')  # --cpu_devices=2

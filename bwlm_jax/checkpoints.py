@@ -1,4 +1,8 @@
-"""Orbax checkpoints of one stage, and the workdir's saved config."""
+"""Orbax checkpoints of a stage, the finished models inference loads from them, and the workdir's config.
+
+Training saves through `StageCheckpoints`; evaluation and prediction load a finished model with
+`load_finished` without importing any training code.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +59,61 @@ class StageCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, config_dict: dict, dataset) -> dict:
+  """The JSON record saved next to a state: progress, the config, and what inference needs without
+  loading the dataset (class names, image size, normalisation, preprocessing)."""
+  return {'stage': stage, 'step': step, 'total_steps': total_steps, 'finished': finished, 'config': config_dict,
+          'class_names': list(dataset.class_names), 'image_size': dataset.image_size,
+          'mean': list(dataset.mean), 'std': list(dataset.std), 'center_crop': not dataset.in_memory}
+
+
+def restore_finished(directory: str) -> Optional[tuple[dict, dict]]:
+  """(state as a dict of arrays, meta) of the finished checkpoint in `directory`; None if it has none.
+
+  Restored without a target, so it loads whatever devices saved it.
+  """
+  if not os.path.isdir(directory):
+    return None
+  checkpoints = StageCheckpoints(directory, 1)
+  try:
+    meta = checkpoints.latest_meta()
+    if meta is None or not meta.get('finished'):
+      return None
+    state, _ = checkpoints.restore_latest()
+    return state, meta
+  finally:
+    checkpoints.close()
+
+
+def stage_directory(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, 'checkpoints', stage)
+
+
+def is_finished(workdir: str, stage: str) -> bool:
+  """Whether `workdir` holds a finished checkpoint of `stage` (an interrupted one does not count)."""
+  directory = stage_directory(workdir, stage)
+  if not os.path.isdir(directory):
+    return False
+  checkpoints = StageCheckpoints(directory, 1)
+  try:
+    meta = checkpoints.latest_meta()
+  finally:
+    checkpoints.close()
+  return bool(meta and meta.get('finished'))
+
+
+def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
+  """(inference variables, meta) of the finished `stage` checkpoint in `workdir`; a clear error if absent."""
+  from bwlm_jax.models import inference_variables
+  directory = stage_directory(workdir, stage)
+  restored = restore_finished(directory)
+  if restored is None:
+    raise FileNotFoundError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '
+                            f'train it first with launch/train.py --config.stages={stage}.')
+  state, meta = restored
+  return inference_variables(stage, state), meta
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:

@@ -1,1 +1,0 @@
-"""Evaluation: accuracy by shot group, per-class accuracy, classifier weight norms, reports."""

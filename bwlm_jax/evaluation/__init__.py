@@ -1,0 +1,1 @@
+"""Evaluation: accuracy by shot group, post-hoc corrections, reports, result tables and figures."""

@@ -1,0 +1,107 @@
+"""Result files and tables: the terminal table, markdown/CSV/JSON tables, the stage-2 selection table."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from bwlm_jax.selection import setting_label
+
+COLUMNS = ('many', 'medium', 'few', 'all')
+
+
+def format_cell(value) -> str:
+  return '  -  ' if value is None else f'{100 * value:5.1f}'
+
+
+def results_table(results: dict) -> str:
+  """One row per (model, split): Many / Medium / Few / All top-1 accuracy in %; '-' for an absent group."""
+  width = max([10] + [len(m) for m in results['models']])
+  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS)]
+  for model, splits in results['models'].items():
+    for split, report in splits.items():
+      lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS))
+  return '\n'.join(lines)
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=1)
+  os.replace(tmp, path)
+
+
+def unique_path(path: str) -> str:
+  """`path` if it is free, else the first free `name-2.ext`, `name-3.ext`, ...: never overwrite a result."""
+  if not os.path.exists(path):
+    return path
+  stem, ext = os.path.splitext(path)
+  run = 2
+  while os.path.exists(f'{stem}-{run}{ext}'):
+    run += 1
+  return f'{stem}-{run}{ext}'
+
+
+def write_csv(path: str, header, rows) -> None:
+  import csv
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def markdown_table(rows: dict, title: str) -> str:
+  """Rows = {method: report}; columns Many / Medium / Few / All in %, as the paper's Table 2."""
+  lines = [f'| {title} | Many | Medium | Few | All |', '|---|---|---|---|---|']
+  for method, report in rows.items():
+    cells = [format_cell(report[c]).strip() for c in COLUMNS]
+    lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def selection_table(selection: dict, title: str) -> str:
+  """Markdown: every candidate's validation score and test accuracy by group; the chosen row marked."""
+  metric = selection['metric']
+  lines = [f'| {title} | val {metric} | val All | test Many | test Medium | test Few | test All | chosen |',
+           '|---|---|---|---|---|---|---|---|']
+  for k, candidate in enumerate(selection['candidates']):
+    test = candidate.get('test')
+    cells = [format_cell(test[c]).strip() if test else '' for c in ('many', 'medium', 'few', 'all')]
+    mark = '**chosen**' if k == selection['chosen'] else ''
+    lines.append(f'| {setting_label(candidate["setting"])} | {format_cell(candidate["score"]).strip()} | '
+                 f'{format_cell(candidate["val"]["all"]).strip()} | ' + ' | '.join(cells) + f' | {mark} |')
+  return '\n'.join(lines)
+
+
+
+def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_columns: tuple,
+                  notes: dict | None = None) -> str:
+  """table.md, table.csv and table.json in out_dir (never overwritten); returns the md.
+
+  `notes` (row -> {'val': score, 'chosen': text}) adds the validation score and the settings
+  chosen on validation to each row.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  notes = notes or {}
+  extra = ('val', 'chosen on validation') if notes else ()
+  lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ''.join(f' | {e}' for e in extra) + ' |',
+           '|---' * (1 + len(COLUMNS) + len(extra)) + '|']
+  for name, report in rows.items():
+    cells = [format_cell(report[c]).strip() for c in COLUMNS]
+    if notes:
+      note = notes.get(name, {})
+      cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  table = '\n'.join(lines)
+  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
+    f.write(table + '\n')
+  write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
+            [row_label, *csv_columns, *(['val', 'chosen'] if notes else [])],
+            [[name, *(report[column] for column in csv_columns),
+              *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
+             for name, report in rows.items()])
+  write_json(unique_path(os.path.join(out_dir, 'table.json')),
+             {'dataset': title, 'rows': {name: {k: v for k, v in report.items() if k != 'per_class'}
+                                         for name, report in rows.items()}, 'notes': notes})
+  return table

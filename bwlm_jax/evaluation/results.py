@@ -1,0 +1,51 @@
+"""Reports of trained models on the evaluation splits, and the run's `results.json`."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from bwlm_jax.evaluation import metrics
+
+
+def split_reports(split_features, variables: dict, dataset) -> dict:
+  """{split name: accuracy report} of one model (inference variables) on every evaluation split."""
+  reports = {}
+  for name, split in dataset.eval_splits().items():
+    features, labels = split_features(variables, split)
+    reports[name] = metrics.head_report(features, labels, variables['head'], dataset.train_counts)
+  return reports
+
+
+def head_at(heads, k: int):
+  """Head k of K heads stacked on a leading axis."""
+  return jax.tree.map(lambda leaf: leaf[k], heads)
+
+
+def stacked_head_reports(split_features, variables: dict, split, train_counts) -> list[dict]:
+  """One report per head of `variables['head']` (K heads stacked), on one split; the features once."""
+  features, labels = split_features(variables, split)
+  heads = jax.device_get(variables['head'])
+  count = int(np.shape(heads['dense']['kernel'])[0])
+  return [metrics.head_report(features, labels, head_at(heads, k), train_counts) for k in range(count)]
+
+
+def without_per_class(report: dict) -> dict:
+  return {key: value for key, value in report.items() if key != 'per_class'}
+
+
+def run_results(dataset, models: dict, split_features) -> dict:
+  """The results.json payload of a run: dataset, counts, groups and, per model (stage name -> inference
+  variables), its report on every evaluation split and its classifier weight norms."""
+  results = {
+      'dataset': dataset.name,
+      'class_names': list(dataset.class_names),
+      'train_counts': dataset.train_counts.tolist(),
+      'shot_groups': metrics.shot_groups(dataset.train_counts).tolist(),
+      'models': {},
+      'weight_norms': {},
+  }
+  for stage, variables in models.items():
+    results['models'][stage] = split_reports(split_features, variables, dataset)
+    results['weight_norms'][stage] = metrics.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
+  return results

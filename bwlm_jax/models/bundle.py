@@ -1,0 +1,89 @@
+"""The model of a run: a backbone and a linear head, with the functions inference needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bwlm_jax.data import device_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  backbone: nn.Module
+  head: nn.Module
+
+  def init_backbone(self, key, image_shape):
+    variables = self.backbone.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+    return variables['params'], variables.get('batch_stats', {})
+
+  def init_head(self, key, feature_dim: int):
+    return self.head.init(key, jnp.zeros((1, feature_dim), jnp.float32))['params']
+
+  def features(self, backbone_params, batch_stats, images, train: bool):
+    """(features, updated batch_stats); batch_stats only change when train is True."""
+    variables = {'params': backbone_params, 'batch_stats': batch_stats}
+    if train:
+      features, updates = self.backbone.apply(variables, images, train=True, mutable=['batch_stats'])
+      return features, updates['batch_stats']
+    return self.backbone.apply(variables, images, train=False), batch_stats
+
+  def logits(self, head_params, features):
+    return self.head.apply({'params': head_params}, features)
+
+  def feature_dim(self, image_shape) -> int:
+    shapes = jax.eval_shape(lambda k: self.init_backbone(k, image_shape), jax.random.key(0))
+    out = jax.eval_shape(lambda p, s: self.features(p, s, jnp.zeros((1,) + tuple(image_shape)), False)[0],
+                         *shapes)
+    return int(out.shape[-1])
+
+
+def inference_variables(stage: str, state) -> dict:
+  """{'backbone', 'batch_stats', 'head'} of a trained state: a TrainState, or the dict a checkpoint restores.
+
+  Stage 2 trains only the head; its backbone is the frozen one it was given.
+  """
+  get = state.__getitem__ if isinstance(state, dict) else functools.partial(getattr, state)
+  if stage == 'stage2':
+    frozen = get('frozen')
+    return {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats'], 'head': get('params')['head']}
+  params = get('params')
+  return {'backbone': params['backbone'], 'batch_stats': get('batch_stats'), 'head': params['head']}
+
+
+def make_features_fn(model: Model, mean, std, dtype):
+  """features(variables, images) -> float32 features [B, D]; uint8 images are normalised first.
+
+  `variables` are inference variables (`inference_variables`); only the backbone's are used, and
+  BatchNorm runs in inference mode.
+  """
+  @jax.jit
+  def backbone_features(backbone, images):
+    if images.dtype == jnp.uint8:
+      x = device_pipeline.normalize(images, mean, std, dtype)
+    else:
+      x = images.astype(dtype)
+    out, _ = model.features(backbone['backbone'], backbone['batch_stats'], x, train=False)
+    return out.astype(jnp.float32)
+
+  def features(variables, images):
+    return backbone_features({'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}, images)
+
+  return features
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_head(num_classes: int):
+  from bwlm_jax.models import LinearHead
+  return jax.jit(lambda params, features: LinearHead(num_classes).apply({'params': params}, features))
+
+
+def head_logits(head_params: dict, features) -> np.ndarray:
+  """Logits [N, C] of the model's linear head (`LinearHead`) on features [N, D], as float32 NumPy."""
+  num_classes = int(np.shape(head_params['dense']['kernel'])[-1])
+  return np.asarray(_jitted_head(num_classes)(head_params, jnp.asarray(features, jnp.float32)))

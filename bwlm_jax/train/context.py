@@ -1,0 +1,36 @@
+"""What every stage of one training run shares."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from bwlm_jax import sharding
+from bwlm_jax.data import LongTailDataset
+from bwlm_jax.features import SplitFeatures
+from bwlm_jax.models import Model
+
+
+@dataclasses.dataclass
+class TrainContext:
+  config: object
+  workdir: str
+  dataset: LongTailDataset
+  model: Model
+  mesh: jax.sharding.Mesh
+  split_features: SplitFeatures
+  device_arrays: dict = dataclasses.field(default_factory=dict)  # name -> (images, labels) kept on device
+
+  @property
+  def replicated(self):
+    return sharding.replicated(self.mesh)
+
+  @property
+  def data_sharding(self):
+    return sharding.batch_sharded(self.mesh)
+
+  @property
+  def image_shape(self):
+    size = self.dataset.image_size
+    return (size, size, 3)
