@@ -56,6 +56,10 @@ class StageCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service (multi-process runs) asks every process to stop after `step`."""
+    return self.manager.reached_preemption(step)
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

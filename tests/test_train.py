@@ -389,3 +389,15 @@ def test_device_arrays_of_a_backbone_stage_do_not_depend_on_stage2_fields(tiny_c
     names.add(train_split_name(tiny_config, 'naive'))
   assert names == {'train/naive'}
   assert train_split_name(tiny_config, 'stage2') == 'train/stage2/long_tail'
+
+
+def test_multi_process_runs_stop_where_the_preemption_service_says(tiny_config, tmp_path, monkeypatch):
+  from bwlm_jax.checkpoints import StageCheckpoints as Store
+  from bwlm_jax.train import loop
+  monkeypatch.setattr(loop, 'multi_process', lambda: True)
+  monkeypatch.setattr(Store, 'reached_preemption', lambda self, step: step == 3)
+  tiny_config.stages = 'stage1'
+  with pytest.raises(Interrupted, match='stage1: stopped after step 3 on SIGTERM'):
+    train_and_evaluate(tiny_config, str(tmp_path))
+  state, meta = _restore(str(tmp_path), 'stage1')
+  assert meta['step'] == 3 and not meta['finished'] and int(state['step']) == 3

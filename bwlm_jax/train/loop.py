@@ -48,8 +48,12 @@ class StepBudget:
       self.remaining -= 1
 
   def stop_on_sigterm(self):
-    """Install the SIGTERM handler (main thread only); returns the previous handler to restore."""
-    if threading.current_thread() is not threading.main_thread():
+    """Install the SIGTERM handler (main thread only, one process); returns the previous handler to restore.
+
+    A multi-process run installs none: JAX's preemption service receives the signal and every process
+    stops at the same step (`preempted_at`), so no host waits in a collective save alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or multi_process():
       return None
 
     def handler(signum, frame):
@@ -58,6 +62,10 @@ class StepBudget:
       self.terminated = True
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+def multi_process() -> bool:
+  return jax.process_count() > 1
 
 
 def stage_split(config, dataset, stage: str):
@@ -186,6 +194,8 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
         raise Interrupted(f'{stage}: stopped after step {step} {reason}; rerun to resume.')
       state, step_metrics = feeder(state)
       budget.spend()
+      if multi_process() and store.reached_preemption(step + 1):
+        budget.terminated = True  # all processes reach this sync point at the same step
       interval.add(step_metrics, config.batch_size)
       progress.update(1)
       done = step + 1
