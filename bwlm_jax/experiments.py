@@ -19,7 +19,7 @@ from bwlm_jax import selection
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
-from bwlm_jax.evaluation.report import markdown_table, unique_path, write_json, write_tables
+from bwlm_jax.evaluation.report import markdown_table, unique_path, without_per_class, write_json, write_tables
 from bwlm_jax.pipeline import selects_stage2, train_and_evaluate, train_heads_and_evaluate
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
@@ -185,8 +185,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
     os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
     write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
                {'method': best, 'metric': metric, 'val_score': scores[best], 'source': sources[best],
-                'train_counts': dataset.train_counts.tolist(), 'test': {k: v for k, v in rows[best].items()
-                                                                       if k != 'per_class'}})
+                'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(rows[best])})
   else:
     print('ablation: no validation split, so no settings are chosen and no best model is named.')
 

@@ -16,7 +16,7 @@ from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
-from bwlm_jax.evaluation.report import results_table, selection_table, unique_path, write_json
+from bwlm_jax.evaluation.report import results_table, selection_table, unique_path, without_per_class, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
@@ -85,11 +85,11 @@ def run_selected_stage2(ctx: TrainContext, budget: StepBudget, backbone_state: O
   reports = results_lib.stacked_head_reports(ctx.split_features, inference_variables('stage2', grid_state),
                                              ctx.dataset.val, ctx.dataset.train_counts)
   scored = [{'setting': setting, 'score': selection.score(report, config.stage2.select_metric),
-             'val': results_lib.without_per_class(report)} for setting, report in zip(candidates, reports)]
+             'val': without_per_class(report)} for setting, report in zip(candidates, reports)]
   chosen = selection.choose(c['score'] for c in scored)
   record = {'metric': config.stage2.select_metric, 'split': 'val', 'chosen': chosen, 'candidates': scored}
-  state = grid_state.replace(params=jax.tree.map(lambda leaf: leaf[chosen], grid_state.params),
-                             opt_state=jax.tree.map(lambda leaf: leaf[chosen], grid_state.opt_state))
+  state = grid_state.replace(params=results_lib.head_at(grid_state.params, chosen),
+                             opt_state=results_lib.head_at(grid_state.opt_state, chosen))
   _save_choice(ctx, state, int(grid_state.step), candidates[chosen], record['metric'], scored[chosen]['score'])
   print(f'stage 2: chose {selection.setting_label(candidates[chosen])} '
         f'(val {config.stage2.select_metric} {100 * scored[chosen]["score"]:.1f} %).')
@@ -119,7 +119,7 @@ def _selection_with_test(ctx: TrainContext, record: dict, grid_state: TrainState
   """The selection record with each candidate's test report, computed after the choice was made."""
   reports = results_lib.stacked_head_reports(ctx.split_features, inference_variables('stage2', grid_state),
                                              ctx.dataset.test, ctx.dataset.train_counts)
-  candidates = [{**candidate, 'test': results_lib.without_per_class(report)}
+  candidates = [{**candidate, 'test': without_per_class(report)}
                 for candidate, report in zip(record['candidates'], reports)]
   return {**record, 'candidates': candidates}
 

@@ -12,6 +12,7 @@ from bwlm_jax.checkpoints import load_finished
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
 from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
 from bwlm_jax.evaluation import posthoc
+from bwlm_jax.evaluation.results import head_at
 from bwlm_jax.models import DTYPES, build_model, head_logits, make_features_fn
 
 
@@ -75,7 +76,7 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
     head_index, posthoc_spec, train_counts = source.get('head'), source.get('posthoc'), best['train_counts']
   variables, meta = load_finished(workdir, stage)
   if head_index is not None:  # one head of the stacked K heads
-    variables['head'] = jax.tree.map(lambda leaf: leaf[head_index], variables['head'])
+    variables['head'] = head_at(variables['head'], head_index)
   config = meta['config']
   names = meta['class_names']
   model = build_model(config['model'], len(names))

@@ -24,6 +24,11 @@ def results_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def without_per_class(report: dict) -> dict:
+  """A report without its per-class list (for tables and summaries)."""
+  return {key: value for key, value in report.items() if key != 'per_class'}
+
+
 def write_json(path: str, payload: dict) -> None:
   """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
   tmp = path + '.tmp'
@@ -102,6 +107,6 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
               *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
              for name, report in rows.items()])
   write_json(unique_path(os.path.join(out_dir, 'table.json')),
-             {'dataset': title, 'rows': {name: {k: v for k, v in report.items() if k != 'per_class'}
+             {'dataset': title, 'rows': {name: without_per_class(report)
                                          for name, report in rows.items()}, 'notes': notes})
   return table

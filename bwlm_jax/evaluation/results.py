@@ -18,7 +18,7 @@ def split_reports(split_features, variables: dict, dataset) -> dict:
 
 
 def head_at(heads, k: int):
-  """Head k of K heads stacked on a leading axis."""
+  """Head k of K heads stacked on a leading axis (their parameters or optimizer states)."""
   return jax.tree.map(lambda leaf: leaf[k], heads)
 
 
@@ -28,10 +28,6 @@ def stacked_head_reports(split_features, variables: dict, split, train_counts) -
   heads = jax.device_get(variables['head'])
   count = int(np.shape(heads['dense']['kernel'])[0])
   return [metrics.head_report(features, labels, head_at(heads, k), train_counts) for k in range(count)]
-
-
-def without_per_class(report: dict) -> dict:
-  return {key: value for key, value in report.items() if key != 'per_class'}
 
 
 def run_results(dataset, models: dict, split_features) -> dict:
