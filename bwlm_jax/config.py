@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
+from bwlm_jax.errors import UsageError
 
 # The models a run can train, in training order: one-stage CE on the whole long tail, CE on the head
 # classes, and a new head on the rebalanced set with the stage-1 (or naive) backbone frozen.
@@ -138,7 +139,7 @@ def parse_stages(config) -> tuple[str, ...]:
   stages = tuple(s.strip() for s in config.stages.split(',') if s.strip())
   unknown = [s for s in stages if s not in STAGES]
   if not stages or unknown:
-    raise ValueError(f'config.stages={config.stages!r}: expected a comma-separated subset of {",".join(STAGES)}.')
+    raise UsageError(f'config.stages={config.stages!r}: expected a comma-separated subset of {",".join(STAGES)}.')
   return tuple(s for s in STAGES if s in stages)
 
 
@@ -149,32 +150,41 @@ def validate_config(config) -> None:
   from bwlm_jax.models import DTYPES, MODELS
   parse_stages(config)
   if config.model.name not in MODELS:
-    raise ValueError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
+    raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
   if config.model.dtype not in DTYPES:
-    raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}.')
+    raise UsageError(f'model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}.')
   stage2 = config.stage2
   if stage2.loss not in losses.LOSSES:
-    raise ValueError(f'unknown stage2.loss={stage2.loss!r}; expected one of {losses.LOSSES}.')
+    raise UsageError(f'unknown stage2.loss={stage2.loss!r}; expected one of {losses.LOSSES}.')
   if not 0.0 <= stage2.alpha <= 1.0:
-    raise ValueError(f'stage2.alpha must be in [0, 1], got {stage2.alpha}.')
+    raise UsageError(f'stage2.alpha must be in [0, 1], got {stage2.alpha}.')
   if not 0.0 < stage2.beta < 1.0:
-    raise ValueError(f'stage2.beta must be in (0, 1), got {stage2.beta}.')
+    raise UsageError(f'stage2.beta must be in (0, 1), got {stage2.beta}.')
   if stage2.gamma < 0:
-    raise ValueError(f'stage2.gamma must be >= 0, got {stage2.gamma}.')
+    raise UsageError(f'stage2.gamma must be >= 0, got {stage2.gamma}.')
   for field, allowed in (('backbone', ('stage1', 'naive')), ('train_set', ('review', 'long_tail')),
                          ('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
                          ('loss_counts', ('long_tail', 'stage2'))):
     if stage2[field] not in allowed:
-      raise ValueError(f'stage2.{field} must be one of {allowed}, got {stage2[field]!r}.')
+      raise UsageError(f'stage2.{field} must be one of {allowed}, got {stage2[field]!r}.')
   if stage2.max_norm is not None and stage2.max_norm <= 0:
-    raise ValueError(f'stage2.max_norm must be > 0 (or None), got {stage2.max_norm}.')
+    raise UsageError(f'stage2.max_norm must be > 0 (or None), got {stage2.max_norm}.')
   selection.validate(stage2)
   for stage in STAGES:
     cfg = config[stage]
     if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
-      raise ValueError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
+      raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                        f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+  for field in ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise UsageError(f'{field} must be a whole number >= 1, got {config[field]!r}'
+                       + (' (the finished checkpoint of every stage is always kept).' if field == 'keep_checkpoints'
+                          else '.'))
+  if config.eval_every_epochs < 0:
+    raise UsageError(f'eval_every_epochs must be >= 0 (0: no training curves), got {config.eval_every_epochs}.')
+  if config.data.image_size < 8:
+    raise UsageError(f'data.image_size must be at least 8 pixels, got {config.data.image_size}.')
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] < 1 or config[field] % jax.device_count():
-      raise ValueError(f'{field}={config[field]} must be a positive multiple of the {jax.device_count()} '
+      raise UsageError(f'{field}={config[field]} must be a positive multiple of the {jax.device_count()} '
                        'devices (the global batch is split evenly between them).')

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bwlm_jax.errors import UsageError
 
 LOSSES = ('ce', 'cb_focal', 'balanced_softmax', 'bfs')
 
@@ -80,7 +81,7 @@ def stage2_loss(name: str, logits: jax.Array, labels: jax.Array, class_counts: j
     return class_balanced_focal(logits, labels, class_counts, beta, gamma)
   if name == 'bfs':
     return balanced_focal_softmax(logits, labels, class_counts, alpha, beta, gamma)
-  raise ValueError(f'unknown loss {name!r}; expected one of {LOSSES}.')
+  raise UsageError(f'unknown loss {name!r}; expected one of {LOSSES}.')
 
 
 def loss_counts(stage2_cfg, long_tail_counts, stage2_labels, num_classes: int) -> jax.Array:

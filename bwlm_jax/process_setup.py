@@ -8,6 +8,7 @@ import os
 import platform as _platform
 import sys
 from collections.abc import Mapping
+from bwlm_jax.errors import UsageError
 
 # CPU-only runtime settings, each measured on the ResNet-32 stage-1 step (batch 128, float32, 2-core CPU;
 # docs/PERFORMANCE.md): 106 img/s without them, 196 with 1 and 2, 266 with 3 as well.
@@ -84,7 +85,7 @@ def tune_cpu_runtime(reexec: bool = True) -> None:
 def use_cpu_devices(count: int) -> None:
   """Split the batch over `count` JAX CPU devices (set before JAX starts; no effect on GPU/TPU runs)."""
   if count < 1:
-    raise ValueError(f'cpu_devices={count}: expected a positive number of devices.')
+    raise UsageError(f'cpu_devices={count}: expected a positive number of devices.')
   if count > 1:
     import jax
     jax.config.update('jax_num_cpu_devices', count)

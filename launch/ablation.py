@@ -7,10 +7,10 @@ Trains what is missing (naive and stage 1 in WORKDIR, each variant in WORKDIR/ab
 writes WORKDIR/ablation/table.{md,csv,json} and figures in WORKDIR/figures/.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
@@ -21,11 +21,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import run_ablation
   run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

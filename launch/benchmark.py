@@ -15,7 +15,7 @@ import time
 
 from absl import app, flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
 _MODELS = flags.DEFINE_list('models', ['resnet32', 'resnext50'], 'Backbones to measure.')
 _DTYPES = flags.DEFINE_list('dtypes', None, 'Compute dtypes (default float32,bfloat16; ResNeXt/ResNet-50 on a '
@@ -181,7 +181,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   process_setup.start_process(_CPU_DEVICES.value)
   import jax
   on_cpu = jax.default_backend() == 'cpu'
@@ -198,4 +198,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

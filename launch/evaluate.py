@@ -1,36 +1,40 @@
 """Evaluate every finished model of a workdir (naive, stage 1, stage 2) on the test (and val) split.
 
-  python launch/evaluate.py --config=configs/quickstart.py --workdir=workdirs/quickstart
+  python launch/evaluate.py --workdir=workdirs/quickstart
 
-Writes WORKDIR/evaluation/<stage>/{split}.json, per_class_{split}.csv and confusion_{split}.csv:
-top-1 and top-5, All / Many / Medium / Few, per-class accuracy, confusion matrix, classifier weight
-norms; for the naive model also tau-normalisation and post-hoc logit adjustment.
+The run's own config (WORKDIR/config.json) says which data and groups to use; a --config given as
+well must match it (only fields that change no result, such as data.data_dir, may differ). Writes
+WORKDIR/evaluation/<stage>/{split}.json, per_class_{split}.csv and confusion_{split}.csv: top-1 and
+top-5, All / Many / Medium / Few, per-class accuracy, confusion matrix, classifier weight norms; for the
+naive model also tau-normalisation and post-hoc logit adjustment. A stage that has not finished is
+named and left out.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional: the config the run was trained with (checked '
+                                          'against WORKDIR/config.json).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _STAGES = flags.DEFINE_list('stages', None, 'Stages to evaluate (default: every one with a checkpoint).')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
+  from bwlm_jax.workdir import run_config
+  config = run_config(_WORKDIR.value, _CONFIG.value)
   process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.config import validate_config
   from bwlm_jax.data import load_dataset
   from bwlm_jax.evaluation.report import results_table
-  from bwlm_jax.evaluation.workdir_reports import report_workdir
-  config = _CONFIG.value
+  from bwlm_jax.evaluation.workdir_reports import evaluable_stages, report_workdir
   validate_config(config)
-  summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), _STAGES.value)
-  if not summary:
-    raise app.UsageError(f'{_WORKDIR.value} has no checkpoints to evaluate.')
+  stages = evaluable_stages(_WORKDIR.value, _STAGES.value)
+  summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), stages)
   models = {stage: {split: info['report'] for split, info in s['splits'].items()} for stage, s in summary.items()}
   for split, extra in summary.get('naive', {}).get('splits', {}).items():
     for method, report in extra['posthoc'].items():
@@ -40,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

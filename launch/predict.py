@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
@@ -24,10 +24,12 @@ flags.mark_flags_as_required(['workdir', 'images'])
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   process_setup.start_process()
-  from bwlm_jax.evaluation.report import write_csv
-  from bwlm_jax.predict import image_paths, predict_files
+  from bwlm_jax.files import write_csv
+  from bwlm_jax.predict import check_stage, image_paths, predict_files
+  if _STAGE.value is not None:
+    check_stage(_STAGE.value)
   if _TOP_K.value < 1:
     raise app.UsageError('--top_k must be >= 1.')
   if _OUTPUT.value and os.path.exists(_OUTPUT.value):
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 from bwlm_jax.data import long_tail_counts, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 
@@ -19,7 +19,7 @@ _PROFILE_MAX = {'cifar10': (10, 5000), 'cifar100': (100, 500)}
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   cfg = _CONFIG.value.data
   if flags.FLAGS.profile_only:
     if cfg.name not in _PROFILE_MAX:
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

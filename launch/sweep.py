@@ -6,10 +6,10 @@
 Writes WORKDIR/sweep/table.{md,csv,json} and WORKDIR/figures/alpha_sweep_*.{png,pdf}.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
@@ -22,14 +22,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  del argv
-  process_setup.start_process(_CPU_DEVICES.value)
-  from bwlm_jax.experiments import parse_values, run_sweep
-  alphas = parse_values(_ALPHAS.value, 'alphas')
-  lambdas = (parse_values(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
+  cli.no_arguments(argv)
+  alphas = cli.number_list(_ALPHAS.value, 'alphas')
+  lambdas = (cli.number_list(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
              else [_CONFIG.value.stage2.weight_decay])
+  process_setup.start_process(_CPU_DEVICES.value)
+  from bwlm_jax.experiments import run_sweep
   run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -4,10 +4,10 @@
   python launch/train.py --config=configs/cifar100_lt.py:100 --workdir=DIR --config.stage2.alpha=0.2
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import process_setup
+from bwlm_jax import cli, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
@@ -18,8 +18,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.no_arguments(argv)
   process_setup.start_process(_CPU_DEVICES.value)
   import jax
   if _DISTRIBUTED.value:
@@ -27,13 +26,8 @@ def main(argv):
   from bwlm_jax.pipeline import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
-  from bwlm_jax.train.loop import Interrupted
-  try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except Interrupted as stop:
-    print(stop)
-    raise SystemExit(143)  # the conventional exit status after SIGTERM
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -7,44 +7,55 @@ import os
 import numpy as np
 
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
+from bwlm_jax.errors import MissingFileError, UsageError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
 def list_split(root: str, split: str, class_names=None) -> tuple[tuple[str, ...], list[str], np.ndarray]:
-  """(class names, file paths, labels) of ROOT/split; labels follow sorted class-folder names.
+  """(class names, file paths, labels) of ROOT/split; labels follow sorted class-folder names, and a
+  class's images may sit in subfolders of its folder (ROOT/split/<class>/<any>/<image>).
 
   Files whose extension is not an image's are left out and counted in a printed message. With
   `class_names` given (the train split's), a class folder unknown to it is an error.
   """
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
-    raise FileNotFoundError(f'image folder split {split_dir!r} does not exist; expected '
+    raise MissingFileError(f'image folder split {split_dir!r} does not exist; expected '
                             f'{root}/{split}/<class>/<image files>.')
   found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
   if not found:
-    raise ValueError(f'{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>.')
+    raise UsageError(f'{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>.')
   if class_names is None:
     class_names = tuple(found)
   else:
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-      raise ValueError(f'{split_dir!r} has classes that the train split lacks: {unknown}.')
+      raise UsageError(f'{split_dir!r} has classes that the train split lacks: {unknown}.')
   paths, labels, skipped = [], [], []
   for label, name in enumerate(class_names):
     class_dir = os.path.join(split_dir, name)
     if not os.path.isdir(class_dir):
       continue  # A balanced eval split may lack a class; the train split cannot (checked below).
-    files = sorted(os.listdir(class_dir))
+    files = _files_under(class_dir)
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    skipped += [os.path.join(class_dir, f) for f in files if f not in images]
+    skipped += [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
     if not images:
-      raise ValueError(f'class folder {class_dir!r} has no image files ({", ".join(IMAGE_EXTENSIONS)}).')
-    paths += [os.path.join(class_dir, f) for f in images]
+      raise UsageError(f'class folder {class_dir!r} has no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+    paths += images
     labels += [label] * len(images)
   if skipped:
     print(f'image folder {split_dir}: left out {len(skipped)} non-image files, e.g. {skipped[0]}')
   return class_names, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _files_under(class_dir: str) -> list[str]:
+  """Every file in a class folder, its subfolders included (the class is the first-level folder), sorted."""
+  found = []
+  for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+    subfolders.sort()
+    found += [os.path.join(folder, f) for f in sorted(files) if not f.startswith('.')]
+  return found
 
 
 def _open_rgb(path: str):
@@ -53,7 +64,7 @@ def _open_rgb(path: str):
     with Image.open(path) as image:
       return image.convert('RGB')
   except (UnidentifiedImageError, OSError) as err:
-    raise ValueError(f'cannot read image {path!r}: {err}') from None
+    raise UsageError(f'cannot read image {path!r}: {err}') from None
 
 
 def read_arrays(paths: list[str], labels: np.ndarray, image_size: int) -> ArraySplit:
@@ -69,14 +80,33 @@ def read_arrays(paths: list[str], labels: np.ndarray, image_size: int) -> ArrayS
 
 
 def check_readable(paths: list[str]) -> None:
-  """Open each file's header (cheap) so that a broken file fails before training, not mid-epoch."""
+  """Open each file's header (cheap) and check that a JPEG or PNG is not cut short, so that a broken file
+  fails before training, not mid-epoch. A file whose end marker is missing is decoded in full to decide
+  (some writers append data after it)."""
   from PIL import Image, UnidentifiedImageError
   for path in paths:
     try:
       with Image.open(path) as image:
+        kind = image.format
         image.verify()
+      if not _ends_complete(path, kind):
+        with Image.open(path) as image:
+          image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-      raise ValueError(f'cannot read image {path!r}: {err}') from None
+      raise UsageError(f'cannot read image {path!r}: {err}') from None
+
+
+# The bytes a complete file of a format ends with: JPEG's end-of-image marker, PNG's IEND chunk.
+_END_MARKERS = {'JPEG': b'\xff\xd9', 'PNG': b'IEND\xaeB`\x82'}
+
+
+def _ends_complete(path: str, kind: str) -> bool:
+  marker = _END_MARKERS.get(kind)
+  if marker is None:
+    return True
+  with open(path, 'rb') as f:
+    f.seek(max(os.path.getsize(path) - 64, 0))
+    return marker in f.read()
 
 
 def stream_split(paths: list[str], labels: np.ndarray) -> StreamSplit:

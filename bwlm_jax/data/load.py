@@ -11,6 +11,7 @@ from bwlm_jax.config import STAGES
 from bwlm_jax.data import folder_source, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
+from bwlm_jax.errors import UsageError
 
 DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'folder')
 _PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.
@@ -45,7 +46,7 @@ def _long_tail_indices(train: Split, num_classes: int, imbalance_factor: float,
   short = np.flatnonzero(targets > available)
   if short.size:
     c = int(short[0])
-    raise ValueError(
+    raise UsageError(
         f'class {class_names[c]!r} has {available[c]} training images but the long-tail profile '
         f'(IF {imbalance_factor}, max_count {max_count}) needs {targets[c]}; lower data.max_count.')
   return subsample_per_class(train.labels, targets, seed)
@@ -61,7 +62,7 @@ def validation_indices(labels: np.ndarray, kept: np.ndarray, num_classes: int, p
   unused = np.setdiff1d(np.arange(labels.size), kept)
   available = np.bincount(labels[unused], minlength=num_classes)
   if per_class > available.max():
-    raise ValueError(f'data.val_per_class={per_class} is more than any class can give: at most '
+    raise UsageError(f'data.val_per_class={per_class} is more than any class can give: at most '
                      f'{int(available.max())} training images per class are left out of the long tail; set '
                      f'--config.data.val_per_class to at most that, or to 0 for no validation split.')
   chosen = subsample_per_class(labels[unused], np.minimum(available, per_class), seed + _VAL_SEED_OFFSET)
@@ -72,25 +73,25 @@ def _check_eval_classes(train: Split, eval_split: Split, split_name: str, class_
   missing = sorted(set(np.unique(eval_split.labels).tolist()) - set(np.unique(train.labels).tolist()))
   if missing:
     names = [class_names[c] for c in missing[:10]]
-    raise ValueError(f'the {split_name} split has {len(missing)} classes that the train split lacks, '
+    raise UsageError(f'the {split_name} split has {len(missing)} classes that the train split lacks, '
                      f'e.g. {names}; every evaluated class needs training images.')
 
 
 def _validate(cfg) -> None:
   if cfg.name not in DATASETS:
-    raise ValueError(f'unknown dataset data.name={cfg.name!r}; expected one of {DATASETS}.')
+    raise UsageError(f'unknown dataset data.name={cfg.name!r}; expected one of {DATASETS}.')
   if cfg.imbalance_factor is not None and not cfg.imbalance_factor >= 1:
-    raise ValueError(f'data.imbalance_factor must be >= 1 (max / min class count), got {cfg.imbalance_factor}.')
+    raise UsageError(f'data.imbalance_factor must be >= 1 (max / min class count), got {cfg.imbalance_factor}.')
   if cfg.name == 'folder' and not cfg.folder:
-    raise ValueError('data.name="folder" needs data.folder=ROOT with ROOT/train/<class>/ and ROOT/test/<class>/.')
+    raise UsageError('data.name="folder" needs data.folder=ROOT with ROOT/train/<class>/ and ROOT/test/<class>/.')
   if cfg.name in _PROFILED and cfg.imbalance_factor is None:
-    raise ValueError(f'data.imbalance_factor is required for {cfg.name} (e.g. 100).')
+    raise UsageError(f'data.imbalance_factor is required for {cfg.name} (e.g. 100).')
   if cfg.name == 'imagenet_lt' and cfg.imbalance_factor is not None:
-    raise ValueError('imagenet_lt has its own long tail; leave data.imbalance_factor unset (None).')
+    raise UsageError('imagenet_lt has its own long tail; leave data.imbalance_factor unset (None).')
   if cfg.val_per_class < 0:
-    raise ValueError(f'data.val_per_class must be >= 0 (0: no validation split carved), got {cfg.val_per_class}.')
+    raise UsageError(f'data.val_per_class must be >= 0 (0: no validation split carved), got {cfg.val_per_class}.')
   if cfg.pipeline not in ('auto', 'device', 'stream'):
-    raise ValueError(f'data.pipeline must be auto, device or stream, got {cfg.pipeline!r}.')
+    raise UsageError(f'data.pipeline must be auto, device or stream, got {cfg.pipeline!r}.')
 
 
 def _load_tfds(cfg):
@@ -158,7 +159,7 @@ def load_dataset(cfg) -> LongTailDataset:
 def stage_indices(labels: np.ndarray, num_classes: int, stage: str, seed: int) -> np.ndarray:
   """Sorted indices of the training examples that `stage` uses (Data Balanced Review for stages 1, 2)."""
   if stage not in STAGES:
-    raise ValueError(f'unknown stage {stage!r}; expected one of {STAGES}.')
+    raise UsageError(f'unknown stage {stage!r}; expected one of {STAGES}.')
   if stage == 'naive':
     return np.arange(labels.size)
   stage1, stage2 = balanced_review_counts(np.bincount(labels, minlength=num_classes))
@@ -171,6 +172,6 @@ def stage_train_split(dataset: LongTailDataset, stage: str, seed: int) -> Split:
   """The training split of `stage`: the full long tail, the stage-1 head set, or the stage-2 rebalanced set."""
   indices = stage_indices(dataset.train.labels, dataset.num_classes, stage, seed)
   if indices.size == 0:
-    raise ValueError(f'the {stage} training set of {dataset.name} is empty: with classes sorted by count, '
+    raise UsageError(f'the {stage} training set of {dataset.name} is empty: with classes sorted by count, '
                      'the first tail class has no images. Every class needs training images.')
   return dataset.train.subset(indices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from bwlm_jax.errors import UsageError
 
 # Shot-group thresholds on training counts (Liu et al. 2019, used by the paper's section 4.2).
 MANY_ABOVE = 100
@@ -17,11 +18,11 @@ def long_tail_counts(num_classes: int, max_count: int, imbalance_factor: float) 
   of CIFAR-LT. IF = 1 keeps every class at `max_count`.
   """
   if num_classes < 1:
-    raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+    raise UsageError(f'num_classes must be >= 1, got {num_classes}.')
   if max_count < 1:
-    raise ValueError(f'max_count must be >= 1, got {max_count}.')
+    raise UsageError(f'max_count must be >= 1, got {max_count}.')
   if not imbalance_factor >= 1:
-    raise ValueError(
+    raise UsageError(
         f'imbalance_factor must be >= 1 (max count / min count), got {imbalance_factor}.')
   if num_classes == 1:
     return np.array([max_count], dtype=np.int64)
@@ -46,10 +47,10 @@ def balanced_review_counts(counts) -> tuple[np.ndarray, np.ndarray]:
   """
   counts = np.asarray(counts, dtype=np.int64)
   if counts.ndim != 1 or counts.size < 2:
-    raise ValueError(
+    raise UsageError(
         f'Data Balanced Review needs per-class counts of at least 2 classes, got shape {counts.shape}.')
   if (counts < 0).any():
-    raise ValueError(f'class counts must be >= 0, got {counts.tolist()}.')
+    raise UsageError(f'class counts must be >= 0, got {counts.tolist()}.')
   order = head_tail_order(counts)
   m = counts.size // 2
   head, tail = order[:m], order[m:]
@@ -80,7 +81,7 @@ def subsample_per_class(labels: np.ndarray, target_counts: np.ndarray, seed: int
   for c, target in enumerate(target_counts):
     members = np.flatnonzero(labels == c)
     if target > members.size:
-      raise ValueError(
+      raise UsageError(
           f'class {c} has {members.size} samples but {target} were requested; lower the '
           'imbalance factor or max_count.')
     if target == 0:

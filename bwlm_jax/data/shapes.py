@@ -8,6 +8,7 @@ so the task is learnable but not trivial. Everything is a pure function of the s
 from __future__ import annotations
 
 import numpy as np
+from bwlm_jax.errors import UsageError
 
 IMAGE_SIZE = 32
 SHAPES = ('disc', 'square', 'triangle', 'ring', 'cross')
@@ -53,7 +54,7 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, scale: float, angle:
     return (r2 <= 1.0) & (r2 >= 0.35)
   if shape == 'cross':
     return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
-  raise ValueError(f'unknown shape {shape!r}; expected one of {SHAPES}.')
+  raise UsageError(f'unknown shape {shape!r}; expected one of {SHAPES}.')
 
 
 def draw_image(label: int, rng: np.random.Generator, colours=DEFAULT_COLOURS) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from bwlm_jax.data.splits import StreamSplit
+from bwlm_jax.errors import UsageError
 
 RESIZE_RATIO = 256 / 224  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
 
@@ -68,7 +69,7 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
   """`steps - start_step` batches of this process's share (global_batch / process_count) of epoch `epoch`."""
   import tensorflow as tf
   if global_batch % process_count:
-    raise ValueError(f'batch size {global_batch} is not divisible by the {process_count} processes.')
+    raise UsageError(f'batch size {global_batch} is not divisible by the {process_count} processes.')
   local_batch = global_batch // process_count
   epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
   dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
+from bwlm_jax.errors import RunError, UsageError
 
 # Hosts that tfds downloads these datasets from; probed before a download so that a machine
 # without network fails in seconds instead of retrying for minutes.
@@ -18,7 +19,7 @@ DOWNLOAD_HOSTS = {'cifar10': 'www.cs.toronto.edu', 'cifar100': 'www.cs.toronto.e
 MANUAL_DATASETS = ('imagenet_lt',)
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(RunError):
   """A tfds dataset is not on disk and cannot be prepared here."""
 
 
@@ -47,7 +48,7 @@ def prepared_builder(name: str, data_dir: Optional[str], download: bool):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as err:
-    raise ValueError(f'tfds has no dataset named {name!r}: {err}') from None
+    raise UsageError(f'tfds has no dataset named {name!r}: {err}') from None
   if builder.is_prepared():
     return builder
   where = builder.data_dir
@@ -90,7 +91,7 @@ def read_arrays(builder, split: str, label_key: str = 'label') -> ArraySplit:
     images.append(batch[0])
     labels.append(batch[1])
   if not labels:
-    raise ValueError(f'split {split!r} of {builder.name} is empty.')
+    raise UsageError(f'split {split!r} of {builder.name} is empty.')
   return ArraySplit(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64))
 
 
@@ -127,7 +128,7 @@ def split_labels(builder, split: str, label_key: str = 'label') -> np.ndarray:
       split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
   batches = [batch for batch in tfds.as_numpy(labels_only.map(lambda ex: ex[label_key]).batch(4096))]
   if not batches:
-    raise ValueError(f'split {split!r} of {builder.name} is empty.')
+    raise UsageError(f'split {split!r} of {builder.name} is empty.')
   labels = np.concatenate(batches).astype(np.int64)
   if cache:
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bwlm_jax.models import head_logits
+from bwlm_jax.errors import UsageError
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -44,14 +45,14 @@ def posthoc_logits(features: np.ndarray, head_params: dict, method: str, tau: fl
     return tau_normalized_logits(features, head_params, tau)
   if method == 'logit_adjustment':
     return logit_adjusted(head_logits(head_params, features), train_counts, tau)
-  raise ValueError(f'unknown post-hoc method {method!r}; expected tau_norm or logit_adjustment.')
+  raise UsageError(f'unknown post-hoc method {method!r}; expected tau_norm or logit_adjustment.')
 
 
 def choose_tau(scores_for_tau, taus) -> tuple[float, float]:
   """(best tau, its accuracy) from `scores_for_tau(tau) -> accuracy`; ties keep the smaller tau."""
   taus = list(taus)
   if not taus:
-    raise ValueError('choose_tau needs at least one candidate tau.')
+    raise UsageError('choose_tau needs at least one candidate tau.')
   accuracies = [scores_for_tau(t) for t in taus]
   best = int(np.argmax(accuracies))
   return float(taus[best]), float(accuracies[best])

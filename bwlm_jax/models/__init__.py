@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
+from bwlm_jax.errors import UsageError
 
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet50', 'resnext50')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -26,7 +27,7 @@ class LinearHead(nn.Module):
 
 def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
   if dtype not in DTYPES:
-    raise ValueError(f'model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}.')
+    raise UsageError(f'model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}.')
   compute = DTYPES[dtype]
   cifar_blocks = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5}
   if name in cifar_blocks:
@@ -37,7 +38,7 @@ def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
     return ImageNetResNet((3, 4, 6, 3), bottleneck=True, dtype=compute)
   if name == 'resnext50':
     return ImageNetResNet((3, 4, 6, 3), bottleneck=True, groups=32, width_per_group=4, dtype=compute)
-  raise ValueError(f'unknown model.name={name!r}; expected one of {MODELS}.')
+  raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')
 
 
 def build_model(model_cfg, num_classes: int) -> Model:

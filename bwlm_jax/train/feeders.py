@@ -17,6 +17,7 @@ from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables
 from bwlm_jax.models import inference_variables
 from bwlm_jax.train.steps import (StepConfig, head_settings_arrays, make_cached_head_step, make_device_train_step,
                                   make_multihead_step, make_stream_train_step)
+from bwlm_jax.errors import UsageError
 
 
 def multihead_supported(config, dataset) -> bool:
@@ -70,7 +71,7 @@ def single_head_feeder(ctx, stage: str, split, step_cfg: StepConfig, tx, loss_fn
     return lambda state: train_step(state, images, labels)
 
   if tables is not None:
-    raise ValueError('stage2.sampler=class_balanced needs the device pipeline (data that fits in memory).')
+    raise UsageError('stage2.sampler=class_balanced needs the device pipeline (data that fits in memory).')
   train_step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, step_cfg, ctx.replicated)
   batches = _stream_batches(ctx, stage, split, step_cfg.batch, int(state.step), total_steps)
 
@@ -99,7 +100,7 @@ def multihead_parts(ctx, split, head_settings: list, step_cfg: StepConfig, class
   'feeder' (the state to start from -> the feeder)."""
   config = ctx.config
   if not multihead_supported(config, ctx.dataset):
-    raise ValueError('training several stage-2 heads at once needs data that fits in memory, or cached '
+    raise UsageError('training several stage-2 heads at once needs data that fits in memory, or cached '
                      'features (--config.stage2.augment=False).')
   cached = uses_cached_features(config)
   step, init_opt_state = make_multihead_step(ctx.model, head_settings_arrays(head_settings), config.stage2,

@@ -14,6 +14,7 @@ from bwlm_jax import checkpoints
 from bwlm_jax.config import stage_tag
 from bwlm_jax.data.sampling import HEAD_INIT
 from bwlm_jax.models import LinearHead
+from bwlm_jax.errors import MissingFileError, UsageError
 
 # Data fields a stage-2 backbone must share with the run that uses it.
 _BACKBONE_DATA_FIELDS = ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder')
@@ -77,20 +78,20 @@ def load_backbone_state(config, workdir: str) -> TrainState:
   source = config.stage2.backbone
   directory = backbone_directory(config, workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
+    raise MissingFileError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
                             f'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_{source.upper()}_RUN.')
   restored = checkpoints.restore_finished(directory)
   if restored is None:
-    raise ValueError(f'the {source} checkpoint in {directory} is missing or unfinished; finish {source} first.')
+    raise UsageError(f'the {source} checkpoint in {directory} is missing or unfinished; finish {source} first.')
   state, meta = restored
   if meta['stage'] != source:
-    raise ValueError(f'{directory} holds a {meta["stage"]} checkpoint, but stage2.backbone is {source!r}.')
+    raise UsageError(f'{directory} holds a {meta["stage"]} checkpoint, but stage2.backbone is {source!r}.')
   saved = meta['config']
   for field in _BACKBONE_DATA_FIELDS:
     if saved['data'].get(field) != config.data[field]:
-      raise ValueError(f'the {source} checkpoint in {directory} was trained on other data: data.{field} is '
+      raise UsageError(f'the {source} checkpoint in {directory} was trained on other data: data.{field} is '
                        f'{saved["data"].get(field)!r} there, {config.data[field]!r} here.')
   if saved['model']['name'] != config.model.name:
-    raise ValueError(f'the {source} checkpoint in {directory} is a {saved["model"]["name"]}, not a '
+    raise UsageError(f'the {source} checkpoint in {directory} is a {saved["model"]["name"]}, not a '
                      f'{config.model.name}.')
   return TrainState(**state)

@@ -1,0 +1,112 @@
+"""What every launch script shares: flags parsed and errors printed as one `error: ...` line.
+
+A mistake in the input (an unknown config field, a missing file, a bad value) exits with status 2, a
+run that cannot go on with status 1, a run stopped by SIGTERM with 143 after saving; none prints a
+traceback unless --verbose is given. Errors that are bugs (anything else) keep their traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from bwlm_jax.errors import BwlmError, Interrupted, UsageError
+
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Print the full traceback of an error (for bug reports).')
+
+
+def one_line(error: BaseException) -> str:
+  """The message of `error` on one line (ml_collections wraps its KeyError in an AttributeError)."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+  return ' '.join(text.replace('\\n', ' ').split())
+
+
+def fail(message: str, status: int) -> None:
+  sys.stdout.flush()
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with every parse-time error (config file missing or failing, unknown config field,
+  wrong value type) as one line. --verbose is read from argv: the flags are not parsed yet."""
+  try:
+    args = flags.FLAGS(argv)
+    for name in flags.FLAGS:
+      _raise_config_load_error(name, flags.FLAGS[name])
+    return args
+  except Exception as err:  # noqa: BLE001  (config files run user code: any error is the input's)
+    if '--verbose' in argv:
+      raise
+    fail(_flag_error_message(err, argv), 2)
+
+
+def _raise_config_load_error(name: str, flag) -> None:
+  """ml_collections defers a config file's load error to the first use of the config: raise it now."""
+  if type(flag.value).__name__ != '_ErrorConfig':
+    return
+  path = flag.config_filename.partition(':')[0]
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--{name}: config file {path!r} does not exist.')
+  raise ValueError(f'--{name}: config file {flag.config_filename!r} failed to load: '
+                   f'{one_line(object.__getattribute__(flag.value, "_error"))}')
+
+
+def _flag_error_message(error: Exception, argv: list[str]) -> str:
+  """One line; an unknown config field names the flag that set it (ml_collections names only the key)."""
+  message = one_line(error)
+  if 'Traceback (most recent call last)' in str(error):  # a config file's get_config raised: keep its message
+    message = message.split(' Traceback (most recent call last)')[0] + ' ' + str(error).strip().splitlines()[-1]
+  unknown = re.match(r"'([^']+)'\s*(Did you mean .*)?$", message) if isinstance(error, (AttributeError, KeyError)) \
+      else None
+  if unknown:
+    field = unknown.group(1)
+    given = next((a for a in argv if re.match(rf'--[\w.]*\.{re.escape(field)}(=|$)', a)), field)
+    return f'{given}: no config field {field!r}.' + (f' {unknown.group(2)}' if unknown.group(2) else '')
+  return message
+
+
+def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  def run_main(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except Interrupted as stop:
+      print(stop, flush=True)
+      sys.exit(stop.exit_status)
+    except (BwlmError, app.UsageError) as err:
+      if _VERBOSE.value:
+        raise
+      fail(one_line(err), getattr(err, 'exit_status', 2))
+  return run_main
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` with the error handling above."""
+  app.run(_guarded(main), flags_parser=_parse_flags)
+
+
+def no_arguments(argv: list[str]) -> None:
+  """Refuse positional arguments (a launch script takes flags only)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}: every option is a --flag.')
+
+
+def number_list(text: str, flag: str) -> list[float]:
+  """'0,0.1,0.5' -> [0.0, 0.1, 0.5]; an error naming --flag and the item that is not a number."""
+  values = []
+  for item in (i.strip() for i in text.split(',')):
+    if not item:
+      continue
+    try:
+      values.append(float(item))
+    except ValueError:
+      raise UsageError(f'--{flag}={text}: {item!r} is not a number; expected e.g. --{flag}=0,0.1,0.5.') from None
+  if not values:
+    raise UsageError(f'--{flag} needs at least one value, e.g. --{flag}=0,0.1,0.5.')
+  return values

@@ -1,0 +1,31 @@
+"""The errors a user can cause or meet; the command-line tools print each as one `error: ...` line.
+
+Both kinds keep a built-in base (`ValueError`, `FileNotFoundError`, `RuntimeError`), so library callers
+can catch them as usual.
+"""
+
+
+class BwlmError(Exception):
+  """An error of bwlm-jax itself (not a bug): the message says what to change. Exit status 1."""
+  exit_status = 1
+
+
+class UsageError(BwlmError, ValueError):
+  """Bad input: a config field, flag, file or folder that is wrong. Raised before training. Exit status 2."""
+  exit_status = 2
+
+
+class MissingFileError(BwlmError, FileNotFoundError):
+  """A file or folder the input names does not exist. Exit status 2."""
+  exit_status = 2
+
+
+class RunError(BwlmError, RuntimeError):
+  """A run that cannot go on: non-finite loss, no readable checkpoint, a failed save. Exit status 1."""
+
+
+class Interrupted(BwlmError):
+  """The step budget (or a SIGTERM) ended a run early, after its checkpoint was saved; a rerun resumes.
+
+  Exit status 143, the conventional status after SIGTERM."""
+  exit_status = 143
