@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from bwlm_jax.errors import RunError, UsageError
 
 SELECT_MODES = ('auto', 'val', 'none')
 SELECT_METRICS = ('balanced_accuracy', 'accuracy')
@@ -21,24 +22,24 @@ HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate'
 def validate(stage2_cfg) -> None:
   """Errors for a selection config that cannot work, raised before any data is read."""
   if stage2_cfg.select not in SELECT_MODES:
-    raise ValueError(f'stage2.select must be one of {SELECT_MODES}, got {stage2_cfg.select!r}.')
+    raise UsageError(f'stage2.select must be one of {SELECT_MODES}, got {stage2_cfg.select!r}.')
   if stage2_cfg.select_metric not in SELECT_METRICS:
-    raise ValueError(f'unknown stage2.select_metric={stage2_cfg.select_metric!r}; expected one of {SELECT_METRICS}.')
+    raise UsageError(f'unknown stage2.select_metric={stage2_cfg.select_metric!r}; expected one of {SELECT_METRICS}.')
   for field in GRID_FIELDS:
     values = stage2_cfg.grid[field]
     if values is None:
       continue
     if len(values) == 0:
-      raise ValueError(f'stage2.grid.{field} is empty: the grid has no candidate. Give at least one value, '
+      raise UsageError(f'stage2.grid.{field} is empty: the grid has no candidate. Give at least one value, '
                        f'or None to use stage2.{field}.')
     if field == 'alpha' and not all(0.0 <= v <= 1.0 for v in values):
-      raise ValueError(f'stage2.grid.alpha values must lie in [0, 1], got {tuple(values)}.')
+      raise UsageError(f'stage2.grid.alpha values must lie in [0, 1], got {tuple(values)}.')
     if field == 'weight_decay' and min(values) < 0:
-      raise ValueError(f'stage2.grid.weight_decay values must be >= 0, got {tuple(values)}.')
+      raise UsageError(f'stage2.grid.weight_decay values must be >= 0, got {tuple(values)}.')
     if field in ('learning_rate', 'epochs') and min(values) <= 0:
-      raise ValueError(f'stage2.grid.{field} values must be > 0, got {tuple(values)}.')
+      raise UsageError(f'stage2.grid.{field} values must be > 0, got {tuple(values)}.')
     if field == 'epochs' and any(int(v) != v for v in values):
-      raise ValueError(f'stage2.grid.epochs values must be whole numbers, got {tuple(values)}.')
+      raise UsageError(f'stage2.grid.epochs values must be whole numbers, got {tuple(values)}.')
 
 
 def base_setting(stage2_cfg) -> dict:
@@ -74,15 +75,19 @@ def score(report: dict, metric: str) -> float:
     return float(np.nanmean(per_class))
   if metric == 'accuracy':
     return float(report['all'])
-  raise ValueError(f'unknown selection metric {metric!r}; expected one of {SELECT_METRICS}.')
+  raise UsageError(f'unknown selection metric {metric!r}; expected one of {SELECT_METRICS}.')
 
 
 def choose(scores) -> int:
-  """Index of the best score; ties keep the earliest candidate."""
-  scores = list(scores)
-  if not scores:
-    raise ValueError('nothing to choose from: the grid has no candidate.')
-  return int(np.argmax(scores))
+  """Index of the best score; ties keep the earliest candidate; a diverged candidate (score None or not
+  finite) is never chosen."""
+  scores = np.asarray([np.nan if s is None else s for s in scores], np.float64)
+  if not scores.size:
+    raise UsageError('nothing to choose from: the grid has no candidate.')
+  if not np.isfinite(scores).any():
+    raise RunError('nothing to choose from: every candidate diverged (non-finite parameters); lower the '
+                   'learning rates of stage2.grid.')
+  return int(np.nanargmax(np.where(np.isfinite(scores), scores, np.nan)))
 
 
 def setting_label(setting: dict, fields=GRID_FIELDS) -> str:

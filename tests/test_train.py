@@ -13,7 +13,7 @@ from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
 from bwlm_jax.checkpoints import StageCheckpoints
 from bwlm_jax.pipeline import train_and_evaluate
-from bwlm_jax.train.loop import Interrupted
+from bwlm_jax.errors import Interrupted
 from helpers import tiny_config as tiny_config_for
 
 
@@ -274,7 +274,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
 
 def test_config_fields_added_later_at_their_default_do_not_block_resume():
   from bwlm_jax.config import base_config
-  from bwlm_jax.checkpoints import config_differences
+  from bwlm_jax.workdir import config_differences
   current = base_config().to_dict()
   saved = base_config().to_dict()
   del saved['stage2']['cache_features']  # a run made before the field existed
@@ -346,7 +346,7 @@ def test_a_budget_spent_on_a_stages_last_step_starts_no_other_stage(tiny_config,
 
 
 def test_logged_metrics_are_means_over_the_interval():
-  from bwlm_jax.train.loop import _IntervalMetrics
+  from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch
 
   class Writer:
     rows = []
@@ -359,7 +359,8 @@ def test_logged_metrics_are_means_over_the_interval():
       pass
 
   writer = Writer()
-  interval = _IntervalMetrics(writer, 'stage1', steps_per_epoch=4, progress=Progress())
+  interval = IntervalMetrics(writer, steps_per_epoch=4, progress=Progress(), watch=NonFiniteWatch('stage1', ''),
+                             total_steps=12)
   for loss in (1.0, 2.0, 6.0):
     interval.add({'loss': jnp.float32(loss), 'accuracy': jnp.asarray([0.0, 1.0])}, batch_size=8)
   interval.close_interval(3)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-import time
 from typing import Callable, Optional
 
 import jax
@@ -14,18 +14,16 @@ from tqdm import tqdm
 from bwlm_jax import checkpoints, losses
 from bwlm_jax.data import device_pipeline, stage_train_split
 from bwlm_jax.data.sampling import BatchSpec
+from bwlm_jax.errors import Interrupted
 from bwlm_jax.models import DTYPES
 from bwlm_jax.train import feeders, optim
+from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
 from bwlm_jax.train.state import TrainState, initial_state, load_backbone_state
 from bwlm_jax.train.steps import StepConfig, stack_heads
 
 # Called every config.eval_every_epochs with (stage, state); returns scalars to log (training curves).
 EvalCallback = Callable[[str, TrainState], dict]
-
-
-class Interrupted(Exception):
-  """Raised when the step budget (or a SIGTERM) ends a run early, after its checkpoint is saved."""
 
 
 class StepBudget:
@@ -64,6 +62,18 @@ class StepBudget:
     return signal.signal(signal.SIGTERM, handler)
 
 
+@contextlib.contextmanager
+def sigterm_stops(budget: StepBudget):
+  """While inside, SIGTERM ends `budget` (a checkpoint is saved, then `Interrupted`); the previous
+  handler comes back on exit."""
+  previous = budget.stop_on_sigterm()
+  try:
+    yield budget
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
 def multi_process() -> bool:
   return jax.process_count() > 1
 
@@ -81,45 +91,6 @@ def _step_config(ctx, stage: str, steps_per_epoch: int) -> StepConfig:
                    mean=dataset.mean, std=dataset.std, dtype=DTYPES[config.model.dtype])
   return StepConfig(mode='head' if stage == 'stage2' else 'full', batch=spec,
                     max_norm=config.stage2.max_norm if stage == 'stage2' else None)
-
-
-class _IntervalMetrics:
-  """Step metrics summed on the device over a logging interval, read one interval later (so the host
-  never waits on the step it just queued), and written as interval means."""
-
-  def __init__(self, writer, stage: str, steps_per_epoch: int, progress):
-    self.writer, self.stage, self.steps_per_epoch, self.progress = writer, stage, steps_per_epoch, progress
-    self.sums, self.count, self.pending = None, 0, None
-    self.timer, self.images = time.perf_counter(), 0
-
-  def add(self, step_metrics, batch_size: int) -> None:
-    self.sums = step_metrics if self.sums is None else jax.tree.map(lambda a, b: a + b, self.sums, step_metrics)
-    self.count += 1
-    self.images += batch_size
-
-  def close_interval(self, step: int) -> None:
-    now = time.perf_counter()
-    rate = self.images / max(now - self.timer, 1e-9)
-    self.flush()
-    self.pending = (step, self.sums, self.count, rate)
-    self.sums, self.count, self.timer, self.images = None, 0, now, 0
-
-  def flush(self) -> None:
-    if self.pending is None:
-      return
-    step, sums, count, rate = self.pending
-    self.pending = None
-    values = {}
-    for name, total in jax.device_get(sums).items():
-      mean = np.asarray(total) / count
-      values[name] = float(mean.mean())  # K heads at once: the mean, and each head below
-      if mean.ndim:
-        values.update({f'{name}/head{k}': float(v) for k, v in enumerate(mean)})
-    values['images_per_second'] = rate
-    values['epoch'] = step / self.steps_per_epoch
-    self.writer.write_scalars(step, values)
-    self.progress.set_postfix(epoch=f'{values["epoch"]:.1f}', loss=f'{values["loss"]:.3f}',
-                              img_s=f'{rate:.0f}', refresh=False)
 
 
 def run_stage(ctx, stage: str, budget: StepBudget, backbone_state: Optional[TrainState] = None,
@@ -152,9 +123,9 @@ def run_stage(ctx, stage: str, budget: StepBudget, backbone_state: Optional[Trai
   store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, checkpoint_name or stage),
                                        config.keep_checkpoints)
   try:
-    meta = store.latest_meta()
-    if meta is not None:
-      state, meta = store.restore_latest(state)
+    restored = store.restore_latest(state)
+    if restored is not None:
+      state, meta = restored
       if meta.get('finished'):
         print(f'{stage}: finished earlier ({meta["step"]} steps); using its checkpoint.')
         return state
@@ -171,18 +142,34 @@ def run_stage(ctx, stage: str, budget: StepBudget, backbone_state: Optional[Trai
     store.close()
 
 
+def _divergence_hint(config, stage: str) -> str:
+  hint = (f'{stage}.learning_rate={config[stage].learning_rate:g} is too high for this model and batch '
+          f'(lower it with --config.{stage}.learning_rate)')
+  if config.model.dtype != 'float32':
+    hint += f', or model.dtype={config.model.dtype} overflowed (try float32)'
+  return hint + '.'
+
+
 def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval):
   config = ctx.config
   start = int(state.step)
-
-  def save(step, finished):
-    store.save(step, state, checkpoints.checkpoint_meta(stage, step, total_steps, finished, config.to_dict(),
-                                                        ctx.dataset))
-
+  stacked = 'kernel' in state.params.get('head', {}).get('dense', {}) and \
+      state.params['head']['dense']['kernel'].ndim == 3  # K heads at once
   writer = stage_writer(ctx.workdir, stage, resume_step=start)
   progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True, mininterval=1.0,
                   disable=jax.process_index() != 0)
-  interval = _IntervalMetrics(writer, stage, steps_per_epoch, progress)
+  watch = NonFiniteWatch(stage, _divergence_hint(config, stage))
+  interval = IntervalMetrics(writer, steps_per_epoch, progress, watch, total_steps)
+
+  def save(step, finished):
+    """Save only a state whose loss and parameters are finite (else `watch` raises)."""
+    interval.flush()
+    interval.check_open_interval(step)
+    finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked)))
+    watch.check(np.where(finite, 0, step), total_steps)
+    store.save(step, state, checkpoints.checkpoint_meta(stage, step, total_steps, finished, config.to_dict(),
+                                                        ctx.dataset))
+
   eval_every = config.eval_every_epochs * steps_per_epoch if on_eval is not None else 0
   try:
     for step in range(start, total_steps):
@@ -205,7 +192,6 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
         writer.write_scalars(done, {**on_eval(stage, state), 'epoch': done / steps_per_epoch})
       if done % config.checkpoint_every_steps == 0 and done != total_steps:
         save(done, False)
-    interval.flush()
     save(total_steps, True)
     return state
   finally:
