@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a stage, the finished models inference loads from them, and the workdir's config.
+"""Orbax checkpoints of a stage and the finished models inference loads from them.
 
 Training saves through `StageCheckpoints`; evaluation and prediction load a finished model with
 `load_finished` without importing any training code.
@@ -6,44 +6,63 @@ Training saves through `StageCheckpoints`; evaluation and prediction load a fini
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from bwlm_jax.errors import MissingFileError, RunError
+from bwlm_jax.files import unique_path
 from bwlm_jax.sharding import make_mesh, replicated
-
-# Config fields that do not change a result: they may differ between a run and its resumption.
-RESULT_NEUTRAL_FIELDS = (
-    'stages', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
-    'allow_config_change', 'data.data_dir', 'data.download', 'stage1_checkpoint', 'eval_every_epochs',
-)
 
 
 class StageCheckpoints:
-  """Checkpoints of one stage under `directory`: the TrainState and a JSON record of progress."""
+  """Checkpoints of one stage under `directory`: the TrainState and a JSON record of progress.
 
-  def __init__(self, directory: str, keep: int):
-    self.directory = directory
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  A newest checkpoint that does not read (half-written, files missing or truncated) is reported in one
+  line and skipped: training resumes from the newest one that reads, and (unless `read_only`) the
+  damaged one is moved to DIRECTORY.damaged/ so that its step can be saved again.
+  """
+
+  def __init__(self, directory: str, keep: int, read_only: bool = False):
+    self.directory, self.read_only = os.path.abspath(directory), read_only
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only)
     handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_meta(self) -> Optional[dict]:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    """The progress record of the newest checkpoint whose record reads; None if there is none."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      except Exception:  # noqa: BLE001  (orbax raises many kinds for a damaged step; the next one is tried)
+        continue
+    return None
 
-  def restore_latest(self, target_state=None) -> tuple[Any, dict]:
-    """(state, meta) of the latest checkpoint, with arrays placed like `target_state`'s.
+  def restore_latest(self, target_state=None) -> Optional[tuple[Any, dict]]:
+    """(state, meta) of the newest checkpoint that reads, with arrays placed like `target_state`'s; None
+    if there is no checkpoint; an error naming what to delete if there are some and none reads.
 
     Without a target the state comes back as the nested dict of arrays that was saved, replicated
     over this process's devices (whatever devices saved it).
     """
-    step = self.manager.latest_step()
+    damaged = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore(step, target_state)
+      except Exception as err:  # noqa: BLE001  (see latest_meta)
+        damaged.append(f'step {step} ({type(err).__name__}: {" ".join(str(err).split())[:160]})')
+        continue
+      if damaged:
+        self._set_aside(damaged, step)
+      return restored
+    if damaged:
+      raise RunError(f'no checkpoint in {self.directory} can be read: {"; ".join(damaged)}. Delete that directory '
+                     'to train this stage from the start (or restore it from a backup).')
+    return None
+
+  def _restore(self, step: int, target_state) -> tuple[Any, dict]:
     if target_state is None:
       everywhere = replicated(make_mesh())
       target_state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=everywhere),
@@ -52,17 +71,45 @@ class StageCheckpoints:
         state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
+  def _set_aside(self, damaged: list[str], readable_step: int) -> None:
+    where = f'{self.directory}.damaged'
+    print(f'{os.path.basename(self.directory)}: newest checkpoint unreadable, {"; ".join(damaged)}; using step '
+          f'{readable_step}' + ('.' if self.read_only else f' (the damaged one moved to {where}).'), flush=True)
+    if self.read_only:
+      return
+    if jax.process_index() == 0:
+      os.makedirs(where, exist_ok=True)
+      for entry in damaged:
+        step = entry.split()[1]
+        os.replace(os.path.join(self.directory, step), unique_path(os.path.join(where, step)))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('bwlm_set_aside_damaged_checkpoints')
+    self.manager.reload()
+
   def save(self, step: int, state, meta: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as err:  # noqa: BLE001  (a full disk, a removed directory: one line, earlier ones kept)
+      raise self._save_error(err) from err
+
+  def _save_error(self, err: Exception) -> RunError:
+    return RunError(f'saving a checkpoint in {self.directory} failed ({type(err).__name__}: '
+                    f'{" ".join(str(err).split())[:200]}); the checkpoints saved before are kept. Free disk space '
+                    '(or fix the directory) and rerun the same command to resume.')
 
   def reached_preemption(self, step: int) -> bool:
     """Whether JAX's preemption service (multi-process runs) asks every process to stop after `step`."""
     return self.manager.reached_preemption(step)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001  (an asynchronous save failed)
+      raise self._save_error(err) from err
+    finally:
+      self.manager.close()
 
 
 def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, config_dict: dict, dataset) -> dict:
@@ -80,32 +127,35 @@ def restore_finished(directory: str) -> Optional[tuple[dict, dict]]:
   """
   if not os.path.isdir(directory):
     return None
-  checkpoints = StageCheckpoints(directory, 1)
+  checkpoints = StageCheckpoints(directory, 1, read_only=True)
   try:
-    meta = checkpoints.latest_meta()
-    if meta is None or not meta.get('finished'):
-      return None
-    state, _ = checkpoints.restore_latest()
-    return state, meta
+    restored = checkpoints.restore_latest()
   finally:
     checkpoints.close()
+  if restored is None or not restored[1].get('finished'):
+    return None
+  return restored
 
 
 def stage_directory(workdir: str, stage: str) -> str:
   return os.path.join(workdir, 'checkpoints', stage)
 
 
-def is_finished(workdir: str, stage: str) -> bool:
-  """Whether `workdir` holds a finished checkpoint of `stage` (an interrupted one does not count)."""
-  directory = stage_directory(workdir, stage)
+def finished_meta(directory: str) -> Optional[dict]:
+  """The progress record of the finished checkpoint in `directory`; None if its newest is not finished."""
   if not os.path.isdir(directory):
-    return False
-  checkpoints = StageCheckpoints(directory, 1)
+    return None
+  checkpoints = StageCheckpoints(directory, 1, read_only=True)
   try:
     meta = checkpoints.latest_meta()
   finally:
     checkpoints.close()
-  return bool(meta and meta.get('finished'))
+  return meta if meta and meta.get('finished') else None
+
+
+def is_finished(workdir: str, stage: str) -> bool:
+  """Whether `workdir` holds a finished checkpoint of `stage` (an interrupted one does not count)."""
+  return finished_meta(stage_directory(workdir, stage)) is not None
 
 
 def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
@@ -114,57 +164,7 @@ def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
   directory = stage_directory(workdir, stage)
   restored = restore_finished(directory)
   if restored is None:
-    raise FileNotFoundError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '
+    raise MissingFileError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '
                             f'train it first with launch/train.py --config.stages={stage}.')
   state, meta = restored
   return inference_variables(stage, state), meta
-
-
-def flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(flatten(value, name + '.'))
-    else:
-      flat[name] = list(value) if isinstance(value, tuple) else value  # JSON keeps tuples as lists
-  return flat
-
-
-def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS) -> list[str]:
-  """'field: saved -> current' for every result-changing field that differs.
-
-  A field the saved config lacks (added to bwlm-jax after that run) counts as equal when the current
-  value is its default, which is what the older code did.
-  """
-  from bwlm_jax.config import base_config
-  old, new = flatten(saved), flatten(current)
-  defaults = flatten(base_config().to_dict())
-  lines = []
-  for field in sorted(set(old) | set(new)):
-    if field in neutral:
-      continue
-    if field not in old and field in defaults and new.get(field) == defaults[field]:
-      continue
-    if old.get(field, '<absent>') != new.get(field, '<absent>'):
-      lines.append(f'{field}: {old.get(field, "<absent>")!r} -> {new.get(field, "<absent>")!r}')
-  return lines
-
-
-def check_workdir_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
-  """Record the config in a new workdir; refuse a different one in a used workdir unless allowed."""
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    differences = config_differences(saved, config_dict)
-    if differences and not allow_change:
-      raise ValueError(
-          f'{workdir} holds a run with a different config; resuming it would mix results. Differing '
-          'fields:\n  ' + '\n  '.join(differences) +
-          '\nUse a new --workdir, or pass --config.allow_config_change=True to resume anyway.')
-    if not differences:
-      return
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(config_dict, f, indent=2, sort_keys=True)

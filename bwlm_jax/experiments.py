@@ -16,11 +16,15 @@ import os
 import numpy as np
 
 from bwlm_jax import selection
+from bwlm_jax.config import validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
-from bwlm_jax.evaluation.report import markdown_table, unique_path, without_per_class, write_json, write_tables
+from bwlm_jax.evaluation.report import markdown_table, without_per_class, write_tables
+from bwlm_jax.files import unique_path, write_json
+from bwlm_jax.workdir import check_workdir_path
 from bwlm_jax.pipeline import selects_stage2, train_and_evaluate, train_heads_and_evaluate
+from bwlm_jax.errors import UsageError
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
 LOSS_ROWS = (('CE', 'ce'), ('CB', 'cb_focal'), ('BS', 'balanced_softmax'), ('BFS', 'bfs'))
@@ -37,7 +41,7 @@ def ablation_variants(config) -> dict[str, dict]:
   positive = tuple(v for v in (grid if grid is not None else ()) if v > 0)
   decay = config.stage2.weight_decay if config.stage2.weight_decay > 0 else (positive or (0.0,))[0]
   if decay <= 0:
-    raise ValueError('the ablation compares lambda = 0 with lambda > 0: set --config.stage2.weight_decay > 0 '
+    raise UsageError('the ablation compares lambda = 0 with lambda > 0: set --config.stage2.weight_decay > 0 '
                      '(or a positive value in stage2.grid.weight_decay).')
   decayed = {'weight_decay': decay, 'grid.weight_decay': positive or None}
   variants = {f'+{name}': {'loss': loss, 'weight_decay': 0.0} for name, loss in LOSS_ROWS}
@@ -110,7 +114,8 @@ def run_variants_together(config, workdir: str, kind: str, variants: dict, datas
     indices = [k for k, o in enumerate(owner) if o == name]
     record = None
     if select:
-      scores = [selection.score(heads[k]['models']['stage2']['val'], metric) for k in indices]
+      scores = [selection.score(heads[k]['models']['stage2']['val'], metric) if heads[k]['finite'] else None
+                for k in indices]
       best = selection.choose(scores)
       record = {'metric': metric, 'split': 'val', 'chosen': best,
                 'candidates': [{'setting': settings[k], 'score': v} for k, v in zip(indices, scores)]}
@@ -142,6 +147,8 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   and chosen settings, and a 'best on validation' line; `ablation/best.json` names that model
   (`predict.py --stage=best` uses it).
   """
+  validate_config(config)
+  check_workdir_path(workdir)
   variants = ablation_variants(config)
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
@@ -203,23 +210,18 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   return rows
 
 
-def parse_values(text: str, name: str) -> list[float]:
-  values = [float(v) for v in text.split(',') if v.strip()]
-  if not values:
-    raise ValueError(f'--{name} needs at least one value, e.g. --{name}=0,0.1,0.5.')
-  return values
-
-
 def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], vectorized: bool = True) -> dict:
   """BWLM over every (alpha, lambda) pair (Figure 4); a table per lambda and a plot against alpha.
 
   With `vectorized`, all pairs train as heads of one run (one jitted step, shared features).
   """
   if not alphas or not lambdas:
-    raise ValueError('the sweep needs at least one alpha and one lambda value.')
+    raise UsageError('the sweep needs at least one alpha and one lambda value.')
   bad = [a for a in alphas if not 0.0 <= a <= 1.0]
   if bad:
-    raise ValueError(f'alpha values must lie in [0, 1]; got {bad}.')
+    raise UsageError(f'alpha values must lie in [0, 1]; got {bad}.')
+  validate_config(config)
+  check_workdir_path(workdir)
   dataset = load_dataset(config.data)
   run_base(config, workdir, dataset)
   title = _title(dataset, config)

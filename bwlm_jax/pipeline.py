@@ -5,24 +5,28 @@ The one module that uses both `train/` (which never evaluates) and `evaluation/`
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 from typing import Optional
 
 import jax
 
 from bwlm_jax import checkpoints, selection, sharding
-from bwlm_jax.config import parse_stages, validate_config
+from bwlm_jax import workdir as workdir_lib
+from bwlm_jax.config import STAGES, parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
-from bwlm_jax.evaluation.report import results_table, selection_table, unique_path, without_per_class, write_json
+from bwlm_jax.evaluation.report import results_table, selection_table, without_per_class
+from bwlm_jax.files import unique_path, write_json_keeping_earlier
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import multihead_supported
-from bwlm_jax.train.loop import StepBudget, run_stage
+from bwlm_jax.train.interval_metrics import finite_params
+from bwlm_jax.train.loop import StepBudget, run_stage, sigterm_stops
 from bwlm_jax.train.state import TrainState
+from bwlm_jax.errors import UsageError
 
 
 def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> TrainContext:
@@ -64,7 +68,7 @@ def selects_stage2(config, dataset: LongTailDataset) -> bool:
   if reason is None:
     return True
   if mode == 'val':
-    raise ValueError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
+    raise UsageError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
                      'setting.')
   print(f'stage 2: no selection on validation ({reason}); training the configured setting '
         f'({selection.setting_label(selection.base_setting(config.stage2))}). The test split is never used to choose.')
@@ -84,8 +88,9 @@ def run_selected_stage2(ctx: TrainContext, budget: StepBudget, backbone_state: O
   grid_state = run_stage(ctx, 'stage2', budget, backbone_state, head_settings=candidates, checkpoint_name='stage2_grid')
   reports = results_lib.stacked_head_reports(ctx.split_features, inference_variables('stage2', grid_state),
                                              ctx.dataset.val, ctx.dataset.train_counts)
-  scored = [{'setting': setting, 'score': selection.score(report, config.stage2.select_metric),
-             'val': without_per_class(report)} for setting, report in zip(candidates, reports)]
+  finite = jax.device_get(finite_params(grid_state.params, stacked=True))
+  scored = [{'setting': setting, 'score': selection.score(report, config.stage2.select_metric) if ok else None,
+             'val': without_per_class(report)} for setting, report, ok in zip(candidates, reports, finite)]
   chosen = selection.choose(c['score'] for c in scored)
   record = {'metric': config.stage2.select_metric, 'split': 'val', 'chosen': chosen, 'candidates': scored}
   state = grid_state.replace(params=results_lib.head_at(grid_state.params, chosen),
@@ -103,7 +108,7 @@ def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict,
   try:
     existing = store.latest_meta()
     if existing is not None and (existing.get('selected') or {}).get('setting') != setting:
-      raise ValueError(f'{ctx.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
+      raise UsageError(f'{ctx.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
                        f'({selection.setting_label(setting)}); it is kept as it is. Use a new --workdir.')
     if existing is None:
       chosen_config = ctx.config.to_dict()
@@ -124,6 +129,47 @@ def _selection_with_test(ctx: TrainContext, record: dict, grid_state: TrainState
   return {**record, 'candidates': candidates}
 
 
+def _with_earlier_results(config, workdir: str, results: dict) -> dict:
+  """`results` plus the models of the earlier results.json that this call did not train (e.g. stage 2 when
+  ablation.py reruns naive and stage 1), where the workdir still holds their finished checkpoint, trained
+  with this config's fields for that stage."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return results
+  with open(path) as f:
+    earlier = json.load(f)
+  carried = {}
+  for stage in STAGES:
+    if stage in results['models'] or stage not in earlier.get('models', {}):
+      continue
+    directory = checkpoints.stage_directory(workdir, stage)
+    meta = checkpoints.finished_meta(directory)
+    if meta is not None and not workdir_lib.stage_config_differences(stage, meta, config.to_dict()):
+      carried[stage] = True
+  if not carried:
+    return results
+  order = [s for s in STAGES if s in results['models'] or s in carried]
+  merged = {**results, 'models': {}, 'weight_norms': {}}
+  for stage in order:
+    source = results if stage in results['models'] else earlier
+    merged['models'][stage] = source['models'][stage]
+    merged['weight_norms'][stage] = source['weight_norms'][stage]
+  if 'stage2' in carried and 'stage2_selection' in earlier:
+    merged['stage2_selection'] = earlier['stage2_selection']
+  return merged
+
+
+def _refuse_relabelling(config, workdir: str, checkpoint_names: dict) -> None:
+  """Before anything is written: each finished checkpoint this run would reuse ({stage: [directory
+  names]}) was trained with this config's fields for its stage (else it would be relabelled)."""
+  for stage, names in checkpoint_names.items():
+    for name in names:
+      directory = checkpoints.stage_directory(workdir, name)
+      meta = checkpoints.finished_meta(directory)
+      if meta is not None:
+        workdir_lib.refuse_relabel(stage, directory, meta, config.to_dict())
+
+
 def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None,
                        dataset: Optional[LongTailDataset] = None) -> dict:
   """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it.
@@ -132,29 +178,28 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   preemption would: rerunning resumes. `dataset` skips loading when the caller has it already.
   """
   validate_config(config)
-  checkpoints.check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
+  workdir_lib.check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
+  _refuse_relabelling(config, workdir, {s: [s, 'stage2_grid'] if s == 'stage2' else [s] for s in parse_stages(config)})
   ctx = make_context(config, workdir, dataset)
   select = selects_stage2(config, ctx.dataset)
+  if jax.process_index() == 0:
+    workdir_lib.record_workdir_config(workdir, config.to_dict())
   trained, record, grid_state = {}, None, None
-  budget = StepBudget(stop_after_steps)
-  previous_handler = budget.stop_on_sigterm()
-  try:
+  with sigterm_stops(StepBudget(stop_after_steps)) as budget:
     for stage in parse_stages(config):
       backbone = trained.get(config.stage2.backbone)
       if stage == 'stage2' and select:
         trained[stage], record, grid_state = run_selected_stage2(ctx, budget, backbone)
       else:
         trained[stage] = run_stage(ctx, stage, budget, backbone, on_eval=_curve_callback(ctx))
-  finally:
-    if previous_handler is not None:
-      signal.signal(signal.SIGTERM, previous_handler)
 
   results = results_lib.run_results(ctx.dataset, {stage: inference_variables(stage, state)
                                                   for stage, state in trained.items()}, ctx.split_features)
   if record is not None:
     results['stage2_selection'] = _selection_with_test(ctx, record, grid_state)
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, 'results.json'), results)
+    results = _with_earlier_results(config, workdir, results)
+    write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
     if record is not None:
       path = unique_path(os.path.join(workdir, 'stage2_selection.md'))
       with open(path, 'w') as f:
@@ -172,21 +217,26 @@ def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
   'weight_norms': {'stage2': ...}}), and writes them to `workdir/results.json`.
   """
   if not head_settings:
-    raise ValueError('train_heads_and_evaluate needs at least one head setting.')
+    raise UsageError('train_heads_and_evaluate needs at least one head setting.')
   validate_config(config)
-  checkpoints.check_workdir_config(workdir, {**config.to_dict(), 'head_settings': head_settings},
-                                   config.allow_config_change)
+  recorded = {**config.to_dict(), 'head_settings': head_settings}
+  workdir_lib.check_workdir_config(workdir, recorded, config.allow_config_change)
+  _refuse_relabelling(config, workdir, {'stage2': ['stage2']})
   ctx = make_context(config, workdir, dataset)
-  state = run_stage(ctx, 'stage2', StepBudget(None), head_settings=head_settings)
+  if jax.process_index() == 0:
+    workdir_lib.record_workdir_config(workdir, recorded)
+  with sigterm_stops(StepBudget(None)) as budget:
+    state = run_stage(ctx, 'stage2', budget, head_settings=head_settings)
   variables = inference_variables('stage2', state)
   by_split = {name: results_lib.stacked_head_reports(ctx.split_features, variables, split, ctx.dataset.train_counts)
               for name, split in ctx.dataset.eval_splits().items()}
   heads = jax.device_get(variables['head'])
+  finite = jax.device_get(finite_params(state.params, stacked=True))
   results = []
   for k, setting in enumerate(head_settings):
     head = results_lib.head_at(heads, k)
-    results.append({'setting': setting, 'models': {'stage2': {name: reports[k] for name, reports in by_split.items()}},
+    results.append({'setting': setting, 'finite': bool(finite[k]), 'models': {'stage2': {name: reports[k] for name, reports in by_split.items()}},
                     'weight_norms': {'stage2': metrics.weight_norms(head['dense']['kernel'])}})
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, 'results.json'), {'dataset': ctx.dataset.name, 'heads': results})
+    write_json_keeping_earlier(os.path.join(workdir, 'results.json'), {'dataset': ctx.dataset.name, 'heads': results})
   return results

@@ -9,11 +9,13 @@ import jax
 import numpy as np
 
 from bwlm_jax.checkpoints import load_finished
+from bwlm_jax.config import STAGES
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
 from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
 from bwlm_jax.evaluation import posthoc
 from bwlm_jax.evaluation.results import head_at
 from bwlm_jax.models import DTYPES, build_model, head_logits, make_features_fn
+from bwlm_jax.errors import MissingFileError, UsageError
 
 
 def image_paths(inputs: list[str]) -> list[str]:
@@ -23,12 +25,12 @@ def image_paths(inputs: list[str]) -> list[str]:
     if os.path.isdir(item):
       found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
       if not found:
-        raise ValueError(f'folder {item!r} has no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+        raise UsageError(f'folder {item!r} has no image files ({", ".join(IMAGE_EXTENSIONS)}).')
       paths += found
     elif os.path.isfile(item):
       paths.append(item)
     else:
-      raise FileNotFoundError(f'{item!r} is neither an image file nor a folder.')
+      raise MissingFileError(f'{item!r} is neither an image file nor a folder.')
   return paths
 
 
@@ -39,7 +41,7 @@ def load_image(path: str, size: int, center_crop: bool) -> np.ndarray:
     with Image.open(path) as image:
       image = image.convert('RGB')
   except (UnidentifiedImageError, OSError) as err:
-    raise ValueError(f'cannot decode image {path!r}: {err}') from None
+    raise UsageError(f'cannot decode image {path!r}: {err}') from None
   if center_crop:
     scale = size * RESIZE_RATIO / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
@@ -56,10 +58,15 @@ def best_model(workdir: str) -> dict:
   found = [os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
            if f.startswith('best') and f.endswith('.json')]
   if not found:
-    raise FileNotFoundError(f'{workdir} has no ablation/best.json: run launch/ablation.py on it first (it names '
+    raise MissingFileError(f'{workdir} has no ablation/best.json: run launch/ablation.py on it first (it names '
                             'the best model on the validation split).')
   with open(max(found, key=os.path.getmtime)) as f:
     return json.load(f)
+
+
+def check_stage(stage: str) -> None:
+  if stage not in STAGES + ('best',):
+    raise UsageError(f'--stage={stage}: expected one of {", ".join(STAGES + ("best",))}.')
 
 
 def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, batch_size: int = 64):
@@ -68,6 +75,7 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   `stage` 'best' uses the model that `ablation.py` chose on validation in `workdir` (a head of a
   K-head run, or the naive model with a post-hoc correction included).
   """
+  check_stage(stage)
   head_index, posthoc_spec, train_counts = None, None, None
   if stage == 'best':
     best = best_model(workdir)
@@ -79,6 +87,8 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
     variables['head'] = head_at(variables['head'], head_index)
   config = meta['config']
   names = meta['class_names']
+  if top_k > len(names):
+    raise UsageError(f'--top_k={top_k} is more than the {len(names)} classes of the {stage} model.')
   model = build_model(config['model'], len(names))
   features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']])
   images = np.stack([load_image(p, meta['image_size'], meta['center_crop']) for p in paths])

@@ -194,5 +194,6 @@ def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_di
   pipeline.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
   small_grid(config, learning_rate=(0.05, 0.1))
   config.allow_config_change = True
-  with pytest.raises(ValueError, match="holds a stage-2 model that is not this grid's choice"):
+  with pytest.raises(ValueError, match='stage2: the finished checkpoint .* was trained with another config '
+                                       ".*stage2.select: 'none' -> 'val'.*not relabelled"):
     pipeline.train_and_evaluate(config, str(tmp_path))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
+from bwlm_jax.files import unique_path, write_csv, write_json
 from bwlm_jax.selection import setting_label
 
 COLUMNS = ('many', 'medium', 'few', 'all')
@@ -27,33 +27,6 @@ def results_table(results: dict) -> str:
 def without_per_class(report: dict) -> dict:
   """A report without its per-class list (for tables and summaries)."""
   return {key: value for key, value in report.items() if key != 'per_class'}
-
-
-def write_json(path: str, payload: dict) -> None:
-  """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
-
-
-def unique_path(path: str) -> str:
-  """`path` if it is free, else the first free `name-2.ext`, `name-3.ext`, ...: never overwrite a result."""
-  if not os.path.exists(path):
-    return path
-  stem, ext = os.path.splitext(path)
-  run = 2
-  while os.path.exists(f'{stem}-{run}{ext}'):
-    run += 1
-  return f'{stem}-{run}{ext}'
-
-
-def write_csv(path: str, header, rows) -> None:
-  import csv
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
 
 
 def markdown_table(rows: dict, title: str) -> str:

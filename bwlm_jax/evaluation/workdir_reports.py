@@ -11,9 +11,10 @@ from bwlm_jax import checkpoints, sharding
 from bwlm_jax.config import STAGES
 from bwlm_jax.data.long_tail import shot_groups
 from bwlm_jax.evaluation import metrics, posthoc
-from bwlm_jax.evaluation.report import unique_path, write_csv, write_json
+from bwlm_jax.files import unique_path, write_csv, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, head_logits
+from bwlm_jax.errors import UsageError
 
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
 POSTHOC_METHODS = ('tau_norm', 'logit_adjustment')
@@ -22,6 +23,23 @@ POSTHOC_METHODS = ('tau_norm', 'logit_adjustment')
 def finished_stages(workdir: str) -> list[str]:
   """The stages of `workdir` with a finished checkpoint, in training order."""
   return [s for s in STAGES if checkpoints.is_finished(workdir, s)]
+
+
+def evaluable_stages(workdir: str, requested=None) -> list[str]:
+  """The finished stages among `requested` (default: every stage); each stage that is not finished is
+  named on the terminal. An error if none is finished or a requested name is not a stage."""
+  unknown = [s for s in requested or () if s not in STAGES]
+  if unknown:
+    raise UsageError(f'--stages: unknown {unknown}; expected some of {", ".join(STAGES)}.')
+  finished = []
+  for stage in requested or STAGES:
+    if checkpoints.is_finished(workdir, stage):
+      finished.append(stage)
+    elif requested or os.path.isdir(checkpoints.stage_directory(workdir, stage)):
+      print(f'{stage}: not finished in {workdir}, so not evaluated (rerun launch/train.py to finish it).')
+  if not finished:
+    raise UsageError(f'{workdir} has no finished model to evaluate' + (f' among {requested}.' if requested else '.'))
+  return finished
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -37,7 +55,7 @@ def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
   num_classes = variables['head']['dense']['kernel'].shape[-1]
   saved = meta['config']['data']['name']
   if saved != config.data.name or num_classes != dataset.num_classes:
-    raise ValueError(f'the {stage} checkpoint in {workdir} was trained on {saved} with {num_classes} classes; '
+    raise UsageError(f'the {stage} checkpoint in {workdir} was trained on {saved} with {num_classes} classes; '
                      f'this config has {config.data.name} with {dataset.num_classes} classes.')
   split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), dataset, sharding.make_mesh(),
                                  config.eval_batch_size, meta['config']['model']['dtype'])

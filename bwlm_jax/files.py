@@ -1,0 +1,48 @@
+"""Result files written so that no finished result is lost: atomic JSON, never-overwriting paths, CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=1)
+  os.replace(tmp, path)
+
+
+def unique_path(path: str) -> str:
+  """`path` if it is free, else the first free `name-2.ext`, `name-3.ext`, ...: never overwrite a result."""
+  if not os.path.exists(path):
+    return path
+  stem, ext = os.path.splitext(path)
+  run = 2
+  while os.path.exists(f'{stem}-{run}{ext}'):
+    run += 1
+  return f'{stem}-{run}{ext}'
+
+
+def write_csv(path: str, header, rows) -> None:
+  import csv
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def write_json_keeping_earlier(path: str, payload: dict) -> None:
+  """Write `payload` to `path`; an earlier file there with other content moves to the first free
+  `name-N.json` first, so a result is never overwritten."""
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        same = json.load(f) == json.loads(json.dumps(payload))
+      except ValueError:
+        same = False
+    if same:
+      return
+    os.replace(path, unique_path(path))
+  write_json(path, payload)

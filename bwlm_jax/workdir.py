@@ -1,0 +1,145 @@
+"""The workdir of a run: a usable path, the config it records, and the checks that keep a finished
+result from being mixed with or relabelled by another config."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from bwlm_jax.errors import UsageError
+from bwlm_jax.files import unique_path
+
+# Config fields that do not change a result: they may differ between a run and its resumption.
+RESULT_NEUTRAL_FIELDS = (
+    'stages', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
+    'allow_config_change', 'data.data_dir', 'data.download', 'stage1_checkpoint', 'eval_every_epochs',
+)
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + '.'))
+    else:
+      flat[name] = list(value) if isinstance(value, tuple) else value  # JSON keeps tuples as lists
+  return flat
+
+
+def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS) -> list[str]:
+  """'field: saved -> current' for every result-changing field that differs.
+
+  A field the saved config lacks (added to bwlm-jax after that run) counts as equal when the current
+  value is its default, which is what the older code did.
+  """
+  from bwlm_jax.config import base_config
+  old, new = flatten(saved), flatten(current)
+  defaults = flatten(base_config().to_dict())
+  lines = []
+  for field in sorted(set(old) | set(new)):
+    if field in neutral or field.split('.')[0] in neutral:
+      continue
+    if field not in old and field in defaults and new.get(field) == defaults[field]:
+      continue
+    if old.get(field, '<absent>') != new.get(field, '<absent>'):
+      lines.append(f'{field}: {old.get(field, "<absent>")!r} -> {new.get(field, "<absent>")!r}')
+  return lines
+
+
+def stage_config_differences(stage: str, meta: dict, current: dict) -> list[str]:
+  """Fields that would change what a finished `stage` checkpoint (its `meta`) holds, if trained with
+  `current`: another stage's section is no input of it, except the backbone stage 2 starts from; a
+  stage-2 model chosen on validation is compared with its chosen setting applied to `current`."""
+  from bwlm_jax.config import STAGES
+  inputs = {stage, 'stage1' if stage == 'stage2' and current['stage2']['backbone'] == 'stage1' else None,
+            'naive' if stage == 'stage2' and current['stage2']['backbone'] == 'naive' else None}
+  current = {**current, 'stage2': {**current['stage2'], **(meta.get('selected') or {}).get('setting', {})}}
+  neutral = RESULT_NEUTRAL_FIELDS + tuple(s for s in STAGES if s not in inputs)
+  return config_differences(meta['config'], current, neutral)
+
+
+def refuse_relabel(stage: str, directory: str, meta: dict, current: dict) -> None:
+  """A finished checkpoint is reused only for the config it was trained with: never relabelled."""
+  differences = stage_config_differences(stage, meta, current)
+  if differences:
+    raise UsageError(f'{stage}: the finished checkpoint in {directory} was trained with another config '
+                     f'({"; ".join(differences)}); it is kept as it is and not relabelled. Use a new --workdir, '
+                     f'or move that directory away to train {stage} again.')
+
+
+def check_workdir_path(workdir: Optional[str]) -> None:
+  """A workdir that can hold a run: named, a directory (or creatable as one), writable."""
+  if not workdir or not workdir.strip():
+    raise UsageError('the workdir is empty: give --workdir=DIR, the directory for checkpoints, logs and results.')
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'workdir {workdir!r} is a file, not a directory.')
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UsageError(f'workdir {workdir!r} cannot be created: {parent!r} is a file.')
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f'workdir {workdir!r} cannot be written: no write permission in {parent!r}.')
+
+
+def check_workdir_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
+  """Refuse a config that differs from the one a used workdir records, unless allowed (writes nothing)."""
+  check_workdir_path(workdir)
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differences = config_differences(saved, config_dict)
+  if differences and not allow_change:
+    raise UsageError(f'{workdir} holds a run with a different config; resuming it would mix results. Differing '
+                     f'fields: {"; ".join(differences)}. Use a new --workdir, or pass '
+                     '--config.allow_config_change=True to resume anyway (a finished stage whose own fields '
+                     'differ is still refused).')
+
+
+def record_workdir_config(workdir: str, config_dict: dict) -> None:
+  """Write WORKDIR/config.json once the run has started (its data read); an earlier config that differs
+  in a result-changing field is kept as config-N.json, never overwritten."""
+  path = os.path.join(workdir, 'config.json')
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if not config_differences(json.load(f), config_dict):
+        return  # only fields that change no result differ (stages, logging, ...): the record stands
+    os.replace(path, unique_path(path))
+  with open(path, 'w') as f:
+    json.dump(config_dict, f, indent=2, sort_keys=True)
+
+
+def run_config(workdir: str, given=None):
+  """The config a workdir's run was trained with (its config.json; fields added to bwlm-jax since keep
+  their defaults). With `given` (a user's --config), a result-changing difference is an error; fields
+  that change no result (data.data_dir, eval_batch_size, ...) come from `given`."""
+  import ml_collections
+  from bwlm_jax.config import base_config
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise UsageError(f'{workdir!r} holds no training run (no config.json); check the path, or train first with '
+                     'launch/train.py.')
+  with open(path) as f:
+    saved = json.load(f)
+  if given is not None:
+    differences = config_differences(saved, given.to_dict())
+    if differences:
+      raise UsageError(f'--config does not match the run in {workdir} ({"; ".join(differences)}); evaluating with '
+                       'it would report wrong groups or models. Leave --config out to use the run\'s own config.')
+    return given
+  merged = _deep_update(base_config().to_dict(), saved)
+  merged.pop('head_settings', None)
+  return ml_collections.ConfigDict(merged)
+
+
+def _deep_update(base: dict, saved: dict) -> dict:
+  for key, value in saved.items():
+    base[key] = _deep_update(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+        else value
+  return base
