@@ -205,6 +205,8 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   plots.save(plots.weight_norms({k: norms[k] for k in ('naive', '+CBW', '+BWLM')}, counts, title), figures,
              'weight_norms')
   plots.save(plots.class_counts(counts, title), figures, 'class_counts')
+  plots.save(plots.reliability_diagram({k: rows[k]['calibration'] for k in ('naive', '+BWLM')}, f'{title}, test'),
+             figures, 'reliability')
   plots.save(plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), title), figures, 'training_curves')
   print(table)
   return rows

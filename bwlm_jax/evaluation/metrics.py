@@ -1,4 +1,5 @@
-"""Accuracy metrics from predictions: top-1 and top-5, per class, and by shot group (absent groups are None)."""
+"""Accuracy metrics from predictions: top-1 and top-5, per class, and by shot group (absent groups are None);
+with logits, their calibration too."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax.data.long_tail import SHOT_GROUPS, shot_groups  # noqa: F401 (re-exported)
+from bwlm_jax.evaluation.calibration import calibration_report
 from bwlm_jax.evaluation.posthoc import top_k
 from bwlm_jax.models import head_logits
 
@@ -54,9 +56,15 @@ def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_cou
   }
 
 
+def logits_report(logits: np.ndarray, labels: np.ndarray, train_counts) -> dict:
+  """`accuracy_report` of logits plus their calibration (ECE, NLL, Brier; `calibration.calibration_report`)."""
+  return {**accuracy_report(top_k(logits, TOP_K), labels, train_counts),
+          'calibration': calibration_report(logits, labels, train_counts)}
+
+
 def head_report(features: np.ndarray, labels: np.ndarray, head_params: dict, train_counts) -> dict:
-  """`accuracy_report` of the model's linear head applied to backbone features."""
-  return accuracy_report(top_k(head_logits(head_params, features), TOP_K), labels, train_counts)
+  """`logits_report` of the model's linear head applied to backbone features."""
+  return logits_report(head_logits(head_params, features), labels, train_counts)
 
 
 def weight_norms(head_kernel: np.ndarray) -> list[float]:

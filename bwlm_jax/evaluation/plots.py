@@ -124,3 +124,21 @@ def training_curves(metrics_jsonl: str, title: str):
   figure.suptitle(f'Training curves: {title}')
   figure.tight_layout()
   return figure
+
+
+def reliability_diagram(calibration_by_model: dict, title: str):
+  """Accuracy against confidence in the 15 equal-width bins of each model's calibration report, with the
+  diagonal of perfect calibration; the legend gives each model's ECE."""
+  figure, axis = plt.subplots(figsize=(4.5, 4.5))
+  axis.plot([0, 1], [0, 1], color='gray', ls='--', lw=0.8, label='perfectly calibrated')
+  for label, report in calibration_by_model.items():
+    used = [b for b in report['bins'] if b['count']]
+    axis.plot([b['confidence'] for b in used], [b['accuracy'] for b in used], marker='o', ms=3,
+              label=f'{label} (ECE {100 * report["ece"]:.1f} %)')
+  axis.set_xlim(0, 1)
+  axis.set_ylim(0, 1)
+  axis.set_xlabel(f'confidence (top-1 probability, {len(next(iter(calibration_by_model.values()))["bins"])} bins)')
+  axis.set_ylabel('accuracy')
+  axis.set_title(title, fontsize=9)
+  axis.legend(fontsize=7)
+  return figure

@@ -17,11 +17,17 @@ def format_cell(value) -> str:
 def results_table(results: dict) -> str:
   """One row per (model, split): Many / Medium / Few / All top-1 accuracy in %; '-' for an absent group."""
   width = max([10] + [len(m) for m in results['models']])
-  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS)]
+  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS) + '    ECE']
   for model, splits in results['models'].items():
     for split, report in splits.items():
-      lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS))
+      lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS)
+                   + f' {format_cell(ece(report)):>6}')
   return '\n'.join(lines)
+
+
+def ece(report: dict):
+  """The report's expected calibration error (None for a report made without logits)."""
+  return (report.get('calibration') or {}).get('ece')
 
 
 def without_per_class(report: dict) -> dict:
@@ -63,10 +69,10 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
   os.makedirs(out_dir, exist_ok=True)
   notes = notes or {}
   extra = ('val', 'chosen on validation') if notes else ()
-  lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ''.join(f' | {e}' for e in extra) + ' |',
-           '|---' * (1 + len(COLUMNS) + len(extra)) + '|']
+  lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ' | ECE'
+           + ''.join(f' | {e}' for e in extra) + ' |', '|---' * (2 + len(COLUMNS) + len(extra)) + '|']
   for name, report in rows.items():
-    cells = [format_cell(report[c]).strip() for c in COLUMNS]
+    cells = [format_cell(report[c]).strip() for c in (*COLUMNS,)] + [format_cell(ece(report)).strip()]
     if notes:
       note = notes.get(name, {})
       cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
@@ -75,8 +81,8 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
   with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
     f.write(table + '\n')
   write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
-            [row_label, *csv_columns, *(['val', 'chosen'] if notes else [])],
-            [[name, *(report[column] for column in csv_columns),
+            [row_label, *csv_columns, 'ece', *(['val', 'chosen'] if notes else [])],
+            [[name, *(report[column] for column in csv_columns), ece(report),
               *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
              for name, report in rows.items()])
   write_json(unique_path(os.path.join(out_dir, 'table.json')),

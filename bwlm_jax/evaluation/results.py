@@ -5,15 +5,29 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bwlm_jax.evaluation import metrics
+from bwlm_jax.evaluation import calibration, metrics
+from bwlm_jax.models import head_logits
 
 
 def split_reports(split_features, variables: dict, dataset) -> dict:
-  """{split name: accuracy report} of one model (inference variables) on every evaluation split."""
-  reports = {}
+  """{split name: report} of one model (inference variables) on every evaluation split (`logit_reports`)."""
+  outputs = {}
   for name, split in dataset.eval_splits().items():
     features, labels = split_features(variables, split)
-    reports[name] = metrics.head_report(features, labels, variables['head'], dataset.train_counts)
+    outputs[name] = (head_logits(variables['head'], features), labels)
+  return logit_reports(outputs, dataset.train_counts)
+
+
+def logit_reports(outputs: dict, train_counts) -> dict:
+  """{split: report} from {split: (logits, labels)}: accuracy and calibration; where there is a 'val'
+  split, also the calibration after temperature scaling fitted on it ('temperature_scaled')."""
+  reports = {name: metrics.logits_report(logits, labels, train_counts) for name, (logits, labels) in outputs.items()}
+  if 'val' in outputs:
+    temperature = calibration.fit_temperature(*outputs['val'])
+    for name, (logits, labels) in outputs.items():
+      reports[name]['temperature_scaled'] = {
+          'temperature': temperature, 'fitted_on': 'val',
+          **calibration.calibration_report(logits / temperature, labels, train_counts)}
   return reports
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from bwlm_jax import checkpoints, sharding
 from bwlm_jax.config import STAGES
 from bwlm_jax.data.long_tail import shot_groups
-from bwlm_jax.evaluation import metrics, posthoc
+from bwlm_jax.evaluation import metrics, posthoc, prior_shift
+from bwlm_jax.evaluation.results import logit_reports
 from bwlm_jax.files import unique_path, write_csv, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, head_logits
@@ -86,18 +87,19 @@ def posthoc_reports(outputs: dict, head: dict, train_counts) -> dict:
     else:
       tau = 1.0
     for split, (_, labels) in outputs.items():
-      report = metrics.accuracy_report(posthoc.top_k(logits(split, tau), metrics.TOP_K), labels, train_counts)
+      report = metrics.logits_report(logits(split, tau), labels, train_counts)
       reports[split][method] = {**report, 'tau': tau, 'chosen_on': 'val' if 'val' in outputs else None}
   return reports
 
 
-def report_workdir(config, workdir: str, dataset, stages=None) -> dict:
+def report_workdir(config, workdir: str, dataset, stages=None, test_prior: str | None = None) -> dict:
   """Evaluate each requested finished stage on every evaluation split; write JSON and CSV files.
 
   Files go to `WORKDIR/evaluation/<stage>/`; an existing file is never overwritten (a run suffix is added).
   """
   counts = dataset.train_counts
   groups = shot_groups(counts)
+  prior = prior_shift.class_prior(test_prior, counts) if test_prior else None
   stages = stages or finished_stages(workdir)
   summary = {}
   for stage in stages:
@@ -108,10 +110,14 @@ def report_workdir(config, workdir: str, dataset, stages=None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     stage_summary = {}
     extra = posthoc_reports(model['outputs'], head, counts) if stage == 'naive' else {}
-    for split, (features, labels) in model['outputs'].items():
-      top = posthoc.top_k(head_logits(head, features), metrics.TOP_K)
-      report = metrics.accuracy_report(top, labels, counts)
-      confusion = confusion_matrix(top[:, 0], labels, dataset.num_classes)
+    outputs = {split: (head_logits(head, features), labels) for split, (features, labels) in model['outputs'].items()}
+    reports = logit_reports(outputs, counts)
+    for split, (logits, labels) in outputs.items():
+      report = reports[split]
+      if prior is not None:
+        report['prior_shift'] = {'test_prior': test_prior, **prior_shift.prior_shift_report(logits, labels, counts,
+                                                                                            prior)}
+      confusion = confusion_matrix(logits.argmax(-1), labels, dataset.num_classes)
       payload = {'stage': stage, 'split': split, 'report': report, 'weight_norms': norms,
                  'train_counts': counts.tolist(), 'class_names': list(dataset.class_names),
                  'posthoc': extra.get(split, {})}
