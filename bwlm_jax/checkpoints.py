@@ -112,12 +112,14 @@ class StageCheckpoints:
       self.manager.close()
 
 
-def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, config_dict: dict, dataset) -> dict:
-  """The JSON record saved next to a state: progress, the config, and what inference needs without
-  loading the dataset (class names, image size, normalisation, preprocessing)."""
+def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, config_dict: dict, dataset,
+                    fingerprint: Optional[dict] = None) -> dict:
+  """The JSON record saved next to a state: progress, the config, the run's fingerprint, and what
+  inference needs without loading the dataset (class names, image size, normalisation, preprocessing)."""
   return {'stage': stage, 'step': step, 'total_steps': total_steps, 'finished': finished, 'config': config_dict,
           'class_names': list(dataset.class_names), 'image_size': dataset.image_size,
-          'mean': list(dataset.mean), 'std': list(dataset.std), 'center_crop': not dataset.in_memory}
+          'mean': list(dataset.mean), 'std': list(dataset.std), 'center_crop': not dataset.in_memory,
+          'fingerprint': fingerprint or {}}
 
 
 def restore_finished(directory: str) -> Optional[tuple[dict, dict]]:

@@ -20,6 +20,7 @@ from bwlm_jax.evaluation import metrics, results as results_lib
 from bwlm_jax.evaluation.report import results_table, selection_table, without_per_class
 from bwlm_jax.files import unique_path, write_json_keeping_earlier
 from bwlm_jax.features import SplitFeatures
+from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import multihead_supported
@@ -38,7 +39,8 @@ def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None
   model = build_model(config.model, dataset.num_classes)
   mesh = sharding.make_mesh()
   return TrainContext(config, workdir, dataset, model, mesh,
-                      SplitFeatures(model, dataset, mesh, config.eval_batch_size, config.model.dtype))
+                      SplitFeatures(model, dataset, mesh, config.eval_batch_size, config.model.dtype),
+                      fingerprint=run_fingerprint(config, dataset, model))
 
 
 def _curve_callback(ctx: TrainContext):
@@ -113,7 +115,7 @@ def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict,
     if existing is None:
       chosen_config = ctx.config.to_dict()
       chosen_config['stage2'].update(setting)
-      meta = checkpoints.checkpoint_meta('stage2', step, step, True, chosen_config, ctx.dataset)
+      meta = checkpoints.checkpoint_meta('stage2', step, step, True, chosen_config, ctx.dataset, ctx.fingerprint)
       store.save(step, state, {**meta, 'selected': {'metric': metric, 'split': 'val', 'setting': setting,
                                                     'score': score}})
   finally:
@@ -195,6 +197,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
 
   results = results_lib.run_results(ctx.dataset, {stage: inference_variables(stage, state)
                                                   for stage, state in trained.items()}, ctx.split_features)
+  results['fingerprint'] = ctx.fingerprint
   if record is not None:
     results['stage2_selection'] = _selection_with_test(ctx, record, grid_state)
   if jax.process_index() == 0:
@@ -235,8 +238,10 @@ def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
   results = []
   for k, setting in enumerate(head_settings):
     head = results_lib.head_at(heads, k)
-    results.append({'setting': setting, 'finite': bool(finite[k]), 'models': {'stage2': {name: reports[k] for name, reports in by_split.items()}},
+    results.append({'setting': setting, 'finite': bool(finite[k]),
+                    'models': {'stage2': {name: reports[k] for name, reports in by_split.items()}},
                     'weight_norms': {'stage2': metrics.weight_norms(head['dense']['kernel'])}})
   if jax.process_index() == 0:
-    write_json_keeping_earlier(os.path.join(workdir, 'results.json'), {'dataset': ctx.dataset.name, 'heads': results})
+    write_json_keeping_earlier(os.path.join(workdir, 'results.json'),
+                               {'dataset': ctx.dataset.name, 'fingerprint': ctx.fingerprint, 'heads': results})
   return results

@@ -35,6 +35,9 @@ def main(argv):
   process_setup.hide_gpus_from_tensorflow()
   dataset = load_dataset(cfg)
   print(format_summary(dataset.name, count_summary(dataset.train_counts), eval_split_lines(dataset, cfg.val_per_class)))
+  from bwlm_jax.fingerprint import construction, training_set_hash
+  print(f'  training set sha256 (image indices and labels): {training_set_hash(dataset)}')
+  print(f'  construction: {construction(cfg)}')
 
 
 if __name__ == '__main__':

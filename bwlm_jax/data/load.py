@@ -143,6 +143,7 @@ def load_dataset(cfg) -> LongTailDataset:
   else:
     names, train, test, val, image_size, stats = _load_tfds(cfg)
   val_source = 'split' if val is not None else None
+  kept = np.arange(len(train))
   if cfg.imbalance_factor is not None:
     kept = _long_tail_indices(train, len(names), cfg.imbalance_factor, cfg.max_count, cfg.subset_seed, names)
     if val is None and cfg.val_per_class > 0:
@@ -153,7 +154,7 @@ def load_dataset(cfg) -> LongTailDataset:
     if split is not None:
       _check_eval_classes(train, split, split_name, names)
   return LongTailDataset(cfg.name, tuple(names), train, test, val, int(image_size),
-                         tuple(stats[0]), tuple(stats[1]), val_source)
+                         tuple(stats[0]), tuple(stats[1]), val_source, kept)
 
 
 def stage_indices(labels: np.ndarray, num_classes: int, stage: str, seed: int) -> np.ndarray:

@@ -54,6 +54,8 @@ class LongTailDataset:
   `mean` and `std` are per-channel statistics in [0, 1] pixel units used for normalisation.
   `val_source` says where `val` comes from: 'split' (the source's own), 'unused_train' (carved from
   the training images the long-tail profile leaves out), or None (no validation split).
+  `train_indices` are the positions in the source's training split of the images `train` holds (what
+  the training-set fingerprint hashes); None for a dataset built by hand.
   """
   name: str
   class_names: tuple[str, ...]
@@ -64,6 +66,7 @@ class LongTailDataset:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   val_source: Optional[str] = None
+  train_indices: Optional[np.ndarray] = None
 
   @property
   def num_classes(self) -> int:

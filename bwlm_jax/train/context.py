@@ -21,6 +21,7 @@ class TrainContext:
   mesh: jax.sharding.Mesh
   split_features: SplitFeatures
   device_arrays: dict = dataclasses.field(default_factory=dict)  # name -> (images, labels) kept on device
+  fingerprint: dict = dataclasses.field(default_factory=dict)  # `fingerprint.run_fingerprint`
 
   @property
   def replicated(self):

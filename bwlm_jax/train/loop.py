@@ -168,7 +168,7 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
     finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked)))
     watch.check(np.where(finite, 0, step), total_steps)
     store.save(step, state, checkpoints.checkpoint_meta(stage, step, total_steps, finished, config.to_dict(),
-                                                        ctx.dataset))
+                                                        ctx.dataset, ctx.fingerprint))
 
   eval_every = config.eval_every_epochs * steps_per_epoch if on_eval is not None else 0
   try:
