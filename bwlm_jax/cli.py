@@ -110,3 +110,11 @@ def number_list(text: str, flag: str) -> list[float]:
   if not values:
     raise UsageError(f'--{flag} needs at least one value, e.g. --{flag}=0,0.1,0.5.')
   return values
+
+
+def whole_numbers(text: str, flag: str) -> list[int]:
+  """'0,1,2' -> [0, 1, 2]; an error naming --flag for an item that is not a whole number."""
+  values = number_list(text, flag)
+  if any(v != int(v) for v in values):
+    raise UsageError(f'--{flag}={text}: expected whole numbers, e.g. --{flag}=0,1,2.')
+  return [int(v) for v in values]

@@ -2,6 +2,7 @@
 
   python launch/train.py --config=configs/quickstart.py --workdir=/tmp/bwlm_quickstart
   python launch/train.py --config=configs/cifar100_lt.py:100 --workdir=DIR --config.stage2.alpha=0.2
+  python launch/train.py --config=configs/quickstart.py --workdir=DIR --seeds=0,1,2   # mean ± std over seeds
 """
 
 from absl import flags
@@ -13,12 +14,18 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
                                  '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
+_SEEDS = flags.DEFINE_string('seeds', None, 'Comma-separated training seeds, e.g. 0,1,2: one run per seed in '
+                             'WORKDIR/seed-<s>/, then mean ± std over seeds and paired differences '
+                             '(WORKDIR/seeds.{json,md}).')
+_VARY_SUBSET = flags.DEFINE_bool('seeds_vary_subset', False, 'With --seeds: each seed also picks which images the '
+                                 'long tail keeps (data.subset_seed).')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   cli.no_arguments(argv)
+  seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
   import jax
   if _DISTRIBUTED.value:
@@ -26,7 +33,11 @@ def main(argv):
   from bwlm_jax.pipeline import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if seeds is None:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  else:
+    from bwlm_jax.seeds import train_over_seeds
+    train_over_seeds(_CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':
