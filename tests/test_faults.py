@@ -152,6 +152,24 @@ def test_a_rerun_of_fewer_stages_keeps_the_other_models_results(three_stage_run,
   assert sorted(os.listdir(workdir)) == sorted(os.listdir(three_stage_run[0]))  # no extra results file
 
 
+def test_results_hold_calibration_and_temperature_scaling_fitted_on_val(three_stage_run):
+  _, results = three_stage_run
+  for model, splits in results['models'].items():
+    val = splits['val']
+    scaled = val['temperature_scaled']
+    assert scaled['fitted_on'] == 'val' and scaled['temperature'] > 0
+    assert scaled['nll'] <= val['calibration']['nll'] + 1e-9, model  # fitted to minimise the val NLL
+    assert splits['test']['temperature_scaled']['temperature'] == scaled['temperature']
+    assert sum(b['count'] for b in splits['test']['calibration']['bins']) == splits['test']['num_examples']
+  fingerprint = results['fingerprint']
+  assert fingerprint['parameters'] == 75_940 and fingerprint['backbone'] == 'resnet8'  # ResNet-8, 20 classes
+  assert sum(fingerprint['train_counts']) == 311 and len(fingerprint['train_indices_sha256']) == 64
+  assert fingerprint['global_batch'] == 32 and fingerprint['devices']['count'] == jax.device_count()
+  store = StageCheckpoints(stage_directory(three_stage_run[0], 'naive'), 2, read_only=True)
+  assert store.latest_meta()['fingerprint'] == fingerprint
+  store.close()
+
+
 def test_a_finished_stage_is_never_relabelled_by_a_changed_config(three_stage_run, tfds_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(three_stage_run[0], workdir)

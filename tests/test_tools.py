@@ -38,13 +38,14 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
               'BWLM (naive backbone)', 'naive+tau-norm', 'naive+logit adjustment', 'best on validation']
   assert [name.split(' (tau=')[0].split(':')[0] for name in rows] == expected
   table = open(os.path.join(workdir, 'ablation', 'table.md')).read().splitlines()
-  assert table[0] == '| embedded IF 10 | Many | Medium | Few | All | val | chosen on validation |'
+  assert table[0] == '| embedded IF 10 | Many | Medium | Few | All | ECE | val | chosen on validation |'
   assert [line.split('|')[1].strip() for line in table[2:]] == list(rows)
   saved = json.load(open(os.path.join(workdir, 'ablation', 'table.json')))
   for line in table[2:]:
-    name, many, medium, few, everything, val, chosen = [c.strip() for c in line.split('|')[1:8]]
+    name, many, medium, few, everything, ece, val, chosen = [c.strip() for c in line.split('|')[1:9]]
     assert many == '-'  # no class has more than 100 images: absent, not 0
     assert all(0 <= float(v) <= 100 for v in (medium, few, everything, val))
+    assert float(ece) == round(100 * rows[name]['calibration']['ece'], 1)
     assert float(val) == round(100 * saved['notes'][name]['val'], 1)
   # Every row says what validation chose; the BFS rows chose alpha among the two the grid offers.
   assert saved['notes']['+BWLM']['chosen'] in ('lr=0.05 epochs=1 lambda=0.01 alpha=0.1',
@@ -74,7 +75,7 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
 
 def test_figures_are_written_and_not_empty(ablation_run):
   workdir, _ = ablation_run
-  for name in ('per_class_accuracy', 'weight_norms', 'class_counts', 'training_curves'):
+  for name in ('per_class_accuracy', 'weight_norms', 'class_counts', 'training_curves', 'reliability'):
     for ext in ('png', 'pdf'):
       path = os.path.join(workdir, 'figures', f'{name}.{ext}')
       assert os.path.getsize(path) > 5000, path
