@@ -16,14 +16,12 @@ import os
 import numpy as np
 
 from bwlm_jax import selection
-from bwlm_jax.config import validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
 from bwlm_jax.evaluation.report import markdown_table, without_per_class, write_tables
 from bwlm_jax.files import unique_path, write_json
-from bwlm_jax.workdir import check_workdir_path
-from bwlm_jax.pipeline import selects_stage2, train_and_evaluate, train_heads_and_evaluate
+from bwlm_jax.pipeline import check_inputs, selects_stage2, train_and_evaluate, train_heads_and_evaluate
 from bwlm_jax.errors import UsageError
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
@@ -147,8 +145,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   and chosen settings, and a 'best on validation' line; `ablation/best.json` names that model
   (`predict.py --stage=best` uses it).
   """
-  validate_config(config)
-  check_workdir_path(workdir)
+  check_inputs(config, workdir)
   variants = ablation_variants(config)
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
@@ -222,8 +219,7 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
   bad = [a for a in alphas if not 0.0 <= a <= 1.0]
   if bad:
     raise UsageError(f'alpha values must lie in [0, 1]; got {bad}.')
-  validate_config(config)
-  check_workdir_path(workdir)
+  check_inputs(config, workdir)
   dataset = load_dataset(config.data)
   run_base(config, workdir, dataset)
   title = _title(dataset, config)

@@ -5,7 +5,6 @@ The one module that uses both `train/` (which never evaluates) and `evaluation/`
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -13,7 +12,7 @@ import jax
 
 from bwlm_jax import checkpoints, selection, sharding
 from bwlm_jax import workdir as workdir_lib
-from bwlm_jax.config import STAGES, parse_stages, validate_config
+from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
@@ -28,6 +27,12 @@ from bwlm_jax.train.interval_metrics import finite_params
 from bwlm_jax.train.loop import StepBudget, run_stage, sigterm_stops
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.errors import UsageError
+
+
+def check_inputs(config, workdir: str) -> None:
+  """The cheap checks of a run's config and workdir path, before any data is read."""
+  validate_config(config)
+  workdir_lib.check_workdir_path(workdir)
 
 
 def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> TrainContext:
@@ -131,36 +136,6 @@ def _selection_with_test(ctx: TrainContext, record: dict, grid_state: TrainState
   return {**record, 'candidates': candidates}
 
 
-def _with_earlier_results(config, workdir: str, results: dict) -> dict:
-  """`results` plus the models of the earlier results.json that this call did not train (e.g. stage 2 when
-  ablation.py reruns naive and stage 1), where the workdir still holds their finished checkpoint, trained
-  with this config's fields for that stage."""
-  path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
-    return results
-  with open(path) as f:
-    earlier = json.load(f)
-  carried = {}
-  for stage in STAGES:
-    if stage in results['models'] or stage not in earlier.get('models', {}):
-      continue
-    directory = checkpoints.stage_directory(workdir, stage)
-    meta = checkpoints.finished_meta(directory)
-    if meta is not None and not workdir_lib.stage_config_differences(stage, meta, config.to_dict()):
-      carried[stage] = True
-  if not carried:
-    return results
-  order = [s for s in STAGES if s in results['models'] or s in carried]
-  merged = {**results, 'models': {}, 'weight_norms': {}}
-  for stage in order:
-    source = results if stage in results['models'] else earlier
-    merged['models'][stage] = source['models'][stage]
-    merged['weight_norms'][stage] = source['weight_norms'][stage]
-  if 'stage2' in carried and 'stage2_selection' in earlier:
-    merged['stage2_selection'] = earlier['stage2_selection']
-  return merged
-
-
 def _refuse_relabelling(config, workdir: str, checkpoint_names: dict) -> None:
   """Before anything is written: each finished checkpoint this run would reuse ({stage: [directory
   names]}) was trained with this config's fields for its stage (else it would be relabelled)."""
@@ -201,7 +176,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   if record is not None:
     results['stage2_selection'] = _selection_with_test(ctx, record, grid_state)
   if jax.process_index() == 0:
-    results = _with_earlier_results(config, workdir, results)
+    results = results_lib.with_earlier_results(config, workdir, results)
     write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
     if record is not None:
       path = unique_path(os.path.join(workdir, 'stage2_selection.md'))

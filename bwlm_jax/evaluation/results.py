@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import numpy as np
 
+from bwlm_jax import checkpoints
+from bwlm_jax.config import STAGES
 from bwlm_jax.evaluation import calibration, metrics
 from bwlm_jax.models import head_logits
+from bwlm_jax.workdir import stage_config_differences
 
 
 def split_reports(split_features, variables: dict, dataset) -> dict:
@@ -59,3 +65,33 @@ def run_results(dataset, models: dict, split_features) -> dict:
     results['models'][stage] = split_reports(split_features, variables, dataset)
     results['weight_norms'][stage] = metrics.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
   return results
+
+
+def with_earlier_results(config, workdir: str, results: dict) -> dict:
+  """`results` plus the models of the earlier results.json that this call did not train (e.g. stage 2 when
+  ablation.py reruns naive and stage 1), where the workdir still holds their finished checkpoint, trained
+  with this config's fields for that stage."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return results
+  with open(path) as f:
+    earlier = json.load(f)
+  carried = {}
+  for stage in STAGES:
+    if stage in results['models'] or stage not in earlier.get('models', {}):
+      continue
+    directory = checkpoints.stage_directory(workdir, stage)
+    meta = checkpoints.finished_meta(directory)
+    if meta is not None and not stage_config_differences(stage, meta, config.to_dict()):
+      carried[stage] = True
+  if not carried:
+    return results
+  order = [s for s in STAGES if s in results['models'] or s in carried]
+  merged = {**results, 'models': {}, 'weight_norms': {}}
+  for stage in order:
+    source = results if stage in results['models'] else earlier
+    merged['models'][stage] = source['models'][stage]
+    merged['weight_norms'][stage] = source['weight_norms'][stage]
+  if 'stage2' in carried and 'stage2_selection' in earlier:
+    merged['stage2_selection'] = earlier['stage2_selection']
+  return merged
