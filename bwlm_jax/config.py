@@ -24,14 +24,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.stages = 'naive,stage1,stage2'
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'embedded'  # embedded | cifar10 | cifar100 | imagenet_lt | folder
+  config.data.name = 'embedded'  # embedded | cifar10 | cifar100 | imagenet_lt | i_naturalist2018 | folder | lists
   config.data.imbalance_factor = config_dict.placeholder(float)  # None keeps a natural tail.
   # n_max of the profile; None = the smallest per-class count of the balanced source (500 on CIFAR-100).
   config.data.max_count = config_dict.placeholder(int)
   config.data.subset_seed = 0  # Which images the long-tail profile keeps (and, offset, the stage-2 review).
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default.
   config.data.download = True
-  config.data.folder = config_dict.placeholder(str)  # ROOT for data.name='folder'.
+  config.data.folder = config_dict.placeholder(str)  # ROOT for data.name='folder' (or 'lists').
+  # data.name='lists': list files of '<path under data.folder> <label>' lines (Places-LT's form); val optional.
+  config.data.list_files = ml_collections.ConfigDict(
+      {split: config_dict.placeholder(str) for split in ('train', 'val', 'test')})
   config.data.image_size = 32  # Folder images are resized to this; the stream pipeline crops to it.
   config.data.pipeline = 'auto'  # auto | device (arrays on device) | stream (tf.data).
   config.data.stream_above = 50_000  # auto: folders with more training images than this stream.

@@ -8,13 +8,17 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax.config import STAGES
-from bwlm_jax.data import folder_source, tfds_source
+from bwlm_jax.data import folder_source, list_source, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
 from bwlm_jax.errors import UsageError
 
-DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'folder')
+DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'i_naturalist2018', 'folder', 'lists')
 _PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.
+_NATURAL_TAIL = ('imagenet_lt', 'i_naturalist2018')  # tfds sources with their own long tail, streamed.
+# The split each source evaluates on: iNaturalist 2018's test split has no labels, so (as in the
+# literature) its validation split is the test split, and it has no other labelled split to choose on.
+_TEST_SPLIT = {'i_naturalist2018': 'validation'}
 # Sources whose builder always has a 'validation' split (ImageNet-LT: 20,000 images), also where the
 # builder's split list is not known yet (tfds.testing.mock_data lists none).
 _OWN_VALIDATION = ('imagenet_lt',)
@@ -25,6 +29,7 @@ _STATS = {
     'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     'imagenet_lt': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+_STATS['i_naturalist2018'] = _STATS['imagenet_lt']
 IMAGENET_STATS = _STATS['imagenet_lt']
 # Offsets that keep the seeds of different random choices apart.
 _REVIEW_SEED_OFFSET = 1_000_003
@@ -86,8 +91,8 @@ def _validate(cfg) -> None:
     raise UsageError('data.name="folder" needs data.folder=ROOT with ROOT/train/<class>/ and ROOT/test/<class>/.')
   if cfg.name in _PROFILED and cfg.imbalance_factor is None:
     raise UsageError(f'data.imbalance_factor is required for {cfg.name} (e.g. 100).')
-  if cfg.name == 'imagenet_lt' and cfg.imbalance_factor is not None:
-    raise UsageError('imagenet_lt has its own long tail; leave data.imbalance_factor unset (None).')
+  if cfg.name in _NATURAL_TAIL and cfg.imbalance_factor is not None:
+    raise UsageError(f'{cfg.name} has its own long tail; leave data.imbalance_factor unset (None).')
   if cfg.val_per_class < 0:
     raise UsageError(f'data.val_per_class must be >= 0 (0: no validation split carved), got {cfg.val_per_class}.')
   if cfg.pipeline not in ('auto', 'device', 'stream'):
@@ -99,10 +104,11 @@ def _load_tfds(cfg):
   builder = tfds_source.prepared_builder(
       'bwlm_shapes' if cfg.name == 'embedded' else cfg.name, cfg.data_dir, cfg.download)
   names = tfds_source.class_names(builder)
-  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name == 'imagenet_lt')
+  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name in _NATURAL_TAIL)
   read = tfds_source.stream_split if stream else tfds_source.read_arrays
-  train, test = read(builder, 'train'), read(builder, 'test')
-  has_val = 'validation' in builder.info.splits or cfg.name in _OWN_VALIDATION
+  test_split = _TEST_SPLIT.get(cfg.name, 'test')
+  train, test = read(builder, 'train'), read(builder, test_split)
+  has_val = test_split != 'validation' and ('validation' in builder.info.splits or cfg.name in _OWN_VALIDATION)
   val = read(builder, 'validation') if has_val else None
   image_size = cfg.image_size if stream else int(train.images.shape[1])
   stats = _STATS.get(cfg.name) or (IMAGENET_STATS if stream else _channel_stats(train))
@@ -110,14 +116,18 @@ def _load_tfds(cfg):
 
 
 def _load_folder(cfg):
-  names, paths, labels = folder_source.list_split(cfg.folder, 'train')
-  lists = {'train': (paths, labels)}
-  for split in ('test', 'val'):
-    if split == 'val' and not os.path.isdir(os.path.join(cfg.folder, split)):
-      continue
-    _, split_paths, split_labels = folder_source.list_split(cfg.folder, split, names)
-    lists[split] = (split_paths, split_labels)
-  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and len(paths) > cfg.stream_above)
+  """(class names, train, test, val, image size, stats) of an image folder or of image lists."""
+  if cfg.name == 'lists':
+    names, lists = list_source.list_splits(cfg)
+  else:
+    names, paths, labels = folder_source.list_split(cfg.folder, 'train')
+    lists = {'train': (paths, labels)}
+    for split in ('test', 'val'):
+      if split == 'val' and not os.path.isdir(os.path.join(cfg.folder, split)):
+        continue
+      _, split_paths, split_labels = folder_source.list_split(cfg.folder, split, names)
+      lists[split] = (split_paths, split_labels)
+  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and len(lists['train'][0]) > cfg.stream_above)
   if stream:
     splits = {k: folder_source.stream_split(*v) for k, v in lists.items()}
     stats = IMAGENET_STATS
@@ -138,7 +148,7 @@ def load_dataset(cfg) -> LongTailDataset:
   profile leaves unused (the training counts stay the standard ones); else none.
   """
   _validate(cfg)
-  if cfg.name == 'folder':
+  if cfg.name in ('folder', 'lists'):
     names, train, test, val, image_size, stats = _load_folder(cfg)
   else:
     names, train, test, val, image_size, stats = _load_tfds(cfg)

@@ -15,7 +15,8 @@ from bwlm_jax.errors import RunError, UsageError
 
 # Hosts that tfds downloads these datasets from; probed before a download so that a machine
 # without network fails in seconds instead of retrying for minutes.
-DOWNLOAD_HOSTS = {'cifar10': 'www.cs.toronto.edu', 'cifar100': 'www.cs.toronto.edu'}
+DOWNLOAD_HOSTS = {'cifar10': 'www.cs.toronto.edu', 'cifar100': 'www.cs.toronto.edu',
+                  'i_naturalist2018': 'ml-inat-competition-datasets.s3.amazonaws.com'}
 MANUAL_DATASETS = ('imagenet_lt',)
 
 

@@ -1,0 +1,101 @@
+"""The standard long-tail benchmarks beyond ImageNet-LT: iNaturalist 2018 (tfds, mocked) and Places-LT
+(published list files, here small generated ones), with their bad-input paths."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from bwlm_jax.data import DatasetNotPreparedError, load_dataset, tfds_source
+from bwlm_jax.data import list_source
+from bwlm_jax.errors import MissingFileError, UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(spec):
+  from absl import flags
+  from ml_collections import config_flags
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True)
+  flag_values(['prog', f'--config={os.path.join(ROOT, spec)}'])
+  return flag_values.config
+
+
+def test_inaturalist_streams_its_validation_split_as_the_test_split(monkeypatch):
+  monkeypatch.setattr(tfds_source, 'host_reachable', lambda host, timeout_s=5.0: True)
+  config = _config('configs/inaturalist2018.py')
+  assert (config.model.name, config.data.image_size) == ('resnet50', 224)
+  config.data.image_size = 32
+  read = []
+  real = tfds_source.stream_split
+  monkeypatch.setattr(tfds_source, 'stream_split', lambda builder, split, *a: read.append(split) or
+                      real(builder, split, *a))
+  with tfds.testing.mock_data(num_examples=30):
+    dataset = load_dataset(config.data)
+  assert read == ['train', 'validation'] and dataset.val is None  # the unlabelled test split is never read
+  assert dataset.num_classes == 8142 and not dataset.in_memory and len(dataset.test) == 30
+  assert dataset.mean == (0.485, 0.456, 0.406)
+
+
+def test_inaturalist_keeps_its_own_tail_and_says_how_to_get_it_offline(tmp_path, monkeypatch):
+  config = _config('configs/inaturalist2018.py')
+  config.data.imbalance_factor = 100.0
+  with pytest.raises(UsageError, match='i_naturalist2018 has its own long tail'):
+    load_dataset(config.data)
+  config.data.imbalance_factor, config.data.data_dir = None, str(tmp_path)
+  monkeypatch.setattr(tfds_source, 'host_reachable', lambda host, timeout_s=5.0: False)
+  with pytest.raises(DatasetNotPreparedError, match='ml-inat-competition-datasets.s3.amazonaws.com cannot be '
+                                                    'reached.*tfds build i_naturalist2018'):
+    load_dataset(config.data)
+
+
+def _write_lists(root, counts_by_split, names=('abbey', 'beach', 'canyon')):
+  """Small Places-LT-like lists: train images under data_256/<letter>/<class>/, val/test under val_256/."""
+  for split, counts in counts_by_split.items():
+    lines = []
+    for label, count in enumerate(counts):
+      for i in range(count):
+        name = names[label]
+        relative = (f'data_256/{name[0]}/{name}/{i:08d}.jpg' if split == 'train'
+                    else f'val_256/Places365_{split}_{label}_{i:04d}.jpg')
+        os.makedirs(os.path.dirname(root / relative), exist_ok=True)
+        Image.fromarray(np.full((40, 48, 3), 40 * label, np.uint8)).save(root / relative)
+        lines.append(f'/{relative} {label}')
+    (root / f'Places_LT_{split}.txt').write_text('\n'.join(lines) + '\n')
+
+
+def test_places_lt_lists_load_with_class_names_from_the_paths(tmp_path, monkeypatch):
+  for name in ('Places_LT_train.txt', 'Places_LT_val.txt', 'Places_LT_test.txt'):  # small lists, not published
+    monkeypatch.delitem(list_source.PUBLISHED, name)
+  _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})
+  config = _config(f'configs/places_lt.py:{tmp_path}')
+  config.data.image_size = 32
+  dataset = load_dataset(config.data)
+  assert dataset.class_names == ('abbey', 'beach', 'canyon')
+  assert dataset.train_counts.tolist() == [6, 3, 1] and len(dataset.val) == 6 and len(dataset.test) == 12
+  assert not dataset.in_memory and dataset.val_source == 'split'
+
+
+def test_places_lt_lists_are_checked_against_the_published_counts(tmp_path):
+  _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})
+  config = _config(f'configs/places_lt.py:{tmp_path}')
+  with pytest.raises(UsageError, match=r'Places_LT_train.txt is not the published list: images 10 \(published '
+                                       r'62,500\), classes 3 \(published 365\), max 6 \(published 4,980\), min 1 '
+                                       r'\(published 5\)'):
+    load_dataset(config.data)
+
+
+def test_places_lt_missing_lists_and_bad_lines_are_named(tmp_path):
+  config = _config(f'configs/places_lt.py:{tmp_path}')
+  with pytest.raises(MissingFileError, match=r"list file '.*Places_LT_train.txt' does not exist\. Places-LT: the "
+                                             r'list files .* OLTR'):
+    load_dataset(config.data)
+  (tmp_path / 'Places_LT_train.txt').write_text('data_256/a/abbey/1.jpg 0\ndata_256/b/beach/2.jpg\n')
+  with pytest.raises(UsageError, match=r'Places_LT_train.txt:2: expected "<relative image path> <label >= 0>"'):
+    load_dataset(config.data)
+  config = _config('configs/places_lt.py')
+  with pytest.raises(UsageError, match='data.name="lists" needs data.folder=ROOT'):
+    load_dataset(config.data)
