@@ -118,3 +118,13 @@ def whole_numbers(text: str, flag: str) -> list[int]:
   if any(v != int(v) for v in values):
     raise UsageError(f'--{flag}={text}: expected whole numbers, e.g. --{flag}=0,1,2.')
   return [int(v) for v in values]
+
+
+def define_seed_flags(what: str):
+  """The --seeds and --seeds_vary_subset flags of train.py, ablation.py and sweep.py."""
+  seeds = flags.DEFINE_string('seeds', None, f'Comma-separated seeds, e.g. 0,1,2: {what} once per seed in '
+                              'WORKDIR/seed-<s>/, then mean ± std over seeds and paired differences '
+                              '(WORKDIR/seeds.{json,md}).')
+  vary_subset = flags.DEFINE_bool('seeds_vary_subset', False, 'With --seeds: each seed also picks which images the '
+                                  'long tail keeps (data.subset_seed).')
+  return seeds, vary_subset

@@ -79,23 +79,56 @@ def seeds_table(summary: dict) -> str:
   return '\n'.join(lines)
 
 
-def train_over_seeds(config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
-  """Train `config` once per seed in WORKDIR/seed-<s>/, then write WORKDIR/seeds.{json,md}; returns the summary."""
+def _seeded(config, seed: int, vary_subset: bool):
+  run = copy.deepcopy(config)
+  run.seed = seed
+  if vary_subset:
+    run.data.subset_seed = seed
+  return run
+
+
+def _check_seeds(seeds: list[int]) -> None:
   if not seeds or len(set(seeds)) != len(seeds):
     raise UsageError(f'--seeds needs distinct whole numbers, got {seeds}.')
-  dataset = None if vary_subset else load_dataset(config.data)
-  per_seed = {}
-  for seed in seeds:
-    run = copy.deepcopy(config)
-    run.seed = seed
-    if vary_subset:
-      run.data.subset_seed = seed
-    print(f'--- seed {seed}')
-    per_seed[seed] = train_and_evaluate(run, os.path.join(workdir, f'seed-{seed}'), dataset=dataset)
+
+
+def _write_summary(workdir: str, per_seed: dict, vary_subset: bool) -> dict:
   summary = {**aggregate(per_seed), 'vary_subset': vary_subset}
   table = seeds_table(summary)
+  os.makedirs(workdir, exist_ok=True)
   write_json(unique_path(os.path.join(workdir, 'seeds.json')), summary)
   with open(unique_path(os.path.join(workdir, 'seeds.md')), 'w') as f:
     f.write(table + '\n')
   print(table)
   return summary
+
+
+def train_over_seeds(config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
+  """Train `config` once per seed in WORKDIR/seed-<s>/, then write WORKDIR/seeds.{json,md}; returns the summary."""
+  _check_seeds(seeds)
+  dataset = None if vary_subset else load_dataset(config.data)
+  per_seed = {}
+  for seed in seeds:
+    print(f'--- seed {seed}')
+    per_seed[seed] = train_and_evaluate(_seeded(config, seed, vary_subset), os.path.join(workdir, f'seed-{seed}'),
+                                        dataset=dataset)
+  return _write_summary(workdir, per_seed, vary_subset)
+
+
+def row_name(name: str) -> str:
+  """A table row's name without what its seed chose ('naive+tau-norm (tau=0.3)' -> 'naive+tau-norm',
+  'best on validation: +BSW' -> 'best on validation'), so that rows match across seeds."""
+  return name.split(' (tau=')[0].split(':')[0]
+
+
+def rows_over_seeds(run_rows, config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
+  """`run_rows(config, workdir) -> {row: test report}` (the ablation, a sweep) once per seed in
+  WORKDIR/seed-<s>/; mean ± std of every row over seeds and paired differences to the first row, in
+  WORKDIR/seeds.{json,md}."""
+  _check_seeds(seeds)
+  per_seed = {}
+  for seed in seeds:
+    print(f'--- seed {seed}')
+    rows = run_rows(_seeded(config, seed, vary_subset), os.path.join(workdir, f'seed-{seed}'))
+    per_seed[seed] = {'models': {row_name(name): {'test': report} for name, report in rows.items()}}
+  return _write_summary(workdir, per_seed, vary_subset)

@@ -16,15 +16,23 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
+_SEEDS, _VARY_SUBSET = cli.define_seed_flags('the whole table')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   cli.no_arguments(argv)
+  seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import run_ablation
-  run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
+  if seeds is None:
+    run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
+  else:
+    from bwlm_jax.seeds import rows_over_seeds
+    def ablation(config, workdir):
+      return run_ablation(config, workdir, _VECTORIZED.value)
+    rows_over_seeds(ablation, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':

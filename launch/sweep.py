@@ -17,18 +17,26 @@ _ALPHAS = flags.DEFINE_string('alphas', '0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
 _LAMBDAS = flags.DEFINE_string('lambdas', None, 'Comma-separated lambdas (default: config.stage2.weight_decay).')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
+_SEEDS, _VARY_SUBSET = cli.define_seed_flags('the whole sweep')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   cli.no_arguments(argv)
+  seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   alphas = cli.number_list(_ALPHAS.value, 'alphas')
   lambdas = (cli.number_list(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
              else [_CONFIG.value.stage2.weight_decay])
   process_setup.start_process(_CPU_DEVICES.value)
   from bwlm_jax.experiments import run_sweep
-  run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
+  if seeds is None:
+    run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
+  else:
+    from bwlm_jax.seeds import rows_over_seeds
+    def sweep(config, workdir):
+      return run_sweep(config, workdir, alphas, lambdas, _VECTORIZED.value)
+    rows_over_seeds(sweep, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':

@@ -14,11 +14,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
                                  '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
-_SEEDS = flags.DEFINE_string('seeds', None, 'Comma-separated training seeds, e.g. 0,1,2: one run per seed in '
-                             'WORKDIR/seed-<s>/, then mean ± std over seeds and paired differences '
-                             '(WORKDIR/seeds.{json,md}).')
-_VARY_SUBSET = flags.DEFINE_bool('seeds_vary_subset', False, 'With --seeds: each seed also picks which images the '
-                                 'long tail keeps (data.subset_seed).')
+_SEEDS, _VARY_SUBSET = cli.define_seed_flags('the configured stages')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
