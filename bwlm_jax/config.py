@@ -120,6 +120,17 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def streamed_224(config, model_name: str):
+  """The recipe the big benchmarks share (ImageNet-LT, iNaturalist 2018, Places-LT): 224x224 images
+  streamed with tf.data, `model_name`, evaluation in batches of 250, a checkpoint every 2,000 steps."""
+  config.data.image_size = 224
+  config.data.pipeline = 'stream'
+  config.model.name = model_name
+  config.eval_batch_size = 250
+  config.checkpoint_every_steps = 2000
+  return config
+
+
 def _stage_optim(epochs: int, learning_rate: float, weight_decay: float) -> ml_collections.ConfigDict:
   """SGD with momentum 0.9 and a cosine schedule from `learning_rate` to 0 (paper section 4.2)."""
   stage = ml_collections.ConfigDict()

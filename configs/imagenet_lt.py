@@ -6,18 +6,13 @@ features), or is 10 epochs (Alshammari et al. 2022) where selection is off. Data
 streamed with tf.data.
 """
 
-from bwlm_jax.config import base_config
+from bwlm_jax.config import base_config, streamed_224
 
 
 def get_config():
-  config = base_config()
+  config = streamed_224(base_config(), 'resnext50')
   config.data.name = 'imagenet_lt'
-  config.data.image_size = 224
-  config.data.pipeline = 'stream'
-  config.model.name = 'resnext50'
-  config.eval_batch_size = 250
   config.naive.epochs = 500
   config.stage1.epochs = 490
   config.stage2.epochs = 10
-  config.checkpoint_every_steps = 2000
   return config

@@ -10,18 +10,13 @@ are downloaded by tfds (about 200 GB; `tfds build i_naturalist2018` on a machine
 data.data_dir). Schedule: 90 epochs per backbone stage, batch 64, SGD 0.9, cosine from 0.01. Not run here.
 """
 
-from bwlm_jax.config import base_config
+from bwlm_jax.config import base_config, streamed_224
 
 
 def get_config():
-  config = base_config()
+  config = streamed_224(base_config(), 'resnet50')
   config.data.name = 'i_naturalist2018'
-  config.data.image_size = 224
-  config.data.pipeline = 'stream'
-  config.model.name = 'resnet50'
-  config.eval_batch_size = 250
   config.naive.epochs = 90
   config.stage1.epochs = 90
   config.stage2.epochs = 10
-  config.checkpoint_every_steps = 2000
   return config

@@ -14,21 +14,16 @@ chooses stage 2 on the val list: compare its rows with each other, not with thos
 
 import os
 
-from bwlm_jax.config import base_config
+from bwlm_jax.config import base_config, streamed_224
 
 
 def get_config(root: str = ''):
-  config = base_config()
+  config = streamed_224(base_config(), 'resnet50')
   config.data.name = 'lists'
   config.data.folder = root or None
   for split in ('train', 'val', 'test'):
     config.data.list_files[split] = os.path.join(root, f'Places_LT_{split}.txt') if root else None
-  config.data.image_size = 224
-  config.data.pipeline = 'stream'
-  config.model.name = 'resnet50'
-  config.eval_batch_size = 250
   config.naive.epochs = 90
   config.stage1.epochs = 90
   config.stage2.epochs = 10
-  config.checkpoint_every_steps = 2000
   return config

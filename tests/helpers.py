@@ -27,3 +27,23 @@ def small_grid(config, **grid):
   for field in ('learning_rate', 'epochs', 'weight_decay', 'alpha'):
     config.stage2.grid[field] = grid.get(field)
   return config
+
+
+def load_config_file(spec: str):
+  """A config file as the launch scripts load it (`--config=configs/x.py[:arg]`, relative to the repository)."""
+  import os
+  from absl import flags
+  from ml_collections import config_flags
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True)
+  flag_values(['prog', f'--config={os.path.join(root, spec)}'])
+  return flag_values.config
+
+
+def assert_trees_equal(a, b) -> None:
+  """Every leaf of two pytrees equal, bit for bit."""
+  import jax
+  import numpy as np
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -11,22 +11,12 @@ from PIL import Image
 from bwlm_jax.data import DatasetNotPreparedError, load_dataset, tfds_source
 from bwlm_jax.data import list_source
 from bwlm_jax.errors import MissingFileError, UsageError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(spec):
-  from absl import flags
-  from ml_collections import config_flags
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True)
-  flag_values(['prog', f'--config={os.path.join(ROOT, spec)}'])
-  return flag_values.config
+from helpers import load_config_file
 
 
 def test_inaturalist_streams_its_validation_split_as_the_test_split(monkeypatch):
   monkeypatch.setattr(tfds_source, 'host_reachable', lambda host, timeout_s=5.0: True)
-  config = _config('configs/inaturalist2018.py')
+  config = load_config_file('configs/inaturalist2018.py')
   assert (config.model.name, config.data.image_size) == ('resnet50', 224)
   config.data.image_size = 32
   read = []
@@ -41,7 +31,7 @@ def test_inaturalist_streams_its_validation_split_as_the_test_split(monkeypatch)
 
 
 def test_inaturalist_keeps_its_own_tail_and_says_how_to_get_it_offline(tmp_path, monkeypatch):
-  config = _config('configs/inaturalist2018.py')
+  config = load_config_file('configs/inaturalist2018.py')
   config.data.imbalance_factor = 100.0
   with pytest.raises(UsageError, match='i_naturalist2018 has its own long tail'):
     load_dataset(config.data)
@@ -71,7 +61,7 @@ def test_places_lt_lists_load_with_class_names_from_the_paths(tmp_path, monkeypa
   for name in ('Places_LT_train.txt', 'Places_LT_val.txt', 'Places_LT_test.txt'):  # small lists, not published
     monkeypatch.delitem(list_source.PUBLISHED, name)
   _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})
-  config = _config(f'configs/places_lt.py:{tmp_path}')
+  config = load_config_file(f'configs/places_lt.py:{tmp_path}')
   config.data.image_size = 32
   dataset = load_dataset(config.data)
   assert dataset.class_names == ('abbey', 'beach', 'canyon')
@@ -81,7 +71,7 @@ def test_places_lt_lists_load_with_class_names_from_the_paths(tmp_path, monkeypa
 
 def test_places_lt_lists_are_checked_against_the_published_counts(tmp_path):
   _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})
-  config = _config(f'configs/places_lt.py:{tmp_path}')
+  config = load_config_file(f'configs/places_lt.py:{tmp_path}')
   with pytest.raises(UsageError, match=r'Places_LT_train.txt is not the published list: images 10 \(published '
                                        r'62,500\), classes 3 \(published 365\), max 6 \(published 4,980\), min 1 '
                                        r'\(published 5\)'):
@@ -89,13 +79,13 @@ def test_places_lt_lists_are_checked_against_the_published_counts(tmp_path):
 
 
 def test_places_lt_missing_lists_and_bad_lines_are_named(tmp_path):
-  config = _config(f'configs/places_lt.py:{tmp_path}')
+  config = load_config_file(f'configs/places_lt.py:{tmp_path}')
   with pytest.raises(MissingFileError, match=r"list file '.*Places_LT_train.txt' does not exist\. Places-LT: the "
                                              r'list files .* OLTR'):
     load_dataset(config.data)
   (tmp_path / 'Places_LT_train.txt').write_text('data_256/a/abbey/1.jpg 0\ndata_256/b/beach/2.jpg\n')
   with pytest.raises(UsageError, match=r'Places_LT_train.txt:2: expected "<relative image path> <label >= 0>"'):
     load_dataset(config.data)
-  config = _config('configs/places_lt.py')
+  config = load_config_file('configs/places_lt.py')
   with pytest.raises(UsageError, match='data.name="lists" needs data.folder=ROOT'):
     load_dataset(config.data)

@@ -6,17 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from ml_collections import config_flags  # noqa: F401  (same loader the CLI uses)
+
+from helpers import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_config(spec):
-  from absl import flags
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=True)
-  flag_values(['prog', f'--config={os.path.join(ROOT, spec)}'])
-  return flag_values.config
 
 
 @pytest.mark.parametrize('spec,name,imbalance,model', [
@@ -26,7 +19,7 @@ def _load_config(spec):
     ('configs/imagenet_lt.py', 'imagenet_lt', None, 'resnext50'),
 ])
 def test_config_files(spec, name, imbalance, model):
-  config = _load_config(spec)
+  config = load_config_file(spec)
   assert (config.data.name, config.data.imbalance_factor, config.model.name) == (name, imbalance, model)
   assert config.batch_size == 64 and config.stage2.loss == 'bfs' and config.stage2.alpha == 0.1
 

@@ -15,7 +15,7 @@ import pytest
 from bwlm_jax.checkpoints import StageCheckpoints, stage_directory
 from bwlm_jax.errors import MissingFileError, RunError, UsageError
 from bwlm_jax.pipeline import train_and_evaluate
-from helpers import tiny_config
+from helpers import assert_trees_equal, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,11 +36,6 @@ def _finished_state(workdir, stage='naive'):
     store.close()
   assert meta['finished']
   return jax.device_get(state['params'])
-
-
-def _assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope='module')
@@ -91,7 +86,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_resumes_like_an_uninterrupte
   out = capsys.readouterr().out
   assert 'naive: newest checkpoint unreadable, step 10' in out and 'naive: resuming at step 9 of 10.' in out
   assert os.listdir(stage_directory(workdir, 'naive') + '.damaged') == ['10']
-  _assert_trees_equal(_finished_state(workdir), reference)
+  assert_trees_equal(_finished_state(workdir), reference)
 
 
 def test_no_readable_checkpoint_is_one_clear_error(naive_run, tfds_dir, tmp_path):

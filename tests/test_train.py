@@ -14,7 +14,7 @@ from bwlm_jax.train import optim
 from bwlm_jax.checkpoints import StageCheckpoints
 from bwlm_jax.pipeline import train_and_evaluate
 from bwlm_jax.errors import Interrupted
-from helpers import tiny_config as tiny_config_for
+from helpers import assert_trees_equal, tiny_config as tiny_config_for
 
 
 def _tiny_config(tfds_dir):
@@ -35,11 +35,6 @@ def _restore(workdir, stage):
   state, meta = checkpoints.restore_latest()
   checkpoints.close()
   return state, meta
-
-
-def _assert_trees_equal(a, b):
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +58,7 @@ def test_resume_equals_uninterrupted_run(tiny_config, uninterrupted, tmp_path):
     resumed_state, resumed_meta = _restore(workdir, stage)
     reference_state, _ = _restore(reference_dir, stage)
     assert resumed_meta['finished']
-    _assert_trees_equal(resumed_state, reference_state)  # bitwise on CPU
+    assert_trees_equal(resumed_state, reference_state)  # bitwise on CPU
   assert results['models'] == reference['models']
 
 
@@ -71,8 +66,8 @@ def test_stage2_freezes_backbone_and_trains_head(uninterrupted):
   workdir, results = uninterrupted
   stage1, _ = _restore(workdir, 'stage1')
   stage2, meta = _restore(workdir, 'stage2')
-  _assert_trees_equal(stage2['frozen']['params'], stage1['params']['backbone'])
-  _assert_trees_equal(stage2['frozen']['batch_stats'], stage1['batch_stats'])
+  assert_trees_equal(stage2['frozen']['params'], stage1['params']['backbone'])
+  assert_trees_equal(stage2['frozen']['batch_stats'], stage1['batch_stats'])
   assert set(stage2['params']) == {'head'}  # only the head has an optimizer state
   steps_per_epoch = -(-meta['total_steps'] // 2)
   assert meta['total_steps'] == 2 * steps_per_epoch
@@ -207,7 +202,7 @@ def test_crt_style_stage2_on_naive_backbone(tiny_config, tmp_path):
   results = train_and_evaluate(tiny_config, str(tmp_path))
   naive, _ = _restore(str(tmp_path), 'naive')
   stage2, meta = _restore(str(tmp_path), 'stage2')
-  _assert_trees_equal(stage2['frozen']['params'], naive['params']['backbone'])
+  assert_trees_equal(stage2['frozen']['params'], naive['params']['backbone'])
   assert meta['total_steps'] == 2 * -(-311 // 32)  # the whole long tail, not the review set
   assert np.linalg.norm(stage2['params']['head']['dense']['kernel'], axis=0).max() <= 0.5 + 1e-5
   assert set(results['models']) == {'naive', 'stage2'}
@@ -316,7 +311,7 @@ def test_streamed_imagenet_lt_trains_resumes_and_evaluates(tmp_path, monkeypatch
   assert selected['models']['stage2']['val']['all'] == record['candidates'][record['chosen']]['val']['all']
   state, meta = _restore(str(tmp_path / 'resumed'), 'naive')
   assert meta['total_steps'] == 10 and meta['finished'] and meta['center_crop'] is True
-  _assert_trees_equal(state, _restore(str(tmp_path / 'straight'), 'naive')[0])
+  assert_trees_equal(state, _restore(str(tmp_path / 'straight'), 'naive')[0])
   test = resumed['models']['naive']['test']
   assert test['num_examples'] == 40 and len(test['per_class']) == 1000
 
