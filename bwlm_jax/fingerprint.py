@@ -34,7 +34,7 @@ def construction(data_cfg) -> str:
     return 'the source\'s own training split, unchanged (its natural distribution)'
   return (f'exponential profile n_i = int(n_max * (1/{data_cfg.imbalance_factor:g})^(i/(C-1))) over label order, '
           f'then a seeded random choice of n_i images per class (data.subset_seed={data_cfg.subset_seed}); '
-          'this is the common construction of NOTES/LDAM-DRW in kind, but which images a class keeps depends '
+          'the common CIFAR-LT construction (as in LDAM-DRW) in kind, but which images a class keeps depends '
           'on the seed and the generator, so compare subsets by this hash, not by name')
 
 
