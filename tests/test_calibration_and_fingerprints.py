@@ -141,3 +141,12 @@ def test_table_rows_over_seeds_match_by_name_whatever_each_seed_chose(tmp_path):
   assert summary['models']['naive+tau-norm']['test']['all']['mean'] == pytest.approx(0.44)
   assert summary['paired']['naive+tau-norm - naive']['test']['all']['mean'] == pytest.approx(0.04)
   assert os.path.exists(tmp_path / 'seeds.md')
+
+
+def test_the_terminal_table_shows_ece_and_a_temperature_scaled_row():
+  from bwlm_jax.evaluation.report import results_table
+  report = {'many': 0.5, 'medium': None, 'few': 0.1, 'all': 0.3, 'calibration': {'ece': 0.2},
+            'temperature_scaled': {'temperature': 1.5, 'ece': 0.03}}
+  lines = results_table({'models': {'naive': {'test': report}}}).splitlines()
+  assert lines[1].split() == ['naive', 'test', '50.0', '-', '10.0', '30.0', '20.0']
+  assert lines[2].split() == ['naive+temperature', '(1.50)', 'test', '50.0', '-', '10.0', '30.0', '3.0']

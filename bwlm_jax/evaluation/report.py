@@ -15,13 +15,20 @@ def format_cell(value) -> str:
 
 
 def results_table(results: dict) -> str:
-  """One row per (model, split): Many / Medium / Few / All top-1 accuracy in %; '-' for an absent group."""
-  width = max([10] + [len(m) for m in results['models']])
-  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS) + '    ECE']
+  """One row per (model, split): Many / Medium / Few / All top-1 accuracy and ECE in %; '-' for an absent
+  group. A model with a temperature fitted on val gets a '+temperature' row: same accuracy, scaled ECE."""
+  rows = []
   for model, splits in results['models'].items():
-    for split, report in splits.items():
-      lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS)
-                   + f' {format_cell(ece(report)):>6}')
+    rows += [(model, split, report) for split, report in splits.items()]
+    scaled = {split: r['temperature_scaled'] for split, r in splits.items() if 'temperature_scaled' in r}
+    for split, calibration in scaled.items():
+      rows.append((f'{model}+temperature ({calibration["temperature"]:.2f})', split,
+                   {**splits[split], 'calibration': calibration}))
+  width = max([10] + [len(model) for model, _, _ in rows])
+  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS) + '    ECE']
+  for model, split, report in rows:
+    lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS)
+                 + f' {format_cell(ece(report)):>6}')
   return '\n'.join(lines)
 
 
