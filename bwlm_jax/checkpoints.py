@@ -47,18 +47,18 @@ class StageCheckpoints:
     Without a target the state comes back as the nested dict of arrays that was saved, replicated
     over this process's devices (whatever devices saved it).
     """
-    damaged = []
+    damaged = {}  # step -> why it does not read
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self._restore(step, target_state)
       except Exception as err:  # noqa: BLE001  (see latest_meta)
-        damaged.append(f'step {step} ({type(err).__name__}: {" ".join(str(err).split())[:160]})')
+        damaged[step] = f'{type(err).__name__}: {" ".join(str(err).split())[:160]}'
         continue
       if damaged:
         self._set_aside(damaged, step)
       return restored
     if damaged:
-      raise RunError(f'no checkpoint in {self.directory} can be read: {"; ".join(damaged)}. Delete that directory '
+      raise RunError(f'no checkpoint in {self.directory} can be read: {_listing(damaged)}. Delete that directory '
                      'to train this stage from the start (or restore it from a backup).')
     return None
 
@@ -71,17 +71,16 @@ class StageCheckpoints:
         state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
-  def _set_aside(self, damaged: list[str], readable_step: int) -> None:
+  def _set_aside(self, damaged: dict[int, str], readable_step: int) -> None:
     where = f'{self.directory}.damaged'
-    print(f'{os.path.basename(self.directory)}: newest checkpoint unreadable, {"; ".join(damaged)}; using step '
+    print(f'{os.path.basename(self.directory)}: newest checkpoint unreadable, {_listing(damaged)}; using step '
           f'{readable_step}' + ('.' if self.read_only else f' (the damaged one moved to {where}).'), flush=True)
     if self.read_only:
       return
     if jax.process_index() == 0:
       os.makedirs(where, exist_ok=True)
-      for entry in damaged:
-        step = entry.split()[1]
-        os.replace(os.path.join(self.directory, step), unique_path(os.path.join(where, step)))
+      for step in damaged:
+        os.replace(os.path.join(self.directory, str(step)), unique_path(os.path.join(where, str(step))))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('bwlm_set_aside_damaged_checkpoints')
@@ -112,6 +111,10 @@ class StageCheckpoints:
       self.manager.close()
 
 
+def _listing(damaged: dict[int, str]) -> str:
+  return '; '.join(f'step {step} ({why})' for step, why in damaged.items())
+
+
 def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, config_dict: dict, dataset,
                     fingerprint: Optional[dict] = None) -> dict:
   """The JSON record saved next to a state: progress, the config, the run's fingerprint, and what
@@ -122,21 +125,29 @@ def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, con
           'fingerprint': fingerprint or {}}
 
 
-def restore_finished(directory: str) -> Optional[tuple[dict, dict]]:
-  """(state as a dict of arrays, meta) of the finished checkpoint in `directory`; None if it has none.
+def _read_only(directory: str, read):
+  """`read(store)` on the checkpoints in `directory`, opened read-only; None if the directory does not exist."""
+  if not os.path.isdir(directory):
+    return None
+  store = StageCheckpoints(directory, 1, read_only=True)
+  try:
+    return read(store)
+  finally:
+    store.close()
+
+
+def read_latest(directory: str) -> Optional[tuple[dict, dict]]:
+  """(state as a dict of arrays, meta) of the newest readable checkpoint in `directory`; None if it has none.
 
   Restored without a target, so it loads whatever devices saved it.
   """
-  if not os.path.isdir(directory):
-    return None
-  checkpoints = StageCheckpoints(directory, 1, read_only=True)
-  try:
-    restored = checkpoints.restore_latest()
-  finally:
-    checkpoints.close()
-  if restored is None or not restored[1].get('finished'):
-    return None
-  return restored
+  return _read_only(directory, lambda store: store.restore_latest())
+
+
+def restore_finished(directory: str) -> Optional[tuple[dict, dict]]:
+  """`read_latest` where that checkpoint is the finished one; else None."""
+  restored = read_latest(directory)
+  return restored if restored is not None and restored[1].get('finished') else None
 
 
 def stage_directory(workdir: str, stage: str) -> str:
@@ -145,13 +156,7 @@ def stage_directory(workdir: str, stage: str) -> str:
 
 def finished_meta(directory: str) -> Optional[dict]:
   """The progress record of the finished checkpoint in `directory`; None if its newest is not finished."""
-  if not os.path.isdir(directory):
-    return None
-  checkpoints = StageCheckpoints(directory, 1, read_only=True)
-  try:
-    meta = checkpoints.latest_meta()
-  finally:
-    checkpoints.close()
+  meta = _read_only(directory, lambda store: store.latest_meta())
   return meta if meta and meta.get('finished') else None
 
 

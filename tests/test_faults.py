@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from bwlm_jax.checkpoints import StageCheckpoints, stage_directory
+from bwlm_jax.checkpoints import finished_meta, read_latest, stage_directory
 from bwlm_jax.errors import MissingFileError, RunError, UsageError
 from bwlm_jax.pipeline import train_and_evaluate
 from helpers import assert_trees_equal, tiny_config
@@ -29,11 +29,7 @@ def _naive_config(tfds_dir):
 
 
 def _finished_state(workdir, stage='naive'):
-  store = StageCheckpoints(stage_directory(workdir, stage), 2, read_only=True)
-  try:
-    state, meta = store.restore_latest()
-  finally:
-    store.close()
+  state, meta = read_latest(stage_directory(workdir, stage))
   assert meta['finished']
   return jax.device_get(state['params'])
 
@@ -54,9 +50,7 @@ def test_a_diverging_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tfd
                                      r'naive.learning_rate=1e\+06 is too high') as stop:
     train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(stop.value).split(' at step ')[1].split()[0])
-  store = StageCheckpoints(stage_directory(str(tmp_path), 'naive'), 2, read_only=True)
-  restored = store.restore_latest()
-  store.close()
+  restored = read_latest(stage_directory(str(tmp_path), 'naive'))
   if restored is not None:  # a checkpoint is saved only while everything is finite
     state, meta = restored
     assert meta['step'] < bad_step and not meta['finished']
@@ -160,9 +154,7 @@ def test_results_hold_calibration_and_temperature_scaling_fitted_on_val(three_st
   assert fingerprint['parameters'] == 75_940 and fingerprint['backbone'] == 'resnet8'  # ResNet-8, 20 classes
   assert sum(fingerprint['train_counts']) == 311 and len(fingerprint['train_indices_sha256']) == 64
   assert fingerprint['global_batch'] == 32 and fingerprint['devices']['count'] == jax.device_count()
-  store = StageCheckpoints(stage_directory(three_stage_run[0], 'naive'), 2, read_only=True)
-  assert store.latest_meta()['fingerprint'] == fingerprint
-  store.close()
+  assert finished_meta(stage_directory(three_stage_run[0], 'naive'))['fingerprint'] == fingerprint
 
 
 def test_a_finished_stage_is_never_relabelled_by_a_changed_config(three_stage_run, tfds_dir, tmp_path):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bwlm_jax.checkpoints import StageCheckpoints
+from bwlm_jax.checkpoints import read_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = '''
@@ -31,9 +31,7 @@ def _train(workdir, tfds_dir, devices):
                           env=env, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'devices {devices}' in result.stdout
-  checkpoints = StageCheckpoints(os.path.join(workdir, 'checkpoints', 'stage2'), 1)
-  state, _ = checkpoints.restore_latest()
-  checkpoints.close()
+  state, _ = read_latest(os.path.join(workdir, 'checkpoints', 'stage2'))
   return state
 
 

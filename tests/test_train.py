@@ -11,7 +11,7 @@ import pytest
 
 from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
-from bwlm_jax.checkpoints import StageCheckpoints
+from bwlm_jax.checkpoints import read_latest, stage_directory
 from bwlm_jax.pipeline import train_and_evaluate
 from bwlm_jax.errors import Interrupted
 from helpers import assert_trees_equal, tiny_config as tiny_config_for
@@ -31,10 +31,7 @@ def tiny_config(tfds_dir):
 
 
 def _restore(workdir, stage):
-  checkpoints = StageCheckpoints(os.path.join(workdir, 'checkpoints', stage), keep=2)
-  state, meta = checkpoints.restore_latest()
-  checkpoints.close()
-  return state, meta
+  return read_latest(stage_directory(workdir, stage))
 
 
 @pytest.fixture(scope='module')

@@ -15,7 +15,7 @@ from bwlm_jax.data.load import validation_indices
 from bwlm_jax.data.summary import eval_split_lines
 from bwlm_jax import pipeline
 from bwlm_jax.features import SplitFeatures
-from bwlm_jax.checkpoints import StageCheckpoints
+from bwlm_jax.checkpoints import read_latest
 from helpers import small_grid, tiny_config
 
 
@@ -154,13 +154,8 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
   assert all(c['test'] is not None for c in record['candidates'])
   # The chosen head is the stage-2 model: its checkpoint equals head k of the grid run, and its own
   # validation report gives back the score it was chosen by.
-  def restore(name):
-    checkpoints = StageCheckpoints(str(tmp_path / 'checkpoints' / name), 2)
-    state, meta = checkpoints.restore_latest()
-    checkpoints.close()
-    return state, meta
-  grid, _ = restore('stage2_grid')
-  chosen, meta = restore('stage2')
+  grid, _ = read_latest(str(tmp_path / 'checkpoints' / 'stage2_grid'))
+  chosen, meta = read_latest(str(tmp_path / 'checkpoints' / 'stage2'))
   k = record['chosen']
   np.testing.assert_array_equal(chosen['params']['head']['dense']['kernel'],
                                 np.asarray(grid['params']['head']['dense']['kernel'])[k])

@@ -76,14 +76,13 @@ def with_earlier_results(config, workdir: str, results: dict) -> dict:
     return results
   with open(path) as f:
     earlier = json.load(f)
-  carried = {}
+  carried = set()
   for stage in STAGES:
     if stage in results['models'] or stage not in earlier.get('models', {}):
       continue
-    directory = checkpoints.stage_directory(workdir, stage)
-    meta = checkpoints.finished_meta(directory)
+    meta = checkpoints.finished_meta(checkpoints.stage_directory(workdir, stage))
     if meta is not None and not stage_config_differences(stage, meta, config.to_dict()):
-      carried[stage] = True
+      carried.add(stage)
   if not carried:
     return results
   order = [s for s in STAGES if s in results['models'] or s in carried]

@@ -137,7 +137,7 @@ def run_stage(ctx, stage: str, budget: StepBudget, backbone_state: Optional[Trai
     else:
       feeder = multihead['feeder'](state)
     return _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch,
-                  on_eval if head_settings is None else None)
+                  on_eval if head_settings is None else None, stacked=head_settings is not None)
   finally:
     store.close()
 
@@ -150,11 +150,10 @@ def _divergence_hint(config, stage: str) -> str:
   return hint + '.'
 
 
-def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval):
+def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval, stacked: bool):
+  """The step loop; `stacked`: the state holds K heads at once."""
   config = ctx.config
   start = int(state.step)
-  stacked = 'kernel' in state.params.get('head', {}).get('dense', {}) and \
-      state.params['head']['dense']['kernel'].ndim == 3  # K heads at once
   writer = stage_writer(ctx.workdir, stage, resume_step=start)
   progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True, mininterval=1.0,
                   disable=jax.process_index() != 0)
