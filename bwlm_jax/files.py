@@ -35,14 +35,26 @@ def write_csv(path: str, header, rows) -> None:
 
 def write_json_keeping_earlier(path: str, payload: dict) -> None:
   """Write `payload` to `path`; an earlier file there with other content moves to the first free
-  `name-N.json` first, so a result is never overwritten."""
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        same = json.load(f) == json.loads(json.dumps(payload))
-      except ValueError:
-        same = False
-    if same:
-      return
-    os.replace(path, unique_path(path))
+  `name-N.json` first, so a result is never overwritten (and the same content is not written twice)."""
+  _keep_earlier_if_changed(path, json.loads, json.loads(json.dumps(payload)))
   write_json(path, payload)
+
+
+def write_text_keeping_earlier(path: str, text: str) -> None:
+  """As `write_json_keeping_earlier`, for a text report such as a table."""
+  _keep_earlier_if_changed(path, str, text)
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def _keep_earlier_if_changed(path: str, parse, content) -> None:
+  """Move the file at `path` to the first free `name-N.ext` unless `parse` of it equals `content`."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    try:
+      same = parse(f.read()) == content
+    except ValueError:
+      same = False
+  if not same:
+    os.replace(path, unique_path(path))

@@ -17,7 +17,7 @@ from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
 from bwlm_jax.evaluation.report import results_table, selection_table, without_per_class
-from bwlm_jax.files import unique_path, write_json_keeping_earlier
+from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
@@ -179,9 +179,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
     results = results_lib.with_earlier_results(config, workdir, results)
     write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
     if record is not None:
-      path = unique_path(os.path.join(workdir, 'stage2_selection.md'))
-      with open(path, 'w') as f:
-        f.write(selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
+      path = os.path.join(workdir, 'stage2_selection.md')
+      write_text_keeping_earlier(path, selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
       print(f'stage-2 grid, validation scores and test accuracy of every candidate: {path}')
     print(results_table(results))
   return results

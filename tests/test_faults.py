@@ -14,6 +14,7 @@ import pytest
 
 from bwlm_jax.checkpoints import finished_meta, read_latest, stage_directory
 from bwlm_jax.errors import MissingFileError, RunError, UsageError
+from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.pipeline import train_and_evaluate
 from helpers import assert_trees_equal, tiny_config
 
@@ -132,13 +133,29 @@ def test_a_rerun_of_fewer_stages_keeps_the_other_models_results(three_stage_run,
   shutil.copytree(three_stage_run[0], workdir)
   before = _json(os.path.join(workdir, 'results.json'))
   assert list(before['models']) == ['naive', 'stage1', 'stage2']
-  for stages in ('naive,stage1', 'naive'):  # what ablation.py's base run and a naive-only rerun do
+  # What ablation.py's base run, a naive-only rerun and a rerun of the same command do.
+  for stages in ('naive,stage1', 'naive', 'naive,stage1,stage2'):
     config = tiny_config(tfds_dir, epochs=1)
     config.stages = stages
     train_and_evaluate(config, workdir)
     after = _json(os.path.join(workdir, 'results.json'))
     assert after['models'] == before['models'] and after['weight_norms'] == before['weight_norms']
   assert sorted(os.listdir(workdir)) == sorted(os.listdir(three_stage_run[0]))  # no extra results file
+
+
+def test_a_changed_report_keeps_the_earlier_one_and_the_same_one_is_not_copied(tmp_path):
+  table = str(tmp_path / 'stage2_selection.md')
+  write_text_keeping_earlier(table, 'first\n')
+  write_text_keeping_earlier(table, 'first\n')
+  assert sorted(os.listdir(tmp_path)) == ['stage2_selection.md']
+  write_text_keeping_earlier(table, 'second\n')
+  assert open(table).read() == 'second\n' and open(str(tmp_path / 'stage2_selection-2.md')).read() == 'first\n'
+  results = str(tmp_path / 'results.json')
+  write_json_keeping_earlier(results, {'all': 0.5})
+  write_json_keeping_earlier(results, {'all': 0.5})
+  write_json_keeping_earlier(results, {'all': 0.6})
+  assert _json(results) == {'all': 0.6} and _json(str(tmp_path / 'results-2.json')) == {'all': 0.5}
+  assert not os.path.exists(str(tmp_path / 'results-3.json'))
 
 
 def test_results_hold_calibration_and_temperature_scaling_fitted_on_val(three_stage_run):

@@ -170,6 +170,7 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
   # A rerun reuses the finished grid and the chosen head.
   again = pipeline.train_and_evaluate(config, str(tmp_path))
   assert again['models'] == results['models'] and again['stage2_selection'] == record
+  assert not os.path.exists(tmp_path / 'stage2_selection-2.md')  # the same table is not written twice
 
 
 def test_auto_selection_without_validation_trains_the_configured_setting(tfds_dir, tmp_path, capsys):
