@@ -61,7 +61,7 @@ def test_embedded_validation_is_disjoint_and_leaves_train_unchanged(embedded_dat
   assert not _image_hashes(dataset.val) & _image_hashes(dataset.test)
   lines = eval_split_lines(dataset, 20)
   assert lines[1].startswith('val: 380 images (0-20 per class), drawn from the training images the long tail')
-  assert '1 classes have fewer than 20 unused images and get what there is (red_disc 0)' in lines[1]
+  assert '1 class has fewer than 20 unused images and gets what there is (red_disc 0)' in lines[1]
 
 
 def _folder(root, splits, per_class=2):

@@ -55,7 +55,8 @@ def eval_split_lines(dataset, val_per_class: int) -> list[str]:
       short = np.flatnonzero(per_class < val_per_class) if dataset.val_source == 'unused_train' else []
       if len(short):
         shown = ', '.join(f'{dataset.class_names[c]} {per_class[c]}' for c in short[:5])
-        line += (f'; {len(short)} classes have fewer than {val_per_class} unused images and get what there is '
+        has, gets = ('class has', 'gets') if len(short) == 1 else ('classes have', 'get')
+        line += (f'; {len(short)} {has} fewer than {val_per_class} unused images and {gets} what there is '
                  f'({shown}{", ..." if len(short) > 5 else ""})')
     lines.append(line)
   if dataset.val is None:
