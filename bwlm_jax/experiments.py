@@ -125,9 +125,11 @@ def run_variants_together(config, workdir: str, kind: str, variants: dict, datas
   return finished
 
 
-def _chosen_label(results: dict) -> str:
+def chosen_label(results: dict, stage: str) -> str:
+  """The setting validation chose for `stage`'s row; '' for a row that chose none (the base run's
+  results carry its own stage-2 choice, which is not the naive row's)."""
   record = results.get('stage2_selection')
-  if not record:
+  if stage != 'stage2' or not record:
     return ''
   return selection.setting_label(record['candidates'][record['chosen']]['setting'])
 
@@ -162,7 +164,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
   stage_of = {name: 'naive' if name == 'naive' else 'stage2' for name in results}
   rows = {name: r['models'][stage_of[name]]['test'] for name, r in results.items()}
   vals = {name: r['models'][stage_of[name]].get('val') for name, r in results.items()}
-  notes = {name: {'chosen': _chosen_label(r)} for name, r in results.items()}
+  notes = {name: {'chosen': chosen_label(r, stage_of[name])} for name, r in results.items()}
   sources = {name: r['source'] for name, r in results.items()}
   norms = {name: r['weight_norms'][stage_of[name]] for name, r in results.items()}
   per_class = {'naive': rows['naive']['per_class'], 'BWLM': rows['+BWLM']['per_class']}

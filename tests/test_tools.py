@@ -11,7 +11,7 @@ from bwlm_jax import selection
 from bwlm_jax.data import shapes
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation.workdir_reports import report_workdir
-from bwlm_jax.experiments import run_ablation, run_sweep
+from bwlm_jax.experiments import chosen_label, run_ablation, run_sweep
 from bwlm_jax.predict import image_paths, predict_files
 from helpers import small_grid, tiny_config
 
@@ -51,6 +51,7 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
   assert saved['notes']['+BWLM']['chosen'] in ('lr=0.05 epochs=1 lambda=0.01 alpha=0.1',
                                                'lr=0.05 epochs=1 lambda=0.01 alpha=0.9')
   assert saved['notes']['+CE']['chosen'] == 'lr=0.05 epochs=1 lambda=0'
+  assert saved['notes']['naive']['chosen'] == ''
   best_name = list(rows)[-1].split(': ', 1)[1]
   best = json.load(open(os.path.join(workdir, 'ablation', 'best.json')))
   scores = {name: note['val'] for name, note in saved['notes'].items() if not name.startswith('best')}
@@ -71,6 +72,17 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
   assert (crt['stage2']['backbone'], crt['stage2']['sampler']) == ('naive', 'class_balanced')
   assert crt['stage2']['grid']['weight_decay'] is None  # cRT keeps lambda = 0
   assert os.path.exists(os.path.join(workdir, 'ablation', 'BWLM_naive_backbone', 'stage2_selection.md'))
+
+
+def test_the_naive_row_never_shows_the_base_runs_stage2_choice():
+  # A base run trained with train.py holds its own stage-2 selection next to the naive model.
+  setting = {'loss': 'ce', 'weight_decay': 0.0, 'alpha': 0.1}
+  record = {'chosen': 1, 'candidates': [{'setting': {**setting, 'learning_rate': 0.1, 'epochs': 30}},
+                                        {'setting': {**setting, 'learning_rate': 0.3, 'epochs': 10}}]}
+  base = {'models': {}, 'stage2_selection': record}
+  assert chosen_label(base, 'naive') == ''
+  assert chosen_label(base, 'stage2') == 'lr=0.3 epochs=10 lambda=0'
+  assert chosen_label({'models': {}}, 'stage2') == ''
 
 
 def test_figures_are_written_and_not_empty(ablation_run):
