@@ -1,4 +1,4 @@
-"""Result files written so that no finished result is lost: atomic JSON, never-overwriting paths, CSV."""
+"""Result files written so that no finished result is lost: atomic writes, never-overwriting paths, CSV."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import os
 
 
 def write_json(path: str, payload: dict) -> None:
+  write_text(path, json.dumps(payload, indent=1))
+
+
+def write_text(path: str, text: str) -> None:
   """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=1)
+    f.write(text)
   os.replace(tmp, path)
 
 
@@ -43,8 +47,7 @@ def write_json_keeping_earlier(path: str, payload: dict) -> None:
 def write_text_keeping_earlier(path: str, text: str) -> None:
   """As `write_json_keeping_earlier`, for a text report such as a table."""
   _keep_earlier_if_changed(path, str, text)
-  with open(path, 'w') as f:
-    f.write(text)
+  write_text(path, text)
 
 
 def _keep_earlier_if_changed(path: str, parse, content) -> None:
