@@ -9,7 +9,8 @@ to 32x32, batch 128, 24 epochs for the naive and stage-1 backbones, then stage 2
 (36-56 minutes in all on 2 cores, as fast as the machine runs; 20-27 for BWLM alone with
 --config.stages=stage1,stage2). `,full` is the schedule for a GPU: ResNet-32 at 64x64 with the paper's
 CIFAR recipe (batch 64, SGD 0.9, cosine from 0.01, 310 + 10 epochs, stage-1 weight decay 5e-3).
-The folder layout is ROOT/{train,val,test}/<wnid>/*.JPEG (see ../shared/data/README.md for this copy).
+The folder layout is ROOT/{train,val,test}/<wnid>/*.JPEG; launch/make_tiny_imagenet_lt.py builds it from Tiny
+ImageNet (docs/REPRODUCING.md names the source and the file-list hash).
 """
 
 from bwlm_jax.config import base_config
@@ -26,11 +27,9 @@ def get_config(arg: str = ''):
     config.data.image_size = 64
     config.model.name = 'resnet32'
     return config
-  # CPU schedule, checked on the val split (docs/REPRODUCING.md): the usual short-schedule SGD recipe
-  # (lr 0.1, weight decay 5e-4, batch 128) for both backbones. Weight decay 5e-3 (the paper's value for
-  # 310 epochs) under-fits 16 epochs: naive val 8.0 vs 12.4 %, stage 2 chosen on val 13.7 vs 16.8 %.
-  # 24 epochs rather than 16 (seed 0, val): stage 2 chosen on val 19.8 vs 17.0 % (Few 14.0 vs 11.2 %), naive
-  # 14.1 vs 12.4 %, for 36-56 instead of 32-42 minutes on 2 cores; 32 epochs would pass an hour.
+  # CPU schedule, chosen on the val split (docs/REPRODUCING.md: the backbone weight decay and the epoch
+  # comparisons): the usual short-schedule SGD recipe (lr 0.1, weight decay 5e-4, batch 128) for both
+  # backbones, 24 epochs each.
   config.data.image_size = 32
   config.model.name = 'resnet8'
   config.batch_size = 128
