@@ -31,9 +31,13 @@ OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures i
 def hide_gpus_from_tensorflow() -> None:
   """TensorFlow only feeds data: keep it off the GPUs so JAX gets all their memory.
 
-  Also keeps library INFO logs (orbax, tfds) off the terminal; warnings still show.
+  Also keeps library INFO logs (orbax, tfds) off the terminal; warnings still show. On CPUs where
+  TensorFlow turns on its oneDNN kernels (AVX-512 ones) it announces them at import whatever the log level,
+  so a one-line error would not be one line: they are off unless the user set TF_ENABLE_ONEDNN_OPTS (they
+  speed up TF's matrix ops, which only feed data here).
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   import tensorflow as tf
   from absl import logging
   tf.config.set_visible_devices([], 'GPU')
