@@ -11,9 +11,11 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from bwlm_jax.errors import MissingFileError, RunError
 from bwlm_jax.files import unique_path
+from bwlm_jax.models import inference_variables
 from bwlm_jax.sharding import make_mesh, replicated
 
 
@@ -82,7 +84,6 @@ class StageCheckpoints:
       for step in damaged:
         os.replace(os.path.join(self.directory, str(step)), unique_path(os.path.join(where, str(step))))
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('bwlm_set_aside_damaged_checkpoints')
     self.manager.reload()
 
@@ -165,10 +166,10 @@ def is_finished(workdir: str, stage: str) -> bool:
   return finished_meta(stage_directory(workdir, stage)) is not None
 
 
-def load_finished(workdir: str, stage: str) -> tuple[dict, dict]:
-  """(inference variables, meta) of the finished `stage` checkpoint in `workdir`; a clear error if absent."""
-  from bwlm_jax.models import inference_variables
-  directory = stage_directory(workdir, stage)
+def load_finished(workdir: str, stage: str, checkpoint: Optional[str] = None) -> tuple[dict, dict]:
+  """(inference variables, meta) of the finished `stage` checkpoint in `workdir` (in checkpoints/<checkpoint>,
+  default the stage's own directory); a clear error if absent."""
+  directory = stage_directory(workdir, checkpoint or stage)
   restored = restore_finished(directory)
   if restored is None:
     raise MissingFileError(f'{workdir} has no finished {stage} checkpoint (looked in {directory}); '

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
-from bwlm_jax.errors import UsageError
+import jax
 
-# The models a run can train, in training order: one-stage CE on the whole long tail, CE on the head
-# classes, and a new head on the rebalanced set with the stage-1 (or naive) backbone frozen.
-STAGES = ('naive', 'stage1', 'stage2')
+from bwlm_jax import losses, selection
+from bwlm_jax import stages as stages_lib
+from bwlm_jax.errors import UsageError
+from bwlm_jax.model_names import DTYPE_NAMES, MODELS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,28 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (CE on the head classes) and 'stage2' (new head on the rebalanced set, backbone frozen).
   config.stages = 'naive,stage1,stage2'
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'embedded'  # embedded | cifar10 | cifar100 | imagenet_lt | i_naturalist2018 | folder | lists
-  config.data.imbalance_factor = config_dict.placeholder(float)  # None keeps a natural tail.
-  # n_max of the profile; None = the smallest per-class count of the balanced source (500 on CIFAR-100).
-  config.data.max_count = config_dict.placeholder(int)
-  config.data.subset_seed = 0  # Which images the long-tail profile keeps (and, offset, the stage-2 review).
-  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default.
-  config.data.download = True
-  config.data.folder = config_dict.placeholder(str)  # ROOT for data.name='folder' (or 'lists').
-  # data.name='lists': list files of '<path under data.folder> <label>' lines (Places-LT's form); val optional.
-  config.data.list_files = ml_collections.ConfigDict(
-      {split: config_dict.placeholder(str) for split in ('train', 'val', 'test')})
-  config.data.image_size = 32  # Folder images are resized to this; the stream pipeline crops to it.
-  config.data.pipeline = 'auto'  # auto | device (arrays on device) | stream (tf.data).
-  config.data.stream_above = 50_000  # auto: folders with more training images than this stream.
-  config.data.augment = True  # Pad-4 crop + flip (device) or random-resized crop + flip (stream).
-  # Validation split for sources made long-tailed here (CIFAR, embedded, folders with an IF) that have
-  # none of their own: this many images per class from those the profile leaves unused (the training
-  # counts stay the standard ones). 20 per class: 2,000 images on CIFAR-100, as many as Tiny-ImageNet-LT's
-  # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
-  config.data.val_per_class = 20
-
+  config.data = _data_config()
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet32'  # resnet8 | resnet20 | resnet32 | resnet10 | resnet50 | resnext50
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
@@ -58,56 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   # between stages. Our split: 310 for stage 1, whose weight decay 5e-3 is Alshammari et al.'s (2022),
   # which the paper says it follows; stage 2 is chosen on validation (below).
   config.stage1 = _stage_optim(epochs=310, learning_rate=0.01, weight_decay=5e-3)
-  # Stage 2: a new head on the Data Balanced Review set. weight_decay is lambda of eq. 14-17: 0 gives
-  # the CE/CB/BS/BFS rows, > 0 the CEW/CBW/BSW/BWLM rows. These values train when nothing is
-  # selected (stage2.select below); they are the best region of a 270-setting grid on
-  # Tiny-ImageNet-LT's val split (docs/REPRODUCING.md): a new head needs lr 0.1-1 and a small lambda
-  # (val 17.1 %); Alshammari et al.'s recipe for fine-tuning an existing head (lr 0.01, lambda 0.1,
-  # 10 epochs) leaves it under-trained (8.8 %, below naive CE's 12.4 %).
-  config.stage2 = _stage_optim(epochs=30, learning_rate=0.1, weight_decay=5e-4)
-  config.stage2.loss = 'bfs'  # ce | cb_focal | balanced_softmax | bfs
-  config.stage2.alpha = 0.1  # BFS weight of the CB-focal term; 0.1 is the paper's suggested default.
-  config.stage2.beta = 0.9999  # Cui et al.'s reference default.
-  config.stage2.gamma = 1.0  # Cui et al.'s reference default.
-  # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads). Equal on
-  # Tiny-ImageNet-LT's val split (16.8 % both), so the simpler one.
-  config.stage2.head_bias_init = 'zeros'
-  # Augmentation in stage 2 (stage 1 and naive use data.augment). Off: on Tiny-ImageNet-LT's val split
-  # the stage-2 head chosen without augmentation scored 16.8 % against 16.4 % with it, in half the
-  # time (docs/REPRODUCING.md). Without it the frozen backbone's features are a fixed function of
-  # each image: they are computed once and the head trains on them (cache_features; the same head
-  # as the full forward pass to float tolerance), which also lets streamed data select on val.
-  config.stage2.augment = False
-  config.stage2.cache_features = True
-  # Class counts n_j of the balanced losses. 'stage2' (default): the rebalanced set stage 2 trains
-  # on, the label distribution balanced softmax corrects for (Ren et al.'s derivation) and the
-  # effective numbers CB weights are meant for. 'long_tail': the whole long-tailed set (n_j of the
-  # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution (on
-  # Tiny-ImageNet-LT's val split: 14.4 % against 16.8 %).
-  config.stage2.loss_counts = 'stage2'
-  # Where stage 2's frozen backbone comes from: 'stage1' (BWLM) or 'naive' (classifier re-training
-  # on a one-stage model, as cRT). Its training set: 'review' (Data Balanced Review) or 'long_tail'.
-  config.stage2.backbone = 'stage1'
-  config.stage2.train_set = 'review'
-  # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
-  config.stage2.sampler = 'uniform'
-  # MaxNorm (Alshammari et al. 2022): after each step, cap every class's weight-vector norm. None = off.
-  config.stage2.max_norm = config_dict.placeholder(float)
-  # Stage-2 settings chosen on the validation split: every combination of the grid's values trains as
-  # one head of a single run (K heads at once, shared features), and the head with the best
-  # validation score becomes the stage-2 model. 'auto' selects whenever there is a validation split
-  # (else it trains the one setting above and says so), 'val' requires one, 'none' never selects.
-  # The test split is never used to choose. A grid field left None keeps the stage-2 value above.
-  # The default grid (72 heads) holds the paper's and Alshammari et al.'s settings (lr 0.01, lambda
-  # 0.1, 10 epochs, alpha 0.1) and the region that won on Tiny-ImageNet-LT's val split (lr 0.1-0.3,
-  # lambda 5e-4, 30 epochs); lambda stays > 0 so that the model is BWLM (BFS + weight decay).
-  config.stage2.select = 'auto'
-  config.stage2.select_metric = 'balanced_accuracy'  # mean per-class accuracy | accuracy
-  config.stage2.grid = ml_collections.ConfigDict()
-  config.stage2.grid.learning_rate = (0.01, 0.03, 0.1, 0.3)
-  config.stage2.grid.epochs = (10, 30)
-  config.stage2.grid.weight_decay = (5e-4, 5e-3, 0.1)
-  config.stage2.grid.alpha = (0.1, 0.5, 0.9)
+  config.stage2 = _stage2_config()
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
@@ -118,6 +49,85 @@ def base_config() -> ml_collections.ConfigDict:
   # Resume even if the workdir's saved config differs in fields that change the result.
   config.allow_config_change = False
   return config
+
+
+def _data_config() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.name = 'embedded'  # embedded | cifar10 | cifar100 | imagenet_lt | i_naturalist2018 | folder | lists
+  data.imbalance_factor = config_dict.placeholder(float)  # None keeps a natural tail.
+  # n_max of the profile; None = the smallest per-class count of the balanced source (500 on CIFAR-100).
+  data.max_count = config_dict.placeholder(int)
+  data.subset_seed = 0  # Which images the long-tail profile keeps (and, offset, the stage-2 review).
+  data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default.
+  data.download = True
+  data.folder = config_dict.placeholder(str)  # ROOT for data.name='folder' (or 'lists').
+  # data.name='lists': list files of '<path under data.folder> <label>' lines (Places-LT's form); val optional.
+  data.list_files = ml_collections.ConfigDict(
+      {split: config_dict.placeholder(str) for split in ('train', 'val', 'test')})
+  data.image_size = 32  # Folder images are resized to this; the stream pipeline crops to it.
+  data.pipeline = 'auto'  # auto | device (arrays on device) | stream (tf.data).
+  data.stream_above = 50_000  # auto: folders with more training images than this stream.
+  data.augment = True  # Pad-4 crop + flip (device) or random-resized crop + flip (stream).
+  # Validation split for sources made long-tailed here (CIFAR, embedded, folders with an IF) that have
+  # none of their own: this many images per class from those the profile leaves unused (the training
+  # counts stay the standard ones). 20 per class: 2,000 images on CIFAR-100, as many as Tiny-ImageNet-LT's
+  # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
+  data.val_per_class = 20
+  return data
+
+
+def _stage2_config() -> ml_collections.ConfigDict:
+  # Stage 2: a new head on the Data Balanced Review set. weight_decay is lambda of eq. 14-17: 0 gives
+  # the CE/CB/BS/BFS rows, > 0 the CEW/CBW/BSW/BWLM rows. These values train when nothing is selected
+  # (stage2.select below). The paper is silent on them; our choice on Tiny-ImageNet-LT's val split
+  # (docs/REPRODUCING.md, "How the defaults were chosen"): a new head needs a larger lr and a smaller
+  # lambda than Alshammari et al.'s recipe for fine-tuning an existing head (lr 0.01, lambda 0.1, 10 epochs).
+  stage2 = _stage_optim(epochs=30, learning_rate=0.1, weight_decay=5e-4)
+  stage2.loss = 'bfs'  # ce | cb_focal | balanced_softmax | bfs
+  stage2.alpha = 0.1  # BFS weight of the CB-focal term; 0.1 is the paper's suggested default.
+  stage2.beta = 0.9999  # Cui et al.'s reference default.
+  stage2.gamma = 1.0  # Cui et al.'s reference default.
+  # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads). Our choice: the two tie
+  # on Tiny-ImageNet-LT's val split (docs/REPRODUCING.md), so the simpler one.
+  stage2.head_bias_init = 'zeros'
+  # Augmentation in stage 2 (stage 1 and naive use data.augment). Our choice: off, chosen on
+  # Tiny-ImageNet-LT's val split (docs/REPRODUCING.md). Without it the frozen backbone's features are a
+  # fixed function of each image: they are computed once and the heads train on them (cache_features;
+  # the same heads as the full forward pass to float tolerance). How stage 2 is fed follows from these
+  # two fields and where the data lives (`train/feeders.stage2_feed`, printed at the start of a run).
+  stage2.augment = False
+  stage2.cache_features = True
+  # Class counts n_j of the balanced losses. 'stage2' (default): the rebalanced set stage 2 trains
+  # on, the label distribution balanced softmax corrects for (Ren et al.'s derivation) and the
+  # effective numbers CB weights are meant for. 'long_tail': the whole long-tailed set (n_j of the
+  # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution (chosen on
+  # Tiny-ImageNet-LT's val split, docs/REPRODUCING.md).
+  stage2.loss_counts = 'stage2'
+  # Where stage 2's frozen backbone comes from: 'stage1' (BWLM) or 'naive' (classifier re-training
+  # on a one-stage model, as cRT). Its training set: 'review' (Data Balanced Review) or 'long_tail'.
+  stage2.backbone = 'stage1'
+  stage2.train_set = 'review'
+  # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
+  stage2.sampler = 'uniform'
+  # MaxNorm (Alshammari et al. 2022): after each step, cap every class's weight-vector norm. None = off.
+  stage2.max_norm = config_dict.placeholder(float)
+  # Stage-2 settings chosen on the validation split: every combination of the grid's values trains as
+  # one head of a single run (K heads at once, shared features), and the head with the best
+  # validation score becomes the stage-2 model. 'auto' selects whenever there is a validation split
+  # (else it trains the one setting above and says so), 'val' requires one, 'none' never selects.
+  # The test split is never used to choose. A grid field left None keeps the stage-2 value above.
+  # The default grid (72 heads) holds the paper's and Alshammari et al.'s settings (lr 0.01, lambda
+  # 0.1, 10 epochs, alpha 0.1) and the region that won on Tiny-ImageNet-LT's val split (lr 0.1-0.3,
+  # lambda 5e-4, 30 epochs); lambda stays > 0 so that the model is BWLM (BFS + weight decay).
+  stage2.select = 'auto'
+  stage2.select_metric = 'balanced_accuracy'  # mean per-class accuracy | accuracy
+  stage2.grid = ml_collections.ConfigDict()
+  stage2.grid.learning_rate = (0.01, 0.03, 0.1, 0.3)
+  stage2.grid.epochs = (10, 30)
+  stage2.grid.weight_decay = (5e-4, 5e-3, 0.1)
+  stage2.grid.alpha = (0.1, 0.5, 0.9)
+  stage2.grid.backbone = config_dict.placeholder(tuple)  # None keeps stage2.backbone
+  return stage2
 
 
 def streamed_224(config, model_name: str):
@@ -143,30 +153,23 @@ def _stage_optim(epochs: int, learning_rate: float, weight_decay: float) -> ml_c
   return stage
 
 
-def stage_tag(stage: str) -> int:
-  """The number that keeps each stage's random streams apart (folded into the seed)."""
-  return 11 + STAGES.index(stage)
-
-
-def parse_stages(config) -> tuple[str, ...]:
-  """config.stages as a tuple in training order; an error for an empty or unknown entry."""
-  stages = tuple(s.strip() for s in config.stages.split(',') if s.strip())
-  unknown = [s for s in stages if s not in STAGES]
-  if not stages or unknown:
-    raise UsageError(f'config.stages={config.stages!r}: expected a comma-separated subset of {",".join(STAGES)}.')
-  return tuple(s for s in STAGES if s in stages)
+def parse_stages(config) -> tuple[stages_lib.Stage, ...]:
+  """config.stages as stages in training order; an error for an empty or unknown entry."""
+  names = tuple(s.strip() for s in config.stages.split(',') if s.strip())
+  unknown = [s for s in names if s not in stages_lib.NAMES]
+  if not names or unknown:
+    raise UsageError(f'config.stages={config.stages!r}: expected a comma-separated subset of '
+                     f'{",".join(stages_lib.NAMES)}.')
+  return tuple(stage for stage in stages_lib.STAGES if stage.name in names)
 
 
 def validate_config(config) -> None:
   """Every cheap check of a config, before any data is read or anything is written."""
-  import jax
-  from bwlm_jax import losses, selection
-  from bwlm_jax.models import DTYPES, MODELS
   parse_stages(config)
   if config.model.name not in MODELS:
     raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
-  if config.model.dtype not in DTYPES:
-    raise UsageError(f'model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}.')
+  if config.model.dtype not in DTYPE_NAMES:
+    raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
   stage2 = config.stage2
   if stage2.loss not in losses.LOSSES:
     raise UsageError(f'unknown stage2.loss={stage2.loss!r}; expected one of {losses.LOSSES}.')
@@ -176,7 +179,7 @@ def validate_config(config) -> None:
     raise UsageError(f'stage2.beta must be in (0, 1), got {stage2.beta}.')
   if stage2.gamma < 0:
     raise UsageError(f'stage2.gamma must be >= 0, got {stage2.gamma}.')
-  for field, allowed in (('backbone', ('stage1', 'naive')), ('train_set', ('review', 'long_tail')),
+  for field, allowed in (('backbone', stages_lib.BACKBONES), ('train_set', ('review', 'long_tail')),
                          ('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
                          ('loss_counts', ('long_tail', 'stage2'))):
     if stage2[field] not in allowed:
@@ -184,7 +187,7 @@ def validate_config(config) -> None:
   if stage2.max_norm is not None and stage2.max_norm <= 0:
     raise UsageError(f'stage2.max_norm must be > 0 (or None), got {stage2.max_norm}.')
   selection.validate(stage2)
-  for stage in STAGES:
+  for stage in stages_lib.NAMES:
     cfg = config[stage]
     if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
       raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '

@@ -15,13 +15,14 @@ import os
 
 import numpy as np
 
-from bwlm_jax import selection
+from bwlm_jax import selection, stages
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
 from bwlm_jax.evaluation.report import markdown_table, without_per_class, write_tables
+from bwlm_jax.evaluation.table_rows import Row, by_name, table_inputs
 from bwlm_jax.files import unique_path, write_json
-from bwlm_jax.pipeline import check_inputs, selects_stage2, train_and_evaluate, train_heads_and_evaluate
+from bwlm_jax.pipeline import check_inputs, selection_metric, train_and_evaluate, train_rows_and_evaluate
 from bwlm_jax.errors import UsageError
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
@@ -42,14 +43,15 @@ def ablation_variants(config) -> dict[str, dict]:
     raise UsageError('the ablation compares lambda = 0 with lambda > 0: set --config.stage2.weight_decay > 0 '
                      '(or a positive value in stage2.grid.weight_decay).')
   decayed = {'weight_decay': decay, 'grid.weight_decay': positive or None}
-  variants = {f'+{name}': {'loss': loss, 'weight_decay': 0.0} for name, loss in LOSS_ROWS}
-  variants.update({f'+{DECAYED_NAMES[name]}': {'loss': loss, **decayed} for name, loss in LOSS_ROWS})
+  paper = {'backbone': stages.STAGE1.name}  # the paper's rows keep its backbone, whatever the grid tries
+  variants = {f'+{name}': {'loss': loss, 'weight_decay': 0.0, **paper} for name, loss in LOSS_ROWS}
+  variants.update({f'+{DECAYED_NAMES[name]}': {'loss': loss, **decayed, **paper} for name, loss in LOSS_ROWS})
   # Comparison: classifier re-training (Kang et al.): CE head on the naive backbone, class-balanced
   # sampling over the whole long tail; BWLM with MaxNorm on the head (Alshammari et al.); and the
   # BWLM head on the naive backbone (what weight transfer from stage 1 adds or costs).
   variants['cRT'] = {'loss': 'ce', 'weight_decay': 0.0, 'backbone': 'naive', 'train_set': 'long_tail',
                      'sampler': 'class_balanced'}
-  variants['+BWLM+MaxNorm'] = {'loss': 'bfs', **decayed, 'max_norm': config.stage2.max_norm or 1.0}
+  variants['+BWLM+MaxNorm'] = {'loss': 'bfs', **decayed, 'max_norm': config.stage2.max_norm or 1.0, **paper}
   variants['BWLM (naive backbone)'] = {'loss': 'bfs', **decayed, 'backbone': 'naive'}
   return variants
 
@@ -90,46 +92,29 @@ def run_variant(config, workdir: str, kind: str, name: str, overrides: dict, dat
   return {**results, 'source': {'workdir': variant_dir, 'stage': 'stage2'}}
 
 
-def run_variants_together(config, workdir: str, kind: str, variants: dict, dataset, select: bool = False) -> dict:
-  """Variants that differ only in the head, trained as K heads at once in WORKDIR/kind/heads-<digest>.
+def run_variants_together(config, workdir: str, kind: str, variants: dict, dataset, metric=None) -> dict:
+  """Variants that differ only in their heads (their settings or backbone), trained as one grid of heads in
+  WORKDIR/kind/heads-<digest> (`pipeline.train_rows_and_evaluate`).
 
-  With `select`, each variant contributes every candidate of its grid, and its result is the candidate
-  with the best validation score (with 'stage2_selection' saying which); else one head per variant.
+  With a selection `metric`, each variant contributes every candidate of its grid, and its result is the
+  candidate with the best validation score (with 'stage2_selection' saying which); else one head per variant.
   """
-  settings, owner = [], []
+  rows = {}
   for name, overrides in variants.items():
     stage2 = variant_config(config, workdir, overrides).stage2
-    options = selection.candidates(stage2) if select else [selection.base_setting(stage2)]
-    settings += options
-    owner += [name] * len(options)
+    rows[name] = selection.candidates(stage2) if metric else [selection.base_setting(stage2)]
+  settings = [setting for options in rows.values() for setting in options]
   digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
   heads_dir = os.path.join(workdir, kind, f'heads-{digest}')
   print(f'--- {kind}: {len(settings)} heads at once: {", ".join(variants)}')
-  heads = train_heads_and_evaluate(variant_config(config, workdir, {}), heads_dir, settings, dataset=dataset)
-  metric = config.stage2.select_metric
-  finished = {}
-  for name in variants:
-    indices = [k for k, o in enumerate(owner) if o == name]
-    record = None
-    if select:
-      scores = [selection.score(heads[k]['models']['stage2']['val'], metric) if heads[k]['finite'] else None
-                for k in indices]
-      best = selection.choose(scores)
-      record = {'metric': metric, 'split': 'val', 'chosen': best,
-                'candidates': [{'setting': settings[k], 'score': v} for k, v in zip(indices, scores)]}
-      index = indices[best]
-    else:
-      [index] = indices
-    finished[name] = {**heads[index], 'stage2_selection': record,
-                      'source': {'workdir': heads_dir, 'stage': 'stage2', 'head': index}}
-  return finished
+  return train_rows_and_evaluate(variant_config(config, workdir, {}), heads_dir, rows, metric, dataset=dataset)
 
 
 def chosen_label(results: dict, stage: str) -> str:
   """The setting validation chose for `stage`'s row; '' for a row that chose none (the base run's
   results carry its own stage-2 choice, which is not the naive row's)."""
   record = results.get('stage2_selection')
-  if stage != 'stage2' or not record:
+  if not stages.get(stage).trains_heads or not record:
     return ''
   return selection.setting_label(record['candidates'][record['chosen']]['setting'])
 
@@ -139,82 +124,94 @@ def _title(dataset, config) -> str:
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
 
 
-def run_ablation(config, workdir: str, vectorized: bool = True) -> dict:
+def run_ablation(config, workdir: str, vectorized: bool = True) -> list[Row]:
   """The Table-2 grid plus comparison rows; writes table.md/.csv/.json and figures under WORKDIR/ablation.
 
-  With `vectorized`, the eight loss x lambda rows (each with its validation grid) train as heads of
-  one run on shared features. With a validation split, the table adds each row's validation score
-  and chosen settings, and a 'best on validation' line; `ablation/best.json` names that model
-  (`predict.py --stage=best` uses it).
+  With `vectorized`, the rows that differ only in their heads (each with its validation grid) train as one
+  grid of heads on shared features. With a validation split, the table adds each row's validation score
+  and chosen settings, and a 'best on validation' row; `ablation/best.json` names that model
+  (`predict.py --stage=best` uses it). Returns the rows in table order.
   """
   check_inputs(config, workdir)
   variants = ablation_variants(config)
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
-  select = selects_stage2(variant_config(config, workdir, {}), dataset)
-  metric = config.stage2.select_metric
-  results = {'naive': {**base, 'source': {'workdir': os.path.abspath(workdir), 'stage': 'naive'}}}
+  metric = selection_metric(variant_config(config, workdir, {}), dataset)
   head_fields = set(selection.HEAD_FIELDS) | {f'grid.{f}' for f in selection.GRID_FIELDS}
   together = {n: v for n, v in variants.items() if set(v) <= head_fields} if vectorized else {}
-  if together:
-    results.update(run_variants_together(config, workdir, 'ablation', together, dataset, select))
+  trained = run_variants_together(config, workdir, 'ablation', together, dataset, metric) if together else {}
   for name, overrides in variants.items():
-    if name not in results:
-      results[name] = run_variant(config, workdir, 'ablation', name, overrides, dataset)
-  stage_of = {name: 'naive' if name == 'naive' else 'stage2' for name in results}
-  rows = {name: r['models'][stage_of[name]]['test'] for name, r in results.items()}
-  vals = {name: r['models'][stage_of[name]].get('val') for name, r in results.items()}
-  notes = {name: {'chosen': chosen_label(r, stage_of[name])} for name, r in results.items()}
-  sources = {name: r['source'] for name, r in results.items()}
-  norms = {name: r['weight_norms'][stage_of[name]] for name, r in results.items()}
-  per_class = {'naive': rows['naive']['per_class'], 'BWLM': rows['+BWLM']['per_class']}
-
-  naive = saved_model_features(config, workdir, 'naive', dataset)
-  extra = posthoc_reports(naive['outputs'], naive['head'], dataset.train_counts)
-  for method, label in (('tau_norm', 'naive+tau-norm'), ('logit_adjustment', 'naive+logit adjustment')):
-    tau = extra['test'][method]['tau']
-    name = f'{label} (tau={tau:g})'
-    rows[name] = extra['test'][method]
-    vals[name] = extra.get('val', {}).get(method)
-    notes[name] = {'chosen': f'tau={tau:g}' if select else ''}
-    sources[name] = {'workdir': os.path.abspath(workdir), 'stage': 'naive',
-                     'posthoc': {'method': method, 'tau': tau}}
-
-  best = None
-  if select:
-    scores = {name: selection.score(report, metric) for name, report in vals.items() if report is not None}
-    for name, value in scores.items():
-      notes[name]['val'] = value
-    best = max(scores, key=scores.get)  # ties: the earlier row
-    rows[f'best on validation: {best}'] = rows[best]
-    notes[f'best on validation: {best}'] = notes[best]
-    os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
-    write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
-               {'method': best, 'metric': metric, 'val_score': scores[best], 'source': sources[best],
-                'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(rows[best])})
+    if name not in trained:
+      trained[name] = run_variant(config, workdir, 'ablation', name, overrides, dataset)
+  results = {'naive': {**base, 'source': {'workdir': os.path.abspath(workdir), 'stage': 'naive'}},
+             **{name: trained[name] for name in variants}}
+  rows = [_model_row(name, r, metric) for name, r in results.items()]
+  rows += _posthoc_rows(config, workdir, dataset, metric)
+  if metric is not None:
+    rows.append(_best_row(rows, metric, workdir, dataset))
   else:
     print('ablation: no validation split, so no settings are chosen and no best model is named.')
-
   title = _title(dataset, config)
-  table = write_tables(os.path.join(workdir, 'ablation'), rows, title, 'method',
-                        ('many', 'medium', 'few', 'all', 'top5'), notes if select else None)
-  figures = os.path.join(workdir, 'figures')
-  counts = dataset.train_counts
-  plots.save(plots.per_class_accuracy(per_class, counts, title), figures, 'per_class_accuracy')
-  plots.save(plots.weight_norms({k: norms[k] for k in ('naive', '+CBW', '+BWLM')}, counts, title), figures,
-             'weight_norms')
-  plots.save(plots.class_counts(counts, title), figures, 'class_counts')
-  plots.save(plots.reliability_diagram({k: rows[k]['calibration'] for k in ('naive', '+BWLM')}, f'{title}, test'),
-             figures, 'reliability')
-  plots.save(plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), title), figures, 'training_curves')
+  reports, notes = table_inputs(rows, metric is not None)
+  table = write_tables(os.path.join(workdir, 'ablation'), reports, title, 'method',
+                       ('many', 'medium', 'few', 'all', 'top5'), notes)
+  _ablation_figures(by_name(rows), workdir, title, dataset.train_counts)
   print(table)
   return rows
 
 
-def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], vectorized: bool = True) -> dict:
+def _model_row(name: str, results: dict, metric) -> Row:
+  """The row of a trained model (`train_and_evaluate`'s results with a 'source')."""
+  stage = results['source']['stage']
+  report = results['models'][stage]
+  return Row(name, 'model', report['test'], setting=chosen_label(results, stage), val=report.get('val'),
+             score=selection.score(report['val'], metric) if metric and report.get('val') else None,
+             source=results['source'], weight_norms=results['weight_norms'][stage])
+
+
+def _posthoc_rows(config, workdir: str, dataset, metric) -> list[Row]:
+  """tau-norm and logit adjustment of the naive model, each temperature chosen on validation."""
+  naive = saved_model_features(config, workdir, 'naive', dataset)
+  extra = posthoc_reports(naive['outputs'], naive['head'], dataset.train_counts)
+  rows = []
+  for method, name in (('tau_norm', 'naive+tau-norm'), ('logit_adjustment', 'naive+logit adjustment')):
+    tau, val = extra['test'][method]['tau'], extra.get('val', {}).get(method)
+    rows.append(Row(name, 'posthoc', extra['test'][method], setting=f'tau={tau:g}', val=val,
+                    score=selection.score(val, metric) if metric and val else None,
+                    source={'workdir': os.path.abspath(workdir), 'stage': 'naive',
+                            'posthoc': {'method': method, 'tau': tau}}))
+  return rows
+
+
+def _best_row(rows: list[Row], metric: str, workdir: str, dataset) -> Row:
+  """The row with the best validation score (`selection.choose`), recorded in WORKDIR/ablation/best.json."""
+  best = rows[selection.choose([row.score for row in rows])]
+  os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
+  write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
+             {'method': best.label, 'metric': metric, 'val_score': best.score, 'source': best.source,
+              'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(best.test)})
+  return Row('best on validation', 'best', best.test, setting=best.name)
+
+
+def _ablation_figures(rows: dict, workdir: str, title: str, counts) -> None:
+  figures = os.path.join(workdir, 'figures')
+  plots.save(plots.per_class_accuracy({'naive': rows['naive'].test['per_class'],
+                                       'BWLM': rows['+BWLM'].test['per_class']}, counts, title),
+             figures, 'per_class_accuracy')
+  plots.save(plots.weight_norms({k: rows[k].weight_norms for k in ('naive', '+CBW', '+BWLM')}, counts, title),
+             figures, 'weight_norms')
+  plots.save(plots.class_counts(counts, title), figures, 'class_counts')
+  plots.save(plots.reliability_diagram({k: rows[k].test['calibration'] for k in ('naive', '+BWLM')},
+                                       f'{title}, test'), figures, 'reliability')
+  plots.save(plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), title), figures, 'training_curves')
+
+
+def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], vectorized: bool = True
+              ) -> list[Row]:
   """BWLM over every (alpha, lambda) pair (Figure 4); a table per lambda and a plot against alpha.
 
-  With `vectorized`, all pairs train as heads of one run (one jitted step, shared features).
+  With `vectorized`, all pairs train as heads of one grid (one jitted step, shared features). Returns one
+  row per pair ('alpha=A,lambda=L').
   """
   if not alphas or not lambdas:
     raise UsageError('the sweep needs at least one alpha and one lambda value.')
@@ -246,4 +243,4 @@ def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], v
     plots.save(plots.accuracy_vs_parameter(np.asarray(lambdas), reports, 'lambda', f'{title}, alpha={alphas[0]:g}'),
                os.path.join(workdir, 'figures'), f'lambda_sweep_alpha{alphas[0]:g}')
   write_tables(os.path.join(workdir, 'sweep'), grid, title, 'setting', ('many', 'medium', 'few', 'all'))
-  return grid
+  return [Row(name, 'model', report, source=finished[name]['source']) for name, report in grid.items()]

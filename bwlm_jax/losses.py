@@ -1,5 +1,6 @@
-"""The loss family of the paper (section 3.3): CE, balanced softmax, class-balanced focal and BFS, and
-which of them each stage trains with.
+"""The loss family of the paper (section 3.3): CE, balanced softmax, class-balanced focal and BFS.
+
+Backbone stages train with cross-entropy; each stage-2 head with the loss its setting names.
 
 Every loss takes logits [B, C], integer labels [B] and returns the mean over the batch. Computation
 is in float32 and in log space, so logits of magnitude 1e4 stay finite.
@@ -91,14 +92,3 @@ def loss_counts(stage2_cfg, long_tail_counts, stage2_labels, num_classes: int) -
             else np.bincount(stage2_labels, minlength=num_classes))
   return jnp.asarray(np.maximum(source, 1), jnp.float32)
 
-
-def stage_loss(stage: str, stage2_cfg, class_counts):
-  """The loss of a stage as loss(logits, labels): cross-entropy for naive and stage 1, `stage2.loss` after."""
-  if stage != 'stage2':
-    return cross_entropy
-
-  def loss_fn(logits, labels):
-    return stage2_loss(stage2_cfg.loss, logits, labels, class_counts, alpha=stage2_cfg.alpha,
-                       beta=stage2_cfg.beta, gamma=stage2_cfg.gamma)
-
-  return loss_fn

@@ -10,20 +10,19 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, selection, sharding
+from bwlm_jax import checkpoints, head_grid, selection, sharding, stages
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
-from bwlm_jax.evaluation.report import results_table, selection_table, without_per_class
+from bwlm_jax.evaluation.report import results_table, selection_table
 from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
-from bwlm_jax.train.feeders import multihead_supported
-from bwlm_jax.train.interval_metrics import finite_params
+from bwlm_jax.train.feeders import STAGE2_FEEDS, stage2_feed
 from bwlm_jax.train.loop import StepBudget, run_stage, sigterm_stops
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.errors import UsageError
@@ -61,90 +60,90 @@ def _curve_callback(ctx: TrainContext):
   return on_eval
 
 
-def selects_stage2(config, dataset: LongTailDataset) -> bool:
-  """Whether stage 2 is chosen on validation (config.stage2.select); a clear error where it cannot be."""
+def selection_metric(config, dataset: LongTailDataset) -> Optional[str]:
+  """The metric stage 2 is chosen by on validation (config.stage2.select), or None where nothing is selected;
+  a clear error where selection is required and impossible. Also says how stage 2 is fed."""
+  if stages.STAGE2 not in parse_stages(config):
+    return None
+  feed = stage2_feed(config, dataset)
+  print(f'stage 2 is fed {feed}: {STAGE2_FEEDS[feed]}.')
   mode = config.stage2.select
-  if mode == 'none' or 'stage2' not in parse_stages(config):
-    return False
-  reason = None
-  if dataset.val is None:
-    reason = ('this dataset has no validation split (a folder needs ROOT/val/<class>/, or data.imbalance_factor '
-              'with data.val_per_class > 0 to carve one)')
-  elif not multihead_supported(config, dataset):
-    reason = 'the candidates train as heads of one run, which needs --config.stage2.augment=False on streamed data'
-  if reason is None:
-    return True
+  if mode == 'none':
+    return None
+  if dataset.val is not None:
+    return config.stage2.select_metric
+  reason = ('this dataset has no validation split (a folder needs ROOT/val/<class>/, or data.imbalance_factor '
+            'with data.val_per_class > 0 to carve one)')
   if mode == 'val':
     raise UsageError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
                      'setting.')
   print(f'stage 2: no selection on validation ({reason}); training the configured setting '
         f'({selection.setting_label(selection.base_setting(config.stage2))}). The test split is never used to choose.')
-  return False
+  return None
 
 
-def run_selected_stage2(ctx: TrainContext, budget: StepBudget, backbone_state: Optional[TrainState]):
-  """Stage 2 chosen on validation: the grid trains as K heads at once (WORKDIR/checkpoints/stage2_grid),
-  each head is scored on the validation split, and the best becomes the finished stage-2 checkpoint.
+def run_stage2(ctx: TrainContext, budget: StepBudget, trained: dict, metric: Optional[str]):
+  """Stage 2 as a grid of heads (`head_grid.run_grid`): the grid of `stage2.grid` chosen on validation, or
+  the one configured head; the chosen head becomes the finished stage-2 checkpoint.
 
-  Returns (the chosen head's state, the selection record without test numbers, the grid's state).
+  Returns (the chosen head's state, the grid). A finished stage 2 trained without selection (also by
+  the single-head code of older versions) is used as it is, with no grid (None).
   """
   config = ctx.config
-  candidates = selection.candidates(config.stage2)
-  print(f'stage 2: {len(candidates)} candidate settings trained as heads of one run, chosen on validation '
-        f'({config.stage2.select_metric}).')
-  grid_state = run_stage(ctx, 'stage2', budget, backbone_state, head_settings=candidates, checkpoint_name='stage2_grid')
-  reports = results_lib.stacked_head_reports(ctx.split_features, inference_variables('stage2', grid_state),
-                                             ctx.dataset.val, ctx.dataset.train_counts)
-  finite = jax.device_get(finite_params(grid_state.params, stacked=True))
-  scored = [{'setting': setting, 'score': selection.score(report, config.stage2.select_metric) if ok else None,
-             'val': without_per_class(report)} for setting, report, ok in zip(candidates, reports, finite)]
-  chosen = selection.choose(c['score'] for c in scored)
-  record = {'metric': config.stage2.select_metric, 'split': 'val', 'chosen': chosen, 'candidates': scored}
-  state = grid_state.replace(params=results_lib.head_at(grid_state.params, chosen),
-                             opt_state=results_lib.head_at(grid_state.opt_state, chosen))
-  _save_choice(ctx, state, int(grid_state.step), candidates[chosen], record['metric'], scored[chosen]['score'])
-  print(f'stage 2: chose {selection.setting_label(candidates[chosen])} '
-        f'(val {config.stage2.select_metric} {100 * scored[chosen]["score"]:.1f} %).')
-  return state, record, grid_state
+  if metric is None:
+    finished = checkpoints.restore_finished(checkpoints.stage_directory(ctx.workdir, stages.STAGE2.name))
+    if finished is not None:
+      print(f'stage2: finished earlier ({finished[1]["step"]} steps); using its checkpoint.')
+      return TrainState(**finished[0]), None
+  settings = selection.candidates(config.stage2) if metric else [selection.base_setting(config.stage2)]
+  settings = head_grid.available(ctx, trained, settings)
+  if metric:
+    print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone, chosen on '
+          f'validation ({metric}).')
+  grid = head_grid.run_grid(ctx, budget, [stages.STAGE2.name] * len(settings), settings, trained, metric)
+  chosen = grid.chosen[stages.STAGE2.name]
+  state = grid.head_state(chosen)
+  step = int(grid.states[settings[chosen]['backbone']].step)
+  _save_choice(ctx, state, step, settings[chosen],
+               {'metric': metric, 'split': 'val', 'setting': settings[chosen], 'score': grid.scores[chosen]}
+               if metric else None)
+  if metric:
+    print(f'stage 2: chose {selection.setting_label(settings[chosen])} '
+          f'(val {metric} {100 * grid.scores[chosen]:.1f} %).')
+  return state, grid
 
 
-def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict, metric: str, score: float) -> None:
-  """The chosen head as the finished stage-2 checkpoint, with the chosen settings in its config; an
-  existing stage-2 model that is not this choice is kept and refused, never relabelled."""
-  store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, 'stage2'), ctx.config.keep_checkpoints)
+def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict, selected: Optional[dict]) -> None:
+  """The chosen head as the finished stage-2 checkpoint, with its settings in its config (and `selected`, the
+  record of a choice on validation); an existing stage-2 model that is not this choice is kept and refused,
+  never relabelled."""
+  store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, stages.STAGE2.name),
+                                       ctx.config.keep_checkpoints)
   try:
     existing = store.latest_meta()
-    if existing is not None and (existing.get('selected') or {}).get('setting') != setting:
+    if existing is not None and (existing.get('selected') or {}).get('setting') != (selected or {}).get('setting'):
       raise UsageError(f'{ctx.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
                        f'({selection.setting_label(setting)}); it is kept as it is. Use a new --workdir.')
     if existing is None:
       chosen_config = ctx.config.to_dict()
       chosen_config['stage2'].update(setting)
-      meta = checkpoints.checkpoint_meta('stage2', step, step, True, chosen_config, ctx.dataset, ctx.fingerprint)
-      store.save(step, state, {**meta, 'selected': {'metric': metric, 'split': 'val', 'setting': setting,
-                                                    'score': score}})
+      meta = checkpoints.checkpoint_meta(stages.STAGE2.name, step, step, True, chosen_config, ctx.dataset,
+                                         ctx.fingerprint)
+      store.save(step, state, {**meta, 'selected': selected} if selected else meta)
   finally:
     store.close()
 
 
-def _selection_with_test(ctx: TrainContext, record: dict, grid_state: TrainState) -> dict:
-  """The selection record with each candidate's test report, computed after the choice was made."""
-  reports = results_lib.stacked_head_reports(ctx.split_features, inference_variables('stage2', grid_state),
-                                             ctx.dataset.test, ctx.dataset.train_counts)
-  candidates = [{**candidate, 'test': without_per_class(report)}
-                for candidate, report in zip(record['candidates'], reports)]
-  return {**record, 'candidates': candidates}
-
-
-def _refuse_relabelling(config, workdir: str, checkpoint_names: dict) -> None:
-  """Before anything is written: each finished checkpoint this run would reuse ({stage: [directory
-  names]}) was trained with this config's fields for its stage (else it would be relabelled)."""
-  for stage, names in checkpoint_names.items():
+def _refuse_relabelling(config, workdir: str, run_stages) -> None:
+  """Before anything is written: each finished checkpoint this run would reuse (a stage's, and stage 2's
+  grids) was trained with this config's fields for its stage (else it would be relabelled)."""
+  for stage in run_stages:
+    names = [stage.name] + ([stages.grid_checkpoint(b) for b in stages.BACKBONES] if stage.trains_heads else [])
     for name in names:
       directory = checkpoints.stage_directory(workdir, name)
       meta = checkpoints.finished_meta(directory)
       if meta is not None:
-        workdir_lib.refuse_relabel(stage, directory, meta, config.to_dict())
+        workdir_lib.refuse_relabel(stage.name, directory, meta, config.to_dict())
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None,
@@ -156,29 +155,29 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   """
   validate_config(config)
   workdir_lib.check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
-  _refuse_relabelling(config, workdir, {s: [s, 'stage2_grid'] if s == 'stage2' else [s] for s in parse_stages(config)})
+  run_stages = parse_stages(config)
+  _refuse_relabelling(config, workdir, run_stages)
   ctx = make_context(config, workdir, dataset)
-  select = selects_stage2(config, ctx.dataset)
+  metric = selection_metric(config, ctx.dataset)
   if jax.process_index() == 0:
     workdir_lib.record_workdir_config(workdir, config.to_dict())
-  trained, record, grid_state = {}, None, None
+  trained, grid = {}, None
   with sigterm_stops(StepBudget(stop_after_steps)) as budget:
-    for stage in parse_stages(config):
-      backbone = trained.get(config.stage2.backbone)
-      if stage == 'stage2' and select:
-        trained[stage], record, grid_state = run_selected_stage2(ctx, budget, backbone)
+    for stage in run_stages:
+      if stage.trains_backbone:
+        trained[stage.name] = run_stage(ctx, stage, budget, on_eval=_curve_callback(ctx))
       else:
-        trained[stage] = run_stage(ctx, stage, budget, backbone, on_eval=_curve_callback(ctx))
+        trained[stage.name], grid = run_stage2(ctx, budget, trained, metric)
 
   results = results_lib.run_results(ctx.dataset, {stage: inference_variables(stage, state)
                                                   for stage, state in trained.items()}, ctx.split_features)
   results['fingerprint'] = ctx.fingerprint
-  if record is not None:
-    results['stage2_selection'] = _selection_with_test(ctx, record, grid_state)
+  if grid is not None and grid.metric:
+    results['stage2_selection'] = head_grid.selection_with_test(ctx, grid, stages.STAGE2.name)
   if jax.process_index() == 0:
     results = results_lib.with_earlier_results(config, workdir, results)
     write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
-    if record is not None:
+    if grid is not None and grid.metric:
       path = os.path.join(workdir, 'stage2_selection.md')
       write_text_keeping_earlier(path, selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
       print(f'stage-2 grid, validation scores and test accuracy of every candidate: {path}')
@@ -186,36 +185,35 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   return results
 
 
-def train_heads_and_evaluate(config, workdir: str, head_settings: list, *,
-                             dataset: Optional[LongTailDataset] = None) -> list:
-  """Stage 2 with one head per setting, trained at once on shared features; evaluate each head.
-
-  Returns one results dict per head, shaped like `train_and_evaluate`'s ({'models': {'stage2': ...},
-  'weight_norms': {'stage2': ...}}), and writes them to `workdir/results.json`.
+def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[str], *,
+                            dataset: Optional[LongTailDataset] = None) -> dict:
+  """Stage-2 rows ({name: candidate settings}) trained as one grid in `workdir` on the backbones of
+  `config.stage1_checkpoint`, one head chosen per row (`head_grid.run_grid`: on validation under
+  `metric`, or each row's one setting). Returns {name: a results dict like `train_and_evaluate`'s, with
+  'stage2_selection' and 'source' (where the chosen head is saved)}; writes `workdir/results.json`.
   """
-  if not head_settings:
-    raise UsageError('train_heads_and_evaluate needs at least one head setting.')
+  names = [name for name, options in rows.items() for _ in options]
+  settings = [setting for options in rows.values() for setting in options]
+  if not settings:
+    raise UsageError('a stage-2 grid needs at least one head setting.')
   validate_config(config)
-  recorded = {**config.to_dict(), 'head_settings': head_settings}
+  recorded = {**config.to_dict(), 'head_settings': settings}
   workdir_lib.check_workdir_config(workdir, recorded, config.allow_config_change)
-  _refuse_relabelling(config, workdir, {'stage2': ['stage2']})
   ctx = make_context(config, workdir, dataset)
   if jax.process_index() == 0:
     workdir_lib.record_workdir_config(workdir, recorded)
   with sigterm_stops(StepBudget(None)) as budget:
-    state = run_stage(ctx, 'stage2', budget, head_settings=head_settings)
-  variables = inference_variables('stage2', state)
-  by_split = {name: results_lib.stacked_head_reports(ctx.split_features, variables, split, ctx.dataset.train_counts)
-              for name, split in ctx.dataset.eval_splits().items()}
-  heads = jax.device_get(variables['head'])
-  finite = jax.device_get(finite_params(state.params, stacked=True))
-  results = []
-  for k, setting in enumerate(head_settings):
-    head = results_lib.head_at(heads, k)
-    results.append({'setting': setting, 'finite': bool(finite[k]),
-                    'models': {'stage2': {name: reports[k] for name, reports in by_split.items()}},
-                    'weight_norms': {'stage2': metrics.weight_norms(head['dense']['kernel'])}})
+    grid = head_grid.run_grid(ctx, budget, names, settings, {}, metric)
+  chosen = [grid.chosen[name] for name in rows]
+  by_split = {split_name: grid.reports(ctx, split, chosen) for split_name, split in ctx.dataset.eval_splits().items()}
+  finished = {}
+  for name, i in zip(rows, chosen):
+    head = jax.device_get(grid.head_state(i).params['head'])
+    finished[name] = {'models': {stages.STAGE2.name: {split: reports[i] for split, reports in by_split.items()}},
+                      'weight_norms': {stages.STAGE2.name: metrics.weight_norms(head['dense']['kernel'])},
+                      'stage2_selection': grid.record(name) if metric else None,
+                      'source': {'workdir': os.path.abspath(workdir), **grid.source(i)}}
   if jax.process_index() == 0:
     write_json_keeping_earlier(os.path.join(workdir, 'results.json'),
-                               {'dataset': ctx.dataset.name, 'fingerprint': ctx.fingerprint, 'heads': results})
-  return results
+                               {'dataset': ctx.dataset.name, 'fingerprint': ctx.fingerprint, 'rows': finished})
+  return finished

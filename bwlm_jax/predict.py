@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from bwlm_jax.checkpoints import load_finished
-from bwlm_jax.config import STAGES
+from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
 from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
 from bwlm_jax.evaluation import posthoc
@@ -76,13 +76,14 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   K-head run, or the naive model with a post-hoc correction included).
   """
   check_stage(stage)
-  head_index, posthoc_spec, train_counts = None, None, None
+  head_index, posthoc_spec, train_counts, checkpoint = None, None, None, None
   if stage == 'best':
     best = best_model(workdir)
     source = best['source']
     workdir, stage = source['workdir'], source['stage']
     head_index, posthoc_spec, train_counts = source.get('head'), source.get('posthoc'), best['train_counts']
-  variables, meta = load_finished(workdir, stage)
+    checkpoint = source.get('checkpoint')  # a grid of heads (older ablations saved theirs as stage2)
+  variables, meta = load_finished(workdir, stage, checkpoint)
   if head_index is not None:  # one head of the stacked K heads
     variables['head'] = head_at(variables['head'], head_index)
   config = meta['config']

@@ -115,20 +115,14 @@ def train_over_seeds(config, workdir: str, seeds: list[int], vary_subset: bool =
   return _write_summary(workdir, per_seed, vary_subset)
 
 
-def row_name(name: str) -> str:
-  """A table row's name without what its seed chose ('naive+tau-norm (tau=0.3)' -> 'naive+tau-norm',
-  'best on validation: +BSW' -> 'best on validation'), so that rows match across seeds."""
-  return name.split(' (tau=')[0].split(':')[0]
-
-
 def rows_over_seeds(run_rows, config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
-  """`run_rows(config, workdir) -> {row: test report}` (the ablation, a sweep) once per seed in
-  WORKDIR/seed-<s>/; mean ± std of every row over seeds and paired differences to the first row, in
-  WORKDIR/seeds.{json,md}."""
+  """`run_rows(config, workdir) -> [Row]` (the ablation, a sweep) once per seed in WORKDIR/seed-<s>/; mean ±
+  std of every row over seeds (rows matched by name, whatever each seed chose) and paired differences to
+  the first row, in WORKDIR/seeds.{json,md}."""
   _check_seeds(seeds)
   per_seed = {}
   for seed in seeds:
     print(f'--- seed {seed}')
     rows = run_rows(_seeded(config, seed, vary_subset), os.path.join(workdir, f'seed-{seed}'))
-    per_seed[seed] = {'models': {row_name(name): {'test': report} for name, report in rows.items()}}
+    per_seed[seed] = {'models': {row.name: {'test': row.test} for row in rows}}
   return _write_summary(workdir, per_seed, vary_subset)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from bwlm_jax import stages
 from bwlm_jax.errors import RunError, UsageError
 
 SELECT_MODES = ('auto', 'val', 'none')
 SELECT_METRICS = ('balanced_accuracy', 'accuracy')
-# Stage-2 fields a grid may vary; each trains as one head of a K-head run (shared features).
-GRID_FIELDS = ('learning_rate', 'epochs', 'weight_decay', 'alpha')
-# Every field that defines one head: its loss, the loss's parameters and its optimizer.
-HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate', 'epochs')
+# Stage-2 fields a grid may vary: each combination trains as one head of the grid of its backbone (the heads
+# of one backbone train at once, on shared features).
+GRID_FIELDS = ('learning_rate', 'epochs', 'weight_decay', 'alpha', 'backbone')
+# Every field that defines one head: its loss, the loss's parameters, its optimizer and its frozen backbone.
+HEAD_FIELDS = ('loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate', 'epochs', 'backbone')
 
 
 def validate(stage2_cfg) -> None:
@@ -32,6 +34,10 @@ def validate(stage2_cfg) -> None:
     if len(values) == 0:
       raise UsageError(f'stage2.grid.{field} is empty: the grid has no candidate. Give at least one value, '
                        f'or None to use stage2.{field}.')
+    if field == 'backbone':
+      if not set(values) <= set(stages.BACKBONES):
+        raise UsageError(f'stage2.grid.backbone values must be among {stages.BACKBONES}, got {tuple(values)}.')
+      continue
     if field == 'alpha' and not all(0.0 <= v <= 1.0 for v in values):
       raise UsageError(f'stage2.grid.alpha values must lie in [0, 1], got {tuple(values)}.')
     if field == 'weight_decay' and min(values) < 0:
@@ -61,8 +67,12 @@ def candidates(stage2_cfg, fixed=()) -> list[dict]:
     values = stage2_cfg.grid[field]
     if values is None or field in fixed or (field == 'alpha' and base['loss'] != 'bfs'):
       values = (base[field],)
-    axes[field] = tuple(dict.fromkeys(int(v) if field == 'epochs' else float(v) for v in values))
+    axes[field] = tuple(dict.fromkeys(_typed(field, v) for v in values))
   return [{**base, **dict(zip(axes, combination))} for combination in itertools.product(*axes.values())]
+
+
+def _typed(field: str, value):
+  return int(value) if field == 'epochs' else str(value) if field == 'backbone' else float(value)
 
 
 def score(report: dict, metric: str) -> float:
@@ -91,8 +101,12 @@ def choose(scores) -> int:
 
 
 def setting_label(setting: dict, fields=GRID_FIELDS) -> str:
-  """'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1' (alpha only for BFS)."""
+  """'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1' (alpha only for BFS), then 'backbone=naive' for a head on
+  the naive backbone (the paper's stage-1 backbone goes without saying)."""
   names = {'learning_rate': 'lr', 'weight_decay': 'lambda'}
-  parts = [f'{names.get(f, f)}={setting[f]:g}' for f in fields if f != 'alpha' or setting['loss'] == 'bfs']
+  parts = [f'{names.get(f, f)}={setting[f]:g}' for f in fields
+           if f != 'backbone' and (f != 'alpha' or setting['loss'] == 'bfs')]
+  if 'backbone' in fields and setting.get('backbone', stages.STAGE1.name) != stages.STAGE1.name:
+    parts.append(f'backbone={setting["backbone"]}')
   return ' '.join(parts)
 

@@ -7,6 +7,10 @@ import json
 import os
 from typing import Optional
 
+import ml_collections
+
+from bwlm_jax import stages
+from bwlm_jax.config import base_config
 from bwlm_jax.errors import UsageError
 from bwlm_jax.files import unique_path
 
@@ -34,7 +38,6 @@ def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS
   A field the saved config lacks (added to bwlm-jax after that run) counts as equal when the current
   value is its default, which is what the older code did.
   """
-  from bwlm_jax.config import base_config
   old, new = flatten(saved), flatten(current)
   defaults = flatten(base_config().to_dict())
   lines = []
@@ -52,11 +55,13 @@ def stage_config_differences(stage: str, meta: dict, current: dict) -> list[str]
   """Fields that would change what a finished `stage` checkpoint (its `meta`) holds, if trained with
   `current`: another stage's section is no input of it, except the backbone stage 2 starts from; a
   stage-2 model chosen on validation is compared with its chosen setting applied to `current`."""
-  from bwlm_jax.config import STAGES
-  inputs = {stage, 'stage1' if stage == 'stage2' and current['stage2']['backbone'] == 'stage1' else None,
-            'naive' if stage == 'stage2' and current['stage2']['backbone'] == 'naive' else None}
-  current = {**current, 'stage2': {**current['stage2'], **(meta.get('selected') or {}).get('setting', {})}}
-  neutral = RESULT_NEUTRAL_FIELDS + tuple(s for s in STAGES if s not in inputs)
+  selected = (meta.get('selected') or {}).get('setting', {})
+  current = {**current, 'stage2': {**current['stage2'], **selected}}
+  inputs = {stage}
+  if stages.get(stage).trains_heads:  # the backbones its heads were trained on
+    grid = current['stage2'].get('grid', {}).get('backbone')
+    inputs |= {current['stage2']['backbone']} | (set(grid or ()) if 'backbone' not in selected else set())
+  neutral = RESULT_NEUTRAL_FIELDS + tuple(s for s in stages.NAMES if s not in inputs)
   return config_differences(meta['config'], current, neutral)
 
 
@@ -119,8 +124,6 @@ def run_config(workdir: str, given=None):
   """The config a workdir's run was trained with (its config.json; fields added to bwlm-jax since keep
   their defaults). With `given` (a user's --config), a result-changing difference is an error; fields
   that change no result (data.data_dir, eval_batch_size, ...) come from `given`."""
-  import ml_collections
-  from bwlm_jax.config import base_config
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise UsageError(f'{workdir!r} holds no training run (no config.json); check the path, or train first with '

@@ -77,13 +77,12 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   import numpy as np
   from bwlm_jax import sharding
   from bwlm_jax.config import base_config
-  from bwlm_jax.losses import balanced_focal_softmax, cross_entropy
+  from bwlm_jax.losses import cross_entropy
   from bwlm_jax.data.sampling import BatchSpec
   from bwlm_jax.models import DTYPES, build_model, make_features_fn
   from bwlm_jax.train import optim
   from bwlm_jax.train.state import TrainState
-  from bwlm_jax.train.steps import (StepConfig, head_settings_arrays, make_cached_head_step, make_device_train_step,
-                                    make_multihead_step, stack_heads)
+  from bwlm_jax.train.steps import HeadsFeed, head_settings_arrays, make_device_train_step, make_heads_step, stack_heads
 
   batch, size, classes = _SHAPES[model_name]
   mesh = sharding.make_mesh()
@@ -96,7 +95,6 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   config = base_config()
   spec = BatchSpec(batch_size=batch, steps_per_epoch=num_images // batch, augment=True, mean=(0.5, 0.5, 0.5),
                    std=(0.25, 0.25, 0.25), dtype=DTYPES[dtype])
-  cfg = StepConfig(mode='full', batch=spec)
   schedule = optim.learning_rate_schedule(config.stage1, 10_000, spec.steps_per_epoch)
   key = jax.random.key(0)
   backbone, stats = model.init_backbone(key, (size, size, 3))
@@ -120,7 +118,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   tx = optim.sgd(config.stage1, schedule)
   params = jax.tree.map(jnp.copy, {'backbone': backbone, 'head': head})  # this state gets donated
   state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
-  step = make_device_train_step(model, tx, cross_entropy, schedule, cfg, sharding.batch_sharded(mesh),
+  step = make_device_train_step(model, tx, cross_entropy, schedule, spec, sharding.batch_sharded(mesh),
                                 sharding.replicated(mesh))
   record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
   if real_data:
@@ -132,50 +130,37 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
     train = load_dataset(data_cfg).train
     real_images = jax.device_put(train.images, sharding.replicated(mesh))
     real_labels = jax.device_put(train.labels.astype(np.int32), sharding.replicated(mesh))
-    real_cfg = StepConfig(mode='full', batch=dataclasses.replace(spec, steps_per_epoch=-(-len(train) // batch)))
-    real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_cfg, sharding.batch_sharded(mesh),
+    real_spec = dataclasses.replace(spec, steps_per_epoch=-(-len(train) // batch))
+    real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_spec, sharding.batch_sharded(mesh),
                                        sharding.replicated(mesh))
     _, state = measure('stage1_train_real_data', real_step, state, (real_images, real_labels), batch, steps, blocks,
                        {**extra, 'dataset': 'embedded IF 50'})
   frozen = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
 
-  def loss_fn(logits, y):
-    return balanced_focal_softmax(logits, y, counts, 0.1, 0.9999, 1.0)
+  def head_setting(alpha):
+    return {'loss': 'bfs', 'alpha': alpha, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': config.stage2.weight_decay,
+            'learning_rate': config.stage2.learning_rate, 'epochs': -(-10_000 // spec.steps_per_epoch)}
 
-  head_tx = optim.sgd(config.stage2, schedule)
-  head_params = {'head': head}
-  head_cfg = StepConfig(mode='head', batch=spec)
-  head_state = TrainState(jnp.zeros((), jnp.int32), fresh(head_params), {}, head_tx.init(head_params),
-                          jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
-  uncached = make_device_train_step(model, head_tx, loss_fn, schedule, head_cfg, sharding.batch_sharded(mesh),
-                                    sharding.replicated(mesh))
-  measure('stage2_train_uncached', uncached, head_state, (images, labels), batch, steps, blocks, extra)
+  def heads_step_and_state(kind: str, count: int):
+    """Stage 2's one step (a grid of `count` heads) fed `kind`, and a fresh state for it."""
+    settings = head_settings_arrays([head_setting(a) for a in np.linspace(0.0, 1.0, count)])
+    step, init_opt_state = make_heads_step(model, settings, config.stage2, counts, HeadsFeed(kind, spec), None,
+                                           sharding.batch_sharded(mesh), sharding.replicated(mesh))
+    stacked = {'head': fresh(stack_heads(head, count))}
+    return step, TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),
+                            jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
+
+  measure('stage2_train_uncached', *heads_step_and_state('device', 1), (images, labels), batch, steps, blocks, extra)
 
   variables = {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats']}
   start = time.perf_counter()
   features = jnp.concatenate([features_fn(variables, images[i:i + batch]) for i in range(0, num_images, batch)])
   jax.block_until_ready(features)
   cache_s = time.perf_counter() - start
-
-  cached_state = TrainState(jnp.zeros((), jnp.int32), fresh(head_params), {}, head_tx.init(head_params),
-                            jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
-  cached = make_cached_head_step(model, head_tx, loss_fn, schedule, head_cfg, sharding.batch_sharded(mesh),
-                                 sharding.replicated(mesh))
-  measure('stage2_train_cached', cached, cached_state, (features, labels), batch, steps * 20, blocks,
+  measure('stage2_train_cached', *heads_step_and_state('cached', 1), (features, labels), batch, steps * 20, blocks,
           {**extra, 'feature_cache_s_for_%d_images' % num_images: round(cache_s, 3)})
-
-  settings = head_settings_arrays([{'loss': 'bfs', 'alpha': a, 'beta': 0.9999, 'gamma': 1.0,
-                                    'weight_decay': config.stage2.weight_decay,
-                                    'learning_rate': config.stage2.learning_rate,
-                                    'epochs': -(-10_000 // spec.steps_per_epoch)}
-                                   for a in np.linspace(0.0, 1.0, heads)])
-  multi_step, init_opt_state = make_multihead_step(model, settings, config.stage2, counts, head_cfg, True,
-                                                   sharding.batch_sharded(mesh), sharding.replicated(mesh))
-  stacked = {'head': fresh(stack_heads(head, heads))}
-  multi_state = TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),
-                           jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
-  measure(f'stage2_sweep_{heads}_heads_cached', multi_step, multi_state, (features, labels), batch, steps * 20,
-          blocks, extra)
+  measure(f'stage2_sweep_{heads}_heads_cached', *heads_step_and_state('cached', heads), (features, labels), batch,
+          steps * 20, blocks, extra)
 
   measure('eval_forward', jax.jit(eval_step), variables, (eval_images,), batch, steps, blocks, extra)
 

@@ -79,3 +79,39 @@ def test_modules_stay_small():
         if lines > 250:
           long[os.path.relpath(path, ROOT)] = lines
   assert set(long) <= set(LONG_MODULES), long
+
+
+def test_bwlm_jax_modules_are_imported_at_the_top():
+  """No import of a bwlm_jax module inside a function (an import cycle is broken by moving the shared piece
+  down a floor), unless a comment on that line says why."""
+  found = []
+  for folder, _, files in os.walk(os.path.join(ROOT, 'bwlm_jax')):
+    for name in files:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      source = open(path).read()
+      lines = source.splitlines()
+      for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          continue
+        for node in ast.walk(function):
+          module = node.module if isinstance(node, ast.ImportFrom) else None
+          names = [a.name for a in node.names] if isinstance(node, ast.Import) else [module or '']
+          if isinstance(node, (ast.Import, ast.ImportFrom)) and any(n.startswith('bwlm_jax') for n in names):
+            if '#' not in lines[node.lineno - 1]:
+              found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}')
+  assert not found, found
+
+
+def test_functions_stay_short():
+  """No function past 60 lines: a longer one does several jobs."""
+  long = []
+  for folder, _, files in os.walk(os.path.join(ROOT, 'bwlm_jax')):
+    for name in files:
+      if name.endswith('.py'):
+        path = os.path.join(folder, name)
+        for node in ast.walk(ast.parse(open(path).read())):
+          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+            long.append(f'{os.path.relpath(path, ROOT)}:{node.name}')
+  assert not long, long

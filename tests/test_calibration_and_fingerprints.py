@@ -126,14 +126,16 @@ def test_accuracy_under_a_test_prior_and_logit_adjustment_to_it(tmp_path):
 
 def test_table_rows_over_seeds_match_by_name_whatever_each_seed_chose(tmp_path):
   from bwlm_jax.config import base_config
+  from bwlm_jax.evaluation.table_rows import Row
   from bwlm_jax.seeds import rows_over_seeds
   seen = []
 
   def run_rows(config, workdir):
     seen.append((config.seed, os.path.basename(workdir)))
     tau = 0.1 * (config.seed + 1)
-    return {'naive': {'all': 0.4, 'few': 0.1}, f'naive+tau-norm (tau={tau:g})': {'all': 0.4 + config.seed / 100},
-            f'best on validation: +B{config.seed}': {'all': 0.5}}
+    return [Row('naive', 'model', {'all': 0.4, 'few': 0.1}),
+            Row('naive+tau-norm', 'posthoc', {'all': 0.4 + config.seed / 100}, setting=f'tau={tau:g}'),
+            Row('best on validation', 'best', {'all': 0.5}, setting=f'+B{config.seed}')]
 
   summary = rows_over_seeds(run_rows, base_config(), str(tmp_path), [3, 5])
   assert seen == [(3, 'seed-3'), (5, 'seed-5')]

@@ -329,7 +329,7 @@ def test_sigterm_stops_k_heads_with_a_checkpoint_and_a_rerun_resumes(naive_run, 
                                                                       capsys):
   import signal
   from bwlm_jax.errors import Interrupted
-  from bwlm_jax.pipeline import train_heads_and_evaluate
+  from bwlm_jax.pipeline import train_rows_and_evaluate
   from bwlm_jax.train.interval_metrics import IntervalMetrics
   config = _naive_config(tfds_dir)
   config.stages, config.stage2.backbone, config.stage2.augment = 'stage2', 'naive', False
@@ -345,13 +345,15 @@ def test_sigterm_stops_k_heads_with_a_checkpoint_and_a_rerun_resumes(naive_run, 
       os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption would
 
   monkeypatch.setattr(IntervalMetrics, 'add', add_then_terminate)
+  rows = {'lr=0.1': settings[:1], 'lr=0.3': settings[1:]}
   with pytest.raises(Interrupted, match='stage2: stopped after step 2 on SIGTERM'):
-    train_heads_and_evaluate(config, str(tmp_path), settings)
+    train_rows_and_evaluate(config, str(tmp_path), rows, None)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
   monkeypatch.setattr(IntervalMetrics, 'add', real_add)
-  results = train_heads_and_evaluate(config, str(tmp_path), settings)
-  assert 'stage2: resuming at step 2 of' in capsys.readouterr().out
-  assert [r['setting']['learning_rate'] for r in results] == [0.1, 0.3] and all(r['finite'] for r in results)
+  results = train_rows_and_evaluate(config, str(tmp_path), rows, None)
+  assert 'stage2_grid_naive: resuming at step 2 of' in capsys.readouterr().out
+  assert [r['source']['head'] for r in results.values()] == [0, 1]
+  assert all(r['models']['stage2']['test']['all'] > 0 for r in results.values())
 
 
 def test_of_k_heads_only_all_diverging_stops_and_the_step_is_exact(capsys):

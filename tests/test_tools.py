@@ -11,6 +11,7 @@ from bwlm_jax import selection
 from bwlm_jax.data import shapes
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation.workdir_reports import report_workdir
+from bwlm_jax.evaluation.table_rows import by_name
 from bwlm_jax.experiments import chosen_label, run_ablation, run_sweep
 from bwlm_jax.predict import image_paths, predict_files
 from helpers import small_grid, tiny_config
@@ -36,42 +37,52 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
   workdir, rows = ablation_run
   expected = ['naive', '+CE', '+CB', '+BS', '+BFS', '+CEW', '+CBW', '+BSW', '+BWLM', 'cRT', '+BWLM+MaxNorm',
               'BWLM (naive backbone)', 'naive+tau-norm', 'naive+logit adjustment', 'best on validation']
-  assert [name.split(' (tau=')[0].split(':')[0] for name in rows] == expected
+  assert [row.name for row in rows] == expected
+  assert [row.kind for row in rows] == ['model'] * 12 + ['posthoc'] * 2 + ['best']
+  reports = {row.label: row.test for row in rows}
   table = open(os.path.join(workdir, 'ablation', 'table.md')).read().splitlines()
   assert table[0] == '| embedded IF 10 | Many | Medium | Few | All | ECE | val | chosen on validation |'
-  assert [line.split('|')[1].strip() for line in table[2:]] == list(rows)
+  assert [line.split('|')[1].strip() for line in table[2:]] == [row.label for row in rows]
   saved = json.load(open(os.path.join(workdir, 'ablation', 'table.json')))
   for line in table[2:]:
     name, many, medium, few, everything, ece, val, chosen = [c.strip() for c in line.split('|')[1:9]]
     assert many == '-'  # no class has more than 100 images: absent, not 0
     assert all(0 <= float(v) <= 100 for v in (medium, few, everything, val))
-    assert float(ece) == round(100 * rows[name]['calibration']['ece'], 1)
+    assert float(ece) == round(100 * reports[name]['calibration']['ece'], 1)
     assert float(val) == round(100 * saved['notes'][name]['val'], 1)
   # Every row says what validation chose; the BFS rows chose alpha among the two the grid offers.
   assert saved['notes']['+BWLM']['chosen'] in ('lr=0.05 epochs=1 lambda=0.01 alpha=0.1',
                                                'lr=0.05 epochs=1 lambda=0.01 alpha=0.9')
   assert saved['notes']['+CE']['chosen'] == 'lr=0.05 epochs=1 lambda=0'
+  assert saved['notes']['BWLM (naive backbone)']['chosen'].endswith(' backbone=naive')
   assert saved['notes']['naive']['chosen'] == ''
-  best_name = list(rows)[-1].split(': ', 1)[1]
+  best_row = by_name(rows)[rows[-1].setting]
   best = json.load(open(os.path.join(workdir, 'ablation', 'best.json')))
   scores = {name: note['val'] for name, note in saved['notes'].items() if not name.startswith('best')}
-  assert best['method'] == best_name == max(scores, key=scores.get)
-  assert rows[list(rows)[-1]] == rows[best_name]
-  # The loss x lambda rows trained as heads of one run: one head per (row, alpha) candidate.
+  assert best['method'] == best_row.label == max(scores, key=scores.get)
+  assert rows[-1].test == best_row.test and rows[-1].label == f'best on validation: {best_row.name}'
+  # The rows that differ only in their heads trained as one grid: every (row, alpha) candidate a head, the
+  # naive-backbone row's heads in the grid of that backbone.
   [heads_dir] = [d for d in os.listdir(os.path.join(workdir, 'ablation')) if d.startswith('heads-')]
-  heads = json.load(open(os.path.join(workdir, 'ablation', heads_dir, 'results.json')))['heads']
-  assert [(h['setting']['loss'], h['setting']['weight_decay'], h['setting']['alpha']) for h in heads] == [
+  together = json.load(open(os.path.join(workdir, 'ablation', heads_dir, 'results.json')))['rows']
+  assert list(together) == expected[1:9] + ['BWLM (naive backbone)']
+  settings = [(c['setting']['loss'], c['setting']['weight_decay'], c['setting']['alpha'])
+              for name in expected[1:9] for c in together[name]['stage2_selection']['candidates']]
+  assert settings == [
       ('ce', 0.0, 0.1), ('cb_focal', 0.0, 0.1), ('balanced_softmax', 0.0, 0.1), ('bfs', 0.0, 0.1), ('bfs', 0.0, 0.9),
       ('ce', 0.01, 0.1), ('cb_focal', 0.01, 0.1), ('balanced_softmax', 0.01, 0.1), ('bfs', 0.01, 0.1),
       ('bfs', 0.01, 0.9)]
-  bwlm_heads = heads[8:10]
-  chosen = max(bwlm_heads, key=lambda h: selection.score(h['models']['stage2']['val'], 'balanced_accuracy'))
-  assert chosen['models']['stage2']['test'] == rows['+BWLM']
+  record = together['+BWLM']['stage2_selection']
+  scores = [c['score'] for c in record['candidates']]
+  assert record['chosen'] == int(np.argmax(scores))
+  assert together['+BWLM']['models']['stage2']['test'] == reports['+BWLM']
+  assert [together[n]['source']['checkpoint'] for n in ('+BWLM', 'BWLM (naive backbone)')] == [
+      'stage2_grid', 'stage2_grid_naive']
   # The comparison rows that change more than the head trained alone, each chosen on validation.
   crt = json.load(open(os.path.join(workdir, 'ablation', 'cRT', 'config.json')))
   assert (crt['stage2']['backbone'], crt['stage2']['sampler']) == ('naive', 'class_balanced')
   assert crt['stage2']['grid']['weight_decay'] is None  # cRT keeps lambda = 0
-  assert os.path.exists(os.path.join(workdir, 'ablation', 'BWLM_naive_backbone', 'stage2_selection.md'))
+  assert os.path.exists(os.path.join(workdir, 'ablation', 'cRT', 'stage2_selection.md'))
 
 
 def test_the_naive_row_never_shows_the_base_runs_stage2_choice():
@@ -109,7 +120,7 @@ def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
   summary = report_workdir(config, workdir, dataset)
   assert set(summary) == {'naive', 'stage1'}
   report = summary['naive']['splits']['test']['report']
-  assert report['all'] == rows['naive']['all']
+  assert report['all'] == by_name(rows)['naive'].test['all']
   confusion = np.loadtxt(os.path.join(workdir, 'evaluation', 'naive', 'confusion_test.csv'), delimiter=',',
                          skiprows=1, usecols=range(1, 21))
   assert confusion.sum() == 2000 and np.trace(confusion) == round(report['all'] * 2000)
@@ -122,7 +133,7 @@ def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
 def test_sweep_table_and_plot(ablation_run, tfds_dir):
   workdir, _ = ablation_run
   grid = run_sweep(_tiny(tfds_dir), workdir, [0.0, 1.0], [0.01])
-  assert list(grid) == ['alpha=0,lambda=0.01', 'alpha=1,lambda=0.01']
+  assert [row.name for row in grid] == ['alpha=0,lambda=0.01', 'alpha=1,lambda=0.01']
   assert os.path.getsize(os.path.join(workdir, 'figures', 'alpha_sweep_lambda0.01.png')) > 5000
   with pytest.raises(ValueError, match='at least one alpha'):
     run_sweep(_tiny(tfds_dir), workdir, [], [0.01])

@@ -224,22 +224,24 @@ def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uni
 
 @pytest.mark.parametrize('augment', [True, False])
 def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterrupted, tmp_path, augment):
-  from bwlm_jax.pipeline import train_heads_and_evaluate
+  from bwlm_jax.pipeline import train_rows_and_evaluate
   reference_dir, _ = uninterrupted
   tiny_config.stages = 'stage2'
   tiny_config.stage1_checkpoint = reference_dir
   tiny_config.stage2.augment = augment
   settings = [  # the third head's schedule ends after one of the run's two epochs
       {'loss': 'bfs', 'alpha': 0.3, 'beta': 0.999, 'gamma': 2.0, 'weight_decay': 0.1, 'learning_rate': 0.01,
-       'epochs': 2},
+       'epochs': 2, 'backbone': 'stage1'},
       {'loss': 'ce', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 0.0, 'learning_rate': 0.05,
-       'epochs': 2},
+       'epochs': 2, 'backbone': 'stage1'},
       {'loss': 'balanced_softmax', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 5e-3,
-       'learning_rate': 0.1, 'epochs': 1},
+       'learning_rate': 0.1, 'epochs': 1, 'backbone': 'stage1'},
   ]
-  together = train_heads_and_evaluate(tiny_config, str(tmp_path / 'together'), settings)
-  stacked = _restore(str(tmp_path / 'together'), 'stage2')[0]['params']['head']['dense']
+  together = train_rows_and_evaluate(tiny_config, str(tmp_path / 'together'), {k: [s] for k, s in enumerate(settings)},
+                                     None)
+  stacked = _restore(str(tmp_path / 'together'), 'stage2_grid')[0]['params']['head']['dense']
   for k, setting in enumerate(settings):
+    assert together[k]['source']['head'] == k and together[k]['source']['checkpoint'] == 'stage2_grid'
     for field, value in setting.items():
       tiny_config.stage2[field] = value
     workdir = str(tmp_path / f'alone{k}')

@@ -181,7 +181,8 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
   results = pipeline.train_and_evaluate(config, str(tmp_path))
   assert 'stage2_selection' not in results and set(results['models']['stage2']) == {'test'}
   assert 'stage 2: no selection on validation (this dataset has no validation split' in capsys.readouterr().out
-  assert not os.path.exists(tmp_path / 'checkpoints' / 'stage2_grid')
+  grid, _ = read_latest(str(tmp_path / 'checkpoints' / 'stage2_grid'))  # a grid of one head: the configured one
+  assert grid['params']['head']['dense']['kernel'].shape[0] == 1
 
 
 def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_dir, tmp_path):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from bwlm_jax.config import STAGES
+from bwlm_jax import stages
 from bwlm_jax.data import folder_source, list_source, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
@@ -167,14 +167,14 @@ def load_dataset(cfg) -> LongTailDataset:
                          tuple(stats[0]), tuple(stats[1]), val_source, kept)
 
 
-def stage_indices(labels: np.ndarray, num_classes: int, stage: str, seed: int) -> np.ndarray:
-  """Sorted indices of the training examples that `stage` uses (Data Balanced Review for stages 1, 2)."""
-  if stage not in STAGES:
-    raise UsageError(f'unknown stage {stage!r}; expected one of {STAGES}.')
-  if stage == 'naive':
+def stage_indices(labels: np.ndarray, num_classes: int, stage, seed: int) -> np.ndarray:
+  """Sorted indices of the training examples that `stage` uses (`Stage.train_set`: the whole long tail, or
+  Data Balanced Review's stage-1 or stage-2 set)."""
+  train_set = stages.get(stage).train_set
+  if train_set == 'long_tail':
     return np.arange(labels.size)
   stage1, stage2 = balanced_review_counts(np.bincount(labels, minlength=num_classes))
-  if stage == 'stage1':
+  if train_set == 'head_classes':
     return np.flatnonzero(stage1[labels] > 0)
   return subsample_per_class(labels, stage2, seed + _REVIEW_SEED_OFFSET)
 

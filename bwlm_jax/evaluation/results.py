@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from bwlm_jax import checkpoints
-from bwlm_jax.config import STAGES
+from bwlm_jax.stages import NAMES as STAGES, STAGE2
 from bwlm_jax.evaluation import calibration, metrics
 from bwlm_jax.models import head_logits
 from bwlm_jax.workdir import stage_config_differences
@@ -42,12 +42,13 @@ def head_at(heads, k: int):
   return jax.tree.map(lambda leaf: leaf[k], heads)
 
 
-def stacked_head_reports(split_features, variables: dict, split, train_counts) -> list[dict]:
-  """One report per head of `variables['head']` (K heads stacked), on one split; the features once."""
+def stacked_head_reports(split_features, variables: dict, split, train_counts, which=None) -> list[dict]:
+  """One report per head of `variables['head']` (K heads stacked; `which`: these heads only, in this order),
+  on one split; the features once."""
   features, labels = split_features(variables, split)
   heads = jax.device_get(variables['head'])
-  count = int(np.shape(heads['dense']['kernel'])[0])
-  return [metrics.head_report(features, labels, head_at(heads, k), train_counts) for k in range(count)]
+  which = range(int(np.shape(heads['dense']['kernel'])[0])) if which is None else which
+  return [metrics.head_report(features, labels, head_at(heads, k), train_counts) for k in which]
 
 
 def run_results(dataset, models: dict, split_features) -> dict:
@@ -91,6 +92,6 @@ def with_earlier_results(config, workdir: str, results: dict) -> dict:
     source = results if stage in results['models'] else earlier
     merged['models'][stage] = source['models'][stage]
     merged['weight_norms'][stage] = source['weight_norms'][stage]
-  if 'stage2' in carried and 'stage2_selection' in earlier:
+  if STAGE2.name in carried and 'stage2_selection' in earlier:
     merged['stage2_selection'] = earlier['stage2_selection']
   return merged

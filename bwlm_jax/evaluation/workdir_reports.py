@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from bwlm_jax import checkpoints, sharding
-from bwlm_jax.config import STAGES
+from bwlm_jax.stages import get as get_stage
+from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data.long_tail import shot_groups
 from bwlm_jax.evaluation import metrics, posthoc, prior_shift
 from bwlm_jax.evaluation.results import logit_reports
@@ -109,7 +110,7 @@ def report_workdir(config, workdir: str, dataset, stages=None, test_prior: str |
     out_dir = os.path.join(workdir, 'evaluation', stage)
     os.makedirs(out_dir, exist_ok=True)
     stage_summary = {}
-    extra = posthoc_reports(model['outputs'], head, counts) if stage == 'naive' else {}
+    extra = posthoc_reports(model['outputs'], head, counts) if get_stage(stage).posthoc_corrected else {}
     outputs = {split: (head_logits(head, features), labels) for split, (features, labels) in model['outputs'].items()}
     reports = logit_reports(outputs, counts)
     for split, (logits, labels) in outputs.items():

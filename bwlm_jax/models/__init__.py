@@ -6,23 +6,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
+from bwlm_jax.models.head import LinearHead  # noqa: F401
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
 from bwlm_jax.errors import UsageError
+from bwlm_jax.model_names import DTYPE_NAMES, MODELS
 
-MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet50', 'resnext50')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-class LinearHead(nn.Module):
-  """The classifier: logits = features @ W + b, computed in float32."""
-  num_classes: int
-  bias_init_value: float = 0.0
-
-  @nn.compact
-  def __call__(self, features):
-    return nn.Dense(self.num_classes, bias_init=nn.initializers.constant(self.bias_init_value),
-                    dtype=jnp.float32, name='dense')(features.astype(jnp.float32))
+DTYPES = dict(zip(DTYPE_NAMES, (jnp.float32, jnp.bfloat16)))
 
 
 def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bwlm_jax import stages
 from bwlm_jax.data import device_pipeline
+from bwlm_jax.models.head import LinearHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ def inference_variables(stage: str, state) -> dict:
   Stage 2 trains only the head; its backbone is the frozen one it was given.
   """
   get = state.__getitem__ if isinstance(state, dict) else functools.partial(getattr, state)
-  if stage == 'stage2':
+  if stages.get(stage).trains_heads:
     frozen = get('frozen')
     return {'backbone': frozen['params'], 'batch_stats': frozen['batch_stats'], 'head': get('params')['head']}
   params = get('params')
@@ -88,7 +90,6 @@ def make_features_fn(model: Model, mean, std, dtype):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_head(num_classes: int):
-  from bwlm_jax.models import LinearHead
   return jax.jit(lambda params, features: LinearHead(num_classes).apply({'params': params}, features))
 
 

@@ -1,9 +1,8 @@
-"""Batch feeders: for each data pipeline, a callable state -> (state, metrics) that takes one training step.
+"""Batch feeders: callables state -> (state, metrics) that take one training step.
 
-- device: images kept on the device, batches gathered inside the jitted step;
-- cached: stage 2 without augmentation, the head trained on the frozen backbone's features, computed once;
-- stream: host-fed tf.data batches (data too large for the device);
-- heads: K stage-2 heads at once (see `steps.make_multihead_step`), on cached features or device images.
+A backbone stage is fed from images kept on the device (batches gathered inside the jitted step) or
+from tf.data batches streamed by the host. Stage 2's grid of heads is fed one of three ways, decided
+once by `stage2_feed`: cached features of the frozen backbone, device images, or streamed batches.
 """
 
 from __future__ import annotations
@@ -11,22 +10,31 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bwlm_jax.config import stage_tag
+from bwlm_jax import stages
 from bwlm_jax.data import stream_pipeline
 from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables
-from bwlm_jax.models import inference_variables
-from bwlm_jax.train.steps import (StepConfig, head_settings_arrays, make_cached_head_step, make_device_train_step,
-                                  make_multihead_step, make_stream_train_step)
 from bwlm_jax.errors import UsageError
+from bwlm_jax.models import inference_variables
+from bwlm_jax.train.steps import (HeadsFeed, head_settings_arrays, make_device_train_step, make_heads_step,
+                                  make_stream_train_step)
+
+STAGE2_FEEDS = {
+    'cached': 'features of the frozen backbone computed once (stage2.augment=False, stage2.cache_features=True)',
+    'device': 'images kept on the device, through the frozen backbone every step',
+    'stream': 'batches streamed with tf.data, through the frozen backbone every step',
+}
 
 
-def multihead_supported(config, dataset) -> bool:
-  """Whether K stage-2 heads can train at once: on cached features, or on images kept on the device."""
-  return uses_cached_features(config) or dataset.in_memory
-
-
-def uses_cached_features(config) -> bool:
-  return not config.stage2.augment and config.stage2.cache_features
+def stage2_feed(config, dataset) -> str:
+  """How stage 2 is fed, derived in this one place from stage2.augment, stage2.cache_features and where the
+  data lives (data.pipeline, data.stream_above); an error for a combination that cannot work."""
+  if not config.stage2.augment and config.stage2.cache_features:
+    return 'cached'
+  feed = 'device' if dataset.in_memory else 'stream'
+  if feed == 'stream' and config.stage2.sampler == 'class_balanced':
+    raise UsageError('stage2.sampler=class_balanced draws batches by index, which streamed data cannot do: use '
+                     '--config.stage2.augment=False (cached features) or data that fits in memory.')
+  return feed
 
 
 def _device_arrays(ctx, name: str, split):
@@ -37,43 +45,32 @@ def _device_arrays(ctx, name: str, split):
   return ctx.device_arrays[name]
 
 
-def train_split_name(config, stage: str) -> str:
+def train_split_name(config, stage) -> str:
   """The key of a stage's training split: stage 2's depends on stage2.train_set, the others' do not."""
-  return f'train/stage2/{config.stage2.train_set}' if stage == 'stage2' else f'train/{stage}'
+  stage = stages.get(stage)
+  return f'train/{stage.name}/{config.stage2.train_set}' if stage.trains_heads else f'train/{stage.name}'
 
 
 def _cached_features(ctx, state, split):
   """The frozen backbone's features of every stage-2 training example, computed once, kept on device."""
-  features, labels = ctx.split_features(inference_variables('stage2', state), split)
+  features, labels = ctx.split_features(inference_variables(stages.STAGE2, state), split)
   return (jax.device_put(jnp.asarray(features), ctx.replicated),
           jax.device_put(jnp.asarray(labels, jnp.int32), ctx.replicated))
 
 
-def _sampler_tables(ctx, stage: str, split):
-  if stage == 'stage2' and ctx.config.stage2.sampler == 'class_balanced':
-    return class_balanced_tables(split.labels, ctx.dataset.num_classes)
-  return None
-
-
-def single_head_feeder(ctx, stage: str, split, step_cfg: StepConfig, tx, loss_fn, schedule, state, total_steps: int):
-  """The feeder of one model (naive, stage 1, or one stage-2 head), starting from `state`."""
-  config = ctx.config
-  tables = _sampler_tables(ctx, stage, split)
+def backbone_feeder(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, start_step: int, total_steps: int):
+  """The feeder of a backbone stage (naive, stage 1): backbone and head trained together."""
   if ctx.dataset.in_memory:
-    if stage == 'stage2' and uses_cached_features(config):
-      cached_step = make_cached_head_step(ctx.model, tx, loss_fn, schedule, step_cfg, ctx.data_sharding,
-                                          ctx.replicated, tables)
-      features, labels = _cached_features(ctx, state, split)
-      return lambda state: cached_step(state, features, labels)
-    train_step = make_device_train_step(ctx.model, tx, loss_fn, schedule, step_cfg, ctx.data_sharding,
-                                        ctx.replicated, tables)
-    images, labels = _device_arrays(ctx, train_split_name(config, stage), split)
+    train_step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated)
+    images, labels = _device_arrays(ctx, train_split_name(ctx.config, stage), split)
     return lambda state: train_step(state, images, labels)
+  return _streamed(ctx, stage, split, spec, start_step, total_steps,
+                   make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated))
 
-  if tables is not None:
-    raise UsageError('stage2.sampler=class_balanced needs the device pipeline (data that fits in memory).')
-  train_step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, step_cfg, ctx.replicated)
-  batches = _stream_batches(ctx, stage, split, step_cfg.batch, int(state.step), total_steps)
+
+def _streamed(ctx, stage, split, spec: BatchSpec, start_step: int, total_steps: int, train_step):
+  """A feeder that hands `train_step` this process's share of each streamed global batch."""
+  batches = _stream_batches(ctx, stage, split, spec, start_step, total_steps)
 
   def advance(state):
     x, labels = next(batches)
@@ -84,34 +81,35 @@ def single_head_feeder(ctx, stage: str, split, step_cfg: StepConfig, tx, loss_fn
   return advance
 
 
-def _stream_batches(ctx, stage: str, split, spec: BatchSpec, start_step: int, total_steps: int):
+def _stream_batches(ctx, stage, split, spec: BatchSpec, start_step: int, total_steps: int):
   """This process's share of each global batch from `start_step` on; epoch e is the same on a rerun."""
   spe, dataset = spec.steps_per_epoch, ctx.dataset
   for epoch in range(start_step // spe, total_steps // spe):
     first = start_step - epoch * spe if epoch == start_step // spe else 0
     yield from stream_pipeline.train_batches(
         split, global_batch=spec.batch_size, image_size=dataset.image_size, mean=dataset.mean, std=dataset.std,
-        seed=ctx.config.seed + stage_tag(stage), epoch=epoch, start_step=first, steps=spe,
+        seed=ctx.config.seed + stages.get(stage).tag, epoch=epoch, start_step=first, steps=spe,
         process_index=jax.process_index(), process_count=jax.process_count(), augment=spec.augment)
 
 
-def multihead_parts(ctx, split, head_settings: list, step_cfg: StepConfig, class_counts) -> dict:
-  """The pieces of a K-head stage 2: 'init_opt_state' (stacked params -> optimizer states) and
-  'feeder' (the state to start from -> the feeder)."""
+def heads_parts(ctx, split, settings: list, spec: BatchSpec, class_counts) -> dict:
+  """The pieces of stage 2's grid of K heads: 'init_opt_state' (stacked params -> optimizer states) and
+  'feeder' (the state to start from, its step, the run's length -> the feeder)."""
   config = ctx.config
-  if not multihead_supported(config, ctx.dataset):
-    raise UsageError('training several stage-2 heads at once needs data that fits in memory, or cached '
-                     'features (--config.stage2.augment=False).')
-  cached = uses_cached_features(config)
-  step, init_opt_state = make_multihead_step(ctx.model, head_settings_arrays(head_settings), config.stage2,
-                                             class_counts, step_cfg, cached, ctx.data_sharding, ctx.replicated,
-                                             _sampler_tables(ctx, 'stage2', split))
+  kind = stage2_feed(config, ctx.dataset)
+  tables = (class_balanced_tables(split.labels, ctx.dataset.num_classes)
+            if config.stage2.sampler == 'class_balanced' else None)
+  feed = HeadsFeed(kind, spec, tables)
+  step, init_opt_state = make_heads_step(ctx.model, head_settings_arrays(settings), config.stage2, class_counts,
+                                         feed, config.stage2.max_norm, ctx.data_sharding, ctx.replicated)
 
-  def feeder(state):
-    if cached:
+  def feeder(state, start_step: int, total_steps: int):
+    if kind == 'stream':
+      return _streamed(ctx, stages.STAGE2, split, spec, start_step, total_steps, step)
+    if kind == 'cached':
       data, labels = _cached_features(ctx, state, split)
     else:
-      data, labels = _device_arrays(ctx, train_split_name(config, 'stage2'), split)
+      data, labels = _device_arrays(ctx, train_split_name(config, stages.STAGE2), split)
     return lambda state: step(state, data, labels)
 
   return {'init_opt_state': init_opt_state, 'feeder': feeder}

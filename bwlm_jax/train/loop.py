@@ -11,19 +11,19 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from bwlm_jax import checkpoints, losses
+from bwlm_jax import checkpoints, losses, stages
 from bwlm_jax.data import device_pipeline, stage_train_split
 from bwlm_jax.data.sampling import BatchSpec
 from bwlm_jax.errors import Interrupted
 from bwlm_jax.models import DTYPES
-from bwlm_jax.train import feeders, optim
+from bwlm_jax.train import feeders, migration, optim
 from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
-from bwlm_jax.train.state import TrainState, initial_state, load_backbone_state
-from bwlm_jax.train.steps import StepConfig, stack_heads
+from bwlm_jax.train.state import TrainState, initial_state
+from bwlm_jax.train.steps import stack_heads
 
 # Called every config.eval_every_epochs with (stage, state); returns scalars to log (training curves).
-EvalCallback = Callable[[str, TrainState], dict]
+EvalCallback = Callable[[stages.Stage, TrainState], dict]
 
 
 class StepBudget:
@@ -78,86 +78,97 @@ def multi_process() -> bool:
   return jax.process_count() > 1
 
 
-def stage_split(config, dataset, stage: str):
-  """The training set of a stage; stage 2 trains on the review set or, if configured, the whole tail."""
-  use = 'naive' if stage == 'stage2' and config.stage2.train_set == 'long_tail' else stage
-  return stage_train_split(dataset, use, config.data.subset_seed)
+def stage_split(config, dataset, stage):
+  """The training set of a stage (`Stage.train_set`); stage 2 trains on the whole tail with
+  stage2.train_set=long_tail."""
+  stage = stages.get(stage)
+  train_set = config.stage2.train_set if stage.trains_heads else stage.train_set
+  return stage_train_split(dataset, stage.name if train_set != 'long_tail' else stages.NAIVE.name,
+                           config.data.subset_seed)
 
 
-def _step_config(ctx, stage: str, steps_per_epoch: int) -> StepConfig:
+def _batch_spec(ctx, stage, steps_per_epoch: int) -> BatchSpec:
   config, dataset = ctx.config, ctx.dataset
-  augment = config.stage2.augment if stage == 'stage2' else config.data.augment
-  spec = BatchSpec(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, augment=augment,
+  augment = config.stage2.augment if stage.trains_heads else config.data.augment
+  return BatchSpec(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, augment=augment,
                    mean=dataset.mean, std=dataset.std, dtype=DTYPES[config.model.dtype])
-  return StepConfig(mode='head' if stage == 'stage2' else 'full', batch=spec,
-                    max_norm=config.stage2.max_norm if stage == 'stage2' else None)
 
 
-def run_stage(ctx, stage: str, budget: StepBudget, backbone_state: Optional[TrainState] = None,
-              head_settings: Optional[list] = None, checkpoint_name: Optional[str] = None,
-              on_eval: Optional[EvalCallback] = None) -> TrainState:
-  """Train one stage to its end, resuming from its latest checkpoint; returns the final state.
-
-  With `head_settings` (stage 2 only), K heads train at once, one per setting (see
-  `steps.make_multihead_step`), for as many epochs as the longest; the state then holds the K heads
-  stacked on a leading axis. Checkpoints go to WORKDIR/checkpoints/<checkpoint_name or stage>.
-  `on_eval` is called every `config.eval_every_epochs` epochs (single-model stages).
-  """
+def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = None) -> TrainState:
+  """Train a backbone stage (naive, stage 1) to its end, resuming from its latest checkpoint; returns the
+  final state. `on_eval` is called every `config.eval_every_epochs` epochs."""
+  stage = stages.get(stage)
   config = ctx.config
   split = stage_split(config, ctx.dataset, stage)
   steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
-  epochs = max(s['epochs'] for s in head_settings) if head_settings else config[stage].epochs
-  total_steps = epochs * steps_per_epoch
-  tx, schedule = optim.stage_optimizer(config[stage], total_steps, steps_per_epoch)
-  if stage == 'stage2' and backbone_state is None:
-    backbone_state = load_backbone_state(config, ctx.workdir)
-  step_cfg = _step_config(ctx, stage, steps_per_epoch)
-  counts = losses.loss_counts(config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
-  state = initial_state(ctx, stage, tx, backbone_state)
-  if head_settings is not None:
-    multihead = feeders.multihead_parts(ctx, split, head_settings, step_cfg, counts)
-    heads = {'head': stack_heads(state.params['head'], len(head_settings))}
-    state = state.replace(params=heads, opt_state=multihead['init_opt_state'](heads))
-  state = jax.device_put(state, ctx.replicated)
+  total_steps = config[stage.name].epochs * steps_per_epoch
+  tx, schedule = optim.stage_optimizer(config[stage.name], total_steps, steps_per_epoch)
+  state = jax.device_put(initial_state(ctx, stage, tx), ctx.replicated)
+  spec = _batch_spec(ctx, stage, steps_per_epoch)
 
-  store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, checkpoint_name or stage),
-                                       config.keep_checkpoints)
+  def make_feeder(state):
+    return feeders.backbone_feeder(ctx, stage, split, spec, tx, losses.cross_entropy, schedule, int(state.step),
+                                   total_steps)
+
+  return _resume_and_train(ctx, stage, stage.name, state, make_feeder, budget, total_steps, steps_per_epoch,
+                           on_eval)
+
+
+def run_heads(ctx, budget: StepBudget, backbone_state: TrainState, settings: list, checkpoint_name: str
+              ) -> TrainState:
+  """Stage 2: a grid of K >= 1 heads, one per setting, trained at once on `backbone_state`'s frozen
+  backbone (see `steps.make_heads_step`) for as many epochs as the longest, resuming from
+  WORKDIR/checkpoints/<checkpoint_name>. The state holds the K heads stacked on a leading axis."""
+  config, stage = ctx.config, stages.STAGE2
+  split = stage_split(config, ctx.dataset, stage)
+  steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
+  total_steps = max(s['epochs'] for s in settings) * steps_per_epoch
+  counts = losses.loss_counts(config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
+  parts = feeders.heads_parts(ctx, split, settings, _batch_spec(ctx, stage, steps_per_epoch), counts)
+  state = initial_state(ctx, stage, None, backbone_state)
+  heads = {'head': stack_heads(state.params['head'], len(settings))}
+  state = jax.device_put(state.replace(params=heads, opt_state=parts['init_opt_state'](heads)), ctx.replicated)
+  migration.adopt_single_head(ctx, state, checkpoint_name, total_steps)
+  return _resume_and_train(ctx, stage, checkpoint_name, state,
+                           lambda state: parts['feeder'](state, int(state.step), total_steps),
+                           budget, total_steps, steps_per_epoch, None)
+
+
+def _resume_and_train(ctx, stage, checkpoint_name: str, state, make_feeder, budget, total_steps: int,
+                      steps_per_epoch: int, on_eval) -> TrainState:
+  """Resume `state` from WORKDIR/checkpoints/<checkpoint_name> (a finished one is returned as it is),
+  then train it to `total_steps`."""
+  store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, checkpoint_name),
+                                       ctx.config.keep_checkpoints)
   try:
     restored = store.restore_latest(state)
     if restored is not None:
       state, meta = restored
       if meta.get('finished'):
-        print(f'{stage}: finished earlier ({meta["step"]} steps); using its checkpoint.')
+        print(f'{checkpoint_name}: finished earlier ({meta["step"]} steps); using its checkpoint.')
         return state
-      print(f'{stage}: resuming at step {meta["step"]} of {total_steps}.')
-    if head_settings is None:
-      feeder = feeders.single_head_feeder(ctx, stage, split, step_cfg, tx,
-                                          losses.stage_loss(stage, config.stage2, counts), schedule, state,
-                                          total_steps)
-    else:
-      feeder = multihead['feeder'](state)
-    return _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch,
-                  on_eval if head_settings is None else None, stacked=head_settings is not None)
+      print(f'{checkpoint_name}: resuming at step {meta["step"]} of {total_steps}.')
+    return _train(ctx, stage, state, make_feeder(state), store, budget, total_steps, steps_per_epoch, on_eval)
   finally:
     store.close()
 
 
-def _divergence_hint(config, stage: str) -> str:
-  hint = (f'{stage}.learning_rate={config[stage].learning_rate:g} is too high for this model and batch '
+def _divergence_hint(config, stage) -> str:
+  hint = (f'{stage}.learning_rate={config[stage.name].learning_rate:g} is too high for this model and batch '
           f'(lower it with --config.{stage}.learning_rate)')
   if config.model.dtype != 'float32':
     hint += f', or model.dtype={config.model.dtype} overflowed (try float32)'
   return hint + '.'
 
 
-def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval, stacked: bool):
-  """The step loop; `stacked`: the state holds K heads at once."""
-  config = ctx.config
+def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval):
+  """The step loop; stage 2's state holds K heads at once."""
+  config, stacked = ctx.config, stage.trains_heads
   start = int(state.step)
-  writer = stage_writer(ctx.workdir, stage, resume_step=start)
-  progress = tqdm(total=total_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True, mininterval=1.0,
-                  disable=jax.process_index() != 0)
-  watch = NonFiniteWatch(stage, _divergence_hint(config, stage))
+  writer = stage_writer(ctx.workdir, stage.name, resume_step=start)
+  progress = tqdm(total=total_steps, initial=start, desc=stage.name, unit='step', dynamic_ncols=True,
+                  mininterval=1.0, disable=jax.process_index() != 0)
+  watch = NonFiniteWatch(stage.name, _divergence_hint(config, stage))
   interval = IntervalMetrics(writer, steps_per_epoch, progress, watch, total_steps)
 
   def save(step, finished):
@@ -166,7 +177,7 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
     interval.check_open_interval(step)
     finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked)))
     watch.check(np.where(finite, 0, step), total_steps)
-    store.save(step, state, checkpoints.checkpoint_meta(stage, step, total_steps, finished, config.to_dict(),
+    store.save(step, state, checkpoints.checkpoint_meta(stage.name, step, total_steps, finished, config.to_dict(),
                                                         ctx.dataset, ctx.fingerprint))
 
   eval_every = config.eval_every_epochs * steps_per_epoch if on_eval is not None else 0

@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bwlm_jax import checkpoints
-from bwlm_jax.config import stage_tag
+from bwlm_jax import checkpoints, stages
 from bwlm_jax.data.sampling import HEAD_INIT
 from bwlm_jax.models import LinearHead
 from bwlm_jax.errors import MissingFileError, UsageError
@@ -36,47 +35,47 @@ class TrainState:
   rng: jax.Array
 
 
-def stage_key(seed: int, stage: str) -> jax.Array:
-  return jax.random.fold_in(jax.random.key(seed), stage_tag(stage))
+def stage_key(seed: int, stage) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), stages.get(stage).tag)
 
 
-def initial_state(ctx, stage: str, tx, backbone_state: TrainState = None) -> TrainState:
-  """Step 0 of a stage: a new backbone and head (naive, stage 1), or a new head on `backbone_state`'s
-  frozen backbone (stage 2)."""
+def initial_state(ctx, stage, tx, backbone_state: TrainState = None) -> TrainState:
+  """Step 0 of a stage: a new backbone and head with `tx`'s optimizer state (naive, stage 1), or one new
+  head on `backbone_state`'s frozen backbone (stage 2, whose caller stacks the grid's heads and sets
+  their optimizer states; `tx` is None there)."""
+  stage = stages.get(stage)
   key = stage_key(ctx.config.seed, stage)
   backbone_key, head_key = jax.random.split(jax.random.fold_in(key, HEAD_INIT))
   num_classes = ctx.dataset.num_classes
   feature_dim = ctx.model.feature_dim(ctx.image_shape)
-  if stage == 'stage2':
+  if stage.trains_heads:
     # Copied: stage 2's steps donate their state, and stage 1's arrays are still evaluated later.
     frozen = jax.tree.map(jnp.copy, {'params': backbone_state.params['backbone'],
                                      'batch_stats': backbone_state.batch_stats})
     bias = -float(np.log(num_classes - 1)) if ctx.config.stage2.head_bias_init == 'cb_prior' else 0.0
     head = LinearHead(num_classes, bias_init_value=bias).init(head_key, jnp.zeros((1, feature_dim)))['params']
-    params, batch_stats = {'head': head}, {}
+    params, batch_stats, opt_state = {'head': head}, {}, None
   else:
     backbone_params, batch_stats = ctx.model.init_backbone(backbone_key, ctx.image_shape)
     params = {'backbone': backbone_params, 'head': ctx.model.init_head(head_key, feature_dim)}
-    frozen = {}
+    frozen, opt_state = {}, tx.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), frozen=frozen, rng=jax.random.key_data(key))
+                    opt_state=opt_state, frozen=frozen, rng=jax.random.key_data(key))
 
 
-def backbone_directory(config, workdir: str) -> str:
-  """Checkpoints of the stage that gives stage 2 its backbone (config.stage2.backbone), in this run
-  or in `config.stage1_checkpoint` (a workdir, or that stage's checkpoint directory itself)."""
-  source = config.stage2.backbone
+def backbone_directory(config, workdir: str, source: str) -> str:
+  """Checkpoints of the `source` stage (naive or stage 1) whose backbone stage 2 freezes, in this run or in
+  `config.stage1_checkpoint` (a workdir, or that stage's checkpoint directory itself)."""
   if not config.stage1_checkpoint:
     return checkpoints.stage_directory(workdir, source)
   candidate = checkpoints.stage_directory(config.stage1_checkpoint, source)
   return candidate if os.path.isdir(candidate) else config.stage1_checkpoint
 
 
-def load_backbone_state(config, workdir: str) -> TrainState:
+def load_backbone_state(config, workdir: str, source: str) -> TrainState:
   """The finished state whose backbone stage 2 freezes: stage 1 (BWLM) or naive (cRT-style), checked
   to be of the same data and model as `config`."""
-  source = config.stage2.backbone
-  directory = backbone_directory(config, workdir)
+  directory = backbone_directory(config, workdir, source)
   if not os.path.isdir(directory):
     raise MissingFileError(f'stage 2 needs a {source} checkpoint: none at {directory}. Add {source} to '
                             f'config.stages or set config.stage1_checkpoint=WORKDIR_OF_A_{source.upper()}_RUN.')

@@ -1,9 +1,9 @@
-"""Jitted, pure train and predict steps.
+"""Jitted, pure train steps: one step factory per kind of stage.
 
-A 'full' step trains backbone and head (naive, stage 1); a 'head' step trains only the head on
-features of the frozen backbone (stage 2): the features go through `stop_gradient`, BatchNorm runs
-in inference mode, and the gradient is taken with respect to the head alone, so the backbone's
-backward pass is never computed.
+A backbone stage (naive, stage 1) trains backbone and head together, on device-kept or streamed
+batches. Stage 2 trains a grid of K >= 1 heads on the frozen backbone's features (`make_heads_step`):
+the features go through `stop_gradient`, BatchNorm runs in inference mode, and the gradient is taken
+with respect to the heads alone, so the backbone's backward pass is never computed.
 """
 
 from __future__ import annotations
@@ -23,13 +23,6 @@ from bwlm_jax.train import optim
 from bwlm_jax.train.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  mode: str  # 'full' | 'head'
-  batch: BatchSpec
-  max_norm: Optional[float] = None  # Head only: cap each class's weight-vector norm after the update.
 
 
 def cap_class_norms(head_params, max_norm: float):
@@ -54,63 +47,35 @@ def _step_metrics(loss, logits, labels, learning_rate) -> dict:
 
 
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
-                        schedule: optax.Schedule, mode: str, state: TrainState, x, labels,
-                        max_norm: Optional[float] = None):
-  if mode == 'cached':  # x already holds the frozen backbone's features.
-    def loss_of(params):
-      logits = model.logits(params['head'], x)
-      return loss_fn(logits, labels), (logits, state.batch_stats)
-  elif mode == 'full':
-    def loss_of(params):
-      features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
-      logits = model.logits(params['head'], features)
-      return loss_fn(logits, labels), (logits, new_stats)
-  else:
-    features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
-    features = jax.lax.stop_gradient(features)
-
-    def loss_of(params):
-      logits = model.logits(params['head'], features)
-      return loss_fn(logits, labels), (logits, state.batch_stats)
+                        schedule: optax.Schedule, state: TrainState, x, labels):
+  """One step of a backbone stage: backbone and head trained together, BatchNorm in training mode."""
+  def loss_of(params):
+    features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
+    logits = model.logits(params['head'], features)
+    return loss_fn(logits, labels), (logits, new_stats)
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  params, opt_state = _apply_gradients(tx, grads, state.opt_state, state.params,
-                                       max_norm if mode != 'full' else None)
+  params, opt_state = _apply_gradients(tx, grads, state.opt_state, state.params, None)
   metrics = _step_metrics(loss, logits, labels, schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
   return new_state, metrics
 
 
-def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
-                           state_sharding=None, sampler_tables=None):
+def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, data_sharding=None,
+                           state_sharding=None):
   """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step."""
   def step(state, images, labels):
-    x, batch_labels = device_batch(state.rng, state.step, images, labels, cfg.batch, data_sharding, sampler_tables)
-    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x, batch_labels, cfg.max_norm)
+    x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding)
+    return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_cached_head_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, data_sharding=None,
-                          state_sharding=None, sampler_tables=None):
-  """step(state, features [N, D], labels [N]) -> (state, metrics): stage 2 on precomputed features.
-
-  The batches are those of `make_device_train_step` (same indices), without the backbone's forward pass.
-  """
-  def step(state, features, labels):
-    x, batch_labels = cached_batch(state.rng, state.step, features, labels, cfg.batch, data_sharding, sampler_tables)
-    return _forward_and_update(model, tx, loss_fn, schedule, 'cached', state, x, batch_labels, cfg.max_norm)
-
-  out_shardings = None if state_sharding is None else (state_sharding, None)
-  return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
-
-
-def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, cfg: StepConfig, state_sharding=None):
+def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, state_sharding=None):
   """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
   def step(state, x, labels):
-    return _forward_and_update(model, tx, loss_fn, schedule, cfg.mode, state, x.astype(cfg.batch.dtype), labels,
-                               cfg.max_norm)
+    return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
@@ -136,14 +101,36 @@ def _head_optimizer(stage_cfg, setting: dict, steps_per_epoch: int):
   return optim.sgd(decay_cfg, schedule), schedule
 
 
-def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, cfg: StepConfig, cached: bool,
-                        data_sharding=None, state_sharding=None, sampler_tables=None):
-  """K stage-2 heads trained at once: one jitted step, features computed once and shared, vmap over heads.
+@dataclasses.dataclass(frozen=True)
+class HeadsFeed:
+  """How the stage-2 step gets each batch's features of the frozen backbone (`feeders.stage2_feed`)."""
+  kind: str  # 'cached' (features [N, D] on device) | 'device' (uint8 images [N,H,W,3] on device) | 'stream'
+  spec: BatchSpec
+  sampler_tables: Optional[dict] = None  # class-balanced sampling ('cached' and 'device' only)
+
+
+def _batch_features(model: Model, feed: HeadsFeed, state, data, labels, data_sharding):
+  """(features of the frozen backbone, labels) of the step's batch, outside the gradient."""
+  if feed.kind == 'cached':
+    return cached_batch(state.rng, state.step, data, labels, feed.spec, data_sharding, feed.sampler_tables)
+  if feed.kind == 'device':
+    x, labels = device_batch(state.rng, state.step, data, labels, feed.spec, data_sharding, feed.sampler_tables)
+  else:  # 'stream': `data` is the step's batch of normalised images
+    x = data.astype(feed.spec.dtype)
+  features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
+  return jax.lax.stop_gradient(features), labels
+
+
+def make_heads_step(model: Model, settings: dict, stage_cfg, class_counts, feed: HeadsFeed,
+                    max_norm: Optional[float] = None, data_sharding=None, state_sharding=None):
+  """The stage-2 step: K heads (K >= 1) on one frozen backbone, one jitted call, features computed once
+  per batch and shared, `jax.vmap` over the heads.
 
   `settings` holds [K] arrays (see `head_settings_arrays`); head k follows exactly the updates it would
   get trained alone with those settings (same batches, same init). A head whose `epochs` are fewer than
-  the run's has reached learning rate 0 by then and stays where it ended. Returns (step, init_opt_state)
-  where step(state, data, labels) takes cached features [N, D] (cached=True) or uint8 images [N, H, W, 3].
+  the run's has reached learning rate 0 by then and stays where it ended. With `max_norm`, MaxNorm caps
+  every head after each update. Returns (step, init_opt_state); step(state, data, labels) takes what
+  `feed.kind` names.
   """
   def loss_of(logits, labels, setting):
     def one(name):
@@ -152,30 +139,24 @@ def make_multihead_step(model: Model, settings: dict, stage_cfg, class_counts, c
     return jax.lax.switch(setting['loss'], [one(name) for name in losses.LOSSES])
 
   def update_one(head_params, opt_state, setting, step, features, labels):
-    tx, schedule = _head_optimizer(stage_cfg, setting, cfg.batch.steps_per_epoch)
+    tx, schedule = _head_optimizer(stage_cfg, setting, feed.spec.steps_per_epoch)
 
     def objective(params):
       logits = model.logits(params['head'], features)
       return loss_of(logits, labels, setting), logits
 
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(head_params)
-    head_params, opt_state = _apply_gradients(tx, grads, opt_state, head_params, cfg.max_norm)
+    head_params, opt_state = _apply_gradients(tx, grads, opt_state, head_params, max_norm)
     return head_params, opt_state, _step_metrics(loss, logits, labels, schedule(step))
 
   def step(state, data, labels):
-    if cached:
-      features, batch_labels = cached_batch(state.rng, state.step, data, labels, cfg.batch, data_sharding,
-                                             sampler_tables)
-    else:
-      x, batch_labels = device_batch(state.rng, state.step, data, labels, cfg.batch, data_sharding, sampler_tables)
-      features, _ = model.features(state.frozen['params'], state.frozen['batch_stats'], x, train=False)
-    features = jax.lax.stop_gradient(features)
+    features, batch_labels = _batch_features(model, feed, state, data, labels, data_sharding)
     params, opt_state, metrics = jax.vmap(update_one, in_axes=(0, 0, 0, None, None, None))(
         state.params, state.opt_state, settings, state.step, features, batch_labels)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def init_opt_state(stacked_params):
-    return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, cfg.batch.steps_per_epoch)[0].init(p))(
+    return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, feed.spec.steps_per_epoch)[0].init(p))(
         stacked_params, settings)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)

@@ -1,0 +1,58 @@
+"""The stages a run can train, as values: what each one trains on, with which loss, which parameters.
+
+Everything that differs between stages is read from this table (the loop, the feeders, the state,
+the losses); nothing else compares stage names. The names stay the keys of the config sections, the
+checkpoint directories and `results.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bwlm_jax.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  tag: int  # folded into the seed: keeps the stage's random streams apart from the others'
+  # 'long_tail' (every training image), 'head_classes' (Data Balanced Review's stage-1 set) or 'review'
+  # (its stage-2 set; `stage2.train_set=long_tail` trains on the whole tail instead).
+  train_set: str
+  # False: new heads on a frozen backbone (the grid of heads, trained with `stage2.loss` per head);
+  # True: backbone and head trained together with cross-entropy.
+  trains_backbone: bool
+  summary: str
+  # Whether evaluation adds the post-hoc corrections (tau-norm, logit adjustment) of a one-stage model.
+  posthoc_corrected: bool = False
+
+  @property
+  def trains_heads(self) -> bool:
+    return not self.trains_backbone
+
+  def __str__(self) -> str:
+    return self.name
+
+
+NAIVE = Stage('naive', 11, 'long_tail', True, 'one-stage cross-entropy on the whole long tail', True)
+STAGE1 = Stage('stage1', 12, 'head_classes', True, 'cross-entropy on the head classes (Data Balanced Review)')
+STAGE2 = Stage('stage2', 13, 'review', False, 'new heads on a frozen backbone, on the rebalanced set')
+STAGES = (NAIVE, STAGE1, STAGE2)
+NAMES = tuple(stage.name for stage in STAGES)
+# The stages that train a backbone stage 2 can freeze (`stage2.backbone`).
+BACKBONES = tuple(stage.name for stage in STAGES if stage.trains_backbone)
+
+
+def get(name) -> Stage:
+  """The stage called `name` (a Stage is returned as it is)."""
+  if isinstance(name, Stage):
+    return name
+  for stage in STAGES:
+    if stage.name == name:
+      return stage
+  raise UsageError(f'unknown stage {name!r}; expected one of {", ".join(NAMES)}.')
+
+
+def grid_checkpoint(backbone: str) -> str:
+  """Checkpoint directory of the grid of stage-2 heads trained on `backbone`'s features."""
+  return 'stage2_grid' if backbone == STAGE1.name else f'stage2_grid_{backbone}'
