@@ -21,6 +21,9 @@ RESULT_NEUTRAL_FIELDS = (
 )
 
 
+_GRID_BACKBONE = 'stage2.grid.backbone'
+
+
 def flatten(tree: dict, prefix: str = '') -> dict:
   flat = {}
   for key, value in tree.items():
@@ -36,9 +39,10 @@ def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS
   """'field: saved -> current' for every result-changing field that differs.
 
   A field the saved config lacks (added to bwlm-jax after that run) counts as equal when the current
-  value is its default, which is what the older code did.
+  value is its default, which is what the older code did. `stage2.grid.backbone` is compared as the
+  backbones it trains on: None (or absent, as before the field existed) is [stage2.backbone].
   """
-  old, new = flatten(saved), flatten(current)
+  old, new = _with_grid_backbones(flatten(saved)), _with_grid_backbones(flatten(current))
   defaults = flatten(base_config().to_dict())
   lines = []
   for field in sorted(set(old) | set(new)):
@@ -49,6 +53,12 @@ def config_differences(saved: dict, current: dict, neutral=RESULT_NEUTRAL_FIELDS
     if old.get(field, '<absent>') != new.get(field, '<absent>'):
       lines.append(f'{field}: {old.get(field, "<absent>")!r} -> {new.get(field, "<absent>")!r}')
   return lines
+
+
+def _with_grid_backbones(flat: dict) -> dict:
+  if flat.get(_GRID_BACKBONE) is None and 'stage2.backbone' in flat:
+    return {**flat, _GRID_BACKBONE: [flat['stage2.backbone']]}
+  return flat
 
 
 def stage_config_differences(stage: str, meta: dict, current: dict) -> list[str]:

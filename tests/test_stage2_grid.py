@@ -25,6 +25,7 @@ def _v1_config(tfds_dir):
   config.stages = 'stage1,stage2'
   config.stage2.augment = False
   config.keep_checkpoints = 1
+  config.stage2.grid.backbone = ('stage1',)  # the grid of the older versions: stage 2's backbone alone
   return config
 
 
@@ -105,6 +106,14 @@ def _function_level_stage_comparisons(path):
   return found
 
 
+def test_an_older_workdir_is_refused_under_the_new_backbone_grid_until_it_is_pinned(v1, tfds_dir):
+  from bwlm_jax.errors import UsageError
+  config = _v1_config(tfds_dir)
+  config.stage2.grid.backbone = ('stage1', 'naive')
+  with pytest.raises(UsageError, match=r"stage2.grid.backbone: \['stage1'\] -> \['stage1', 'naive'\]"):
+    train_and_evaluate(config, str(v1 / 'finished'))
+
+
 def test_no_module_compares_stage_names_outside_the_stage_table():
   found = {}
   for folder, _, files in os.walk(os.path.join(ROOT, 'bwlm_jax')):
@@ -123,3 +132,70 @@ def test_stage2_has_one_step_factory():
   assert factories == ['make_device_train_step', 'make_heads_step', 'make_stream_train_step']
   source = open(os.path.join(ROOT, 'bwlm_jax', 'train', 'feeders.py')).read()
   assert source.count('make_heads_step(') == 1
+
+
+@pytest.mark.parametrize('augment,cache,in_memory,sampler,feed', [
+    (False, True, True, 'uniform', 'cached'), (False, True, False, 'class_balanced', 'cached'),
+    (True, True, True, 'uniform', 'device'), (False, False, True, 'class_balanced', 'device'),
+    (True, True, False, 'uniform', 'stream'), (True, True, False, 'class_balanced', None)])
+def test_how_stage2_is_fed_is_decided_in_one_place(tfds_dir, augment, cache, in_memory, sampler, feed):
+  from types import SimpleNamespace
+  from bwlm_jax.errors import UsageError
+  from bwlm_jax.train.feeders import stage2_feed
+  config = tiny_config(tfds_dir)
+  config.stage2.augment, config.stage2.cache_features, config.stage2.sampler = augment, cache, sampler
+  dataset = SimpleNamespace(in_memory=in_memory)
+  if feed is None:
+    with pytest.raises(UsageError, match='stage2.sampler=class_balanced draws batches by index'):
+      stage2_feed(config, dataset)
+  else:
+    assert stage2_feed(config, dataset) == feed
+
+
+def test_the_feed_and_an_impossible_combination_are_told_before_training(tfds_dir, tmp_path, capsys):
+  from bwlm_jax.errors import MissingFileError, UsageError
+  config = tiny_config(tfds_dir)
+  config.stages = 'stage1,stage2'
+  config.data.pipeline = 'stream'
+  config.stage2.sampler = 'class_balanced'
+  with pytest.raises(UsageError, match='streamed data cannot do'):
+    train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')  # refused before any training
+  config.stage2.augment = False
+  config.stages = 'stage2'
+  config.stage1_checkpoint = str(tmp_path / 'none')
+  with pytest.raises(MissingFileError, match='stage 2 needs a stage1 checkpoint'):
+    train_and_evaluate(config, str(tmp_path))
+  assert 'stage 2 is fed cached: features of the frozen backbone computed once' in capsys.readouterr().out
+
+
+def test_the_backbone_is_a_grid_dimension_where_both_backbones_are_trained(tfds_dir, tmp_path, capsys):
+  from helpers import small_grid
+  config = small_grid(tiny_config(tfds_dir, epochs=1), learning_rate=(0.1,), epochs=(1,), weight_decay=(5e-4,),
+                      alpha=(0.1,))
+  config.stages = 'stage1,stage2'
+  config.stage2.grid.backbone = ('stage1', 'naive')
+  alone = train_and_evaluate(config, str(tmp_path / 'no_naive'))
+  assert 'no finished naive backbone here, so the grid leaves out its 1 candidates' in capsys.readouterr().out
+  assert [c['setting']['backbone'] for c in alone['stage2_selection']['candidates']] == ['stage1']
+  config.stages = 'naive,stage1,stage2'
+  both = train_and_evaluate(config, str(tmp_path / 'both'))
+  record = both['stage2_selection']
+  assert [c['setting']['backbone'] for c in record['candidates']] == ['stage1', 'naive']
+  scores = [c['score'] for c in record['candidates']]
+  assert record['chosen'] == int(np.argmax(scores))
+  chosen = record['candidates'][record['chosen']]['setting']['backbone']
+  # The chosen head is saved with its own backbone frozen under it, and the selection table names it.
+  stage2, meta = checkpoints.read_latest(checkpoints.stage_directory(str(tmp_path / 'both'), 'stage2'))
+  backbone, _ = checkpoints.read_latest(checkpoints.stage_directory(str(tmp_path / 'both'), chosen))
+  np.testing.assert_array_equal(jax_leaves(stage2['frozen']['params']), jax_leaves(backbone['params']['backbone']))
+  assert meta['config']['stage2']['backbone'] == chosen
+  table = open(tmp_path / 'both' / 'stage2_selection.md').read()
+  assert 'backbone=naive' in table
+  for name in ('stage2_grid', 'stage2_grid_naive'):
+    assert checkpoints.finished_meta(checkpoints.stage_directory(str(tmp_path / 'both'), name))
+
+
+def jax_leaves(tree):
+  import jax
+  return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])

@@ -304,6 +304,15 @@ def test_streamed_imagenet_lt_trains_resumes_and_evaluates(tmp_path, monkeypatch
     config.stage2.grid.learning_rate, config.stage2.grid.epochs = (0.01, 0.1), (1,)
     config.stage2.grid.weight_decay, config.stage2.grid.alpha = None, None
     selected = train_and_evaluate(config, str(tmp_path / 'selected'))
+    # The same grid fed streamed, augmented batches through the frozen backbone every step.
+    config.stage2.augment = True
+    streamed = train_and_evaluate(config, str(tmp_path / 'streamed'))
+  assert [c['setting']['learning_rate'] for c in streamed['stage2_selection']['candidates']] == [0.01, 0.1]
+  grid, grid_meta = _restore(str(tmp_path / 'streamed'), 'stage2_grid_naive')
+  assert grid['params']['head']['dense']['kernel'].shape[0] == 2 and grid_meta['total_steps'] == 5
+  assert not np.allclose(grid['params']['head']['dense']['kernel'],
+                         _restore(str(tmp_path / 'selected'), 'stage2_grid_naive')[0]['params']['head']['dense'][
+                             'kernel'])  # augmented batches, not the cached features
   record = selected['stage2_selection']
   assert [c['setting']['learning_rate'] for c in record['candidates']] == [0.01, 0.1]
   assert all(c['val']['num_examples'] == 40 and c['test']['num_examples'] == 40 for c in record['candidates'])

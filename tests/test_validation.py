@@ -113,8 +113,11 @@ def test_grid_candidates_cover_every_combination_and_pin_fields():
   stage2 = base_config().stage2
   stage2.grid.learning_rate, stage2.grid.epochs = (0.01, 0.1), (10, 30)
   stage2.grid.weight_decay, stage2.grid.alpha = (5e-4, 0.1), (0.1, 0.9)
+  assert len(selection.candidates(stage2)) == 32  # the default grid tries both backbones
+  assert [c['backbone'] for c in selection.candidates(stage2)[:2]] == ['stage1', 'naive']
+  stage2.grid.backbone = None
   assert len(selection.candidates(stage2)) == 16
-  assert {c['loss'] for c in selection.candidates(stage2)} == {'bfs'}
+  assert {(c['loss'], c['backbone']) for c in selection.candidates(stage2)} == {('bfs', 'stage1')}
   stage2.loss = 'ce'  # alpha means nothing to CE: it does not multiply the grid
   assert len(selection.candidates(stage2)) == 8
   stage2.grid.weight_decay = None
