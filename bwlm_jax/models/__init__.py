@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.head import LinearHead  # noqa: F401
 from bwlm_jax.models.resnet_cifar import CifarResNet
-from bwlm_jax.models.resnet_imagenet import ImageNetResNet
+from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
 from bwlm_jax.errors import UsageError
 from bwlm_jax.model_names import DTYPE_NAMES, MODELS
 
@@ -22,12 +22,10 @@ def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
   cifar_blocks = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5}
   if name in cifar_blocks:
     return CifarResNet(cifar_blocks[name], dtype=compute)
-  if name == 'resnet10':
-    return ImageNetResNet((1, 1, 1, 1), bottleneck=False, dtype=compute)
-  if name == 'resnet50':
-    return ImageNetResNet((3, 4, 6, 3), bottleneck=True, dtype=compute)
-  if name == 'resnext50':
-    return ImageNetResNet((3, 4, 6, 3), bottleneck=True, groups=32, width_per_group=4, dtype=compute)
+  if name in LAYOUTS:
+    stage_sizes, bottleneck = LAYOUTS[name]
+    grouped = {'groups': 32, 'width_per_group': 4} if name == 'resnext50' else {}
+    return ImageNetResNet(stage_sizes, bottleneck=bottleneck, dtype=compute, **grouped)
   raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')
 
 

@@ -1,4 +1,6 @@
-"""ResNet-10/50 and ResNeXt-50 32x4d for 224x224 inputs (He et al. 2016; Xie et al. 2017)."""
+"""ResNet-10/18/34/50/101/152 and ResNeXt-50 32x4d for 224x224 inputs (He et al. 2016; Xie et al. 2017), layer
+for layer torchvision's (stride on the bottleneck's 3x3, "v1.5"), so that its weights load
+(`models/torch_layout.py`)."""
 
 from __future__ import annotations
 
@@ -57,23 +59,31 @@ class Bottleneck(nn.Module):
     return nn.relu(x + y)
 
 
+# Blocks per stage of each network (torchvision's), and whether its blocks are bottlenecks.
+LAYOUTS = {'resnet10': ((1, 1, 1, 1), False), 'resnet18': ((2, 2, 2, 2), False), 'resnet34': ((3, 4, 6, 3), False),
+           'resnet50': ((3, 4, 6, 3), True), 'resnet101': ((3, 4, 23, 3), True), 'resnet152': ((3, 8, 36, 3), True),
+           'resnext50': ((3, 4, 6, 3), True)}
+
+
 class ImageNetResNet(nn.Module):
-  """Backbone returning pooled features (512 for basic blocks, 2048 for bottlenecks)."""
+  """Backbone returning pooled features (8 * base_channels for basic blocks, 32 * base_channels for
+  bottlenecks: 512 and 2048 at torchvision's width, base_channels = 64)."""
   stage_sizes: Sequence[int]
   bottleneck: bool
   groups: int = 1
   width_per_group: int = 64
   dtype: Any = jnp.float32
+  base_channels: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.Conv(self.base_channels, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
     x = nn.relu(_norm(train, self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, size in enumerate(self.stage_sizes):
       for block in range(size):
         stride = 2 if stage > 0 and block == 0 else 1
-        channels = 64 * 2 ** stage
+        channels = self.base_channels * 2 ** stage
         if self.bottleneck:
           x = Bottleneck(channels, stride, self.groups, self.width_per_group, self.dtype)(x, train)
         else:
