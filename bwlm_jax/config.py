@@ -26,8 +26,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet32'  # resnet8 | resnet20 | resnet32 | resnet10 | resnet50 | resnext50
+  config.model.name = 'resnet32'  # model_names.MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
+  # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
+  # (stage2.backbone=pretrained): a torchvision/timm ResNet checkpoint (.safetensors, .npz; .pth/.pt with
+  # PyTorch) or a finished workdir (WORKDIR = its naive backbone, WORKDIR:stage1). None = random init.
+  config.model.init_from = config_dict.placeholder(str)
 
   config.batch_size = 64  # Paper section 4.2.
   config.eval_batch_size = 500
@@ -73,6 +77,10 @@ def _data_config() -> ml_collections.ConfigDict:
   # counts stay the standard ones). 20 per class: 2,000 images on CIFAR-100, as many as Tiny-ImageNet-LT's
   # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
   data.val_per_class = 20
+  # Input normalisation: 'dataset' (the training set's per-channel mean and std), 'imagenet' (the
+  # statistics ImageNet weights expect), or 'auto': imagenet with a weights file in model.init_from, else
+  # dataset.
+  data.normalize = 'auto'
   return data
 
 
@@ -184,7 +192,10 @@ def validate_config(config) -> None:
     raise UsageError(f'stage2.beta must be in (0, 1), got {stage2.beta}.')
   if stage2.gamma < 0:
     raise UsageError(f'stage2.gamma must be >= 0, got {stage2.gamma}.')
-  for field, allowed in (('backbone', stages_lib.BACKBONES), ('train_set', ('review', 'long_tail')),
+  if config.data.normalize not in ('auto', 'dataset', 'imagenet'):
+    raise UsageError(f"data.normalize must be 'auto', 'dataset' or 'imagenet', got {config.data.normalize!r}.")
+  backbones = stages_lib.BACKBONES + (stages_lib.PRETRAINED,)
+  for field, allowed in (('backbone', backbones), ('train_set', ('review', 'long_tail')),
                          ('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
                          ('loss_counts', ('long_tail', 'stage2'))):
     if stage2[field] not in allowed:

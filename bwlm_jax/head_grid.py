@@ -75,6 +75,8 @@ def available(ctx: TrainContext, trained: dict, settings: list) -> list:
   """The settings whose backbone this run trained or can load finished (from the workdir or
   `stage1_checkpoint`); the others are named on the terminal and left out."""
   def ready(backbone):
+    if backbone == stages.PRETRAINED:
+      return ctx.pretrained is not None
     return backbone in trained or checkpoints.finished_meta(backbone_directory(ctx.config, ctx.workdir,
                                                                                backbone)) is not None
   missing = [b for b in dict.fromkeys(s['backbone'] for s in settings) if not ready(b)]
@@ -89,7 +91,14 @@ def backbone_states(ctx: TrainContext, trained: dict, settings: list) -> dict:
   """{backbone: finished state} of every backbone the settings name: trained in this run, or loaded from
   the workdir (or `stage1_checkpoint`)."""
   needed = dict.fromkeys(s['backbone'] for s in settings)
-  return {b: trained[b] if b in trained else load_backbone_state(ctx.config, ctx.workdir, b) for b in needed}
+  return {b: trained[b] if b in trained else _pretrained_state(ctx) if b == stages.PRETRAINED
+          else load_backbone_state(ctx.config, ctx.workdir, b) for b in needed}
+
+
+def _pretrained_state(ctx: TrainContext) -> TrainState:
+  """model.init_from's backbone as the state stage 2 freezes (only its backbone and statistics are read)."""
+  return TrainState(step=None, params={'backbone': ctx.pretrained['params']},
+                    batch_stats=ctx.pretrained['batch_stats'], opt_state=None, frozen={}, rng=None)
 
 
 def train_grid(ctx: TrainContext, budget: StepBudget, rows: list, settings: list, backbones: dict) -> Grid:

@@ -5,12 +5,13 @@ The one module that uses both `train/` (which never evaluates) and `evaluation/`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, head_grid, selection, sharding, stages
+from bwlm_jax import checkpoints, head_grid, selection, sharding, stages, weights
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
@@ -31,7 +32,26 @@ from bwlm_jax.errors import UsageError
 def check_inputs(config, workdir: str) -> None:
   """The cheap checks of a run's config and workdir path, before any data is read."""
   validate_config(config)
+  _check_init_from(config)
   workdir_lib.check_workdir_path(workdir)
+
+
+def _check_init_from(config) -> None:
+  if config.model.init_from:
+    weights.check_source(config.model.init_from)
+  elif stages.PRETRAINED in (config.stage2.backbone, *(config.stage2.grid.backbone or ())):
+    raise UsageError('stage2.backbone=pretrained freezes the backbone of model.init_from, which is not set: '
+                     'give --config.model.init_from=WEIGHTS_FILE (or a finished workdir).')
+
+
+def _normalized(config, dataset: LongTailDataset) -> LongTailDataset:
+  """The dataset with the normalisation the run uses (data.normalize): ImageNet's statistics for ImageNet
+  weights, the training set's otherwise."""
+  mode = config.data.normalize
+  weights_file = bool(config.model.init_from) and weights.split_source(config.model.init_from)[1] is None
+  if mode == 'imagenet' or (mode == 'auto' and weights_file):
+    return dataclasses.replace(dataset, mean=weights.IMAGENET_MEAN, std=weights.IMAGENET_STD)
+  return dataset
 
 
 def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> TrainContext:
@@ -40,11 +60,15 @@ def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None
     dataset = load_dataset(config.data)
     print(format_summary(dataset.name, count_summary(dataset.train_counts),
                          eval_split_lines(dataset, config.data.val_per_class)))
+  dataset = _normalized(config, dataset)
   model = build_model(config.model, dataset.num_classes)
   mesh = sharding.make_mesh()
+  image_shape = (dataset.image_size, dataset.image_size, 3)
+  pretrained = (weights.pretrained_backbone(config.model.init_from, model, image_shape, config.model.name)
+                if config.model.init_from else None)
   return TrainContext(config, workdir, dataset, model, mesh,
                       SplitFeatures(model, dataset, mesh, config.eval_batch_size, config.model.dtype),
-                      fingerprint=run_fingerprint(config, dataset, model))
+                      fingerprint=run_fingerprint(config, dataset, model), pretrained=pretrained)
 
 
 def _curve_callback(ctx: TrainContext):
@@ -153,7 +177,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   `stop_after_steps` ends this process's training after that many steps (a checkpoint saved), as a
   preemption would: rerunning resumes. `dataset` skips loading when the caller has it already.
   """
-  validate_config(config)
+  check_inputs(config, workdir)
   workdir_lib.check_workdir_config(workdir, config.to_dict(), config.allow_config_change)
   run_stages = parse_stages(config)
   _refuse_relabelling(config, workdir, run_stages)
@@ -196,7 +220,7 @@ def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[s
   settings = [setting for options in rows.values() for setting in options]
   if not settings:
     raise UsageError('a stage-2 grid needs at least one head setting.')
-  validate_config(config)
+  check_inputs(config, workdir)
   recorded = {**config.to_dict(), 'head_settings': settings}
   workdir_lib.check_workdir_config(workdir, recorded, config.allow_config_change)
   ctx = make_context(config, workdir, dataset)

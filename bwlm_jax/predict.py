@@ -64,9 +64,10 @@ def best_model(workdir: str) -> dict:
     return json.load(f)
 
 
-def check_stage(stage: str) -> None:
-  if stage not in STAGES + ('best',):
-    raise UsageError(f'--stage={stage}: expected one of {", ".join(STAGES + ("best",))}.')
+def check_stage(stage: str, allow_best: bool = True) -> None:
+  allowed = STAGES + (('best',) if allow_best else ())
+  if stage not in allowed:
+    raise UsageError(f'--stage={stage}: expected one of {", ".join(allowed)}.')
 
 
 def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, batch_size: int = 64):

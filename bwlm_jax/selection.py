@@ -35,8 +35,9 @@ def validate(stage2_cfg) -> None:
       raise UsageError(f'stage2.grid.{field} is empty: the grid has no candidate. Give at least one value, '
                        f'or None to use stage2.{field}.')
     if field == 'backbone':
-      if not set(values) <= set(stages.BACKBONES):
-        raise UsageError(f'stage2.grid.backbone values must be among {stages.BACKBONES}, got {tuple(values)}.')
+      allowed = stages.BACKBONES + (stages.PRETRAINED,)
+      if not set(values) <= set(allowed):
+        raise UsageError(f'stage2.grid.backbone values must be among {allowed}, got {tuple(values)}.')
       continue
     if field == 'alpha' and not all(0.0 <= v <= 1.0 for v in values):
       raise UsageError(f'stage2.grid.alpha values must lie in [0, 1], got {tuple(values)}.')
@@ -59,13 +60,15 @@ def candidates(stage2_cfg, fixed=()) -> list[dict]:
   """Head settings of the stage-2 grid, in a fixed order.
 
   Every combination of `stage2_cfg.grid` values; a grid field left None, or named in `fixed`, keeps
-  `stage2_cfg`'s own value. alpha varies only for the BFS loss (the other losses ignore it).
+  `stage2_cfg`'s own value. alpha varies only for the BFS loss (the other losses ignore it);
+  stage2.backbone=pretrained pins the backbone (the grid's trained backbones are not mixed in).
   """
   base = base_setting(stage2_cfg)
   axes = {}
   for field in GRID_FIELDS:
     values = stage2_cfg.grid[field]
-    if values is None or field in fixed or (field == 'alpha' and base['loss'] != 'bfs'):
+    if values is None or field in fixed or (field == 'alpha' and base['loss'] != 'bfs') or (
+        field == 'backbone' and base['backbone'] == stages.PRETRAINED):
       values = (base[field],)
     axes[field] = tuple(dict.fromkeys(_typed(field, v) for v in values))
   return [{**base, **dict(zip(axes, combination))} for combination in itertools.product(*axes.values())]

@@ -39,8 +39,10 @@ STAGE1 = Stage('stage1', 12, 'head_classes', True, 'cross-entropy on the head cl
 STAGE2 = Stage('stage2', 13, 'review', False, 'new heads on a frozen backbone, on the rebalanced set')
 STAGES = (NAIVE, STAGE1, STAGE2)
 NAMES = tuple(stage.name for stage in STAGES)
-# The stages that train a backbone stage 2 can freeze (`stage2.backbone`).
+# The stages that train a backbone stage 2 can freeze (`stage2.backbone`), and the backbone of
+# `model.init_from` as it comes (no stage trains it).
 BACKBONES = tuple(stage.name for stage in STAGES if stage.trains_backbone)
+PRETRAINED = 'pretrained'
 
 
 def get(name) -> Stage:

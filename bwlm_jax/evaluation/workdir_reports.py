@@ -3,6 +3,7 @@ weight norms, and the post-hoc corrections of the naive model."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -59,7 +60,9 @@ def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
   if saved != config.data.name or num_classes != dataset.num_classes:
     raise UsageError(f'the {stage} checkpoint in {workdir} was trained on {saved} with {num_classes} classes; '
                      f'this config has {config.data.name} with {dataset.num_classes} classes.')
-  split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), dataset, sharding.make_mesh(),
+  # The normalisation the model was trained with (ImageNet's for pretrained weights), from its checkpoint.
+  normalized = dataclasses.replace(dataset, mean=tuple(meta['mean']), std=tuple(meta['std']))
+  split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), normalized, sharding.make_mesh(),
                                  config.eval_batch_size, meta['config']['model']['dtype'])
   outputs = {name: split_features(variables, split) for name, split in dataset.eval_splits().items()}
   return {'head': variables['head'], 'outputs': outputs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 
@@ -22,6 +23,7 @@ class TrainContext:
   split_features: SplitFeatures
   device_arrays: dict = dataclasses.field(default_factory=dict)  # name -> (images, labels) kept on device
   fingerprint: dict = dataclasses.field(default_factory=dict)  # `fingerprint.run_fingerprint`
+  pretrained: Optional[dict] = None  # {'params', 'batch_stats'} of model.init_from's backbone
 
   @property
   def replicated(self):

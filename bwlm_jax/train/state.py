@@ -40,7 +40,8 @@ def stage_key(seed: int, stage) -> jax.Array:
 
 
 def initial_state(ctx, stage, tx, backbone_state: TrainState = None) -> TrainState:
-  """Step 0 of a stage: a new backbone and head with `tx`'s optimizer state (naive, stage 1), or one new
+  """Step 0 of a stage: a new backbone (or model.init_from's) and head with `tx`'s optimizer state (naive,
+  stage 1), or one new
   head on `backbone_state`'s frozen backbone (stage 2, whose caller stacks the grid's heads and sets
   their optimizer states; `tx` is None there)."""
   stage = stages.get(stage)
@@ -56,7 +57,10 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None) -> TrainSta
     head = LinearHead(num_classes, bias_init_value=bias).init(head_key, jnp.zeros((1, feature_dim)))['params']
     params, batch_stats, opt_state = {'head': head}, {}, None
   else:
-    backbone_params, batch_stats = ctx.model.init_backbone(backbone_key, ctx.image_shape)
+    if ctx.pretrained is not None:  # copied: the steps donate their state
+      backbone_params, batch_stats = jax.tree.map(jnp.copy, (ctx.pretrained['params'], ctx.pretrained['batch_stats']))
+    else:
+      backbone_params, batch_stats = ctx.model.init_backbone(backbone_key, ctx.image_shape)
     params = {'backbone': backbone_params, 'head': ctx.model.init_head(head_key, feature_dim)}
     frozen, opt_state = {}, tx.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
