@@ -53,6 +53,9 @@ def ablation_variants(config) -> dict[str, dict]:
                      'sampler': 'class_balanced'}
   variants['+BWLM+MaxNorm'] = {'loss': 'bfs', **decayed, 'max_norm': config.stage2.max_norm or 1.0, **paper}
   variants['BWLM (naive backbone)'] = {'loss': 'bfs', **decayed, 'backbone': 'naive'}
+  if config.model.init_from:  # the same heads on model.init_from's backbone as it came
+    variants['BWLM (pretrained backbone)'] = {'loss': 'bfs', **decayed, 'backbone': stages.PRETRAINED}
+    variants['cRT (pretrained backbone)'] = {**variants['cRT'], 'backbone': stages.PRETRAINED}
   return variants
 
 

@@ -89,3 +89,34 @@ def test_places_lt_missing_lists_and_bad_lines_are_named(tmp_path):
   config = load_config_file('configs/places_lt.py')
   with pytest.raises(UsageError, match='data.name="lists" needs data.folder=ROOT'):
     load_dataset(config.data)
+
+
+def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeypatch, capsys):
+  """The README's Places-LT command on mock lists: ImageNet ResNet-152 weights (generated, as no download is
+  possible here) in torchvision's layout, BWLM's grid of heads on the frozen pretrained backbone."""
+  import jax
+  from safetensors.numpy import save_file
+  from bwlm_jax.models import LAYOUTS, build_model, torch_layout
+  from bwlm_jax.pipeline import train_and_evaluate
+  for name in ('Places_LT_train.txt', 'Places_LT_val.txt', 'Places_LT_test.txt'):
+    monkeypatch.delitem(list_source.PUBLISHED, name)
+  _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})
+  model = build_model({'name': 'resnet152', 'dtype': 'float32'}, 1000)
+  shapes = jax.eval_shape(lambda key: model.init_backbone(key, (32, 32, 3)), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params, stats = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
+  stats = jax.tree_util.tree_map_with_path(lambda path, v: np.abs(v) + 1 if path[-1].key == 'var' else v, stats)
+  save_file(torch_layout.to_torch({'params': params, 'batch_stats': stats}, None, *LAYOUTS['resnet152']),
+            str(tmp_path / 'resnet152.safetensors'))
+  config = load_config_file(f'configs/places_lt.py:{tmp_path},{tmp_path / "resnet152.safetensors"}')
+  assert (config.model.name, config.batch_size, config.naive.epochs) == ('resnet152', 128, 30)
+  config.data.image_size, config.batch_size, config.eval_batch_size = 32, 4, 4
+  config.stages, config.stage2.epochs = 'stage2', 1
+  config.stage2.grid.learning_rate, config.stage2.grid.epochs = (0.1,), (1,)
+  config.stage2.grid.weight_decay, config.stage2.grid.alpha = None, (0.1, 0.9)
+  results = train_and_evaluate(config, str(tmp_path / 'run'))
+  out = capsys.readouterr().out
+  assert 'no finished stage1 or naive backbone here, so the grid leaves out its 4 candidates' in out
+  record = results['stage2_selection']
+  assert [c['setting']['backbone'] for c in record['candidates']] == ['pretrained', 'pretrained']
+  assert results['models']['stage2']['test']['num_examples'] == 12

@@ -199,3 +199,12 @@ def test_naive_fine_tunes_from_the_pretrained_backbone(tmp_path):
   for a, b in zip(jax.tree.leaves(state.params['backbone']), jax.tree.leaves(expected['params']), strict=True):
     np.testing.assert_array_equal(a, b)
   assert state.params['head']['dense']['kernel'].shape == (512, 2)  # a new head for the dataset's classes
+
+
+def test_the_ablation_compares_heads_on_the_pretrained_backbone_too(tmp_path):
+  from bwlm_jax.experiments import ablation_variants
+  config = _config(tmp_path, tmp_path / 'w.safetensors')
+  assert 'BWLM (pretrained backbone)' not in ablation_variants(base_config())
+  variants = ablation_variants(config)
+  assert variants['BWLM (pretrained backbone)']['backbone'] == 'pretrained'
+  assert {**variants['cRT'], 'backbone': 'pretrained'} == variants['cRT (pretrained backbone)']
