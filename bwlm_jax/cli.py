@@ -83,7 +83,35 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       if _VERBOSE.value:
         raise
       fail(one_line(err), getattr(err, 'exit_status', 2))
+    except Exception as err:  # noqa: BLE001  (only a lost peer is turned into a line; the rest propagates)
+      lost = _lost_peer(err)
+      if lost is None or _VERBOSE.value:
+        raise
+      sys.stdout.flush()
+      print(f'error: another process of this multi-process run stopped ({lost}); this one stops too. The '
+            'checkpoints saved before are kept: rerun every process to resume.', file=sys.stderr, flush=True)
+      os._exit(1)  # not sys.exit: JAX's exit handler would wait on the dead peer at shutdown, then abort
   return run_main
+
+
+# What JAX's collectives and coordination service say when a peer process is gone.
+_PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'heartbeat timeout', 'stopped sending heartbeats',
+              'Gloo all-reduce failed', 'Gloo all-gather failed')
+
+
+def _lost_peer(err: Exception):
+  """The reason, where `err` says that another process of a multi-process run died; else None."""
+  import jax
+  if 'JaxRuntimeError' not in type(err).__name__ and 'XlaRuntimeError' not in type(err).__name__:
+    return None
+  if jax.process_count() == 1:
+    return None
+  text = str(err)
+  found = next((marker for marker in _PEER_LOST if marker in text), None)
+  if found is None:
+    return None
+  start = text.rfind('Gloo') if 'Gloo' in text else text.find(found)
+  return ' '.join(text[start:start + 160].split())
 
 
 def run(main: Callable[[list[str]], None]) -> None:

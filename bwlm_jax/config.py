@@ -219,5 +219,6 @@ def validate_config(config) -> None:
     raise UsageError(f'data.image_size must be at least 8 pixels, got {config.data.image_size}.')
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] < 1 or config[field] % jax.device_count():
+      over = f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''
       raise UsageError(f'{field}={config[field]} must be a positive multiple of the {jax.device_count()} '
-                       'devices (the global batch is split evenly between them).')
+                       f'devices{over} (the global batch is split evenly between them).')

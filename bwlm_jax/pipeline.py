@@ -11,7 +11,7 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, head_grid, selection, sharding, stages, weights
+from bwlm_jax import checkpoints, distributed, head_grid, selection, sharding, stages, weights
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
@@ -32,6 +32,7 @@ from bwlm_jax.errors import UsageError
 def check_inputs(config, workdir: str) -> None:
   """The cheap checks of a run's config and workdir path, before any data is read."""
   validate_config(config)
+  distributed.check_same_config(config.to_dict())
   _check_init_from(config)
   workdir_lib.check_workdir_path(workdir)
 

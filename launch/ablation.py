@@ -10,7 +10,7 @@ writes WORKDIR/ablation/table.{md,csv,json} and figures in WORKDIR/figures/.
 from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax import cli, distributed, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
@@ -18,6 +18,7 @@ _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that dif
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
 _SEEDS, _VARY_SUBSET = cli.define_seed_flags('the whole table')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
+_DISTRIBUTED = distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,6 +26,7 @@ def main(argv):
   cli.no_arguments(argv)
   seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
+  distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
   from bwlm_jax.experiments import run_ablation
   if seeds is None:
     run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)

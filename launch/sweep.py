@@ -9,7 +9,7 @@ Writes WORKDIR/sweep/table.{md,csv,json} and WORKDIR/figures/alpha_sweep_*.{png,
 from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax import cli, distributed, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Base run directory.')
@@ -19,6 +19,7 @@ _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that dif
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
 _SEEDS, _VARY_SUBSET = cli.define_seed_flags('the whole sweep')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
+_DISTRIBUTED = distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -29,6 +30,7 @@ def main(argv):
   lambdas = (cli.number_list(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
              else [_CONFIG.value.stage2.weight_decay])
   process_setup.start_process(_CPU_DEVICES.value)
+  distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
   from bwlm_jax.experiments import run_sweep
   if seeds is None:
     run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)

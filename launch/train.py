@@ -8,12 +8,11 @@
 from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax import cli, distributed, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
-                                 '(cluster settings from the environment, e.g. SLURM; see launch/slurm_train.sh).')
+_DISTRIBUTED = distributed.define_flags()
 _SEEDS, _VARY_SUBSET = cli.define_seed_flags('the configured stages')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -23,9 +22,8 @@ def main(argv):
   cli.no_arguments(argv)
   seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
+  distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
   import jax
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   from bwlm_jax.pipeline import train_and_evaluate
   print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
         f'process {jax.process_index()} of {jax.process_count()}')
