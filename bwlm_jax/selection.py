@@ -28,7 +28,7 @@ def validate(stage2_cfg) -> None:
   if stage2_cfg.select_metric not in SELECT_METRICS:
     raise UsageError(f'unknown stage2.select_metric={stage2_cfg.select_metric!r}; expected one of {SELECT_METRICS}.')
   for field in GRID_FIELDS:
-    values = stage2_cfg.grid[field]
+    values = grid_values(stage2_cfg, field)
     if values is None:
       continue
     if len(values) == 0:
@@ -49,6 +49,17 @@ def validate(stage2_cfg) -> None:
       raise UsageError(f'stage2.grid.epochs values must be whole numbers, got {tuple(values)}.')
 
 
+def grid_values(stage2_cfg, field: str):
+  """The values `stage2.grid.<field>` tries, or None (keep stage2.<field>). `--config.stage2.grid.X=None` on
+  the command line arrives as (None,) for these tuple fields: it means None too."""
+  values = stage2_cfg.grid[field]
+  if values is None or (isinstance(values, (tuple, list)) and len(values) and all(v is None for v in values)):
+    return None
+  if isinstance(values, (tuple, list)) and any(v is None for v in values):
+    raise UsageError(f'stage2.grid.{field}={tuple(values)} mixes None with values: give the values, or None alone.')
+  return values
+
+
 def base_setting(stage2_cfg) -> dict:
   """The one head that `stage2_cfg` describes, without a grid."""
   setting = {field: stage2_cfg[field] for field in HEAD_FIELDS}
@@ -66,7 +77,7 @@ def candidates(stage2_cfg, fixed=()) -> list[dict]:
   base = base_setting(stage2_cfg)
   axes = {}
   for field in GRID_FIELDS:
-    values = stage2_cfg.grid[field]
+    values = grid_values(stage2_cfg, field)
     if values is None or field in fixed or (field == 'alpha' and base['loss'] != 'bfs') or (
         field == 'backbone' and base['backbone'] == stages.PRETRAINED):
       values = (base[field],)

@@ -135,3 +135,33 @@ def test_multi_process_input_errors_are_one_line_before_training(tfds_dir, tmp_p
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert partial.returncode == 2 and 'missing --coordinator_address, --process_id' in partial.stderr
   assert not np.any([os.path.exists(tmp_path / n) for n in ('alone', 'partial')])
+
+
+def test_streamed_data_over_two_processes_trains_and_chooses_as_one_process(tmp_path):
+  """tf.data batches: each process decodes only its share of every global batch (the same examples as a
+  single process's batch), evaluation covers every example once, and the grid of stage-2 heads (streamed,
+  augmented) is chosen alike."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, counts in (('train', [30, 20, 12, 8, 5, 3]), ('val', [4] * 6), ('test', [6] * 6)):
+    for c, count in enumerate(counts):
+      os.makedirs(tmp_path / 'data' / split / f'c{c}')
+      for i in range(count):
+        pixels = np.clip(rng.normal(40 * c + 20, 30, (36, 36, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / 'data' / split / f'c{c}' / f'{i}.png')
+  flags = [f'--config={ROOT}/configs/image_folder.py:{tmp_path / "data"}', '--config.model.name=resnet8',
+           '--config.data.pipeline=stream', '--config.batch_size=8', '--config.eval_batch_size=8',
+           '--config.naive.epochs=2', '--config.stage1.epochs=2', '--config.naive.learning_rate=0.05',
+           '--config.stage1.learning_rate=0.05', '--config.stage2.augment=True',
+           '--config.stage2.grid.learning_rate=(0.05,0.1)', '--config.stage2.grid.epochs=(1,)',
+           '--config.stage2.grid.weight_decay=None', '--config.stage2.grid.alpha=None']
+  finished = _finish(_start([*flags, f'--workdir={tmp_path / "two"}']))
+  assert [code for code, _, _ in finished] == [0, 0], [err[-2000:] for _, _, err in finished]
+  one = subprocess.run([sys.executable, TRAIN, *flags, f'--workdir={tmp_path / "one"}'], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  results = [json.load(open(tmp_path / name / 'results.json')) for name in ('two', 'one')]
+  assert results[0]['models']['stage2']['test']['num_examples'] == 36  # every test image once
+  assert _accuracies(tmp_path / 'two') == _accuracies(tmp_path / 'one')
+  assert results[0]['stage2_selection']['chosen'] == results[1]['stage2_selection']['chosen']
+  assert len(results[0]['stage2_selection']['candidates']) == 4  # 2 learning rates x 2 backbones

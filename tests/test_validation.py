@@ -197,3 +197,15 @@ def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_di
   with pytest.raises(ValueError, match='stage2: the finished checkpoint .* was trained with another config '
                                        ".*stage2.select: 'none' -> 'val'.*not relabelled"):
     pipeline.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_grid_field_set_to_none_on_the_command_line_keeps_the_stage2_value():
+  from bwlm_jax.config import base_config
+  from bwlm_jax.errors import UsageError
+  stage2 = base_config().stage2
+  stage2.grid.weight_decay = (None,)  # what --config.stage2.grid.weight_decay=None gives for a tuple field
+  assert selection.grid_values(stage2, 'weight_decay') is None
+  assert {c['weight_decay'] for c in selection.candidates(stage2)} == {stage2.weight_decay}
+  stage2.grid.weight_decay = (None, 0.1)
+  with pytest.raises(UsageError, match=r'stage2.grid.weight_decay=\(None, 0.1\) mixes None with values'):
+    selection.validate(stage2)

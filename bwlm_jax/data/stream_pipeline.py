@@ -66,15 +66,20 @@ def _eval_view(image, size: int):
 def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mean, std, seed: int,
                   epoch: int, start_step: int, steps: int, process_index: int = 0,
                   process_count: int = 1, augment: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """`steps - start_step` batches of this process's share (global_batch / process_count) of epoch `epoch`."""
+  """`steps - start_step` batches of this process's share (global_batch / process_count) of epoch `epoch`.
+
+  Every process shuffles the whole split with the same seed and then takes every process_count-th example:
+  the examples of global batch k are those of a single-process run's batch k, whatever the process count,
+  and each process decodes only its own.
+  """
   import tensorflow as tf
   if global_batch % process_count:
     raise UsageError(f'batch size {global_batch} is not divisible by the {process_count} processes.')
   local_batch = global_batch // process_count
   epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
-  dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)
+  dataset = _keep_positions(split, split.make_source())
   dataset = dataset.shuffle(min(len(split), 50_000), seed=epoch_seed, reshuffle_each_iteration=False)
-  dataset = dataset.repeat()
+  dataset = dataset.repeat().shard(process_count, process_index)
 
   def prepare(index, example):
     image = _decode(example['image'])
