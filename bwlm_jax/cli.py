@@ -95,8 +95,8 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 
 
 # What JAX's collectives and coordination service say when a peer process is gone.
-_PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'heartbeat timeout', 'stopped sending heartbeats',
-              'Gloo all-reduce failed', 'Gloo all-gather failed')
+_PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'heartbeat timeout',
+              'stopped sending heartbeats', 'Gloo all-reduce failed', 'Gloo all-gather failed')
 
 
 def _lost_peer(err: Exception):

@@ -98,8 +98,9 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
         return
     except OSError as err:
       if time.monotonic() >= deadline:
-        raise RunError(f'no coordinator answers at {address} after {timeout_s:g} s ({err.strerror or err}): start '
-                       'process 0 (--process_id=0) with the same --coordinator_address, or check the address.') from None
+        raise RunError(f'no coordinator answers at {address} after {timeout_s:g} s ({err.strerror or err}): '
+                       'start process 0 (--process_id=0) with the same --coordinator_address, or check the '
+                       'address.') from None
       time.sleep(0.5)
 
 
@@ -115,3 +116,8 @@ def check_same_config(config_dict: dict) -> None:
   if differing:
     raise UsageError(f'the processes run different configs: process {differing[0]} differs from process 0 '
                      '(give every process the same --config and overrides).')
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's results, tables and figures (process 0 alone does)."""
+  return jax.process_index() == 0

@@ -1,4 +1,5 @@
-"""Experiments built from one base run: the paper's Table-2 ablation, comparison methods, alpha/lambda sweeps.
+"""Experiments built from one base run: the paper's Table-2 ablation and comparison methods (the alpha/lambda
+sweep, `sweeps.py`, builds on the same base run and variants).
 
 Each stage-2 variant trains in its own sub-workdir on the base run's frozen backbone (via
 `stage1_checkpoint`), so every variant is resumable and a finished one is never retrained. Where
@@ -13,13 +14,11 @@ import hashlib
 import json
 import os
 
-import numpy as np
-
-from bwlm_jax import selection, stages
+from bwlm_jax import distributed, selection, stages
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
-from bwlm_jax.evaluation.report import markdown_table, without_per_class, write_tables
+from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, by_name, table_inputs
 from bwlm_jax.files import unique_path, write_json
 from bwlm_jax.pipeline import check_inputs, selection_metric, train_and_evaluate, train_rows_and_evaluate
@@ -122,7 +121,7 @@ def chosen_label(results: dict, stage: str) -> str:
   return selection.setting_label(record['candidates'][record['chosen']]['setting'])
 
 
-def _title(dataset, config) -> str:
+def title_of(dataset, config) -> str:
   imbalance = config.data.imbalance_factor
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
 
@@ -154,12 +153,13 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> list[Row]:
     rows.append(_best_row(rows, metric, workdir, dataset))
   else:
     print('ablation: no validation split, so no settings are chosen and no best model is named.')
-  title = _title(dataset, config)
-  reports, notes = table_inputs(rows, metric is not None)
-  table = write_tables(os.path.join(workdir, 'ablation'), reports, title, 'method',
-                       ('many', 'medium', 'few', 'all', 'top5'), notes)
-  _ablation_figures(by_name(rows), workdir, title, dataset.train_counts)
-  print(table)
+  if distributed.is_writer():
+    title = title_of(dataset, config)
+    reports, notes = table_inputs(rows, metric is not None)
+    table = write_tables(os.path.join(workdir, 'ablation'), reports, title, 'method',
+                         ('many', 'medium', 'few', 'all', 'top5'), notes)
+    _ablation_figures(by_name(rows), workdir, title, dataset.train_counts)
+    print(table)
   return rows
 
 
@@ -189,10 +189,11 @@ def _posthoc_rows(config, workdir: str, dataset, metric) -> list[Row]:
 def _best_row(rows: list[Row], metric: str, workdir: str, dataset) -> Row:
   """The row with the best validation score (`selection.choose`), recorded in WORKDIR/ablation/best.json."""
   best = rows[selection.choose([row.score for row in rows])]
-  os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
-  write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
-             {'method': best.label, 'metric': metric, 'val_score': best.score, 'source': best.source,
-              'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(best.test)})
+  if distributed.is_writer():
+    os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
+    write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
+               {'method': best.label, 'metric': metric, 'val_score': best.score, 'source': best.source,
+                'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(best.test)})
   return Row('best on validation', 'best', best.test, setting=best.name)
 
 
@@ -207,43 +208,3 @@ def _ablation_figures(rows: dict, workdir: str, title: str, counts) -> None:
   plots.save(plots.reliability_diagram({k: rows[k].test['calibration'] for k in ('naive', '+BWLM')},
                                        f'{title}, test'), figures, 'reliability')
   plots.save(plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), title), figures, 'training_curves')
-
-
-def run_sweep(config, workdir: str, alphas: list[float], lambdas: list[float], vectorized: bool = True
-              ) -> list[Row]:
-  """BWLM over every (alpha, lambda) pair (Figure 4); a table per lambda and a plot against alpha.
-
-  With `vectorized`, all pairs train as heads of one grid (one jitted step, shared features). Returns one
-  row per pair ('alpha=A,lambda=L').
-  """
-  if not alphas or not lambdas:
-    raise UsageError('the sweep needs at least one alpha and one lambda value.')
-  bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-  if bad:
-    raise UsageError(f'alpha values must lie in [0, 1]; got {bad}.')
-  check_inputs(config, workdir)
-  dataset = load_dataset(config.data)
-  run_base(config, workdir, dataset)
-  title = _title(dataset, config)
-  # Fixed settings (a figure over alpha and lambda, not a selection): every field pinned.
-  variants = {f'alpha={a:g},lambda={d:g}': {'loss': 'bfs', 'alpha': a, 'weight_decay': d, 'select': 'none'}
-              for d in lambdas for a in alphas}
-  if vectorized:
-    finished = run_variants_together(config, workdir, 'sweep', {n: {k: v for k, v in o.items() if k != 'select'}
-                                                                for n, o in variants.items()}, dataset)
-  else:
-    finished = {name: run_variant(config, workdir, 'sweep', name, v, dataset) for name, v in variants.items()}
-  grid = {name: results['models']['stage2']['test'] for name, results in finished.items()}
-  for decay in lambdas:
-    reports = [grid[f'alpha={a:g},lambda={decay:g}'] for a in alphas]
-    rows = {f'alpha={a:g}': r for a, r in zip(alphas, reports)}
-    print(markdown_table(rows, f'{title}, lambda={decay:g}'))
-    if len(alphas) > 1:
-      plots.save(plots.accuracy_vs_parameter(np.asarray(alphas), reports, 'alpha', f'{title}, lambda={decay:g}'),
-                 os.path.join(workdir, 'figures'), f'alpha_sweep_lambda{decay:g}')
-  if len(alphas) == 1 and len(lambdas) > 1:
-    reports = [grid[f'alpha={alphas[0]:g},lambda={d:g}'] for d in lambdas]
-    plots.save(plots.accuracy_vs_parameter(np.asarray(lambdas), reports, 'lambda', f'{title}, alpha={alphas[0]:g}'),
-               os.path.join(workdir, 'figures'), f'lambda_sweep_alpha{alphas[0]:g}')
-  write_tables(os.path.join(workdir, 'sweep'), grid, title, 'setting', ('many', 'medium', 'few', 'all'))
-  return [Row(name, 'model', report, source=finished[name]['source']) for name, report in grid.items()]

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from bwlm_jax import distributed
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
 from bwlm_jax.evaluation.report import ece
@@ -94,6 +95,8 @@ def _check_seeds(seeds: list[int]) -> None:
 
 def _write_summary(workdir: str, per_seed: dict, vary_subset: bool) -> dict:
   summary = {**aggregate(per_seed), 'vary_subset': vary_subset}
+  if not distributed.is_writer():
+    return summary
   table = seeds_table(summary)
   os.makedirs(workdir, exist_ok=True)
   write_json(unique_path(os.path.join(workdir, 'seeds.json')), summary)

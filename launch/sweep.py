@@ -31,7 +31,7 @@ def main(argv):
              else [_CONFIG.value.stage2.weight_decay])
   process_setup.start_process(_CPU_DEVICES.value)
   distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
-  from bwlm_jax.experiments import run_sweep
+  from bwlm_jax.sweeps import run_sweep
   if seeds is None:
     run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
   else:

@@ -12,7 +12,8 @@ from bwlm_jax.data import shapes
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation.workdir_reports import report_workdir
 from bwlm_jax.evaluation.table_rows import by_name
-from bwlm_jax.experiments import chosen_label, run_ablation, run_sweep
+from bwlm_jax.experiments import chosen_label, run_ablation
+from bwlm_jax.sweeps import run_sweep
 from bwlm_jax.predict import image_paths, predict_files
 from helpers import small_grid, tiny_config
 
