@@ -168,8 +168,13 @@ def _model_row(name: str, results: dict, metric) -> Row:
   stage = results['source']['stage']
   report = results['models'][stage]
   return Row(name, 'model', report['test'], setting=chosen_label(results, stage), val=report.get('val'),
-             score=selection.score(report['val'], metric) if metric and report.get('val') else None,
+             score=_val_score(report.get('val'), metric),
              source=results['source'], weight_norms=results['weight_norms'][stage])
+
+
+def _val_score(val_report, metric):
+  """A row's validation score, or None where nothing is selected or the row has no val report."""
+  return selection.score(val_report, metric) if metric and val_report else None
 
 
 def _posthoc_rows(config, workdir: str, dataset, metric) -> list[Row]:
@@ -180,7 +185,7 @@ def _posthoc_rows(config, workdir: str, dataset, metric) -> list[Row]:
   for method, name in (('tau_norm', 'naive+tau-norm'), ('logit_adjustment', 'naive+logit adjustment')):
     tau, val = extra['test'][method]['tau'], extra.get('val', {}).get(method)
     rows.append(Row(name, 'posthoc', extra['test'][method], setting=f'tau={tau:g}', val=val,
-                    score=selection.score(val, metric) if metric and val else None,
+                    score=_val_score(val, metric),
                     source={'workdir': os.path.abspath(workdir), 'stage': 'naive',
                             'posthoc': {'method': method, 'tau': tau}}))
   return rows

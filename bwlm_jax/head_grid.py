@@ -38,6 +38,10 @@ class Grid:
   chosen: dict = dataclasses.field(default_factory=dict)  # row -> candidate
   metric: Optional[str] = None
 
+  def members(self, row: str) -> list[int]:
+    """The candidates that compete in `row`, in grid order."""
+    return [i for i, r in enumerate(self.rows) if r == row]
+
   def head_state(self, i: int) -> TrainState:
     """Candidate i alone: its head (parameters and optimizer state) on its frozen backbone."""
     state = self.states[self.settings[i]['backbone']]
@@ -64,7 +68,7 @@ class Grid:
 
   def record(self, row: str) -> dict:
     """The selection record of `row` (no test numbers): metric, split, chosen, every candidate's score."""
-    members = [i for i, r in enumerate(self.rows) if r == row]
+    members = self.members(row)
     candidates = [{'setting': self.settings[i], 'score': self.scores[i] if self.scores else None,
                    'val': without_per_class(self.val_reports[i]) if self.val_reports else None} for i in members]
     return {'metric': self.metric, 'split': 'val' if self.metric else None,
@@ -120,7 +124,7 @@ def choose(ctx: TrainContext, grid: Grid, metric: Optional[str]) -> Grid:
   the earliest, a diverged head is never chosen); with `metric` None, each row must hold one candidate."""
   if metric is None:
     for row in dict.fromkeys(grid.rows):
-      [grid.chosen[row]] = [i for i, r in enumerate(grid.rows) if r == row]
+      [grid.chosen[row]] = grid.members(row)
     return grid
   grid.metric = metric
   reports = grid.reports(ctx, ctx.dataset.val)
@@ -128,7 +132,7 @@ def choose(ctx: TrainContext, grid: Grid, metric: Optional[str]) -> Grid:
   grid.scores = [selection.score(report, metric) if ok else None
                  for report, ok in zip(grid.val_reports, grid.finite)]
   for row in dict.fromkeys(grid.rows):
-    members = [i for i, r in enumerate(grid.rows) if r == row]
+    members = grid.members(row)
     grid.chosen[row] = members[selection.choose([grid.scores[i] for i in members])]
   return grid
 
@@ -143,7 +147,7 @@ def run_grid(ctx: TrainContext, budget: StepBudget, rows: list, settings: list, 
 def selection_with_test(ctx: TrainContext, grid: Grid, row: str) -> dict:
   """`row`'s selection record with each candidate's test report, computed after the choice was made."""
   record = grid.record(row)
-  members = [i for i, r in enumerate(grid.rows) if r == row]
+  members = grid.members(row)
   tests = grid.reports(ctx, ctx.dataset.test, members)
   return {**record, 'candidates': [{**c, 'test': without_per_class(tests[i])}
                                    for c, i in zip(record['candidates'], members)]}
