@@ -11,7 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 import jax
 
-from bwlm_jax import losses, selection
+from bwlm_jax import losses, process_setup, selection
 from bwlm_jax import stages as stages_lib
 from bwlm_jax.errors import UsageError
 from bwlm_jax.model_names import DTYPE_NAMES, MODELS
@@ -183,6 +183,7 @@ def validate_config(config) -> None:
     raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
   if config.model.dtype not in DTYPE_NAMES:
     raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
+  process_setup.check_compute_dtype(config.model.dtype)
   stage2 = config.stage2
   if stage2.loss not in losses.LOSSES:
     raise UsageError(f'unknown stage2.loss={stage2.loss!r}; expected one of {losses.LOSSES}.')

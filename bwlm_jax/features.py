@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 from bwlm_jax import sharding
 from bwlm_jax.data import device_pipeline, stream_pipeline
 from bwlm_jax.data.splits import LongTailDataset
+from bwlm_jax.errors import RunError
 from bwlm_jax.models import DTYPES, Model, make_features_fn
 
 
@@ -51,4 +52,10 @@ class SplitFeatures:
       keep = np.asarray(mask).reshape(-1)
       features.append(np.asarray(out)[keep])
       labels.append(np.asarray(batch_labels).reshape(-1)[keep])
-    return np.concatenate(features), np.concatenate(labels)
+    features = np.concatenate(features)
+    bad = int((~np.isfinite(features).all(axis=1)).sum())
+    if bad:  # accuracies of NaN features would be numbers nobody can trust
+      raise RunError(f'the backbone gave non-finite features for {bad} of {len(features)} examples '
+                     'of a split: its parameters or statistics diverged, or the compiler miscomputed them (see '
+                     'docs/PERFORMANCE.md on bfloat16 with jaxlib 0.12 on CPUs).')
+    return features, np.concatenate(labels)

@@ -11,20 +11,23 @@ from collections.abc import Mapping
 from bwlm_jax.errors import UsageError
 
 # CPU-only runtime settings, each measured on the ResNet-32 stage-1 step (batch 128, float32, 2-core CPU;
-# docs/PERFORMANCE.md): 106 img/s without them, 196 with 1 and 2, 266 with 3 as well.
+# docs/PERFORMANCE.md). jaxlib 0.12: 154 img/s without 1, 261-278 with 1 and 2 (3 adds 3%).
+# jaxlib 0.10: 106 img/s without them, 196 with 1 and 2, 266 with 3 as well.
 # 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend. Without it the
 #    weight-gradient convolutions wait on transposes that re-compute whole BatchNorm/ReLU/residual chains.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 YNN_FUSIONS = 'dot,eltwise,reduce,individual_convolution,individual_dot'
-YNN_TESTED_JAXLIB = ('0.10.',)  # the flag is experimental: an XLA that does not know it aborts at start
+YNN_TESTED_JAXLIB = ('0.10.', '0.12.')  # experimental: an XLA that does not know the flag aborts at start
 # 2. glibc malloc keeps freed memory and backs it with huge pages: by default every step maps and unmaps its
 #    buffers and takes ~190,000 page faults (~750 MB of zeroed pages) per step.
 MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
                    'glibc.malloc.trim_threshold': str(2**40)}
-# 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (XLA runs most ops of one
-#    device on one thread). On 2 cores N = 2 trains 35% faster, but one device never reached the first
-#    all-reduce of a step (rendezvous timeout, abort) in 3 of 20 quickstart runs here, also with synchronous
-#    dispatch, so it stays opt-in.
+# 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices. With jaxlib 0.10 (most
+#    ops of one device on one thread) N = 2 trained 35% faster on 2 cores but hung in 3 of 20 runs; with
+#    jaxlib 0.12 one device already keeps both cores busy and N = 2 adds 3% (docs/PERFORMANCE.md).
+# jaxlib 0.12's XLA:CPU returns NaN for part of a trained ResNet's jitted inference features in bfloat16, a
+# different part each run (not in float32, not with jaxlib 0.10.2): refused before training.
+BF16_BROKEN_CPU_JAXLIB = ('0.12.',)
 OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
 
 
@@ -57,8 +60,20 @@ def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str) -> dict[s
 
 def cpu_tuning_applies(environ: Mapping[str, str] = os.environ) -> bool:
   """False when opted out or when JAX will run on an accelerator (a GPU/TPU plugin is installed)."""
-  if environ.get(OPT_OUT, '1') == '0':
-    return False
+  return environ.get(OPT_OUT, '1') != '0' and runs_on_cpu(environ)
+
+
+def check_compute_dtype(dtype: str, environ: Mapping[str, str] = os.environ, jaxlib_version: str | None = None):
+  """An error for a compute dtype known to give wrong numbers on the CPU this process will use."""
+  jaxlib_version = jaxlib_version or importlib.metadata.version('jaxlib')
+  if dtype == 'bfloat16' and jaxlib_version.startswith(BF16_BROKEN_CPU_JAXLIB) and runs_on_cpu(environ):
+    raise UsageError(f'model.dtype=bfloat16 on a CPU with jaxlib {jaxlib_version}: its XLA:CPU turns a trained '
+                     "ResNet's features into NaN (docs/PERFORMANCE.md). Use model.dtype=float32 (bfloat16 gains "
+                     'little on a CPU), jaxlib 0.10.2 (Python 3.11) or a GPU.')
+
+
+def runs_on_cpu(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether JAX will run on the CPU: JAX_PLATFORMS names it first, or no GPU/TPU plugin is installed."""
   first_platform = environ.get('JAX_PLATFORMS', '').split(',')[0]
   if first_platform:
     return first_platform == 'cpu'

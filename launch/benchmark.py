@@ -4,13 +4,19 @@
                                         # ResNeXt-50 (batch 64, 224x224): on a CPU its forward pass in float32 only,
                                         # on an accelerator every measurement in both dtypes
   python launch/benchmark.py --models=resnext50 --dtypes=float32,bfloat16 --blocks=3 --steps=5
+  python launch/benchmark.py --models=resnet32 --dtypes=float32 --torch_python=/path/to/venv-with-torch/bin/python
+                                        # then the same ResNet-32 step in plain PyTorch, back to back
 
 Each measurement: compile time (s), then the best of --blocks timed blocks of --steps steps after one
 warm-up step (single steps can stall for seconds on shared CPUs); images/s; XLA's FLOP count per step
 and the achieved fraction of the device's peak where the peak is known.
 """
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -28,6 +34,10 @@ _REAL_DATA = flags.DEFINE_bool('real_data', True, 'Also time the stage-1 step on
 _BLOCKS = flags.DEFINE_integer('blocks', 3, 'Timed blocks per measurement (the best is reported).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 32x32 models, 2 for 224x224).')
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
+_TORCH_PYTHON = flags.DEFINE_string(
+    'torch_python', None, 'A Python with PyTorch: after the JAX measurements, time the same ResNet-32 training step '
+    'in plain PyTorch (benchmarks/torch_resnet32_step.py) and print the JAX/PyTorch ratio. Default: this Python '
+    'when it has torch, else skipped.')
 _HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
@@ -120,7 +130,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
   step = make_device_train_step(model, tx, cross_entropy, schedule, spec, sharding.batch_sharded(mesh),
                                 sharding.replicated(mesh))
-  record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
+  stage1_record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
   if real_data:
     # Same step on real 32x32 images (the embedded dataset, prepared offline): the device pipeline
     # reads nothing from the host per step, so the rate should equal the synthetic one.
@@ -163,6 +173,23 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
           steps * 20, blocks, extra)
 
   measure('eval_forward', jax.jit(eval_step), variables, (eval_images,), batch, steps, blocks, extra)
+  return stage1_record
+
+
+def compare_with_torch(jax_record: dict, python: str, blocks: int, steps: int) -> None:
+  """The PyTorch step of the same ResNet-32 (a separate process: its own threads), then the ratio."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+                        'torch_resnet32_step.py')
+  env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
+  done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--blocks={blocks}', f'--steps={steps}'],
+                        capture_output=True, text=True, env=env)
+  if done.returncode:
+    raise app.UsageError(f'--torch_python={python}: the PyTorch step failed: {done.stderr.strip()[-300:]}')
+  torch_record = json.loads(done.stdout.strip().splitlines()[-1])
+  print(json.dumps(torch_record), flush=True)
+  print(json.dumps({'measurement': 'stage1_train_jax_over_pytorch', 'jax_images_per_s': jax_record['images_per_s'],
+                    'pytorch_images_per_s': torch_record['images_per_s'], 'devices': jax_record['devices'],
+                    'ratio': round(jax_record['images_per_s'] / torch_record['images_per_s'], 3)}), flush=True)
 
 
 def main(argv):
@@ -179,7 +206,10 @@ def main(argv):
     dtypes = _DTYPES.value or (['float32', 'bfloat16'] if small or not on_cpu else ['float32'])
     train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
     for dtype in dtypes:
-      run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train)
+      record = run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train)
+      torch_python = _TORCH_PYTHON.value or (sys.executable if importlib.util.find_spec('torch') else None)
+      if model_name == 'resnet32' and dtype == 'float32' and torch_python:
+        compare_with_torch(record, torch_python, blocks, steps)
 
 
 if __name__ == '__main__':

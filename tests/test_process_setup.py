@@ -12,8 +12,9 @@ from bwlm_jax import process_setup
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tuned_environ_adds_the_settings():
-  env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, '0.10.2')
+@pytest.mark.parametrize('jaxlib', ['0.10.2', '0.12.0.1'])
+def test_tuned_environ_adds_the_settings(jaxlib):
+  env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, jaxlib)
   assert env['PATH'] == '/bin'
   assert env['XLA_FLAGS'] == f'{process_setup.YNN_FLAG}={process_setup.YNN_FUSIONS}'
   assert dict(item.split('=') for item in env['GLIBC_TUNABLES'].split(':')) == process_setup.MALLOC_TUNABLES
@@ -32,9 +33,22 @@ def test_tuned_environ_keeps_what_the_user_set():
 
 def test_experimental_xla_flag_only_for_the_tested_jaxlib():
   # An XLA that does not know a flag in XLA_FLAGS aborts, so an untested jaxlib does not get it.
-  env = process_setup.cpu_tuned_environ({'XLA_FLAGS': '--xla_dump_to=/tmp/x'}, '0.11.0')
-  assert env['XLA_FLAGS'] == '--xla_dump_to=/tmp/x'
+  for untested in ('0.11.0', '0.13.0'):
+    env = process_setup.cpu_tuned_environ({'XLA_FLAGS': '--xla_dump_to=/tmp/x'}, untested)
+    assert env['XLA_FLAGS'] == '--xla_dump_to=/tmp/x'
   assert 'glibc.malloc.hugetlb=1' in env['GLIBC_TUNABLES']
+
+
+@pytest.mark.parametrize('jaxlib,environ,refused', [
+    ('0.12.0.1', {}, True), ('0.10.2', {}, False), ('0.12.0.1', {'JAX_PLATFORMS': 'cuda'}, False)])
+def test_bfloat16_refused_where_xla_cpu_miscomputes_it(jaxlib, environ, refused, monkeypatch):
+  monkeypatch.setattr(process_setup.importlib.util, 'find_spec', lambda name: None)  # no GPU plugin here
+  process_setup.check_compute_dtype('float32', environ, jaxlib)
+  if refused:
+    with pytest.raises(process_setup.UsageError, match='bfloat16 on a CPU with jaxlib 0.12.0.1'):
+      process_setup.check_compute_dtype('bfloat16', environ, jaxlib)
+  else:
+    process_setup.check_compute_dtype('bfloat16', environ, jaxlib)
 
 
 @pytest.mark.parametrize('environ,applies', [

@@ -1,5 +1,6 @@
 """Two-stage training: resume equals an uninterrupted run, frozen backbone, masked decay, config checks."""
 
+import importlib.metadata
 import json
 import os
 
@@ -9,11 +10,12 @@ import numpy as np
 import optax
 import pytest
 
+from bwlm_jax import process_setup
 from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
 from bwlm_jax.checkpoints import read_latest, stage_directory
 from bwlm_jax.pipeline import train_and_evaluate
-from bwlm_jax.errors import Interrupted
+from bwlm_jax.errors import Interrupted, RunError, UsageError
 from helpers import assert_trees_equal, tiny_config as tiny_config_for
 
 
@@ -256,6 +258,11 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
   tiny_config.model.dtype = 'bfloat16'
   tiny_config.stages = 'stage1'
   tiny_config.stage1.epochs = 1
+  if importlib.metadata.version('jaxlib').startswith(process_setup.BF16_BROKEN_CPU_JAXLIB):
+    with pytest.raises(UsageError, match='model.dtype=bfloat16 on a CPU with jaxlib 0.12'):
+      train_and_evaluate(tiny_config, str(tmp_path))
+    assert os.listdir(tmp_path) == []  # refused before anything was written
+    return
   results = train_and_evaluate(tiny_config, str(tmp_path))
   state, _ = _restore(str(tmp_path), 'stage1')
   assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state['params'])} == {np.dtype('float32')}
@@ -264,6 +271,24 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert all(np.isfinite(l['loss']) for l in lines)
   assert 0 <= results['models']['stage1']['test']['all'] <= 1
+  assert np.isfinite(results['models']['stage1']['test']['calibration']['nll'])
+
+
+def test_non_finite_features_stop_the_evaluation(tiny_config):
+  from bwlm_jax import sharding
+  from bwlm_jax.data import load_dataset
+  from bwlm_jax.features import SplitFeatures
+  from bwlm_jax.models import build_model
+  dataset = load_dataset(tiny_config.data)
+  model = build_model(tiny_config.model, dataset.num_classes)
+  backbone, stats = model.init_backbone(jax.random.key(0), dataset.train.images.shape[1:])
+  # One channel of the last BatchNorm diverged: its feature overflows float32. (A NaN inside the backbone
+  # would not do: XLA:CPU's fused ReLU turns NaN into 0.)
+  last = backbone['BasicBlockA_2']['BatchNorm_1']
+  last['bias'] = last['bias'].at[0].set(3e38)
+  features = SplitFeatures(model, dataset, sharding.make_mesh(), tiny_config.eval_batch_size)
+  with pytest.raises(RunError, match=r'non-finite features for 400 of 400 examples'):
+    features({'backbone': backbone, 'batch_stats': stats}, dataset.val)
 
 
 def test_config_fields_added_later_at_their_default_do_not_block_resume():
