@@ -6,6 +6,7 @@ Training saves through `StageCheckpoints`; evaluation and prediction load a fini
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, Optional
 
@@ -13,6 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from bwlm_jax import stopping
 from bwlm_jax.errors import MissingFileError, RunError
 from bwlm_jax.files import unique_path
 from bwlm_jax.models import inference_variables
@@ -88,16 +90,22 @@ class StageCheckpoints:
     self.manager.reload()
 
   def save(self, step: int, state, meta: dict) -> None:
-    try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    except Exception as err:  # noqa: BLE001  (a full disk, a removed directory: one line, earlier ones kept)
-      raise self._save_error(err) from err
+    """Save `state` as `step` (a SIGTERM meanwhile waits for the save: `stopping.deferred`)."""
+    with stopping.deferred(f'saving step {step} in {self.directory}'):
+      try:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      except Exception as err:  # noqa: BLE001  (a full disk, a removed directory: one line, earlier ones kept)
+        raise self._save_error(err) from err
 
   def _save_error(self, err: Exception) -> RunError:
-    return RunError(f'saving a checkpoint in {self.directory} failed ({type(err).__name__}: '
-                    f'{" ".join(str(err).split())[:200]}); the checkpoints saved before are kept. Free disk space '
-                    '(or fix the directory) and rerun the same command to resume.')
+    why = f'{type(err).__name__}: {" ".join(str(err).split())[:200]}'
+    advice = ('The disk, a quota or the file-size limit (ulimit -f) is full: free space (or raise the limit) and '
+              'rerun the same command to resume.' if _out_of_space(err) else
+              'Rerun the same command to resume; if it fails again, check that directory (its permissions, or '
+              'whether it was removed or replaced during the run).')
+    return RunError(f'saving a checkpoint in {self.directory} failed ({why}); the checkpoints saved before are '
+                    f'kept. {advice}')
 
   def reached_preemption(self, step: int) -> bool:
     """Whether JAX's preemption service (multi-process runs) asks every process to stop after `step`."""
@@ -110,6 +118,20 @@ class StageCheckpoints:
       raise self._save_error(err) from err
     finally:
       self.manager.close()
+
+
+# What an exhausted disk, quota or file-size limit looks like, as errno values and in the checkpoint library's
+# messages (TensorStore reports a write past the file-size limit as OUT_OF_RANGE).
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_OUT_OF_SPACE_TEXT = ('No space left', 'File too large', 'Disk quota', 'OUT_OF_RANGE: Error writing')
+
+
+def _out_of_space(err: BaseException) -> bool:
+  while err is not None:
+    if getattr(err, 'errno', None) in _OUT_OF_SPACE_ERRNOS or any(t in str(err) for t in _OUT_OF_SPACE_TEXT):
+      return True
+    err = err.__cause__ or err.__context__
+  return False
 
 
 def _listing(damaged: dict[int, str]) -> str:

@@ -7,13 +7,16 @@ traceback unless --verbose is given. Errors that are bugs (anything else) keep t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from typing import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
+from bwlm_jax import workdir_lock
 from bwlm_jax.errors import BwlmError, Interrupted, UsageError
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Print the full traceback of an error (for bug reports).')
@@ -31,6 +34,16 @@ def fail(message: str, status: int) -> None:
   sys.stdout.flush()
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def exit_now(status: int) -> None:
+  """Leave at once, after the error line: the checkpoint library's background threads (a failed save) and
+  JAX's exit handler (a dead peer) would otherwise print tracebacks after it, or wait and abort. Every
+  result was written before; the workdir's lock is given up."""
+  workdir_lock.release_all()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -82,7 +95,8 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except (BwlmError, app.UsageError) as err:
       if _VERBOSE.value:
         raise
-      fail(one_line(err), getattr(err, 'exit_status', 2))
+      print(f'error: {one_line(err)}', file=sys.stderr, flush=True)
+      exit_now(getattr(err, 'exit_status', 2))
     except Exception as err:  # noqa: BLE001  (only a lost peer is turned into a line; the rest propagates)
       lost = _lost_peer(err)
       if lost is None or _VERBOSE.value:
@@ -90,7 +104,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       sys.stdout.flush()
       print(f'error: another process of this multi-process run stopped ({lost}); this one stops too. The '
             'checkpoints saved before are kept: rerun every process to resume.', file=sys.stderr, flush=True)
-      os._exit(1)  # not sys.exit: JAX's exit handler would wait on the dead peer at shutdown, then abort
+      exit_now(1)
   return run_main
 
 
@@ -114,8 +128,19 @@ def _lost_peer(err: Exception):
   return ' '.join(text[start:start + 160].split())
 
 
+class _OrbaxThreadTracebacks(logging.Filter):
+  """Drops the tracebacks the checkpoint library logs from its background threads when a save fails (a
+  full disk: hundreds of lines): the same failure reaches the run as an exception and ends it with one
+  `error:` line that names it. --verbose keeps them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f'{os.sep}orbax{os.sep}' in record.pathname and record.levelno >= logging.ERROR
+    return not from_orbax or (flags.FLAGS.is_parsed() and _VERBOSE.value)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with the error handling above."""
+  absl_logging.get_absl_handler().addFilter(_OrbaxThreadTracebacks())
   app.run(_guarded(main), flags_parser=_parse_flags)
 
 

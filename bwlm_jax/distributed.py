@@ -11,6 +11,7 @@ that is checked before any data is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
+from bwlm_jax import workdir_lock
 from bwlm_jax.errors import RunError, UsageError
 
 _ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_NUM_PROCESSES',
@@ -121,3 +123,27 @@ def check_same_config(config_dict: dict) -> None:
 def is_writer() -> bool:
   """Whether this process writes the run's results, tables and figures (process 0 alone does)."""
   return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def workdir_writer(workdir: str):
+  """The job holds WORKDIR's lock while inside (`workdir_lock`): process 0 takes it, and with several
+  processes every one learns whether it did, so that all stop alike when another run holds it."""
+  taken, error = None, None
+  if is_writer():
+    try:
+      taken = workdir_lock.acquire(workdir)
+    except UsageError as err:
+      error = err
+  if jax.process_count() > 1:
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not ok and error is None:
+      error = UsageError(f'process 0 could not take the lock of workdir {workdir} (its error says why); this '
+                         'process stops too.')
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if taken:
+      workdir_lock.release(taken)

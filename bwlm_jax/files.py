@@ -5,6 +5,24 @@ from __future__ import annotations
 import json
 import os
 
+from bwlm_jax.errors import MissingFileError, UsageError
+
+
+def read_json(path: str, what: str, remedy: str, kind: type = dict):
+  """The JSON value in `path` (a `kind`); a missing, damaged or hand-broken file is one error naming it,
+  what it is and what to do (`remedy`). Nothing is deleted."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except FileNotFoundError:
+    raise MissingFileError(f'{path} ({what}) does not exist. {remedy}') from None
+  except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise UsageError(f'{path} ({what}) cannot be read: {" ".join(str(err).split())[:160]}. {remedy}') from None
+  if not isinstance(value, kind):
+    raise UsageError(f'{path} ({what}) is damaged: it holds a JSON {type(value).__name__}, not a JSON '
+                     f'{"object" if kind is dict else kind.__name__}. {remedy}')
+  return value
+
 
 def write_json(path: str, payload: dict) -> None:
   write_text(path, json.dumps(payload, indent=1))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, distributed, head_grid, selection, sharding, stages, weights
+from bwlm_jax import checkpoints, distributed, head_grid, selection, sharding, stages, stopping, weights
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
@@ -24,7 +24,7 @@ from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import STAGE2_FEEDS, stage2_feed
-from bwlm_jax.train.loop import StepBudget, run_stage, sigterm_stops
+from bwlm_jax.train.loop import StepBudget, run_stage
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.errors import UsageError
 
@@ -171,6 +171,7 @@ def _refuse_relabelling(config, workdir: str, run_stages) -> None:
         workdir_lib.refuse_relabel(stage.name, directory, meta, config.to_dict())
 
 
+@stopping.stops_on_sigterm
 def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] = None,
                        dataset: Optional[LongTailDataset] = None) -> dict:
   """Train the configured stages in `workdir` (resuming), evaluate, write `results.json`; return it.
@@ -186,13 +187,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   metric = selection_metric(config, ctx.dataset)
   if jax.process_index() == 0:
     workdir_lib.record_workdir_config(workdir, config.to_dict())
-  trained, grid = {}, None
-  with sigterm_stops(StepBudget(stop_after_steps)) as budget:
-    for stage in run_stages:
-      if stage.trains_backbone:
-        trained[stage.name] = run_stage(ctx, stage, budget, on_eval=_curve_callback(ctx))
-      else:
-        trained[stage.name], grid = run_stage2(ctx, budget, trained, metric)
+  trained, grid, budget = {}, None, StepBudget(stop_after_steps)
+  for stage in run_stages:
+    if stage.trains_backbone:
+      trained[stage.name] = run_stage(ctx, stage, budget, on_eval=_curve_callback(ctx))
+    else:
+      trained[stage.name], grid = run_stage2(ctx, budget, trained, metric)
 
   results = results_lib.run_results(ctx.dataset, {stage: inference_variables(stage, state)
                                                   for stage, state in trained.items()}, ctx.split_features)
@@ -200,16 +200,18 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   if grid is not None and grid.metric:
     results['stage2_selection'] = head_grid.selection_with_test(ctx, grid, stages.STAGE2.name)
   if jax.process_index() == 0:
-    results = results_lib.with_earlier_results(config, workdir, results)
-    write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
-    if grid is not None and grid.metric:
-      path = os.path.join(workdir, 'stage2_selection.md')
-      write_text_keeping_earlier(path, selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
-      print(f'stage-2 grid, validation scores and test accuracy of every candidate: {path}')
+    with stopping.deferred('writing results.json'):
+      results = results_lib.with_earlier_results(config, workdir, results)
+      write_json_keeping_earlier(os.path.join(workdir, 'results.json'), results)
+      if grid is not None and grid.metric:
+        path = os.path.join(workdir, 'stage2_selection.md')
+        write_text_keeping_earlier(path, selection_table(results['stage2_selection'], 'stage-2 candidate') + '\n')
+        print(f'stage-2 grid, validation scores and test accuracy of every candidate: {path}')
     print(results_table(results))
   return results
 
 
+@stopping.stops_on_sigterm
 def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[str], *,
                             dataset: Optional[LongTailDataset] = None) -> dict:
   """Stage-2 rows ({name: candidate settings}) trained as one grid in `workdir` on the backbones of
@@ -227,8 +229,7 @@ def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[s
   ctx = make_context(config, workdir, dataset)
   if jax.process_index() == 0:
     workdir_lib.record_workdir_config(workdir, recorded)
-  with sigterm_stops(StepBudget(None)) as budget:
-    grid = head_grid.run_grid(ctx, budget, names, settings, {}, metric)
+  grid = head_grid.run_grid(ctx, StepBudget(None), names, settings, {}, metric)
   chosen = [grid.chosen[name] for name in rows]
   by_split = {split_name: grid.reports(ctx, split, chosen) for split_name, split in ctx.dataset.eval_splits().items()}
   finished = {}
@@ -239,6 +240,7 @@ def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[s
                       'stage2_selection': grid.record(name) if metric else None,
                       'source': {'workdir': os.path.abspath(workdir), **grid.source(i)}}
   if jax.process_index() == 0:
-    write_json_keeping_earlier(os.path.join(workdir, 'results.json'),
-                               {'dataset': ctx.dataset.name, 'fingerprint': ctx.fingerprint, 'rows': finished})
+    with stopping.deferred('writing results.json'):
+      write_json_keeping_earlier(os.path.join(workdir, 'results.json'),
+                                 {'dataset': ctx.dataset.name, 'fingerprint': ctx.fingerprint, 'rows': finished})
   return finished

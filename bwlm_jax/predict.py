@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
+from PIL import Image
 
 from bwlm_jax.checkpoints import load_finished
+from bwlm_jax.files import read_json
 from bwlm_jax.stages import NAMES as STAGES
+from bwlm_jax.data import images
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
 from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
 from bwlm_jax.evaluation import posthoc
@@ -35,13 +37,8 @@ def image_paths(inputs: list[str]) -> list[str]:
 
 
 def load_image(path: str, size: int, center_crop: bool) -> np.ndarray:
-  """uint8 [size, size, 3], preprocessed as the model's evaluation split was; unreadable files are errors."""
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      image = image.convert('RGB')
-  except (UnidentifiedImageError, OSError) as err:
-    raise UsageError(f'cannot decode image {path!r}: {err}') from None
+  """uint8 [size, size, 3], preprocessed as the model's evaluation split was; an unreadable file is an error."""
+  image = images.open_rgb(path)
   if center_crop:
     scale = size * RESIZE_RATIO / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
@@ -60,8 +57,8 @@ def best_model(workdir: str) -> dict:
   if not found:
     raise MissingFileError(f'{workdir} has no ablation/best.json: run launch/ablation.py on it first (it names '
                             'the best model on the validation split).')
-  with open(max(found, key=os.path.getmtime)) as f:
-    return json.load(f)
+  return read_json(max(found, key=os.path.getmtime), 'the model ablation.py chose on validation',
+                   'Rerun launch/ablation.py on the workdir (its finished runs are reused) to write it anew.')
 
 
 def check_stage(stage: str, allow_best: bool = True) -> None:
@@ -71,7 +68,8 @@ def check_stage(stage: str, allow_best: bool = True) -> None:
 
 
 def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, batch_size: int = 64):
-  """[(path, [(class name, probability), ...])] for each file, best class first.
+  """([(path, [(class name, probability), ...])] for each readable file, best class first;
+  [(path, why)] for each file that could not be read as an image): one bad file costs only itself.
 
   `stage` 'best' uses the model that `ablation.py` chose on validation in `workdir` (a head of a
   K-head run, or the naive model with a post-hoc correction included).
@@ -93,13 +91,21 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
     raise UsageError(f'--top_k={top_k} is more than the {len(names)} classes of the {stage} model.')
   model = build_model(config['model'], len(names))
   features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']])
-  images = np.stack([load_image(p, meta['image_size'], meta['center_crop']) for p in paths])
+  loaded, unreadable = [], []
+  for path in paths:
+    try:
+      loaded.append((path, load_image(path, meta['image_size'], meta['center_crop'])))
+    except UsageError as err:
+      unreadable.append((path, str(err)))
+  if not loaded:
+    return [], unreadable
+  paths, pixels = [path for path, _ in loaded], np.stack([array for _, array in loaded])
   head = jax.device_get(variables['head'])
-  features = np.concatenate([np.asarray(features_fn(variables, images[i:i + batch_size]))
-                             for i in range(0, len(images), batch_size)])
+  features = np.concatenate([np.asarray(features_fn(variables, pixels[i:i + batch_size]))
+                             for i in range(0, len(pixels), batch_size)])
   logits = (head_logits(head, features) if posthoc_spec is None else
             posthoc.posthoc_logits(features, head, posthoc_spec['method'], posthoc_spec['tau'], train_counts))
   probabilities = np.exp(logits - logits.max(-1, keepdims=True))
   probabilities /= probabilities.sum(-1, keepdims=True)
   best = posthoc.top_k(logits, top_k)
-  return [(path, [(names[c], float(probabilities[i, c])) for c in best[i]]) for i, path in enumerate(paths)]
+  return [(path, [(names[c], float(probabilities[i, c])) for c in best[i]]) for i, path in enumerate(paths)], unreadable

@@ -12,7 +12,8 @@ import ml_collections
 from bwlm_jax import stages
 from bwlm_jax.config import base_config
 from bwlm_jax.errors import UsageError
-from bwlm_jax.files import unique_path
+from bwlm_jax.files import read_json, unique_path, write_text
+from bwlm_jax.workdir_lock import check_workdir_path
 
 # Config fields that do not change a result: they may differ between a run and its resumption.
 RESULT_NEUTRAL_FIELDS = (
@@ -84,30 +85,13 @@ def refuse_relabel(stage: str, directory: str, meta: dict, current: dict) -> Non
                      f'or move that directory away to train {stage} again.')
 
 
-def check_workdir_path(workdir: Optional[str]) -> None:
-  """A workdir that can hold a run: named, a directory (or creatable as one), writable."""
-  if not workdir or not workdir.strip():
-    raise UsageError('the workdir is empty: give --workdir=DIR, the directory for checkpoints, logs and results.')
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UsageError(f'workdir {workdir!r} is a file, not a directory.')
-  parent = path
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise UsageError(f'workdir {workdir!r} cannot be created: {parent!r} is a file.')
-  if not os.access(parent, os.W_OK):
-    raise UsageError(f'workdir {workdir!r} cannot be written: no write permission in {parent!r}.')
-
-
 def check_workdir_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
   """Refuse a config that differs from the one a used workdir records, unless allowed (writes nothing)."""
   check_workdir_path(workdir)
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = read_run_config(path)
   differences = config_differences(saved, config_dict)
   if differences and not allow_change:
     raise UsageError(f'{workdir} holds a run with a different config; resuming it would mix results. Differing '
@@ -122,12 +106,16 @@ def record_workdir_config(workdir: str, config_dict: dict) -> None:
   path = os.path.join(workdir, 'config.json')
   os.makedirs(workdir, exist_ok=True)
   if os.path.exists(path):
-    with open(path) as f:
-      if not config_differences(json.load(f), config_dict):
-        return  # only fields that change no result differ (stages, logging, ...): the record stands
+    if not config_differences(read_run_config(path), config_dict):
+      return  # only fields that change no result differ (stages, logging, ...): the record stands
     os.replace(path, unique_path(path))
-  with open(path, 'w') as f:
-    json.dump(config_dict, f, indent=2, sort_keys=True)
+  write_text(path, json.dumps(config_dict, indent=2, sort_keys=True))
+
+
+def read_run_config(path: str) -> dict:
+  """A workdir's config.json; a damaged one is one error (the checkpoints keep their own copy of it)."""
+  return read_json(path, "the config of the workdir's run", 'Fix it by hand, or move it away and rerun: each '
+                   "finished checkpoint keeps its own copy of the config and still refuses another one.")
 
 
 def run_config(workdir: str, given=None):
@@ -138,8 +126,7 @@ def run_config(workdir: str, given=None):
   if not os.path.isfile(path):
     raise UsageError(f'{workdir!r} holds no training run (no config.json); check the path, or train first with '
                      'launch/train.py.')
-  with open(path) as f:
-    saved = json.load(f)
+  saved = read_run_config(path)
   if given is not None:
     differences = config_differences(saved, given.to_dict())
     if differences:

@@ -27,14 +27,15 @@ def main(argv):
   seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
   distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
-  from bwlm_jax.experiments import run_ablation
-  if seeds is None:
-    run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
-  else:
-    from bwlm_jax.seeds import rows_over_seeds
-    def ablation(config, workdir):
-      return run_ablation(config, workdir, _VECTORIZED.value)
-    rows_over_seeds(ablation, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
+  with distributed.workdir_writer(_WORKDIR.value):  # one run writes into a workdir at a time
+    from bwlm_jax.experiments import run_ablation
+    if seeds is None:
+      run_ablation(_CONFIG.value, _WORKDIR.value, _VECTORIZED.value)
+    else:
+      from bwlm_jax.seeds import rows_over_seeds
+      def ablation(config, workdir):
+        return run_ablation(config, workdir, _VECTORIZED.value)
+      rows_over_seeds(ablation, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':

@@ -34,29 +34,31 @@ def main(argv):
   from bwlm_jax.workdir import run_config
   config = run_config(_WORKDIR.value, _CONFIG.value)
   process_setup.start_process(_CPU_DEVICES.value)
-  from bwlm_jax.config import validate_config
-  from bwlm_jax.data import load_dataset
-  from bwlm_jax.evaluation.report import results_table
-  from bwlm_jax.evaluation.workdir_reports import evaluable_stages, report_workdir
-  validate_config(config)
-  stages = evaluable_stages(_WORKDIR.value, _STAGES.value)
-  summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), stages, _TEST_PRIOR.value)
-  models = {stage: {split: info['report'] for split, info in s['splits'].items()} for stage, s in summary.items()}
-  for split, extra in summary.get('naive', {}).get('splits', {}).items():
-    for method, report in extra['posthoc'].items():
-      models.setdefault(f'naive+{method}', {})[split] = report
-  print(results_table({'models': models}))
-  for stage, s in summary.items():
-    for split, info in s['splits'].items():
-      if 'prior_shift' in info['report']:
-        shift = info['report']['prior_shift']
-        print(f'{stage} {split} under test prior {_TEST_PRIOR.value}: accuracy {100 * shift["accuracy"]:.1f} %, '
-              f'logit-adjusted to it {100 * shift["adjusted_accuracy"]:.1f} %')
-  from bwlm_jax.evaluation import plots
-  calibration = {stage: s['splits']['test']['report']['calibration'] for stage, s in summary.items()}
-  figure = plots.reliability_diagram(calibration, f'{config.data.name}, test')
-  paths = plots.save(figure, os.path.join(_WORKDIR.value, 'figures'), 'reliability_test')
-  print(f'files in {_WORKDIR.value}/evaluation/; reliability diagram {paths[0]}')
+  from bwlm_jax.workdir_lock import holding
+  with holding(os.path.join(_WORKDIR.value, 'evaluation')):  # one writer of the reports at a time
+    from bwlm_jax.config import validate_config
+    from bwlm_jax.data import load_dataset
+    from bwlm_jax.evaluation.report import results_table
+    from bwlm_jax.evaluation.workdir_reports import evaluable_stages, report_workdir
+    validate_config(config)
+    stages = evaluable_stages(_WORKDIR.value, _STAGES.value)
+    summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), stages, _TEST_PRIOR.value)
+    models = {stage: {split: info['report'] for split, info in s['splits'].items()} for stage, s in summary.items()}
+    for split, extra in summary.get('naive', {}).get('splits', {}).items():
+      for method, report in extra['posthoc'].items():
+        models.setdefault(f'naive+{method}', {})[split] = report
+    print(results_table({'models': models}))
+    for stage, s in summary.items():
+      for split, info in s['splits'].items():
+        if 'prior_shift' in info['report']:
+          shift = info['report']['prior_shift']
+          print(f'{stage} {split} under test prior {_TEST_PRIOR.value}: accuracy {100 * shift["accuracy"]:.1f} %, '
+                f'logit-adjusted to it {100 * shift["adjusted_accuracy"]:.1f} %')
+    from bwlm_jax.evaluation import plots
+    calibration = {stage: s['splits']['test']['report']['calibration'] for stage, s in summary.items()}
+    figure = plots.reliability_diagram(calibration, f'{config.data.name}, test')
+    paths = plots.save(figure, os.path.join(_WORKDIR.value, 'figures'), 'reliability_test')
+    print(f'files in {_WORKDIR.value}/evaluation/; reliability diagram {paths[0]}')
 
 
 if __name__ == '__main__':

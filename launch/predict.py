@@ -5,14 +5,18 @@
 
 The model's architecture, classes and preprocessing come from its checkpoint. --stage picks the model
 (default: stage2 if the workdir has one, else naive); --stage=best takes the model that ablation.py chose
-on the validation split (WORKDIR/ablation/best.json), post-hoc correction included.
+on the validation split (WORKDIR/ablation/best.json), post-hoc correction included. A file that cannot be
+read as an image (damaged, not an image, a decompression bomb) is reported by name and costs only itself;
+the exit status is then non-zero.
 """
 
 import os
+import sys
 
 from absl import app, flags
 
 from bwlm_jax import cli, process_setup
+from bwlm_jax.errors import UsageError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
@@ -36,13 +40,19 @@ def main(argv):
     raise app.UsageError(f'{_OUTPUT.value} exists; choose another --output (results are never overwritten).')
   stage = _STAGE.value or ('stage2' if os.path.isdir(os.path.join(_WORKDIR.value, 'checkpoints', 'stage2'))
                            else 'naive')
-  predictions = predict_files(_WORKDIR.value, stage, image_paths(_IMAGES.value), _TOP_K.value)
+  paths = image_paths(_IMAGES.value)
+  predictions, unreadable = predict_files(_WORKDIR.value, stage, paths, _TOP_K.value)
   for path, top in predictions:
     print(f'{path}: ' + ', '.join(f'{name} {probability:.3f}' for name, probability in top))
-  if _OUTPUT.value:
+  if _OUTPUT.value and predictions:
     header = ['path'] + [f'{kind}_{rank}' for rank in range(1, _TOP_K.value + 1) for kind in ('class', 'prob')]
     write_csv(_OUTPUT.value, header, [[path] + [v for pair in top for v in pair] for path, top in predictions])
-    print(f'wrote {_OUTPUT.value}')
+    print(f'wrote {_OUTPUT.value} ({len(predictions)} images)')
+  for path, why in unreadable:
+    print(f'{path}: not predicted: {why}', file=sys.stderr)
+  if unreadable:
+    raise UsageError(f'{len(unreadable)} of {len(paths)} images could not be read (listed above, each with the '
+                     f'reason); the other {len(predictions)} were predicted.')
 
 
 if __name__ == '__main__':

@@ -31,14 +31,15 @@ def main(argv):
              else [_CONFIG.value.stage2.weight_decay])
   process_setup.start_process(_CPU_DEVICES.value)
   distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
-  from bwlm_jax.sweeps import run_sweep
-  if seeds is None:
-    run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
-  else:
-    from bwlm_jax.seeds import rows_over_seeds
-    def sweep(config, workdir):
-      return run_sweep(config, workdir, alphas, lambdas, _VECTORIZED.value)
-    rows_over_seeds(sweep, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
+  with distributed.workdir_writer(_WORKDIR.value):  # one run writes into a workdir at a time
+    from bwlm_jax.sweeps import run_sweep
+    if seeds is None:
+      run_sweep(_CONFIG.value, _WORKDIR.value, alphas, lambdas, _VECTORIZED.value)
+    else:
+      from bwlm_jax.seeds import rows_over_seeds
+      def sweep(config, workdir):
+        return run_sweep(config, workdir, alphas, lambdas, _VECTORIZED.value)
+      rows_over_seeds(sweep, _CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':

@@ -23,15 +23,16 @@ def main(argv):
   seeds = cli.whole_numbers(_SEEDS.value, 'seeds') if _SEEDS.value is not None else None
   process_setup.start_process(_CPU_DEVICES.value)
   distributed.start({name: flag.value for name, flag in _DISTRIBUTED.items()})
-  import jax
-  from bwlm_jax.pipeline import train_and_evaluate
-  print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
-        f'process {jax.process_index()} of {jax.process_count()}')
-  if seeds is None:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    from bwlm_jax.seeds import train_over_seeds
-    train_over_seeds(_CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
+  with distributed.workdir_writer(_WORKDIR.value):  # one run writes into a workdir at a time
+    import jax
+    from bwlm_jax.pipeline import train_and_evaluate
+    print(f'JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s), '
+          f'process {jax.process_index()} of {jax.process_count()}')
+    if seeds is None:
+      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      from bwlm_jax.seeds import train_over_seeds
+      train_over_seeds(_CONFIG.value, _WORKDIR.value, seeds, _VARY_SUBSET.value)
 
 
 if __name__ == '__main__':

@@ -147,13 +147,14 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
   images, labels = shapes.draw_split([1] * 20, seed=5)
   for i, image in enumerate(images[:4]):
     Image.fromarray(image).resize((64, 64)).save(tmp_path / f'{i}.png')
-  predictions = predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', image_paths([str(tmp_path)]), 3)
-  assert len(predictions) == 4
+  predictions, unreadable = predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2',
+                                         image_paths([str(tmp_path)]), 3)
+  assert len(predictions) == 4 and unreadable == []
   for _, top in predictions:
     assert len(top) == 3 and all(name in shapes.class_names() for name, _ in top)
     probabilities = [p for _, p in top]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
-  best_predictions = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
+  best_predictions, _ = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
   assert [p for p, _ in best_predictions] == [p for p, _ in predictions]
   assert all(len(top) == 3 and all(name in shapes.class_names() for name, _ in top) for _, top in best_predictions)
   # A newer best.json naming the naive model with logit adjustment: a prior of 1 image for class 5
@@ -163,12 +164,12 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
     json.dump({'source': {'workdir': workdir, 'stage': 'naive', 'posthoc': {'method': 'logit_adjustment', 'tau': 1.0}},
                'train_counts': [1e9] * 5 + [1] + [1e9] * 14}, f)
   os.utime(pointer, (2e9, 2e9))
-  adjusted = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
+  adjusted, _ = predict_files(workdir, 'best', image_paths([str(tmp_path)]), 3)
   assert {top[0][0] for _, top in adjusted} == {shapes.class_names()[5]}
   os.remove(pointer)
   (tmp_path / 'broken.png').write_bytes(b'no image')
-  with pytest.raises(ValueError, match='cannot decode image .*broken.png'):
-    predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', [str(tmp_path / 'broken.png')])
+  good, unreadable = predict_files(os.path.join(workdir, 'ablation', 'cRT'), 'stage2', [str(tmp_path / 'broken.png')])
+  assert good == [] and len(unreadable) == 1 and 'cannot read image' in unreadable[0][1]
 
 
 def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
+from bwlm_jax.data import images
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
 from bwlm_jax.errors import MissingFileError, UsageError
 
@@ -58,55 +60,21 @@ def _files_under(class_dir: str) -> list[str]:
   return found
 
 
-def _open_rgb(path: str):
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      return image.convert('RGB')
-  except (UnidentifiedImageError, OSError) as err:
-    raise UsageError(f'cannot read image {path!r}: {err}') from None
-
-
 def read_arrays(paths: list[str], labels: np.ndarray, image_size: int) -> ArraySplit:
   """Decode every image, resized to image_size x image_size; an unreadable file is an error."""
-  from PIL import Image
-  images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+  arrays = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
   for i, path in enumerate(paths):
-    image = _open_rgb(path)
+    image = images.open_rgb(path)
     if image.size != (image_size, image_size):
       image = image.resize((image_size, image_size), Image.BILINEAR)
-    images[i] = np.asarray(image)
-  return ArraySplit(images, labels)
+    arrays[i] = np.asarray(image)
+  return ArraySplit(arrays, labels)
 
 
 def check_readable(paths: list[str]) -> None:
-  """Open each file's header (cheap) and check that a JPEG or PNG is not cut short, so that a broken file
-  fails before training, not mid-epoch. A file whose end marker is missing is decoded in full to decide
-  (some writers append data after it)."""
-  from PIL import Image, UnidentifiedImageError
+  """Each file checked cheaply (`images.check_file`), so that a broken file fails before training, not mid-epoch."""
   for path in paths:
-    try:
-      with Image.open(path) as image:
-        kind = image.format
-        image.verify()
-      if not _ends_complete(path, kind):
-        with Image.open(path) as image:
-          image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-      raise UsageError(f'cannot read image {path!r}: {err}') from None
-
-
-# The bytes a complete file of a format ends with: JPEG's end-of-image marker, PNG's IEND chunk.
-_END_MARKERS = {'JPEG': b'\xff\xd9', 'PNG': b'IEND\xaeB`\x82'}
-
-
-def _ends_complete(path: str, kind: str) -> bool:
-  marker = _END_MARKERS.get(kind)
-  if marker is None:
-    return True
-  with open(path, 'rb') as f:
-    f.seek(max(os.path.getsize(path) - 64, 0))
-    return marker in f.read()
+    images.check_file(path)
 
 
 def stream_split(paths: list[str], labels: np.ndarray) -> StreamSplit:

@@ -31,15 +31,19 @@ def read_list(list_file: str, root: str) -> tuple[list[str], np.ndarray]:
   if not os.path.isfile(list_file):
     raise MissingFileError(f'list file {list_file!r} does not exist. {HOW_TO_GET}')
   paths, labels = [], []
-  with open(list_file) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      parts = line.split()
-      if len(parts) != 2 or not parts[1].lstrip('-').isdigit() or int(parts[1]) < 0:
-        raise UsageError(f'{list_file}:{number}: expected "<relative image path> <label >= 0>", got {line.strip()!r}.')
-      paths.append(os.path.join(root, parts[0].lstrip('/')))
-      labels.append(int(parts[1]))
+  try:
+    with open(list_file, encoding='utf-8') as f:
+      lines = f.readlines()
+  except (OSError, UnicodeDecodeError) as err:
+    raise UsageError(f'list file {list_file!r} cannot be read as text ({err}).') from None
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    parts = line.split()
+    if len(parts) != 2 or not parts[1].lstrip('-').isdigit() or int(parts[1]) < 0:
+      raise UsageError(f'{list_file}:{number}: expected "<relative image path> <label >= 0>", got {line.strip()!r}.')
+    paths.append(os.path.join(root, parts[0].lstrip('/')))
+    labels.append(int(parts[1]))
   if not paths:
     raise UsageError(f'list file {list_file!r} has no images.')
   return paths, np.asarray(labels, np.int64)

@@ -101,7 +101,16 @@ def training_curves(metrics_jsonl: str, title: str):
 
   The accuracy is the validation split's where the run had one, else the test split's.
   """
-  rows = [json.loads(line) for line in open(metrics_jsonl)]
+  rows, damaged = [], 0
+  with open(metrics_jsonl, encoding='utf-8', errors='replace') as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # e.g. the last line of a process killed while writing it
+        damaged += 1
+  if damaged:
+    print(f'{metrics_jsonl}: {damaged} damaged line(s) left out of the training curves.')
+  rows = [row for row in rows if isinstance(row, dict) and 'stage' in row]
   split = 'val' if any('val_accuracy' in r for r in rows) else 'test'
   figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.6))
   for stage in dict.fromkeys(r['stage'] for r in rows):

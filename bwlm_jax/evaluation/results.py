@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -12,6 +11,7 @@ from bwlm_jax import checkpoints
 from bwlm_jax.stages import NAMES as STAGES, STAGE2
 from bwlm_jax.evaluation import calibration, metrics
 from bwlm_jax.models import head_logits
+from bwlm_jax.files import read_json
 from bwlm_jax.workdir import stage_config_differences
 
 
@@ -75,8 +75,8 @@ def with_earlier_results(config, workdir: str, results: dict) -> dict:
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
     return results
-  with open(path) as f:
-    earlier = json.load(f)
+  earlier = read_json(path, 'the results of earlier runs in this workdir', 'Fix it by hand or move it away, then '
+                      'rerun: the finished checkpoints are reused and results.json is written anew.')
   carried = set()
   for stage in STAGES:
     if stage in results['models'] or stage not in earlier.get('models', {}):

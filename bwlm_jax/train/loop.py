@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from typing import Callable, Optional
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from bwlm_jax import checkpoints, losses, stages
+from bwlm_jax import checkpoints, losses, stages, stopping
 from bwlm_jax.data import device_pipeline, stage_train_split
 from bwlm_jax.data.sampling import BatchSpec
 from bwlm_jax.errors import Interrupted
@@ -29,13 +26,17 @@ EvalCallback = Callable[[stages.Stage, TrainState], dict]
 class StepBudget:
   """How many more training steps this process may take (across stages); None = no limit.
 
-  SIGTERM (a preempted or cancelled job) also ends the budget: the step in flight finishes, a
-  checkpoint is saved and `Interrupted` is raised, so a rerun resumes from that step.
+  A SIGTERM (`stopping`) or a multi-process preemption also ends the budget: the step in flight
+  finishes, a checkpoint is saved and `Interrupted` is raised, so a rerun resumes from that step.
   """
 
   def __init__(self, steps: Optional[int]):
     self.remaining = steps
-    self.terminated = False
+    self.preempted = False
+
+  @property
+  def terminated(self) -> bool:
+    return self.preempted or stopping.requested()
 
   @property
   def exhausted(self) -> bool:
@@ -44,34 +45,6 @@ class StepBudget:
   def spend(self) -> None:
     if self.remaining is not None:
       self.remaining -= 1
-
-  def stop_on_sigterm(self):
-    """Install the SIGTERM handler (main thread only, one process); returns the previous handler to restore.
-
-    A multi-process run installs none: JAX's preemption service receives the signal and every process
-    stops at the same step (`preempted_at`), so no host waits in a collective save alone.
-    """
-    if threading.current_thread() is not threading.main_thread() or multi_process():
-      return None
-
-    def handler(signum, frame):
-      del signum, frame
-      print('SIGTERM: saving a checkpoint after this step, then stopping.', flush=True)
-      self.terminated = True
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-@contextlib.contextmanager
-def sigterm_stops(budget: StepBudget):
-  """While inside, SIGTERM ends `budget` (a checkpoint is saved, then `Interrupted`); the previous
-  handler comes back on exit."""
-  previous = budget.stop_on_sigterm()
-  try:
-    yield budget
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
 
 
 def multi_process() -> bool:
@@ -171,8 +144,13 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
   watch = NonFiniteWatch(stage.name, _divergence_hint(config, stage))
   interval = IntervalMetrics(writer, steps_per_epoch, progress, watch, total_steps)
 
+  saved = {'step': start}  # the step whose state is on disk (a stop right after a periodic save saves nothing)
+
   def save(step, finished):
     """Save only a state whose loss and parameters are finite (else `watch` raises)."""
+    if step == saved['step'] and not finished:
+      return
+    saved['step'] = step
     interval.flush()
     interval.check_open_interval(step)
     finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked)))
@@ -182,27 +160,27 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
 
   eval_every = config.eval_every_epochs * steps_per_epoch if on_eval is not None else 0
   try:
-    for step in range(start, total_steps):
-      if budget.exhausted:  # checked before each step, so a spent budget never starts the next stage
-        interval.flush()
-        if step > start:
+    with stopping.deferred(f"saving {stage}'s finished checkpoint"):
+      for step in range(start, total_steps):
+        if budget.exhausted:  # checked before each step, so a spent budget never starts the next stage
+          interval.flush()
           save(step, False)
-        reason = 'on SIGTERM' if budget.terminated else 'as asked'
-        raise Interrupted(f'{stage}: stopped after step {step} {reason}; rerun to resume.')
-      state, step_metrics = feeder(state)
-      budget.spend()
-      if multi_process() and store.reached_preemption(step + 1):
-        budget.terminated = True  # all processes reach this sync point at the same step
-      interval.add(step_metrics, config.batch_size)
-      progress.update(1)
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == total_steps:
-        interval.close_interval(done)
-      if eval_every and done % eval_every == 0:
-        writer.write_scalars(done, {**on_eval(stage, state), 'epoch': done / steps_per_epoch})
-      if done % config.checkpoint_every_steps == 0 and done != total_steps:
-        save(done, False)
-    save(total_steps, True)
+          reason = 'on SIGTERM' if budget.terminated else 'as asked'
+          raise Interrupted(f'{stage}: stopped after step {step} {reason}; rerun to resume.')
+        state, step_metrics = feeder(state)
+        budget.spend()
+        if multi_process() and store.reached_preemption(step + 1):
+          budget.preempted = True  # all processes reach this sync point at the same step
+        interval.add(step_metrics, config.batch_size)
+        progress.update(1)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+          interval.close_interval(done)
+        if eval_every and done % eval_every == 0:
+          writer.write_scalars(done, {**on_eval(stage, state), 'epoch': done / steps_per_epoch})
+        if done % config.checkpoint_every_steps == 0 and done != total_steps:
+          save(done, False)
+      save(total_steps, True)
     return state
   finally:
     progress.close()
