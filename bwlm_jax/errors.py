@@ -24,8 +24,10 @@ class RunError(BwlmError, RuntimeError):
   """A run that cannot go on: non-finite loss, no readable checkpoint, a failed save. Exit status 1."""
 
 
-class Interrupted(BwlmError):
-  """The step budget (or a SIGTERM) ended a run early, after its checkpoint was saved; a rerun resumes.
+class Interrupted(BaseException):
+  """The step budget (or a SIGTERM) ended a run early, with nothing unfinished written; a rerun resumes.
 
-  Exit status 143, the conventional status after SIGTERM."""
+  Exit status 143, the conventional status after SIGTERM. A BaseException, like KeyboardInterrupt: a
+  SIGTERM can land inside code that catches `Exception` (retrying a damaged checkpoint, say), which must
+  not take the stop for a failure of its own."""
   exit_status = 143
