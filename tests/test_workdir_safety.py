@@ -284,3 +284,19 @@ def test_a_save_past_the_file_size_limit_ends_with_the_error_line_last(tfds_dir,
   assert last.startswith('error: saving a checkpoint in ') and 'file-size limit (ulimit -f)' in last
   assert 'future.py' not in result.stderr  # the checkpoint library's thread tracebacks are not shown
   assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+
+
+def test_a_stop_inside_the_checkpoint_reader_is_not_taken_for_a_damaged_checkpoint(tmp_path, monkeypatch):
+  store = StageCheckpoints(str(tmp_path / 'checkpoints'), 2)
+  store.save(3, {'x': np.arange(4.0)}, {'step': 3})
+  store.close()
+  store = StageCheckpoints(str(tmp_path / 'checkpoints'), 2)
+
+  def stopped(*args):
+    raise Interrupted('stopped on SIGTERM')  # what the SIGTERM handler raises wherever the reader is
+
+  monkeypatch.setattr(store, '_restore', stopped)
+  with pytest.raises(Interrupted):
+    store.restore_latest()
+  store.close()
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']  # not moved to checkpoints.damaged/
