@@ -126,6 +126,16 @@ def test_multi_process_input_errors_are_one_line_before_training(tfds_dir, tmp_p
       lines = [line for line in err.strip().splitlines() if not line.startswith('[Gloo]')]
       assert code == status and len(lines) == 1 and message in lines[0], (name, err[-2000:])
     assert not os.path.exists(tmp_path / name / 'checkpoints')
+  locked = tmp_path / 'locked'  # another job (on another node) holds this workdir
+  locked.mkdir()
+  (locked / '.lock').write_text(json.dumps({'host': 'node-17', 'pid': 4242, 'since': '2026-11-30T08:00:00+00:00',
+                                             'command': 'train.py'}))
+  finished = _finish(_start(_flags(tfds_dir, locked)))
+  messages = ['is in use by process 4242 on host node-17', 'process 0 could not take the lock of workdir']
+  for (code, _, err), message in zip(finished, messages):
+    lines = [line for line in err.strip().splitlines() if not line.startswith('[Gloo]')]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err[-2000:]
+  assert sorted(os.listdir(locked)) == ['.lock']
   alone = subprocess.run([sys.executable, TRAIN, *_flags(tfds_dir, tmp_path / 'alone'), '--num_processes=2',
                           '--process_id=1', f'--coordinator_address=127.0.0.1:{_port()}', '--init_timeout_s=3'],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
