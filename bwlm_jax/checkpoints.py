@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from bwlm_jax import stopping
-from bwlm_jax.errors import MissingFileError, RunError
+from bwlm_jax.errors import MissingFileError, RunError, SaveError
 from bwlm_jax.files import unique_path
 from bwlm_jax.models import inference_variables
 from bwlm_jax.sharding import make_mesh, replicated
@@ -98,14 +98,14 @@ class StageCheckpoints:
       except Exception as err:  # noqa: BLE001  (a full disk, a removed directory: one line, earlier ones kept)
         raise self._save_error(err) from err
 
-  def _save_error(self, err: Exception) -> RunError:
+  def _save_error(self, err: Exception) -> SaveError:
     why = f'{type(err).__name__}: {" ".join(str(err).split())[:200]}'
     advice = ('The disk, a quota or the file-size limit (ulimit -f) is full: free space (or raise the limit) and '
               'rerun the same command to resume.' if _out_of_space(err) else
               'Rerun the same command to resume; if it fails again, check that directory (its permissions, or '
               'whether it was removed or replaced during the run).')
-    return RunError(f'saving a checkpoint in {self.directory} failed ({why}); the checkpoints saved before are '
-                    f'kept. {advice}')
+    return SaveError(f'saving a checkpoint in {self.directory} failed ({why}); the checkpoints saved before are '
+                     f'kept. {advice}')
 
   def reached_preemption(self, step: int) -> bool:
     """Whether JAX's preemption service (multi-process runs) asks every process to stop after `step`."""

@@ -17,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from bwlm_jax import workdir_lock
-from bwlm_jax.errors import BwlmError, Interrupted, UsageError
+from bwlm_jax.errors import BwlmError, Interrupted, SaveError, UsageError
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Print the full traceback of an error (for bug reports).')
 
@@ -39,7 +39,8 @@ def fail(message: str, status: int) -> None:
 def exit_now(status: int) -> None:
   """Leave at once, after the error line: the checkpoint library's background threads (a failed save) and
   JAX's exit handler (a dead peer) would otherwise print tracebacks after it, or wait and abort. Every
-  result was written before; the workdir's lock is given up."""
+  result was written before; the workdir's lock is given up. (Other errors leave with sys.exit, so that
+  the processes of a multi-process run shut down together.)"""
   workdir_lock.release_all()
   sys.stdout.flush()
   sys.stderr.flush()
@@ -95,8 +96,10 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except (BwlmError, app.UsageError) as err:
       if _VERBOSE.value:
         raise
-      print(f'error: {one_line(err)}', file=sys.stderr, flush=True)
-      exit_now(getattr(err, 'exit_status', 2))
+      if isinstance(err, SaveError):
+        print(f'error: {one_line(err)}', file=sys.stderr, flush=True)
+        exit_now(err.exit_status)
+      fail(one_line(err), getattr(err, 'exit_status', 2))  # sys.exit: JAX's shutdown syncs with the peers
     except Exception as err:  # noqa: BLE001  (only a lost peer is turned into a line; the rest propagates)
       lost = _lost_peer(err)
       if lost is None or _VERBOSE.value:

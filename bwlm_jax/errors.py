@@ -24,6 +24,11 @@ class RunError(BwlmError, RuntimeError):
   """A run that cannot go on: non-finite loss, no readable checkpoint, a failed save. Exit status 1."""
 
 
+class SaveError(RunError):
+  """A checkpoint could not be saved. The process leaves at once after its error line: the checkpoint
+  library's background threads would otherwise print tracebacks after it."""
+
+
 class Interrupted(BaseException):
   """The step budget (or a SIGTERM) ended a run early, with nothing unfinished written; a rerun resumes.
 

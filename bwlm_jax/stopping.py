@@ -51,6 +51,7 @@ def sigterm_stops():
     yield
   finally:
     signal.signal(signal.SIGTERM, previous)
+    _state['requested'] = False  # a stop belongs to the run it stopped, not to what this process does next
 
 
 def stops_on_sigterm(function):

@@ -57,7 +57,7 @@ def _accuracies(workdir):
 def test_two_processes_give_the_results_of_one_process(tfds_dir, tmp_path):
   script = subprocess.run([os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2', TRAIN,
                            *_flags(tfds_dir, tmp_path / 'two_processes')], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+                          cwd=ROOT, timeout=600, env={**os.environ, 'PYTHON': sys.executable})
   assert script.returncode == 0, script.stderr[-3000:]
   assert script.stdout.count('model                     split') == 1  # process 0 alone reports
   for name, extra in (('two_devices', ['--cpu_devices=2']), ('one_device', [])):
@@ -103,7 +103,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tfds_
 
 
 def test_a_dead_process_ends_the_other_with_one_line_not_a_hang(tfds_dir, tmp_path):
-  processes = _start(_flags(tfds_dir, tmp_path / 'run', '--config.stage1.epochs=30', '--heartbeat_timeout_s=20'))
+  processes = _start(_flags(tfds_dir, tmp_path / 'run', '--config.stage1.epochs=30', '--heartbeat_timeout_s=45'))
   _wait_for_checkpoint(tmp_path / 'run', 'stage1')
   processes[1].kill()
   started = time.monotonic()
