@@ -96,19 +96,28 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except (BwlmError, app.UsageError) as err:
       if _VERBOSE.value:
         raise
-      if isinstance(err, SaveError):
+      if isinstance(err, SaveError):  # a checkpoint barrier can be where a dead peer is noticed
+        _stop_if_peer_lost(err.__cause__)
         print(f'error: {one_line(err)}', file=sys.stderr, flush=True)
         exit_now(err.exit_status)
       fail(one_line(err), getattr(err, 'exit_status', 2))  # sys.exit: JAX's shutdown syncs with the peers
     except Exception as err:  # noqa: BLE001  (only a lost peer is turned into a line; the rest propagates)
-      lost = _lost_peer(err)
-      if lost is None or _VERBOSE.value:
+      if _VERBOSE.value:
         raise
-      sys.stdout.flush()
-      print(f'error: another process of this multi-process run stopped ({lost}); this one stops too. The '
-            'checkpoints saved before are kept: rerun every process to resume.', file=sys.stderr, flush=True)
-      exit_now(1)
+      _stop_if_peer_lost(err)
+      raise
   return run_main
+
+
+def _stop_if_peer_lost(err) -> None:
+  """One line and an immediate exit where `err` says that another process of the run died."""
+  lost = _lost_peer(err) if isinstance(err, Exception) else None
+  if lost is None:
+    return
+  sys.stdout.flush()
+  print(f'error: another process of this multi-process run stopped ({lost}); this one stops too. The '
+        'checkpoints saved before are kept: rerun every process to resume.', file=sys.stderr, flush=True)
+  exit_now(1)
 
 
 # What JAX's collectives and coordination service say when a peer process is gone.
