@@ -172,11 +172,8 @@ def release_all() -> None:
 
 
 @contextlib.contextmanager
-def holding(workdir: str, writer: bool = True):
-  """WORKDIR's lock while inside; `writer=False` (another process of a multi-process run) takes none."""
-  if not writer:
-    yield
-    return
+def holding(workdir: str):
+  """WORKDIR's lock while inside (one process; a multi-process job uses `distributed.workdir_writer`)."""
   path = acquire(workdir)
   try:
     yield
