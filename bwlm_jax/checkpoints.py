@@ -18,7 +18,7 @@ from bwlm_jax import stopping
 from bwlm_jax.errors import MissingFileError, RunError, SaveError
 from bwlm_jax.files import unique_path
 from bwlm_jax.models import inference_variables
-from bwlm_jax.sharding import make_mesh, replicated
+from bwlm_jax.distributed import make_mesh, replicated
 
 
 class StageCheckpoints:

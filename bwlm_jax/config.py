@@ -11,10 +11,16 @@ import ml_collections
 from ml_collections import config_dict
 import jax
 
-from bwlm_jax import losses, process_setup, selection
+from bwlm_jax import head_setting, process_setup, selection
 from bwlm_jax import stages as stages_lib
 from bwlm_jax.errors import UsageError
-from bwlm_jax.model_names import DTYPE_NAMES, MODELS
+
+
+# The names model.name and model.dtype may take (built by `models.build_model`), here so that a config is
+# checked without importing the models and the data pipeline they use.
+MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
+          'resnext50')
+DTYPE_NAMES = ('float32', 'bfloat16')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet32'  # model_names.MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50
+  config.model.name = 'resnet32'  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
   # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
   # (stage2.backbone=pretrained): a torchvision/timm ResNet checkpoint (.safetensors, .npz; .pth/.pt with
@@ -85,16 +91,12 @@ def _data_config() -> ml_collections.ConfigDict:
 
 
 def _stage2_config() -> ml_collections.ConfigDict:
-  # Stage 2: a new head on the Data Balanced Review set. weight_decay is lambda of eq. 14-17: 0 gives
-  # the CE/CB/BS/BFS rows, > 0 the CEW/CBW/BSW/BWLM rows. These values train when nothing is selected
-  # (stage2.select below). The paper is silent on them; our choice on Tiny-ImageNet-LT's val split
-  # (docs/REPRODUCING.md, "How the defaults were chosen"): a new head needs a larger lr and a smaller
-  # lambda than Alshammari et al.'s recipe for fine-tuning an existing head (lr 0.01, lambda 0.1, 10 epochs).
-  stage2 = _stage_optim(epochs=30, learning_rate=0.1, weight_decay=5e-4)
-  stage2.loss = 'bfs'  # ce | cb_focal | balanced_softmax | bfs
-  stage2.alpha = 0.1  # BFS weight of the CB-focal term; 0.1 is the paper's suggested default.
-  stage2.beta = 0.9999  # Cui et al.'s reference default.
-  stage2.gamma = 1.0  # Cui et al.'s reference default.
+  # Stage 2: a new head on the Data Balanced Review set. The head's fields (loss, alpha, beta, gamma,
+  # weight_decay, learning_rate, epochs, backbone) and the sources of their defaults are those of
+  # `head_setting.HeadSetting`; they train when nothing is selected (stage2.select below).
+  stage2 = _stage_optim(epochs=1, learning_rate=1.0, weight_decay=0.0)  # momentum, Nesterov, warm-up
+  for field in head_setting.FIELDS:
+    stage2[field.name] = field.default
   # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads). Our choice: the two tie
   # on Tiny-ImageNet-LT's val split (docs/REPRODUCING.md), so the simpler one.
   stage2.head_bias_init = 'zeros'
@@ -111,9 +113,7 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution (chosen on
   # Tiny-ImageNet-LT's val split, docs/REPRODUCING.md).
   stage2.loss_counts = 'stage2'
-  # Where stage 2's frozen backbone comes from: 'stage1' (BWLM) or 'naive' (classifier re-training
-  # on a one-stage model, as cRT). Its training set: 'review' (Data Balanced Review) or 'long_tail'.
-  stage2.backbone = 'stage1'
+  # Stage 2's training set: 'review' (Data Balanced Review) or 'long_tail'.
   stage2.train_set = 'review'
   # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
   stage2.sampler = 'uniform'
@@ -140,6 +140,9 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # on the stage-1 one (docs/REPRODUCING.md); the paper's configuration stays a candidate, and a run that
   # trains no naive model leaves those candidates out (it says so). None keeps stage2.backbone.
   stage2.grid.backbone = ('stage1', 'naive')
+  for field in head_setting.GRID_FIELDS:  # a grid field without default values keeps stage2's value
+    if field not in stage2.grid:
+      stage2.grid[field] = config_dict.placeholder(tuple)
   return stage2
 
 
@@ -185,26 +188,17 @@ def validate_config(config) -> None:
     raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
   process_setup.check_compute_dtype(config.model.dtype)
   stage2 = config.stage2
-  if stage2.loss not in losses.LOSSES:
-    raise UsageError(f'unknown stage2.loss={stage2.loss!r}; expected one of {losses.LOSSES}.')
-  if not 0.0 <= stage2.alpha <= 1.0:
-    raise UsageError(f'stage2.alpha must be in [0, 1], got {stage2.alpha}.')
-  if not 0.0 < stage2.beta < 1.0:
-    raise UsageError(f'stage2.beta must be in (0, 1), got {stage2.beta}.')
-  if stage2.gamma < 0:
-    raise UsageError(f'stage2.gamma must be >= 0, got {stage2.gamma}.')
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):
     raise UsageError(f"data.normalize must be 'auto', 'dataset' or 'imagenet', got {config.data.normalize!r}.")
-  backbones = stages_lib.BACKBONES + (stages_lib.PRETRAINED,)
-  for field, allowed in (('backbone', backbones), ('train_set', ('review', 'long_tail')),
+  for field, allowed in (('train_set', ('review', 'long_tail')),
                          ('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
                          ('loss_counts', ('long_tail', 'stage2'))):
     if stage2[field] not in allowed:
       raise UsageError(f'stage2.{field} must be one of {allowed}, got {stage2[field]!r}.')
   if stage2.max_norm is not None and stage2.max_norm <= 0:
     raise UsageError(f'stage2.max_norm must be > 0 (or None), got {stage2.max_norm}.')
-  selection.validate(stage2)
-  for stage in stages_lib.NAMES:
+  selection.validate(stage2)  # the head's fields (stage 2's epochs, learning rate, weight decay among them)
+  for stage in stages_lib.BACKBONES:
     cfg = config[stage]
     if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
       raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '

@@ -6,7 +6,8 @@
 (`launch/local_multiprocess.sh` starts them.) The three values may come from JAX's environment variables
 instead (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); `--distributed` lets JAX detect a
 cluster (SLURM). On CPUs the processes all-reduce through gloo. Every process must run the same config:
-that is checked before any data is read.
+that is checked before any data is read. The devices of every process form one mesh with a 'data' axis
+(`make_mesh`): batches are split over it, parameters replicated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from bwlm_jax import workdir_lock
 from bwlm_jax.errors import RunError, UsageError
@@ -147,3 +149,16 @@ def workdir_writer(workdir: str):
   finally:
     if taken:
       workdir_lock.release(taken)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """Every device of every process on one 'data' axis."""
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec('data'))

@@ -10,17 +10,19 @@ the dataset has a validation split, every stage-2 row chooses its own settings f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
 
-from bwlm_jax import distributed, selection, stages
+from bwlm_jax import distributed, head_setting, selection, stages
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, by_name, table_inputs
 from bwlm_jax.files import unique_path, write_json
+from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.pipeline import check_inputs, selection_metric, train_and_evaluate, train_rows_and_evaluate
 from bwlm_jax.errors import UsageError
 
@@ -78,7 +80,7 @@ def variant_config(config, workdir: str, overrides: dict):
   for field, value in overrides.items():
     if not field.startswith('grid.'):
       variant.stage2[field] = value
-      if field in selection.GRID_FIELDS:
+      if field in head_setting.GRID_FIELDS:
         variant.stage2.grid[field] = None  # pinned
   for field, value in overrides.items():
     if field.startswith('grid.'):
@@ -104,8 +106,8 @@ def run_variants_together(config, workdir: str, kind: str, variants: dict, datas
   rows = {}
   for name, overrides in variants.items():
     stage2 = variant_config(config, workdir, overrides).stage2
-    rows[name] = selection.candidates(stage2) if metric else [selection.base_setting(stage2)]
-  settings = [setting for options in rows.values() for setting in options]
+    rows[name] = selection.candidates(stage2) if metric else [HeadSetting.from_config(stage2)]
+  settings = [dataclasses.asdict(setting) for options in rows.values() for setting in options]
   digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
   heads_dir = os.path.join(workdir, kind, f'heads-{digest}')
   print(f'--- {kind}: {len(settings)} heads at once: {", ".join(variants)}')
@@ -118,7 +120,7 @@ def chosen_label(results: dict, stage: str) -> str:
   record = results.get('stage2_selection')
   if not stages.get(stage).trains_heads or not record:
     return ''
-  return selection.setting_label(record['candidates'][record['chosen']]['setting'])
+  return head_setting.label(record['candidates'][record['chosen']]['setting'])
 
 
 def title_of(dataset, config) -> str:
@@ -139,7 +141,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> list[Row]:
   dataset = load_dataset(config.data)
   base = run_base(config, workdir, dataset)
   metric = selection_metric(variant_config(config, workdir, {}), dataset)
-  head_fields = set(selection.HEAD_FIELDS) | {f'grid.{f}' for f in selection.GRID_FIELDS}
+  head_fields = set(head_setting.NAMES) | {f'grid.{f}' for f in head_setting.GRID_FIELDS}
   together = {n: v for n, v in variants.items() if set(v) <= head_fields} if vectorized else {}
   trained = run_variants_together(config, workdir, 'ablation', together, dataset, metric) if together else {}
   for name, overrides in variants.items():

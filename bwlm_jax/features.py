@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bwlm_jax import sharding
+from bwlm_jax import distributed
 from bwlm_jax.data import device_pipeline, stream_pipeline
 from bwlm_jax.data.splits import LongTailDataset
 from bwlm_jax.errors import RunError
@@ -24,7 +24,7 @@ class SplitFeatures:
                dtype: str = 'float32'):
     self.dataset = dataset
     self.batch_size = batch_size
-    self.data_sharding = sharding.batch_sharded(mesh)
+    self.data_sharding = distributed.batch_sharded(mesh)
     self.features_fn = make_features_fn(model, dataset.mean, dataset.std, DTYPES[dtype])
 
   def _batches(self, split):

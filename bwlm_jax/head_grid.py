@@ -18,6 +18,7 @@ import jax
 from bwlm_jax import checkpoints, selection, stages
 from bwlm_jax.evaluation import results as results_lib
 from bwlm_jax.evaluation.report import without_per_class
+from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import inference_variables
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.interval_metrics import finite_params
@@ -26,56 +27,66 @@ from bwlm_jax.train.state import TrainState, backbone_directory, load_backbone_s
 
 
 @dataclasses.dataclass
+class Candidate:
+  """One head of the grid: the row it competes in, its setting, its index among its backbone's heads, and
+  what validation said of it (filled by `choose`)."""
+  row: str
+  setting: HeadSetting
+  head: int
+  finite: bool = True
+  score: Optional[float] = None  # validation score (None: diverged, or nothing selected)
+  val: Optional[dict] = None  # validation report
+
+
+@dataclasses.dataclass
 class Grid:
-  """Trained candidates: `settings[i]` is head `index[i]` of the grid of its backbone, `states[backbone]`."""
-  rows: list[str]  # the row each candidate competes in
-  settings: list[dict]  # selection.HEAD_FIELDS of each candidate
+  """Trained candidates; candidate i is head `candidates[i].head` of `states[its setting's backbone]`."""
+  candidates: list[Candidate]
   states: dict[str, TrainState]
-  index: list[int]
-  finite: list[bool]
-  scores: Optional[list] = None  # validation scores (None: diverged, or nothing selected)
-  val_reports: Optional[list] = None
-  chosen: dict = dataclasses.field(default_factory=dict)  # row -> candidate
+  chosen: dict = dataclasses.field(default_factory=dict)  # row -> index of its chosen candidate
   metric: Optional[str] = None
 
   def members(self, row: str) -> list[int]:
     """The candidates that compete in `row`, in grid order."""
-    return [i for i, r in enumerate(self.rows) if r == row]
+    return [i for i, c in enumerate(self.candidates) if c.row == row]
 
   def head_state(self, i: int) -> TrainState:
     """Candidate i alone: its head (parameters and optimizer state) on its frozen backbone."""
-    state = self.states[self.settings[i]['backbone']]
-    return state.replace(params=results_lib.head_at(state.params, self.index[i]),
-                         opt_state=results_lib.head_at(state.opt_state, self.index[i]))
+    candidate = self.candidates[i]
+    state = self.states[candidate.setting.backbone]
+    return state.replace(params=results_lib.head_at(state.params, candidate.head),
+                         opt_state=results_lib.head_at(state.opt_state, candidate.head))
 
-  def reports(self, ctx: TrainContext, split, candidates=None) -> dict:
-    """{candidate: report on `split`} of `candidates` (default: all); each backbone's features computed once."""
-    candidates = range(len(self.settings)) if candidates is None else candidates
+  def reports(self, ctx: TrainContext, split, members=None) -> dict:
+    """{candidate: report on `split`} of `members` (default: all); each backbone's features computed once."""
+    members = range(len(self.candidates)) if members is None else members
     reports = {}
     for backbone, state in self.states.items():
-      members = [i for i in candidates if self.settings[i]['backbone'] == backbone]
-      if members:
+      mine = [i for i in members if self.candidates[i].setting.backbone == backbone]
+      if mine:
         variables = inference_variables(stages.STAGE2, state)
-        heads = [self.index[i] for i in members]
-        reports.update(zip(members, results_lib.stacked_head_reports(ctx.split_features, variables, split,
-                                                                     ctx.dataset.train_counts, heads)))
+        heads = [self.candidates[i].head for i in mine]
+        reports.update(zip(mine, results_lib.stacked_head_reports(ctx.split_features, variables, split,
+                                                                  ctx.dataset.train_counts, heads)))
     return reports
 
   def source(self, i: int) -> dict:
     """Where candidate i is saved: head `head` of the grid checkpoint `checkpoint` of stage 2."""
-    return {'stage': stages.STAGE2.name, 'checkpoint': stages.grid_checkpoint(self.settings[i]['backbone']),
-            'head': self.index[i]}
+    candidate = self.candidates[i]
+    return {'stage': stages.STAGE2.name, 'checkpoint': stages.grid_checkpoint(candidate.setting.backbone),
+            'head': candidate.head}
 
   def record(self, row: str) -> dict:
     """The selection record of `row` (no test numbers): metric, split, chosen, every candidate's score."""
     members = self.members(row)
-    candidates = [{'setting': self.settings[i], 'score': self.scores[i] if self.scores else None,
-                   'val': without_per_class(self.val_reports[i]) if self.val_reports else None} for i in members]
+    candidates = [{'setting': dataclasses.asdict(c.setting), 'score': c.score,
+                   'val': without_per_class(c.val) if c.val is not None else None}
+                  for c in (self.candidates[i] for i in members)]
     return {'metric': self.metric, 'split': 'val' if self.metric else None,
             'chosen': members.index(self.chosen[row]), 'candidates': candidates}
 
 
-def available(ctx: TrainContext, trained: dict, settings: list) -> list:
+def available(ctx: TrainContext, trained: dict, settings: list[HeadSetting]) -> list[HeadSetting]:
   """The settings whose backbone this run trained or can load finished (from the workdir or
   `stage1_checkpoint`); the others are named on the terminal and left out."""
   def ready(backbone):
@@ -83,18 +94,18 @@ def available(ctx: TrainContext, trained: dict, settings: list) -> list:
       return ctx.pretrained is not None
     return backbone in trained or checkpoints.finished_meta(backbone_directory(ctx.config, ctx.workdir,
                                                                                backbone)) is not None
-  missing = [b for b in dict.fromkeys(s['backbone'] for s in settings) if not ready(b)]
-  kept = [s for s in settings if s['backbone'] not in missing]
+  missing = [b for b in dict.fromkeys(s.backbone for s in settings) if not ready(b)]
+  kept = [s for s in settings if s.backbone not in missing]
   if missing and kept:
     print(f'stage 2: no finished {" or ".join(missing)} backbone here, so the grid leaves out its '
           f'{len(settings) - len(kept)} candidates (add it to config.stages to train it).')
   return kept if kept else settings  # with none ready, loading names what is missing
 
 
-def backbone_states(ctx: TrainContext, trained: dict, settings: list) -> dict:
+def backbone_states(ctx: TrainContext, trained: dict, settings: list[HeadSetting]) -> dict:
   """{backbone: finished state} of every backbone the settings name: trained in this run, or loaded from
   the workdir (or `stage1_checkpoint`)."""
-  needed = dict.fromkeys(s['backbone'] for s in settings)
+  needed = dict.fromkeys(s.backbone for s in settings)
   return {b: trained[b] if b in trained else _pretrained_state(ctx) if b == stages.PRETRAINED
           else load_backbone_state(ctx.config, ctx.workdir, b) for b in needed}
 
@@ -105,35 +116,36 @@ def _pretrained_state(ctx: TrainContext) -> TrainState:
                     batch_stats=ctx.pretrained['batch_stats'], opt_state=None, frozen={}, rng=None)
 
 
-def train_grid(ctx: TrainContext, budget: StepBudget, rows: list, settings: list, backbones: dict) -> Grid:
+def train_grid(ctx: TrainContext, budget: StepBudget, rows: list, settings: list[HeadSetting],
+               backbones: dict) -> Grid:
   """Train every candidate: the heads of each backbone as one grid (WORKDIR/checkpoints/stage2_grid[_naive])."""
-  states, index = {}, [0] * len(settings)
-  for backbone, backbone_state in backbones.items():
-    members = [i for i, s in enumerate(settings) if s['backbone'] == backbone]
-    for k, i in enumerate(members):
-      index[i] = k
-    states[backbone] = run_heads(ctx, budget, backbone_state, [settings[i] for i in members],
-                                 stages.grid_checkpoint(backbone))
+  heads = {b: [i for i, s in enumerate(settings) if s.backbone == b] for b in backbones}
+  candidates = [Candidate(row, setting, heads[setting.backbone].index(i))
+                for i, (row, setting) in enumerate(zip(rows, settings))]
+  states = {b: run_heads(ctx, budget, state, [settings[i] for i in heads[b]], stages.grid_checkpoint(b))
+            for b, state in backbones.items()}
   finite = {b: jax.device_get(finite_params(state.params, stacked=True)) for b, state in states.items()}
-  return Grid(list(rows), list(settings), states, index,
-              [bool(finite[s['backbone']][k]) for s, k in zip(settings, index)])
+  for c in candidates:
+    c.finite = bool(finite[c.setting.backbone][c.head])
+  return Grid(candidates, states)
 
 
 def choose(ctx: TrainContext, grid: Grid, metric: Optional[str]) -> Grid:
   """Choose one candidate per row: the best validation score under `metric` (`selection.choose`: ties keep
   the earliest, a diverged head is never chosen); with `metric` None, each row must hold one candidate."""
+  rows = dict.fromkeys(c.row for c in grid.candidates)
   if metric is None:
-    for row in dict.fromkeys(grid.rows):
+    for row in rows:
       [grid.chosen[row]] = grid.members(row)
     return grid
   grid.metric = metric
-  reports = grid.reports(ctx, ctx.dataset.val)
-  grid.val_reports = [reports[i] for i in range(len(grid.settings))]
-  grid.scores = [selection.score(report, metric) if ok else None
-                 for report, ok in zip(grid.val_reports, grid.finite)]
-  for row in dict.fromkeys(grid.rows):
+  for i, report in grid.reports(ctx, ctx.dataset.val).items():
+    candidate = grid.candidates[i]
+    candidate.val = report
+    candidate.score = selection.score(report, metric) if candidate.finite else None
+  for row in rows:
     members = grid.members(row)
-    grid.chosen[row] = members[selection.choose([grid.scores[i] for i in members])]
+    grid.chosen[row] = members[selection.choose([grid.candidates[i].score for i in members])]
   return grid
 
 

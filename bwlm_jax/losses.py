@@ -71,17 +71,17 @@ def balanced_focal_softmax(logits: jax.Array, labels: jax.Array, class_counts: j
   return alpha * focal + (1.0 - alpha) * softmax
 
 
-def stage2_loss(name: str, logits: jax.Array, labels: jax.Array, class_counts: jax.Array, *, alpha, beta,
-                gamma) -> jax.Array:
-  """The stage-2 loss named by `config.stage2.loss`."""
+def head_loss(name: str, logits: jax.Array, labels: jax.Array, class_counts: jax.Array, setting) -> jax.Array:
+  """The stage-2 loss `name` with the parameters a head's setting holds (`setting.alpha`, `.beta`, `.gamma`:
+  a `HeadSetting`, or one head's row of the stacked grid)."""
   if name == 'ce':
     return cross_entropy(logits, labels)
   if name == 'balanced_softmax':
     return balanced_softmax(logits, labels, class_counts)
   if name == 'cb_focal':
-    return class_balanced_focal(logits, labels, class_counts, beta, gamma)
+    return class_balanced_focal(logits, labels, class_counts, setting.beta, setting.gamma)
   if name == 'bfs':
-    return balanced_focal_softmax(logits, labels, class_counts, alpha, beta, gamma)
+    return balanced_focal_softmax(logits, labels, class_counts, setting.alpha, setting.beta, setting.gamma)
   raise UsageError(f'unknown loss {name!r}; expected one of {LOSSES}.')
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, distributed, head_grid, selection, sharding, stages, stopping, weights
+from bwlm_jax import checkpoints, distributed, head_grid, head_setting, selection, stages, stopping, weights
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
@@ -20,6 +20,7 @@ from bwlm_jax.evaluation import metrics, results as results_lib
 from bwlm_jax.evaluation.report import results_table, selection_table
 from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.features import SplitFeatures
+from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
@@ -63,7 +64,7 @@ def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None
                          eval_split_lines(dataset, config.data.val_per_class)))
   dataset = _normalized(config, dataset)
   model = build_model(config.model, dataset.num_classes)
-  mesh = sharding.make_mesh()
+  mesh = distributed.make_mesh()
   image_shape = (dataset.image_size, dataset.image_size, 3)
   pretrained = (weights.pretrained_backbone(config.model.init_from, model, image_shape, config.model.name)
                 if config.model.init_from else None)
@@ -103,7 +104,7 @@ def selection_metric(config, dataset: LongTailDataset) -> Optional[str]:
     raise UsageError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
                      'setting.')
   print(f'stage 2: no selection on validation ({reason}); training the configured setting '
-        f'({selection.setting_label(selection.base_setting(config.stage2))}). The test split is never used to choose.')
+        f'({head_setting.label(HeadSetting.from_config(config.stage2))}). The test split is never used to choose.')
   return None
 
 
@@ -120,25 +121,25 @@ def run_stage2(ctx: TrainContext, budget: StepBudget, trained: dict, metric: Opt
     if finished is not None:
       print(f'stage2: finished earlier ({finished[1]["step"]} steps); using its checkpoint.')
       return TrainState(**finished[0]), None
-  settings = selection.candidates(config.stage2) if metric else [selection.base_setting(config.stage2)]
+  settings = selection.candidates(config.stage2) if metric else [HeadSetting.from_config(config.stage2)]
   settings = head_grid.available(ctx, trained, settings)
   if metric:
     print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone, chosen on '
           f'validation ({metric}).')
   grid = head_grid.run_grid(ctx, budget, [stages.STAGE2.name] * len(settings), settings, trained, metric)
-  chosen = grid.chosen[stages.STAGE2.name]
-  state = grid.head_state(chosen)
-  step = int(grid.states[settings[chosen]['backbone']].step)
-  _save_choice(ctx, state, step, settings[chosen],
-               {'metric': metric, 'split': 'val', 'setting': settings[chosen], 'score': grid.scores[chosen]}
-               if metric else None)
+  chosen = grid.candidates[grid.chosen[stages.STAGE2.name]]
+  state = grid.head_state(grid.chosen[stages.STAGE2.name])
+  step = int(grid.states[chosen.setting.backbone].step)
+  _save_choice(ctx, state, step, chosen.setting,
+               {'metric': metric, 'split': 'val', 'setting': dataclasses.asdict(chosen.setting),
+                'score': chosen.score} if metric else None)
   if metric:
-    print(f'stage 2: chose {selection.setting_label(settings[chosen])} '
-          f'(val {metric} {100 * grid.scores[chosen]:.1f} %).')
+    print(f'stage 2: chose {head_setting.label(chosen.setting)} (val {metric} {100 * chosen.score:.1f} %).')
   return state, grid
 
 
-def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict, selected: Optional[dict]) -> None:
+def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: HeadSetting,
+                 selected: Optional[dict]) -> None:
   """The chosen head as the finished stage-2 checkpoint, with its settings in its config (and `selected`, the
   record of a choice on validation); an existing stage-2 model that is not this choice is kept and refused,
   never relabelled."""
@@ -148,10 +149,10 @@ def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: dict,
     existing = store.latest_meta()
     if existing is not None and (existing.get('selected') or {}).get('setting') != (selected or {}).get('setting'):
       raise UsageError(f'{ctx.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
-                       f'({selection.setting_label(setting)}); it is kept as it is. Use a new --workdir.')
+                       f'({head_setting.label(setting)}); it is kept as it is. Use a new --workdir.')
     if existing is None:
       chosen_config = ctx.config.to_dict()
-      chosen_config['stage2'].update(setting)
+      chosen_config['stage2'].update(dataclasses.asdict(setting))
       meta = checkpoints.checkpoint_meta(stages.STAGE2.name, step, step, True, chosen_config, ctx.dataset,
                                          ctx.fingerprint)
       store.save(step, state, {**meta, 'selected': selected} if selected else meta)
@@ -224,7 +225,7 @@ def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[s
   if not settings:
     raise UsageError('a stage-2 grid needs at least one head setting.')
   check_inputs(config, workdir)
-  recorded = {**config.to_dict(), 'head_settings': settings}
+  recorded = {**config.to_dict(), 'head_settings': [dataclasses.asdict(s) for s in settings]}
   workdir_lib.check_workdir_config(workdir, recorded, config.allow_config_change)
   ctx = make_context(config, workdir, dataset)
   if jax.process_index() == 0:

@@ -85,27 +85,28 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bwlm_jax import sharding
+  from bwlm_jax import distributed
   from bwlm_jax.config import base_config
   from bwlm_jax.losses import cross_entropy
   from bwlm_jax.data.sampling import BatchSpec
   from bwlm_jax.models import DTYPES, build_model, make_features_fn
   from bwlm_jax.train import optim
   from bwlm_jax.train.state import TrainState
-  from bwlm_jax.train.steps import HeadsFeed, head_settings_arrays, make_device_train_step, make_heads_step, stack_heads
+  from bwlm_jax.head_setting import HeadSetting
+  from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stack_heads
 
   batch, size, classes = _SHAPES[model_name]
-  mesh = sharding.make_mesh()
+  mesh = distributed.make_mesh()
   rng = np.random.default_rng(0)
   num_images = 4 * batch  # synthetic "dataset" on device
-  images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8), sharding.replicated(mesh))
-  labels = jax.device_put(rng.integers(0, classes, num_images).astype(np.int32), sharding.replicated(mesh))
+  images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8), distributed.replicated(mesh))
+  labels = jax.device_put(rng.integers(0, classes, num_images).astype(np.int32), distributed.replicated(mesh))
   counts = jnp.asarray(np.maximum(np.bincount(np.asarray(labels), minlength=classes), 1), jnp.float32)
   model = build_model({'name': model_name, 'dtype': dtype}, classes)
   config = base_config()
   spec = BatchSpec(batch_size=batch, steps_per_epoch=num_images // batch, augment=True, mean=(0.5, 0.5, 0.5),
                    std=(0.25, 0.25, 0.25), dtype=DTYPES[dtype])
-  schedule = optim.learning_rate_schedule(config.stage1, 10_000, spec.steps_per_epoch)
+  tx, schedule = optim.stage_optimizer(config.stage1, 10_000, spec.steps_per_epoch)
   key = jax.random.key(0)
   backbone, stats = model.init_backbone(key, (size, size, 3))
   feature_dim = model.feature_dim((size, size, 3))
@@ -118,18 +119,17 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   def eval_step(state, batch_images):
     return state, features_fn(state, batch_images)
 
-  eval_images = jax.device_put(images[:batch], sharding.batch_sharded(mesh))  # split like evaluation batches
+  eval_images = jax.device_put(images[:batch], distributed.batch_sharded(mesh))  # split like evaluation batches
 
   if not train:
     variables = {'backbone': backbone, 'batch_stats': stats}
     measure('eval_forward', jax.jit(eval_step), variables, (eval_images,), batch, steps, blocks, extra)
     return
 
-  tx = optim.sgd(config.stage1, schedule)
   params = jax.tree.map(jnp.copy, {'backbone': backbone, 'head': head})  # this state gets donated
   state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
-  step = make_device_train_step(model, tx, cross_entropy, schedule, spec, sharding.batch_sharded(mesh),
-                                sharding.replicated(mesh))
+  step = make_device_train_step(model, tx, cross_entropy, schedule, spec, distributed.batch_sharded(mesh),
+                                distributed.replicated(mesh))
   stage1_record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
   if real_data:
     # Same step on real 32x32 images (the embedded dataset, prepared offline): the device pipeline
@@ -138,24 +138,24 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
     data_cfg = config.data
     data_cfg.imbalance_factor = 50.0
     train = load_dataset(data_cfg).train
-    real_images = jax.device_put(train.images, sharding.replicated(mesh))
-    real_labels = jax.device_put(train.labels.astype(np.int32), sharding.replicated(mesh))
+    real_images = jax.device_put(train.images, distributed.replicated(mesh))
+    real_labels = jax.device_put(train.labels.astype(np.int32), distributed.replicated(mesh))
     real_spec = dataclasses.replace(spec, steps_per_epoch=-(-len(train) // batch))
-    real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_spec, sharding.batch_sharded(mesh),
-                                       sharding.replicated(mesh))
+    real_step = make_device_train_step(model, tx, cross_entropy, schedule, real_spec, distributed.batch_sharded(mesh),
+                                       distributed.replicated(mesh))
     _, state = measure('stage1_train_real_data', real_step, state, (real_images, real_labels), batch, steps, blocks,
                        {**extra, 'dataset': 'embedded IF 50'})
   frozen = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
 
   def head_setting(alpha):
-    return {'loss': 'bfs', 'alpha': alpha, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': config.stage2.weight_decay,
-            'learning_rate': config.stage2.learning_rate, 'epochs': -(-10_000 // spec.steps_per_epoch)}
+    return HeadSetting.from_config(config.stage2).replace(alpha=float(alpha),
+                                                          epochs=-(-10_000 // spec.steps_per_epoch))
 
   def heads_step_and_state(kind: str, count: int):
     """Stage 2's one step (a grid of `count` heads) fed `kind`, and a fresh state for it."""
-    settings = head_settings_arrays([head_setting(a) for a in np.linspace(0.0, 1.0, count)])
+    settings = [head_setting(a) for a in np.linspace(0.0, 1.0, count)]
     step, init_opt_state = make_heads_step(model, settings, config.stage2, counts, HeadsFeed(kind, spec), None,
-                                           sharding.batch_sharded(mesh), sharding.replicated(mesh))
+                                           distributed.batch_sharded(mesh), distributed.replicated(mesh))
     stacked = {'head': fresh(stack_heads(head, count))}
     return step, TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),
                             jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))

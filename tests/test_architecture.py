@@ -7,7 +7,9 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Modules allowed past 250 lines, and why.
+# A module past this many lines is worth a look for a second job; modules are not split just to stay under it.
+MODULE_LINES = 400
+# Modules allowed past MODULE_LINES, and why.
 LONG_MODULES = {}
 
 
@@ -76,7 +78,7 @@ def test_modules_stay_small():
       if name.endswith('.py'):
         path = os.path.join(folder, name)
         lines = sum(1 for _ in open(path))
-        if lines > 250:
+        if lines > MODULE_LINES:
           long[os.path.relpath(path, ROOT)] = lines
   assert set(long) <= set(LONG_MODULES), long
 

@@ -334,8 +334,8 @@ def test_sigterm_stops_k_heads_with_a_checkpoint_and_a_rerun_resumes(naive_run, 
   config = _naive_config(tfds_dir)
   config.stages, config.stage2.backbone, config.stage2.augment = 'stage2', 'naive', False
   config.stage1_checkpoint = naive_run[0]
-  from bwlm_jax.selection import base_setting
-  settings = [{**base_setting(config.stage2), 'learning_rate': lr, 'epochs': 1} for lr in (0.1, 0.3)]
+  from bwlm_jax.head_setting import HeadSetting
+  settings = [HeadSetting.from_config(config.stage2).replace(learning_rate=lr, epochs=1) for lr in (0.1, 0.3)]
   real_add, calls = IntervalMetrics.add, []
 
   def add_then_terminate(self, *args):

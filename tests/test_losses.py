@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bwlm_jax import losses
+from bwlm_jax.head_setting import HeadSetting
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(0, 3, size=(16, 7))
@@ -78,13 +79,17 @@ def test_limits():
                              losses.cross_entropy(LOGITS, LABELS), rtol=1e-6)
 
 
+SETTING = HeadSetting(loss='bfs', alpha=0.1, beta=0.9999, gamma=1.0, weight_decay=0.0, learning_rate=0.1, epochs=1,
+                      backbone='stage1')
+
+
 @pytest.mark.parametrize('name', losses.LOSSES)
 def test_finite_values_and_gradients_for_huge_logits(name):
   logits = jnp.asarray(RNG.choice([-1e4, 1e4], size=(8, 7)), jnp.float32)
   labels = jnp.asarray(RNG.integers(0, 7, size=8))
 
   def loss(z):
-    return losses.stage2_loss(name, z, labels, COUNTS, alpha=0.1, beta=0.9999, gamma=1.0)
+    return losses.head_loss(name, z, labels, COUNTS, SETTING)
 
   value, grad = jax.value_and_grad(loss)(logits)
   assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
@@ -106,4 +111,4 @@ def test_gradient_matches_finite_differences():
 
 def test_unknown_loss_name():
   with pytest.raises(ValueError, match="unknown loss 'focal'"):
-    losses.stage2_loss('focal', LOGITS, LABELS, COUNTS, alpha=0.1, beta=0.9, gamma=1.0)
+    losses.head_loss('focal', LOGITS, LABELS, COUNTS, SETTING)

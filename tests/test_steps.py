@@ -12,7 +12,8 @@ from bwlm_jax.models import LinearHead, Model
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.train import optim
 from bwlm_jax.train.state import TrainState
-from bwlm_jax.train.steps import HeadsFeed, head_settings_arrays, make_device_train_step, make_heads_step, stack_heads
+from bwlm_jax.head_setting import HeadSetting
+from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stack_heads
 from helpers import assert_trees_equal
 
 NUM_CLASSES, IMAGE, N, BATCH = 5, 8, 24, 8
@@ -85,12 +86,12 @@ def _features():
 
 
 SETTINGS = [
-    {'loss': 'bfs', 'alpha': 0.3, 'beta': 0.99, 'gamma': 1.0, 'weight_decay': 5e-3, 'learning_rate': 0.3,
-     'epochs': 2, 'backbone': 'stage1'},
-    {'loss': 'ce', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 0.0, 'learning_rate': 0.1,
-     'epochs': 3, 'backbone': 'stage1'},
-    {'loss': 'cb_focal', 'alpha': 0.1, 'beta': 0.999, 'gamma': 2.0, 'weight_decay': 0.1, 'learning_rate': 0.03,
-     'epochs': 3, 'backbone': 'stage1'},
+    HeadSetting(loss='bfs', alpha=0.3, beta=0.99, gamma=1.0, weight_decay=5e-3, learning_rate=0.3, epochs=2,
+                backbone='stage1'),
+    HeadSetting(loss='ce', alpha=0.1, beta=0.9999, gamma=1.0, weight_decay=0.0, learning_rate=0.1, epochs=3,
+                backbone='stage1'),
+    HeadSetting(loss='cb_focal', alpha=0.1, beta=0.999, gamma=2.0, weight_decay=0.1, learning_rate=0.03, epochs=3,
+                backbone='stage1'),
 ]
 COUNTS = jnp.asarray([40.0, 20.0, 9.0, 4.0, 1.0])
 
@@ -102,7 +103,7 @@ def _heads_state(count: int, frozen=None) -> TrainState:
 
 
 def _train_heads(settings, kind, data, labels, steps, frozen=None):
-  step, init_opt_state = make_heads_step(MODEL, head_settings_arrays(settings), _stage_cfg(), COUNTS,
+  step, init_opt_state = make_heads_step(MODEL, settings, _stage_cfg(), COUNTS,
                                          HeadsFeed(kind, SPEC))
   state = _heads_state(len(settings), frozen)
   state = state.replace(opt_state=init_opt_state(state.params))

@@ -127,7 +127,7 @@ def test_stage1_checkpoint_of_other_data_is_refused(tiny_config, uninterrupted, 
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('stage2.loss', 'focal', "unknown stage2.loss='focal'"),
+    ('stage2.loss', 'focal', "stage2.loss must be one of .*, got 'focal'"),
     ('stage2.alpha', 1.5, 'stage2.alpha must be in'),
     ('stages', 'stage3', 'config.stages='),
     ('stage1.epochs', 0, 'epochs must be >= 1'),
@@ -147,7 +147,7 @@ def test_weight_decay_is_pytorch_sgd_decay_on_trained_params():
   stage = base_config().stage2
   stage.weight_decay = 0.1
   params = {'head': jnp.ones(3)}
-  tx = optim.sgd(stage, optax.constant_schedule(0.5))
+  tx = optim.sgd(optax.constant_schedule(0.5), stage.weight_decay, stage.momentum, stage.nesterov)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -157,7 +157,7 @@ def test_weight_decay_is_pytorch_sgd_decay_on_trained_params():
 def test_cosine_schedule_goes_from_lr_to_zero():
   from bwlm_jax.config import base_config
   stage = base_config().stage1
-  schedule = optim.learning_rate_schedule(stage, total_steps=100, steps_per_epoch=10)
+  schedule = optim.learning_rate_schedule(stage.learning_rate, total_steps=100, steps_per_epoch=10)
   np.testing.assert_allclose(schedule(0), 0.01)
   np.testing.assert_allclose(schedule(50), 0.005, rtol=1e-6)
   np.testing.assert_allclose(schedule(100), 0.0, atol=1e-9)
@@ -165,7 +165,7 @@ def test_cosine_schedule_goes_from_lr_to_zero():
   steps = jnp.arange(0, 130, 7)
   np.testing.assert_array_equal(jax.vmap(schedule)(steps), jax.vmap(reference)(steps))
   # A traced length (one per stage-2 head) gives the same values, and 0 after its end.
-  traced = jax.jit(lambda total, t: optim.learning_rate_schedule(stage, total, 10)(t))
+  traced = jax.jit(lambda total, t: optim.learning_rate_schedule(stage.learning_rate, total, 10)(t))
   np.testing.assert_allclose(traced(jnp.int32(100), steps), jax.vmap(reference)(steps), rtol=1e-6, atol=1e-9)
   assert float(traced(jnp.int32(40), 41)) == 0.0
 
@@ -226,6 +226,7 @@ def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uni
 
 @pytest.mark.parametrize('augment', [True, False])
 def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterrupted, tmp_path, augment):
+  from bwlm_jax.head_setting import HeadSetting
   from bwlm_jax.pipeline import train_rows_and_evaluate
   reference_dir, _ = uninterrupted
   tiny_config.stages = 'stage2'
@@ -239,8 +240,8 @@ def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterru
       {'loss': 'balanced_softmax', 'alpha': 0.1, 'beta': 0.9999, 'gamma': 1.0, 'weight_decay': 5e-3,
        'learning_rate': 0.1, 'epochs': 1, 'backbone': 'stage1'},
   ]
-  together = train_rows_and_evaluate(tiny_config, str(tmp_path / 'together'), {k: [s] for k, s in enumerate(settings)},
-                                     None)
+  together = train_rows_and_evaluate(tiny_config, str(tmp_path / 'together'),
+                                     {k: [HeadSetting(**s)] for k, s in enumerate(settings)}, None)
   stacked = _restore(str(tmp_path / 'together'), 'stage2_grid')[0]['params']['head']['dense']
   for k, setting in enumerate(settings):
     assert together[k]['source']['head'] == k and together[k]['source']['checkpoint'] == 'stage2_grid'
@@ -275,7 +276,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
 
 
 def test_non_finite_features_stop_the_evaluation(tiny_config):
-  from bwlm_jax import sharding
+  from bwlm_jax import distributed
   from bwlm_jax.data import load_dataset
   from bwlm_jax.features import SplitFeatures
   from bwlm_jax.models import build_model
@@ -286,7 +287,7 @@ def test_non_finite_features_stop_the_evaluation(tiny_config):
   # would not do: XLA:CPU's fused ReLU turns NaN into 0.)
   last = backbone['BasicBlockA_2']['BatchNorm_1']
   last['bias'] = last['bias'].at[0].set(3e38)
-  features = SplitFeatures(model, dataset, sharding.make_mesh(), tiny_config.eval_batch_size)
+  features = SplitFeatures(model, dataset, distributed.make_mesh(), tiny_config.eval_batch_size)
   with pytest.raises(RunError, match=r'non-finite features for 400 of 400 examples'):
     features({'backbone': backbone, 'batch_stats': stats}, dataset.val)
 

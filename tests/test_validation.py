@@ -114,14 +114,14 @@ def test_grid_candidates_cover_every_combination_and_pin_fields():
   stage2.grid.learning_rate, stage2.grid.epochs = (0.01, 0.1), (10, 30)
   stage2.grid.weight_decay, stage2.grid.alpha = (5e-4, 0.1), (0.1, 0.9)
   assert len(selection.candidates(stage2)) == 32  # the default grid tries both backbones
-  assert [c['backbone'] for c in selection.candidates(stage2)[:2]] == ['stage1', 'naive']
+  assert [c.backbone for c in selection.candidates(stage2)[:2]] == ['stage1', 'naive']
   stage2.grid.backbone = None
   assert len(selection.candidates(stage2)) == 16
-  assert {(c['loss'], c['backbone']) for c in selection.candidates(stage2)} == {('bfs', 'stage1')}
+  assert {(c.loss, c.backbone) for c in selection.candidates(stage2)} == {('bfs', 'stage1')}
   stage2.loss = 'ce'  # alpha means nothing to CE: it does not multiply the grid
   assert len(selection.candidates(stage2)) == 8
   stage2.grid.weight_decay = None
-  assert {c['weight_decay'] for c in selection.candidates(stage2)} == {stage2.weight_decay}
+  assert {c.weight_decay for c in selection.candidates(stage2)} == {stage2.weight_decay}
   assert len(selection.candidates(stage2, fixed=('epochs',))) == 2
 
 
@@ -205,7 +205,7 @@ def test_a_grid_field_set_to_none_on_the_command_line_keeps_the_stage2_value():
   stage2 = base_config().stage2
   stage2.grid.weight_decay = (None,)  # what --config.stage2.grid.weight_decay=None gives for a tuple field
   assert selection.grid_values(stage2, 'weight_decay') is None
-  assert {c['weight_decay'] for c in selection.candidates(stage2)} == {stage2.weight_decay}
+  assert {c.weight_decay for c in selection.candidates(stage2)} == {stage2.weight_decay}
   stage2.grid.weight_decay = (None, 0.1)
   with pytest.raises(UsageError, match=r'stage2.grid.weight_decay=\(None, 0.1\) mixes None with values'):
     selection.validate(stage2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from bwlm_jax.files import unique_path, write_csv, write_json
-from bwlm_jax.selection import setting_label
+from bwlm_jax import head_setting
 
 COLUMNS = ('many', 'medium', 'few', 'all')
 
@@ -60,7 +60,7 @@ def selection_table(selection: dict, title: str) -> str:
     test = candidate.get('test')
     cells = [format_cell(test[c]).strip() if test else '' for c in ('many', 'medium', 'few', 'all')]
     mark = '**chosen**' if k == selection['chosen'] else ''
-    lines.append(f'| {setting_label(candidate["setting"])} | {format_cell(candidate["score"]).strip()} | '
+    lines.append(f'| {head_setting.label(candidate["setting"])} | {format_cell(candidate["score"]).strip()} | '
                  f'{format_cell(candidate["val"]["all"]).strip()} | ' + ' | '.join(cells) + f' | {mark} |')
   return '\n'.join(lines)
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from bwlm_jax import checkpoints, sharding
+from bwlm_jax import checkpoints, distributed
 from bwlm_jax.stages import get as get_stage
 from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data.long_tail import shot_groups
@@ -62,7 +62,7 @@ def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
                      f'this config has {config.data.name} with {dataset.num_classes} classes.')
   # The normalisation the model was trained with (ImageNet's for pretrained weights), from its checkpoint.
   normalized = dataclasses.replace(dataset, mean=tuple(meta['mean']), std=tuple(meta['std']))
-  split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), normalized, sharding.make_mesh(),
+  split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), normalized, distributed.make_mesh(),
                                  config.eval_batch_size, meta['config']['model']['dtype'])
   outputs = {name: split_features(variables, split) for name, split in dataset.eval_splits().items()}
   return {'head': variables['head'], 'outputs': outputs}

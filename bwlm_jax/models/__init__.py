@@ -10,7 +10,7 @@ from bwlm_jax.models.head import LinearHead  # noqa: F401
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
 from bwlm_jax.errors import UsageError
-from bwlm_jax.model_names import DTYPE_NAMES, MODELS
+from bwlm_jax.config import DTYPE_NAMES, MODELS
 
 DTYPES = dict(zip(DTYPE_NAMES, (jnp.float32, jnp.bfloat16)))
 

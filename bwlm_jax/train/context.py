@@ -7,7 +7,7 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import sharding
+from bwlm_jax import distributed
 from bwlm_jax.data import LongTailDataset
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import Model
@@ -27,11 +27,11 @@ class TrainContext:
 
   @property
   def replicated(self):
-    return sharding.replicated(self.mesh)
+    return distributed.replicated(self.mesh)
 
   @property
   def data_sharding(self):
-    return sharding.batch_sharded(self.mesh)
+    return distributed.batch_sharded(self.mesh)
 
   @property
   def image_shape(self):

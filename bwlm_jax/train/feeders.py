@@ -1,4 +1,4 @@
-"""Batch feeders: callables state -> (state, metrics) that take one training step.
+"""What a stage's training loop calls: the jitted step and the inputs of each of its steps (a `Feed`).
 
 A backbone stage is fed from images kept on the device (batches gathered inside the jitted step) or
 from tf.data batches streamed by the host. Stage 2's grid of heads is fed one of three ways, decided
@@ -6,6 +6,10 @@ once by `stage2_feed`: cached features of the frozen backbone, device images, or
 """
 
 from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +19,8 @@ from bwlm_jax.data import stream_pipeline
 from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables
 from bwlm_jax.errors import UsageError
 from bwlm_jax.models import inference_variables
-from bwlm_jax.train.steps import (HeadsFeed, head_settings_arrays, make_device_train_step, make_heads_step,
-                                  make_stream_train_step)
+from bwlm_jax.train.state import TrainState
+from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, make_stream_train_step
 
 STAGE2_FEEDS = {
     'cached': 'features of the frozen backbone computed once (stage2.augment=False, stage2.cache_features=True)',
@@ -58,27 +62,52 @@ def _cached_features(ctx, state, split):
           jax.device_put(jnp.asarray(labels, jnp.int32), ctx.replicated))
 
 
-def backbone_feeder(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, start_step: int, total_steps: int):
-  """The feeder of a backbone stage (naive, stage 1): backbone and head trained together."""
+@dataclasses.dataclass(frozen=True)
+class Feed:
+  """A stage's jitted step and its inputs: `inputs(state, total_steps)` iterates over the argument tuples of
+  `step(state, *inputs) -> (state, metrics)`, one per step from `state.step` on."""
+  step: Callable
+  inputs: Callable[[TrainState, int], Iterator[tuple]]
+
+
+def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule) -> Feed:
+  """The feed of a backbone stage (naive, stage 1): backbone and head trained together, on device-kept
+  images (batches gathered inside the step) or on streamed batches."""
   if ctx.dataset.in_memory:
-    train_step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated)
-    images, labels = _device_arrays(ctx, train_split_name(ctx.config, stage), split)
-    return lambda state: train_step(state, images, labels)
-  return _streamed(ctx, stage, split, spec, start_step, total_steps,
-                   make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated))
+    step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated)
+    return Feed(step, lambda state, total_steps: itertools.repeat(
+        _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
+  step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated)
+  return Feed(step, lambda state, total_steps: _streamed(ctx, stage, split, spec, int(state.step), total_steps))
 
 
-def _streamed(ctx, stage, split, spec: BatchSpec, start_step: int, total_steps: int, train_step):
-  """A feeder that hands `train_step` this process's share of each streamed global batch."""
-  batches = _stream_batches(ctx, stage, split, spec, start_step, total_steps)
+def heads_feed(ctx, split, settings: list, spec: BatchSpec, class_counts):
+  """(The feed of stage 2's grid of K heads, init_opt_state: stacked head parameters -> optimizer states).
+  Its inputs are what `stage2_feed` decides: cached features (computed once, from the state's frozen
+  backbone), device images or streamed batches."""
+  config = ctx.config
+  kind = stage2_feed(config, ctx.dataset)
+  tables = (class_balanced_tables(split.labels, ctx.dataset.num_classes)
+            if config.stage2.sampler == 'class_balanced' else None)
+  step, init_opt_state = make_heads_step(ctx.model, settings, config.stage2, class_counts,
+                                         HeadsFeed(kind, spec, tables), config.stage2.max_norm, ctx.data_sharding,
+                                         ctx.replicated)
 
-  def advance(state):
-    x, labels = next(batches)
-    x = jax.make_array_from_process_local_data(ctx.data_sharding, x)
-    labels = jax.make_array_from_process_local_data(ctx.data_sharding, labels)
-    return train_step(state, x, labels)
+  def inputs(state, total_steps: int):
+    if kind == 'stream':
+      return _streamed(ctx, stages.STAGE2, split, spec, int(state.step), total_steps)
+    if kind == 'cached':
+      return itertools.repeat(_cached_features(ctx, state, split))
+    return itertools.repeat(_device_arrays(ctx, train_split_name(config, stages.STAGE2), split))
 
-  return advance
+  return Feed(step, inputs), init_opt_state
+
+
+def _streamed(ctx, stage, split, spec: BatchSpec, start_step: int, total_steps: int):
+  """This process's share of each streamed global batch from `start_step` on, as global arrays."""
+  for x, labels in _stream_batches(ctx, stage, split, spec, start_step, total_steps):
+    yield (jax.make_array_from_process_local_data(ctx.data_sharding, x),
+           jax.make_array_from_process_local_data(ctx.data_sharding, labels))
 
 
 def _stream_batches(ctx, stage, split, spec: BatchSpec, start_step: int, total_steps: int):
@@ -90,26 +119,3 @@ def _stream_batches(ctx, stage, split, spec: BatchSpec, start_step: int, total_s
         split, global_batch=spec.batch_size, image_size=dataset.image_size, mean=dataset.mean, std=dataset.std,
         seed=ctx.config.seed + stages.get(stage).tag, epoch=epoch, start_step=first, steps=spe,
         process_index=jax.process_index(), process_count=jax.process_count(), augment=spec.augment)
-
-
-def heads_parts(ctx, split, settings: list, spec: BatchSpec, class_counts) -> dict:
-  """The pieces of stage 2's grid of K heads: 'init_opt_state' (stacked params -> optimizer states) and
-  'feeder' (the state to start from, its step, the run's length -> the feeder)."""
-  config = ctx.config
-  kind = stage2_feed(config, ctx.dataset)
-  tables = (class_balanced_tables(split.labels, ctx.dataset.num_classes)
-            if config.stage2.sampler == 'class_balanced' else None)
-  feed = HeadsFeed(kind, spec, tables)
-  step, init_opt_state = make_heads_step(ctx.model, head_settings_arrays(settings), config.stage2, class_counts,
-                                         feed, config.stage2.max_norm, ctx.data_sharding, ctx.replicated)
-
-  def feeder(state, start_step: int, total_steps: int):
-    if kind == 'stream':
-      return _streamed(ctx, stages.STAGE2, split, spec, start_step, total_steps, step)
-    if kind == 'cached':
-      data, labels = _cached_features(ctx, state, split)
-    else:
-      data, labels = _device_arrays(ctx, train_split_name(config, stages.STAGE2), split)
-    return lambda state: step(state, data, labels)
-
-  return {'init_opt_state': init_opt_state, 'feeder': feeder}

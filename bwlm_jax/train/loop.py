@@ -60,54 +60,45 @@ def stage_split(config, dataset, stage):
                            config.data.subset_seed)
 
 
-def _batch_spec(ctx, stage, steps_per_epoch: int) -> BatchSpec:
+def _plan(ctx, stage, epochs: int):
+  """What both kinds of stage start from: (training split, its batch spec, steps per epoch, total steps)."""
   config, dataset = ctx.config, ctx.dataset
+  split = stage_split(config, dataset, stage)
+  steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
   augment = config.stage2.augment if stage.trains_heads else config.data.augment
-  return BatchSpec(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, augment=augment,
+  spec = BatchSpec(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, augment=augment,
                    mean=dataset.mean, std=dataset.std, dtype=DTYPES[config.model.dtype])
+  return split, spec, steps_per_epoch, epochs * steps_per_epoch
 
 
 def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = None) -> TrainState:
   """Train a backbone stage (naive, stage 1) to its end, resuming from its latest checkpoint; returns the
   final state. `on_eval` is called every `config.eval_every_epochs` epochs."""
   stage = stages.get(stage)
-  config = ctx.config
-  split = stage_split(config, ctx.dataset, stage)
-  steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
-  total_steps = config[stage.name].epochs * steps_per_epoch
-  tx, schedule = optim.stage_optimizer(config[stage.name], total_steps, steps_per_epoch)
+  split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, ctx.config[stage.name].epochs)
+  tx, schedule = optim.stage_optimizer(ctx.config[stage.name], total_steps, steps_per_epoch)
   state = jax.device_put(initial_state(ctx, stage, tx), ctx.replicated)
-  spec = _batch_spec(ctx, stage, steps_per_epoch)
-
-  def make_feeder(state):
-    return feeders.backbone_feeder(ctx, stage, split, spec, tx, losses.cross_entropy, schedule, int(state.step),
-                                   total_steps)
-
-  return _resume_and_train(ctx, stage, stage.name, state, make_feeder, budget, total_steps, steps_per_epoch,
-                           on_eval)
+  feed = feeders.backbone_feed(ctx, stage, split, spec, tx, losses.cross_entropy, schedule)
+  return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)
 
 
 def run_heads(ctx, budget: StepBudget, backbone_state: TrainState, settings: list, checkpoint_name: str
               ) -> TrainState:
-  """Stage 2: a grid of K >= 1 heads, one per setting, trained at once on `backbone_state`'s frozen
+  """Stage 2: a grid of K >= 1 heads, one per `HeadSetting`, trained at once on `backbone_state`'s frozen
   backbone (see `steps.make_heads_step`) for as many epochs as the longest, resuming from
   WORKDIR/checkpoints/<checkpoint_name>. The state holds the K heads stacked on a leading axis."""
-  config, stage = ctx.config, stages.STAGE2
-  split = stage_split(config, ctx.dataset, stage)
-  steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
-  total_steps = max(s['epochs'] for s in settings) * steps_per_epoch
-  counts = losses.loss_counts(config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
-  parts = feeders.heads_parts(ctx, split, settings, _batch_spec(ctx, stage, steps_per_epoch), counts)
+  stage = stages.STAGE2
+  split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, max(s.epochs for s in settings))
+  counts = losses.loss_counts(ctx.config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
+  feed, init_opt_state = feeders.heads_feed(ctx, split, settings, spec, counts)
   state = initial_state(ctx, stage, None, backbone_state)
   heads = {'head': stack_heads(state.params['head'], len(settings))}
-  state = jax.device_put(state.replace(params=heads, opt_state=parts['init_opt_state'](heads)), ctx.replicated)
+  state = jax.device_put(state.replace(params=heads, opt_state=init_opt_state(heads)), ctx.replicated)
   migration.adopt_single_head(ctx, state, checkpoint_name, total_steps)
-  return _resume_and_train(ctx, stage, checkpoint_name, state,
-                           lambda state: parts['feeder'](state, int(state.step), total_steps),
-                           budget, total_steps, steps_per_epoch, None)
+  return _resume_and_train(ctx, stage, checkpoint_name, state, feed, budget, total_steps, steps_per_epoch, None)
 
 
-def _resume_and_train(ctx, stage, checkpoint_name: str, state, make_feeder, budget, total_steps: int,
+def _resume_and_train(ctx, stage, checkpoint_name: str, state, feed: feeders.Feed, budget, total_steps: int,
                       steps_per_epoch: int, on_eval) -> TrainState:
   """Resume `state` from WORKDIR/checkpoints/<checkpoint_name> (a finished one is returned as it is),
   then train it to `total_steps`."""
@@ -121,7 +112,7 @@ def _resume_and_train(ctx, stage, checkpoint_name: str, state, make_feeder, budg
         print(f'{checkpoint_name}: finished earlier ({meta["step"]} steps); using its checkpoint.')
         return state
       print(f'{checkpoint_name}: resuming at step {meta["step"]} of {total_steps}.')
-    return _train(ctx, stage, state, make_feeder(state), store, budget, total_steps, steps_per_epoch, on_eval)
+    return _train(ctx, stage, state, feed, store, budget, total_steps, steps_per_epoch, on_eval)
   finally:
     store.close()
 
@@ -134,7 +125,7 @@ def _divergence_hint(config, stage) -> str:
   return hint + '.'
 
 
-def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoch, on_eval):
+def _train(ctx, stage, state, feed: feeders.Feed, store, budget, total_steps, steps_per_epoch, on_eval):
   """The step loop; stage 2's state holds K heads at once."""
   config, stacked = ctx.config, stage.trains_heads
   start = int(state.step)
@@ -161,13 +152,13 @@ def _train(ctx, stage, state, feeder, store, budget, total_steps, steps_per_epoc
   eval_every = config.eval_every_epochs * steps_per_epoch if on_eval is not None else 0
   try:
     with stopping.deferred(f"saving {stage}'s finished checkpoint"):
-      for step in range(start, total_steps):
+      for step, inputs in zip(range(start, total_steps), feed.inputs(state, total_steps)):
         if budget.exhausted:  # checked before each step, so a spent budget never starts the next stage
           interval.flush()
           save(step, False)
           reason = 'on SIGTERM' if budget.terminated else 'as asked'
           raise Interrupted(f'{stage}: stopped after step {step} {reason}; rerun to resume.')
-        state, step_metrics = feeder(state)
+        state, step_metrics = feed.step(state, *inputs)
         budget.spend()
         if multi_process() and store.reached_preemption(step + 1):
           budget.preempted = True  # all processes reach this sync point at the same step

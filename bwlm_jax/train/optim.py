@@ -22,21 +22,21 @@ def cosine_decay(init_value, decay_steps) -> optax.Schedule:
   return schedule
 
 
-def learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(learning_rate, total_steps, steps_per_epoch: int, warmup_epochs=0) -> optax.Schedule:
   """Cosine from `learning_rate` to 0 over the stage (paper 4.2), after optional linear warm-up.
 
-  `total_steps` may be traced (see `cosine_decay`); the warm-up length may not.
+  `learning_rate` and `total_steps` may be traced (see `cosine_decay`); the warm-up length may not.
   """
-  warmup = stage_cfg.warmup_epochs * steps_per_epoch
+  warmup = warmup_epochs * steps_per_epoch
   length = max(total_steps - warmup, 1) if isinstance(total_steps, int) else total_steps - warmup
-  cosine = cosine_decay(stage_cfg.learning_rate, length)
+  cosine = cosine_decay(learning_rate, length)
   if warmup <= 0:
     return cosine
-  ramp = optax.linear_schedule(0.0, stage_cfg.learning_rate, warmup)
+  ramp = optax.linear_schedule(0.0, learning_rate, warmup)
   return optax.join_schedules([ramp, cosine], [warmup])
 
 
-def sgd(stage_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+def sgd(schedule: optax.Schedule, weight_decay, momentum: float, nesterov: bool) -> optax.GradientTransformation:
   """PyTorch-style SGD: g + wd * p, then momentum, then -lr.
 
   `weight_decay` is therefore PyTorch's `weight_decay` (the gradient of (wd / 2) * ||p||^2), on every
@@ -44,12 +44,15 @@ def sgd(stage_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   the trained parameters (`TrainState.frozen`), so it can neither move nor decay.
   """
   return optax.chain(
-      optax.add_decayed_weights(stage_cfg.weight_decay),
-      optax.sgd(schedule, momentum=stage_cfg.momentum or None, nesterov=stage_cfg.nesterov),
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov),
   )
 
 
-def stage_optimizer(stage_cfg, total_steps: int, steps_per_epoch: int):
-  """(SGD, its learning-rate schedule) of a stage of `total_steps` steps (paper section 4.2)."""
-  schedule = learning_rate_schedule(stage_cfg, total_steps, steps_per_epoch)
-  return sgd(stage_cfg, schedule), schedule
+def stage_optimizer(stage_cfg, total_steps, steps_per_epoch: int, learning_rate=None, weight_decay=None):
+  """(SGD, its learning-rate schedule) of a stage of `total_steps` steps (paper section 4.2): a config section's
+  momentum, Nesterov and warm-up, with its learning rate and weight decay unless given (a stage-2 head's)."""
+  learning_rate = stage_cfg.learning_rate if learning_rate is None else learning_rate
+  weight_decay = stage_cfg.weight_decay if weight_decay is None else weight_decay
+  schedule = learning_rate_schedule(learning_rate, total_steps, steps_per_epoch, stage_cfg.warmup_epochs)
+  return sgd(schedule, weight_decay, stage_cfg.momentum, stage_cfg.nesterov), schedule

@@ -9,15 +9,16 @@ with respect to the heads alone, so the backbone's backward pass is never comput
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
+import functools
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from bwlm_jax import losses
+from bwlm_jax import head_setting, losses
 from bwlm_jax.data.sampling import BatchSpec, cached_batch, device_batch
+from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import Model
 from bwlm_jax.train import optim
 from bwlm_jax.train.state import TrainState
@@ -81,24 +82,11 @@ def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: Ba
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def head_settings_arrays(settings: list[dict]) -> dict:
-  """Stack per-head stage-2 settings ({'loss', 'alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate',
-  'epochs'})."""
-  arrays = {name: jnp.asarray([float(s[name]) for s in settings], jnp.float32)
-            for name in ('alpha', 'beta', 'gamma', 'weight_decay', 'learning_rate')}
-  arrays['loss'] = jnp.asarray([losses.LOSSES.index(s['loss']) for s in settings], jnp.int32)
-  arrays['epochs'] = jnp.asarray([int(s['epochs']) for s in settings], jnp.int32)
-  return arrays
-
-
-def _head_optimizer(stage_cfg, setting: dict, steps_per_epoch: int):
-  """The stage-2 optimizer of one head, with its (possibly traced) learning rate, weight decay and length."""
-  schedule_cfg = SimpleNamespace(learning_rate=setting['learning_rate'], warmup_epochs=stage_cfg.warmup_epochs)
-  decay_cfg = SimpleNamespace(weight_decay=setting['weight_decay'], momentum=stage_cfg.momentum,
-                              nesterov=stage_cfg.nesterov)
-  total_steps = setting['epochs'] * steps_per_epoch
-  schedule = optim.learning_rate_schedule(schedule_cfg, total_steps, steps_per_epoch)
-  return optim.sgd(decay_cfg, schedule), schedule
+def _head_optimizer(stage_cfg, setting: HeadSetting, steps_per_epoch: int):
+  """The stage-2 optimizer of one head: its (possibly traced) learning rate, weight decay and length, with
+  stage 2's momentum and warm-up."""
+  return optim.stage_optimizer(stage_cfg, setting.epochs * steps_per_epoch, steps_per_epoch,
+                               learning_rate=setting.learning_rate, weight_decay=setting.weight_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,29 +109,28 @@ def _batch_features(model: Model, feed: HeadsFeed, state, data, labels, data_sha
   return jax.lax.stop_gradient(features), labels
 
 
-def make_heads_step(model: Model, settings: dict, stage_cfg, class_counts, feed: HeadsFeed,
+def make_heads_step(model: Model, settings: list[HeadSetting], stage_cfg, class_counts, feed: HeadsFeed,
                     max_norm: Optional[float] = None, data_sharding=None, state_sharding=None):
-  """The stage-2 step: K heads (K >= 1) on one frozen backbone, one jitted call, features computed once
-  per batch and shared, `jax.vmap` over the heads.
+  """The stage-2 step: K heads (K >= 1, one per setting, on one frozen backbone) in one jitted call,
+  features computed once per batch and shared, `jax.vmap` over the heads.
 
-  `settings` holds [K] arrays (see `head_settings_arrays`); head k follows exactly the updates it would
-  get trained alone with those settings (same batches, same init). A head whose `epochs` are fewer than
-  the run's has reached learning rate 0 by then and stays where it ended. With `max_norm`, MaxNorm caps
-  every head after each update. Returns (step, init_opt_state); step(state, data, labels) takes what
-  `feed.kind` names.
+  Head k follows exactly the updates it would get trained alone with its setting (same batches, same
+  init). A head whose `epochs` are fewer than the run's has reached learning rate 0 by then and stays
+  where it ended. With `max_norm`, MaxNorm caps every head after each update. The heads' losses are one
+  `lax.switch` on each head's loss index; under `vmap` the index is batched, so every loss of the family
+  is computed for every head and the head's own is selected (cheap next to the features: [K, B, C]
+  values per loss). Returns (step, init_opt_state); step(state, data, labels) takes what `feed.kind`
+  names.
   """
-  def loss_of(logits, labels, setting):
-    def one(name):
-      return lambda: losses.stage2_loss(name, logits, labels, class_counts, alpha=setting['alpha'],
-                                        beta=setting['beta'], gamma=setting['gamma'])
-    return jax.lax.switch(setting['loss'], [one(name) for name in losses.LOSSES])
+  stacked = head_setting.stack(settings)
 
   def update_one(head_params, opt_state, setting, step, features, labels):
     tx, schedule = _head_optimizer(stage_cfg, setting, feed.spec.steps_per_epoch)
 
     def objective(params):
       logits = model.logits(params['head'], features)
-      return loss_of(logits, labels, setting), logits
+      branches = [functools.partial(losses.head_loss, name) for name in losses.LOSSES]
+      return jax.lax.switch(setting.loss, branches, logits, labels, class_counts, setting), logits
 
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(head_params)
     head_params, opt_state = _apply_gradients(tx, grads, opt_state, head_params, max_norm)
@@ -152,12 +139,12 @@ def make_heads_step(model: Model, settings: dict, stage_cfg, class_counts, feed:
   def step(state, data, labels):
     features, batch_labels = _batch_features(model, feed, state, data, labels, data_sharding)
     params, opt_state, metrics = jax.vmap(update_one, in_axes=(0, 0, 0, None, None, None))(
-        state.params, state.opt_state, settings, state.step, features, batch_labels)
+        state.params, state.opt_state, stacked, state.step, features, batch_labels)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def init_opt_state(stacked_params):
     return jax.vmap(lambda p, s: _head_optimizer(stage_cfg, s, feed.spec.steps_per_epoch)[0].init(p))(
-        stacked_params, settings)
+        stacked_params, stacked)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings), init_opt_state
