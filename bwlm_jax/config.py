@@ -19,7 +19,8 @@ from bwlm_jax.errors import UsageError
 # The names model.name and model.dtype may take (built by `models.build_model`), here so that a config is
 # checked without importing the models and the data pipeline they use.
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-          'resnext50')
+          'resnext50', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'efficientnet_lite3',
+          'efficientnet_lite4')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
 
@@ -32,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet32'  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50
+  config.model.name = 'resnet32'  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EfficientNet-Lite0..4
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
   # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
   # (stage2.backbone=pretrained): a torchvision/timm ResNet checkpoint (.safetensors, .npz; .pth/.pt with
@@ -83,9 +84,9 @@ def _data_config() -> ml_collections.ConfigDict:
   # counts stay the standard ones). 20 per class: 2,000 images on CIFAR-100, as many as Tiny-ImageNet-LT's
   # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
   data.val_per_class = 20
-  # Input normalisation: 'dataset' (the training set's per-channel mean and std), 'imagenet' (the
-  # statistics ImageNet weights expect), or 'auto': imagenet with a weights file in model.init_from, else
-  # dataset.
+  # Input normalisation: 'dataset' (the training set's per-channel mean and std), 'imagenet' (ImageNet's
+  # mean and std), or 'auto': with a weights file in model.init_from, the input its network's weights
+  # expect (ImageNet's mean and std for the ResNets, [-1, 1] for EfficientNet-Lite), else dataset.
   data.normalize = 'auto'
   return data
 

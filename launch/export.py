@@ -32,7 +32,7 @@ def main(argv):
   check_stage(_STAGE.value, allow_best=False)
   variables, meta = load_finished(_WORKDIR.value, _STAGE.value)
   sidecar = export_model(variables, meta['config']['model']['name'], meta, _OUTPUT.value)
-  print(f'{_OUTPUT.value}: the {_STAGE.value} model of {_WORKDIR.value} for {sidecar["torchvision"]}; '
+  print(f'{_OUTPUT.value}: the {_STAGE.value} model of {_WORKDIR.value} for {sidecar["pytorch"]}; '
         f'preprocessing and class names in {_OUTPUT.value}.json.')
 
 

@@ -37,13 +37,14 @@ def test_features_and_logits_equal_pytorchs_for_the_same_weights(name):
   model = Model(ImageNetResNet(stage_sizes, bottleneck, groups, width_per_group, base_channels=4), LinearHead(5))
   params, stats = model.init_backbone(jax.random.key(0), (32, 32, 3))
   state = _fixture_state(data, name)
-  variables = torch_layout.from_torch(state, {'params': params, 'batch_stats': stats}, stage_sizes, bottleneck,
-                                      'fixture')
+  template = {'params': params, 'batch_stats': stats}
+  layers = torch_layout.resnet_layers(template, stage_sizes, bottleneck)
+  variables = torch_layout.from_torch(state, template, layers, 'fixture')
   features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
   np.testing.assert_allclose(features, data[f'{name}/features'], rtol=1e-4, atol=1e-5)
   head = {'dense': {'kernel': state['fc.weight'].T, 'bias': state['fc.bias']}}
   np.testing.assert_allclose(model.logits(head, features), data[f'{name}/logits'], rtol=1e-4, atol=1e-5)
-  back = torch_layout.to_torch(variables, head, stage_sizes, bottleneck)  # and the way out: the same state dict
+  back = torch_layout.to_torch(variables, head, layers)  # and the way out: the same state dict
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
@@ -55,7 +56,8 @@ def _generated_weights(path, name='resnet18', num_classes=1000, drop=(), extra=N
   params, stats = model.init_backbone(jax.random.key(1), (32, 32, 3))
   head = model.init_head(jax.random.key(2), model.feature_dim((32, 32, 3)))
   stage_sizes, bottleneck = {'resnet18': ((2, 2, 2, 2), False), 'resnet34': ((3, 4, 6, 3), False)}[name]
-  state = torch_layout.to_torch({'params': params, 'batch_stats': stats}, head, stage_sizes, bottleneck)
+  backbone = {'params': params, 'batch_stats': stats}
+  state = torch_layout.to_torch(backbone, head, torch_layout.resnet_layers(backbone, stage_sizes, bottleneck))
   state = {k: v for k, v in state.items() if k not in drop}
   save_file({**state, **(extra or {})}, str(path))
   return {'params': params, 'batch_stats': stats}
@@ -147,7 +149,7 @@ def test_bwlm_on_a_frozen_pretrained_backbone_and_the_export_reads_back(tmp_path
                           text=True, timeout=300)
   assert export.returncode == 0, export.stderr
   sidecar = json.load(open(tmp_path / 'bwlm.safetensors.json'))
-  assert sidecar['torchvision'] == 'torchvision.models.resnet18(num_classes=4)' and sidecar['class_names'] == [
+  assert sidecar['pytorch'] == 'torchvision.models.resnet18(num_classes=4)' and sidecar['class_names'] == [
       'c0', 'c1', 'c2', 'c3']
   state = load_file(str(tmp_path / 'bwlm.safetensors'))
   assert state['fc.weight'].shape == (4, 512) and int(state['bn1.num_batches_tracked']) == 0
@@ -195,7 +197,7 @@ def test_naive_fine_tunes_from_the_pretrained_backbone(tmp_path):
   expected = _generated_weights(tmp_path / 'r18.safetensors')
   config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
   ctx = make_context(config, str(tmp_path / 'run'))
-  state = initial_state(ctx, NAIVE, optim.sgd(config.naive, lambda step: 0.1))
+  state = initial_state(ctx, NAIVE, optim.sgd(lambda step: 0.1, config.naive.weight_decay, config.naive.momentum, config.naive.nesterov))
   for a, b in zip(jax.tree.leaves(state.params['backbone']), jax.tree.leaves(expected['params']), strict=True):
     np.testing.assert_array_equal(a, b)
   assert state.params['head']['dense']['kernel'].shape == (512, 2)  # a new head for the dataset's classes

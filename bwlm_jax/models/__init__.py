@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.head import LinearHead  # noqa: F401
+from bwlm_jax.models.efficientnet_lite import SCALES as EFFICIENTNET_LITE_SCALES, EfficientNetLite
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
 from bwlm_jax.errors import UsageError
@@ -26,6 +27,9 @@ def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
     stage_sizes, bottleneck = LAYOUTS[name]
     grouped = {'groups': 32, 'width_per_group': 4} if name == 'resnext50' else {}
     return ImageNetResNet(stage_sizes, bottleneck=bottleneck, dtype=compute, **grouped)
+  if name in EFFICIENTNET_LITE_SCALES:
+    width, depth = EFFICIENTNET_LITE_SCALES[name]
+    return EfficientNetLite(width, depth, dtype=compute)
   raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')
 
 
