@@ -95,9 +95,10 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # Stage 2: a new head on the Data Balanced Review set. The head's fields (loss, alpha, beta, gamma,
   # weight_decay, learning_rate, epochs, backbone) and the sources of their defaults are those of
   # `head_setting.HeadSetting`; they train when nothing is selected (stage2.select below).
-  stage2 = _stage_optim(epochs=1, learning_rate=1.0, weight_decay=0.0)  # momentum, Nesterov, warm-up
-  for field in head_setting.FIELDS:
-    stage2[field.name] = field.default
+  head = head_setting.HeadSetting()
+  stage2 = _stage_optim(head.epochs, head.learning_rate, head.weight_decay)  # with momentum, Nesterov, warm-up
+  for field in head_setting.NAMES:
+    stage2[field] = getattr(head, field)
   # 'zeros' or 'cb_prior' (bias -log(C - 1), Cui et al.'s init for sigmoid heads). Our choice: the two tie
   # on Tiny-ImageNet-LT's val split (docs/REPRODUCING.md), so the simpler one.
   stage2.head_bias_init = 'zeros'

@@ -22,9 +22,10 @@ from bwlm_jax.errors import UsageError
 def _field(default, rule, expected: str, *, grid: int = 0, label: str = '', static: bool = False):
   """A setting's field: `default` is config.stage2's; `rule(value)` must hold ('must be `expected`');
   `grid` > 0: stage2.grid may vary it, as the grid's axis number `grid` (the order of the candidates and of
-  the label); `label`: its name on display; `static`: one value per grid of heads (not stacked)."""
-  return flax.struct.field(default=default, pytree_node=not static, metadata={'rule': rule, 'expected': expected, 'grid': grid,
-                                                             'label': label, 'static': static})
+  the label); `label`: its name on display; `static`: one value per grid of heads (not stacked: flax's
+  `pytree_node=False`)."""
+  return flax.struct.field(default=default, pytree_node=not static,
+                           metadata={'rule': rule, 'expected': expected, 'grid': grid, 'label': label})
 
 
 @flax.struct.dataclass
@@ -113,4 +114,4 @@ def stack(settings: list[HeadSetting]) -> HeadSetting:
       return jnp.asarray([losses.LOSSES.index(v) for v in values], jnp.int32)
     return jnp.asarray(values, jnp.int32 if _python_type(f.name) is int else jnp.float32)
 
-  return HeadSetting(**{f.name: column(f) for f in FIELDS if not f.metadata['static']}, backbone=backbones.pop())
+  return HeadSetting(**{f.name: column(f) for f in FIELDS if f.metadata['pytree_node']}, backbone=backbones.pop())

@@ -130,8 +130,8 @@ def run_stage2(ctx: TrainContext, budget: StepBudget, trained: dict, metric: Opt
     print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone, chosen on '
           f'validation ({metric}).')
   grid = head_grid.run_grid(ctx, budget, [stages.STAGE2.name] * len(settings), settings, trained, metric)
-  chosen = grid.candidates[grid.chosen[stages.STAGE2.name]]
-  state = grid.head_state(grid.chosen[stages.STAGE2.name])
+  index = grid.chosen[stages.STAGE2.name]
+  chosen, state = grid.candidates[index], grid.head_state(index)
   step = int(grid.states[chosen.setting.backbone].step)
   _save_choice(ctx, state, step, chosen.setting,
                {'metric': metric, 'split': 'val', 'setting': dataclasses.asdict(chosen.setting),

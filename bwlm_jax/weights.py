@@ -28,6 +28,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt')
 WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES)
+_CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
+            "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
 
 
 def input_statistics(model_name: str) -> tuple[tuple, tuple]:
@@ -43,10 +45,7 @@ def torch_layers(model_name: str, backbone: dict) -> tuple[list, str]:
     return torch_layout.resnet_layers(backbone, *LAYOUTS[model_name]), 'fc'
   if model_name in efficientnet_lite.SCALES:
     return torch_layout.named_layers(backbone), '_fc'
-  raise UsageError(f'weights files are read and written for {", ".join(WEIGHT_MODELS)}, not {model_name}.')
-
-_CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
-            "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
+  raise UsageError(f'weights files are read and written for {", ".join(WEIGHT_MODELS)}, not model.name={model_name}.')
 
 
 def split_source(init_from: str) -> tuple[str, str | None]:
@@ -111,8 +110,6 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
       raise UsageError(f'model.init_from={init_from!r} holds a {saved_model}, not a {model_name}.')
     variables = inference_variables(stage, state)
     return {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
-  if model_name not in WEIGHT_MODELS:
-    raise UsageError(f'model.init_from: weights files are read for {", ".join(WEIGHT_MODELS)}, not {model_name}.')
   params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
   template = {'params': params, 'batch_stats': batch_stats}
   layers, head_name = torch_layers(model_name, template)
@@ -120,21 +117,19 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
 
 
 def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dict:
-  """Write a trained model (inference variables: backbone and head) as a torchvision state dict in
-  `path` (.safetensors, never overwritten) with what inference needs beside it (PATH.json); returns the
-  sidecar's content."""
-  if model_name not in WEIGHT_MODELS:
-    raise UsageError(f'export writes {", ".join(WEIGHT_MODELS)}; this model is a {model_name}.')
+  """Write a trained model (inference variables: backbone and head) as a state dict of its PyTorch layout
+  (`torch_layers`) in `path` (.safetensors, never overwritten) with what inference needs beside it
+  (PATH.json); returns the sidecar's content."""
+  backbone = {'params': jax.device_get(variables['backbone']), 'batch_stats': jax.device_get(variables['batch_stats'])}
+  layers, head_name = torch_layers(model_name, backbone)
   if not path.endswith('.safetensors'):
     raise UsageError(f'--output={path!r}: the export is a .safetensors file.')
   if os.path.exists(path):
     raise UsageError(f'{path} exists: nothing is overwritten, choose another --output.')
-  backbone = {'params': jax.device_get(variables['backbone']), 'batch_stats': jax.device_get(variables['batch_stats'])}
-  layers, head_name = torch_layers(model_name, backbone)
   state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), layers, head_name)
   sidecar = {'model': model_name, 'pytorch': _reference_class(model_name, len(meta['class_names'])),
-             'class_names': meta['class_names'],
-             'image_size': meta['image_size'], 'mean': meta['mean'], 'std': meta['std']}
+             'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
+             'std': meta['std']}
   save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
   with open(path + '.json', 'w') as f:
     json.dump(sidecar, f, indent=2)

@@ -99,7 +99,8 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   mesh = distributed.make_mesh()
   rng = np.random.default_rng(0)
   num_images = 4 * batch  # synthetic "dataset" on device
-  images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8), distributed.replicated(mesh))
+  images = jax.device_put(rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8),
+                          distributed.replicated(mesh))
   labels = jax.device_put(rng.integers(0, classes, num_images).astype(np.int32), distributed.replicated(mesh))
   counts = jnp.asarray(np.maximum(np.bincount(np.asarray(labels), minlength=classes), 1), jnp.float32)
   model = build_model({'name': model_name, 'dtype': dtype}, classes)

@@ -63,8 +63,8 @@ def _lite_weights(path, num_classes=1000):
 def test_weights_of_another_network_are_one_error(tmp_path):
   _lite_weights(tmp_path / 'lite0.safetensors')
   lite2 = build_model({'name': 'efficientnet_lite2', 'dtype': 'float32'}, 7)
-  with pytest.raises(UsageError, match=r'lite0.safetensors does not fit this backbone \(missing: _blocks.16._bn0.weight, '
-                                       r'.*shape mismatch: _blocks.10._bn0.weight \(672,\) \(expected \(528,\)\).* '
+  with pytest.raises(UsageError, match=r'lite0.safetensors does not fit this backbone \(missing: '
+                                       r'_blocks.16._bn0.weight, .*shape mismatch: _blocks.10._bn0.weight \(672,\) \(expected \(528,\)\).* '
                                        r'Check model.name'):
     weights.pretrained_backbone(str(tmp_path / 'lite0.safetensors'), lite2, (32, 32, 3), 'efficientnet_lite2')
   _generated_weights(tmp_path / 'r18.safetensors')
@@ -105,3 +105,11 @@ def test_the_folder_config_starts_from_the_weights_with_their_input():
   assert (config.stages, config.stage2.backbone, config.data.image_size) == ('stage2', 'pretrained', 224)
   assert weights.input_statistics('efficientnet_lite0') == ((127 / 255,) * 3, (128 / 255,) * 3)
   assert weights.input_statistics('resnet50') == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)
+
+
+def test_a_network_without_a_weights_layout_is_one_error(tmp_path):
+  _lite_weights(tmp_path / 'lite0.safetensors')
+  cifar = build_model({'name': 'resnet32', 'dtype': 'float32'}, 7)
+  with pytest.raises(UsageError, match=r'weights files are read and written for resnet10, .*efficientnet_lite4, '
+                                       r'not model.name=resnet32'):
+    weights.pretrained_backbone(str(tmp_path / 'lite0.safetensors'), cifar, (32, 32, 3), 'resnet32')

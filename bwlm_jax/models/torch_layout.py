@@ -69,13 +69,12 @@ def named_layers(backbone) -> list[tuple[str, tuple, str]]:
   layers = []
 
   def walk(tree, path):
-    if 'kernel' in tree:
-      layers.append(('.'.join(re.sub(r'^(_blocks)_(\d+)$', r'\1.\2', p) for p in path), path, 'conv'))
-    elif 'scale' in tree:
-      layers.append(('.'.join(re.sub(r'^(_blocks)_(\d+)$', r'\1.\2', p) for p in path), path, 'bn'))
-    else:
+    kind = 'conv' if 'kernel' in tree else 'bn' if 'scale' in tree else None
+    if kind is None:
       for name, sub in tree.items():
         walk(sub, path + (name,))
+    else:
+      layers.append(('.'.join(re.sub(r'^(_blocks)_(\d+)$', r'\1.\2', p) for p in path), path, kind))
 
   walk(backbone['params'], ())
   return layers

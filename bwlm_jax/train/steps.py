@@ -123,13 +123,13 @@ def make_heads_step(model: Model, settings: list[HeadSetting], stage_cfg, class_
   names.
   """
   stacked = head_setting.stack(settings)
+  branches = [functools.partial(losses.head_loss, name) for name in losses.LOSSES]
 
   def update_one(head_params, opt_state, setting, step, features, labels):
     tx, schedule = _head_optimizer(stage_cfg, setting, feed.spec.steps_per_epoch)
 
     def objective(params):
       logits = model.logits(params['head'], features)
-      branches = [functools.partial(losses.head_loss, name) for name in losses.LOSSES]
       return jax.lax.switch(setting.loss, branches, logits, labels, class_counts, setting), logits
 
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(head_params)
