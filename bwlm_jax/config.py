@@ -7,6 +7,8 @@ silent. `validate_config` runs once, at the start of a run, before anything is r
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 from ml_collections import config_dict
 import jax
@@ -18,9 +20,16 @@ from bwlm_jax.errors import UsageError
 
 # The names model.name and model.dtype may take (built by `models.build_model`), here so that a config is
 # checked without importing the models and the data pipeline they use.
+VITS = ('vit_tiny_patch16', 'vit_small_patch16', 'vit_small_patch32', 'vit_base_patch16', 'vit_base_patch32',
+        'vit_large_patch16', 'deit_tiny_patch16', 'deit_small_patch16', 'deit_base_patch16',
+        'vit_small_patch14_dinov2', 'vit_small_patch14_reg4_dinov2', 'vit_base_patch14_dinov2',
+        'vit_base_patch14_reg4_dinov2', 'vit_large_patch14_dinov2', 'vit_large_patch14_reg4_dinov2',
+        'clip_vit_b32', 'clip_vit_b32_quickgelu', 'clip_vit_b16', 'clip_vit_b16_quickgelu', 'clip_vit_l14',
+        'clip_vit_l14_quickgelu')
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
           'resnext50', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'efficientnet_lite3',
-          'efficientnet_lite4')
+          'efficientnet_lite4') + VITS
+POOLS = ('token', 'avg')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
 
@@ -33,11 +42,19 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet32'  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EfficientNet-Lite0..4
+  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EfficientNet-Lite0..4, and VITS: timm's ViT,
+  # DeiT and DINOv2 (LayerScale, registers) and CLIP's image tower (QuickGELU for OpenAI's weights).
+  config.model.name = 'resnet32'
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
+  # timm ViTs: features of the class token ('token') or the patch tokens' mean ('avg', timm's fc_norm).
+  config.model.pool = 'token'
+  # CLIP: features in the image-text embedding (after `proj`: 512 for B/32 and B/16, 768 for L/14), else
+  # the tower's width before it (768, 1024).
+  config.model.projection = True
   # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
-  # (stage2.backbone=pretrained): a torchvision/timm ResNet checkpoint (.safetensors, .npz; .pth/.pt with
-  # PyTorch) or a finished workdir (WORKDIR = its naive backbone, WORKDIR:stage1). None = random init.
+  # (stage2.backbone=pretrained): a weights file of model.name in its source's layout (torchvision/timm,
+  # open_clip, efficientnet-lite-pytorch; .safetensors, .npz; .pth/.pt with PyTorch) or a finished workdir
+  # (WORKDIR = its naive backbone, WORKDIR:stage1). None = random init.
   config.model.init_from = config_dict.placeholder(str)
 
   config.batch_size = 64  # Paper section 4.2.
@@ -85,8 +102,10 @@ def _data_config() -> ml_collections.ConfigDict:
   # own val split per class. 0 = none. ImageNet-LT and folders with ROOT/val/ use their own split.
   data.val_per_class = 20
   # Input normalisation: 'dataset' (the training set's per-channel mean and std), 'imagenet' (ImageNet's
-  # mean and std), or 'auto': with a weights file in model.init_from, the input its network's weights
-  # expect (ImageNet's mean and std for the ResNets, [-1, 1] for EfficientNet-Lite), else dataset.
+  # mean and std), or 'auto': with a weights file in model.init_from, the input those weights expect (from
+  # the metadata beside the file where there is some, else the network's convention: ImageNet's mean and
+  # std for the ResNets, DeiT and DINOv2, [-1, 1] for timm's ViTs and EfficientNet-Lite, CLIP's own for
+  # CLIP; `weights.input_statistics`), else dataset.
   data.normalize = 'auto'
   return data
 
@@ -181,11 +200,26 @@ def parse_stages(config) -> tuple[stages_lib.Stage, ...]:
   return tuple(stage for stage in stages_lib.STAGES if stage.name in names)
 
 
+def _patch_size(model_name: str) -> int:
+  """The patch size of a ViT (`patch16`, `clip_vit_b32`), 0 for the other networks."""
+  found = re.search(r'patch(\d+)|^clip_vit_[bl](\d+)', model_name) if model_name in VITS else None
+  return int(found.group(1) or found.group(2)) if found else 0
+
+
 def validate_config(config) -> None:
   """Every cheap check of a config, before any data is read or anything is written."""
   parse_stages(config)
   if config.model.name not in MODELS:
     raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
+  if config.model.pool not in POOLS:
+    raise UsageError(f'model.pool must be one of {POOLS}, got {config.model.pool!r}.')
+  if config.model.pool != 'token' and not config.model.name.startswith(('vit_', 'deit_')):
+    raise UsageError(f"model.pool={config.model.pool!r} is for timm's ViTs; {config.model.name} pools its own way.")
+  patch = _patch_size(config.model.name)
+  if patch and config.data.image_size % patch:
+    lower = config.data.image_size // patch * patch
+    raise UsageError(f'data.image_size={config.data.image_size} is not a multiple of {config.model.name}\'s patch '
+                     f'size {patch}: use {lower or patch} or {lower + patch}.')
   if config.model.dtype not in DTYPE_NAMES:
     raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
   process_setup.check_compute_dtype(config.model.dtype)

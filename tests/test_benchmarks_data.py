@@ -107,7 +107,7 @@ def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeyp
   params, stats = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
   stats = jax.tree_util.tree_map_with_path(lambda path, v: np.abs(v) + 1 if path[-1].key == 'var' else v, stats)
   backbone = {'params': params, 'batch_stats': stats}
-  save_file(torch_layout.to_torch(backbone, None, torch_layout.resnet_layers(backbone, *LAYOUTS['resnet152'])),
+  save_file(torch_layout.to_torch(backbone, None, torch_layout.resnet_layout(backbone, *LAYOUTS['resnet152'])),
             str(tmp_path / 'resnet152.safetensors'))
   config = load_config_file(f'configs/places_lt.py:{tmp_path},{tmp_path / "resnet152.safetensors"}')
   assert (config.model.name, config.batch_size, config.naive.epochs) == ('resnet152', 128, 30)

@@ -27,15 +27,15 @@ def test_features_and_logits_equal_the_ports_for_the_same_weights():
   model = Model(EfficientNetLite(1.25, 1.5, stages=FIXTURE_STAGES), LinearHead(5))
   params, stats = model.init_backbone(jax.random.key(0), (32, 32, 3))
   template = {'params': params, 'batch_stats': stats}
-  layers = torch_layout.named_layers(template)
+  layout = weights.torch_layout_of('efficientnet_lite0', template)
   assert len([k for k in state if k.startswith('_blocks.')]) and '_blocks.3._expand_conv.weight' in state
-  variables = torch_layout.from_torch(state, template, layers, 'fixture', head_name='_fc')
+  variables = torch_layout.from_torch(state, template, layout, 'fixture')
   features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
   # float32 through ~10 convolutions and BatchNorms of two libraries: agreement to float32 rounding.
   np.testing.assert_allclose(features, data['features'], rtol=1e-4, atol=1e-5)
   head = {'dense': {'kernel': state['_fc.weight'].T, 'bias': state['_fc.bias']}}
   np.testing.assert_allclose(model.logits(head, features), data['logits'], rtol=1e-4, atol=1e-5)
-  back = torch_layout.to_torch(variables, head, layers, '_fc')  # and out: the port's state dict, key for key
+  back = torch_layout.to_torch(variables, head, layout)  # and out: the port's state dict, key for key
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
@@ -56,7 +56,7 @@ def _lite_weights(path, num_classes=1000):
   params, stats = model.init_backbone(jax.random.key(1), (32, 32, 3))
   backbone = {'params': params, 'batch_stats': stats}
   head = model.init_head(jax.random.key(2), 1280)
-  save_file(torch_layout.to_torch(backbone, head, torch_layout.named_layers(backbone), '_fc'), str(path))
+  save_file(torch_layout.to_torch(backbone, head, weights.torch_layout_of('efficientnet_lite0', backbone)), str(path))
   return backbone
 
 
@@ -103,13 +103,13 @@ def test_the_folder_config_starts_from_the_weights_with_their_input():
   assert (config.data.folder, config.model.init_from, config.model.name) == (
       '/data/images', '/weights/lite0.pth', 'efficientnet_lite0')
   assert (config.stages, config.stage2.backbone, config.data.image_size) == ('stage2', 'pretrained', 224)
-  assert weights.input_statistics('efficientnet_lite0') == ((127 / 255,) * 3, (128 / 255,) * 3)
-  assert weights.input_statistics('resnet50') == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)
+  assert weights.input_statistics('efficientnet_lite0')[:2] == ((127 / 255,) * 3, (128 / 255,) * 3)
+  assert weights.input_statistics('resnet50')[:2] == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)
 
 
 def test_a_network_without_a_weights_layout_is_one_error(tmp_path):
   _lite_weights(tmp_path / 'lite0.safetensors')
   cifar = build_model({'name': 'resnet32', 'dtype': 'float32'}, 7)
-  with pytest.raises(UsageError, match=r'weights files are read and written for resnet10, .*efficientnet_lite4, '
-                                       r'not model.name=resnet32'):
+  with pytest.raises(UsageError, match=r'model.name=resnet32 has no weights layout: .* ImageNet '
+                                       r'ResNets, EfficientNet-Lite, the ViTs and CLIP'):
     weights.pretrained_backbone(str(tmp_path / 'lite0.safetensors'), cifar, (32, 32, 3), 'resnet32')

@@ -38,13 +38,13 @@ def test_features_and_logits_equal_pytorchs_for_the_same_weights(name):
   params, stats = model.init_backbone(jax.random.key(0), (32, 32, 3))
   state = _fixture_state(data, name)
   template = {'params': params, 'batch_stats': stats}
-  layers = torch_layout.resnet_layers(template, stage_sizes, bottleneck)
-  variables = torch_layout.from_torch(state, template, layers, 'fixture')
+  layout = torch_layout.resnet_layout(template, stage_sizes, bottleneck)
+  variables = torch_layout.from_torch(state, template, layout, 'fixture')
   features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
   np.testing.assert_allclose(features, data[f'{name}/features'], rtol=1e-4, atol=1e-5)
   head = {'dense': {'kernel': state['fc.weight'].T, 'bias': state['fc.bias']}}
   np.testing.assert_allclose(model.logits(head, features), data[f'{name}/logits'], rtol=1e-4, atol=1e-5)
-  back = torch_layout.to_torch(variables, head, layers)  # and the way out: the same state dict
+  back = torch_layout.to_torch(variables, head, layout)  # and the way out: the same state dict
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
@@ -57,7 +57,7 @@ def _generated_weights(path, name='resnet18', num_classes=1000, drop=(), extra=N
   head = model.init_head(jax.random.key(2), model.feature_dim((32, 32, 3)))
   stage_sizes, bottleneck = {'resnet18': ((2, 2, 2, 2), False), 'resnet34': ((3, 4, 6, 3), False)}[name]
   backbone = {'params': params, 'batch_stats': stats}
-  state = torch_layout.to_torch(backbone, head, torch_layout.resnet_layers(backbone, stage_sizes, bottleneck))
+  state = torch_layout.to_torch(backbone, head, torch_layout.resnet_layout(backbone, stage_sizes, bottleneck))
   state = {k: v for k, v in state.items() if k not in drop}
   save_file({**state, **(extra or {})}, str(path))
   return {'params': params, 'batch_stats': stats}

@@ -10,13 +10,15 @@ from bwlm_jax.models.head import LinearHead  # noqa: F401
 from bwlm_jax.models.efficientnet_lite import SCALES as EFFICIENTNET_LITE_SCALES, EfficientNetLite
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
+from bwlm_jax.models.vit import SPECS as VIT_SPECS, VisionTransformer
 from bwlm_jax.errors import UsageError
 from bwlm_jax.config import DTYPE_NAMES, MODELS
 
 DTYPES = dict(zip(DTYPE_NAMES, (jnp.float32, jnp.bfloat16)))
 
 
-def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
+def build_backbone(name: str, dtype: str = 'float32', pool: str = 'token', projection: bool = True) -> nn.Module:
+  """The backbone `name` computing in `dtype`; `pool` and `projection` apply to the ViTs (config.model)."""
   if dtype not in DTYPES:
     raise UsageError(f'model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}.')
   compute = DTYPES[dtype]
@@ -30,10 +32,15 @@ def build_backbone(name: str, dtype: str = 'float32') -> nn.Module:
   if name in EFFICIENTNET_LITE_SCALES:
     width, depth = EFFICIENTNET_LITE_SCALES[name]
     return EfficientNetLite(width, depth, dtype=compute)
+  if name in VIT_SPECS:
+    return VisionTransformer(VIT_SPECS[name], pool=pool, projection=projection, dtype=compute)
   raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')
 
 
 def build_model(model_cfg, num_classes: int) -> Model:
-  """The backbone `model_cfg` names ({'name', 'dtype'}, a config or a dict) with a head for `num_classes`."""
-  return Model(build_backbone(model_cfg['name'], model_cfg['dtype']), LinearHead(num_classes))
+  """The backbone `model_cfg` names (config.model or its dict; a run's recorded before `pool` and
+  `projection` existed has their defaults) with a head for `num_classes`."""
+  backbone = build_backbone(model_cfg['name'], model_cfg['dtype'], model_cfg.get('pool', 'token'),
+                            model_cfg.get('projection', True))
+  return Model(backbone, LinearHead(num_classes))
 

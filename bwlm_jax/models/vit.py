@@ -1,0 +1,198 @@
+"""Vision Transformers (Dosovitskiy et al. 2021) as timm builds them (ViT, DeiT, DINOv2 with LayerScale and
+registers) and CLIP's image tower as OpenAI CLIP and open_clip build it (Radford et al. 2021).
+
+Both are the same pre-norm transformer over patch tokens and a class token; they differ in names, in where
+the position embedding covers the class token, in a LayerNorm before the blocks (CLIP), in the activation
+(QuickGELU in OpenAI's weights) and in what comes out: timm's final LayerNorm on the class token (or on the
+patch tokens' mean, `pool='avg'`), CLIP's `ln_post` on the class token, then its projection into the
+image-text embedding (`projection=False` stops before it). Modules carry the PyTorch names (`blocks_3.attn.qkv`
+is `blocks.3.attn.qkv`; `resblocks_3` is `transformer.resblocks.3`), so a state dict maps by name
+(`models/torch_layout.py`). The position embedding is a parameter of the grid `data.image_size / patch`;
+weights made at another resolution are resampled on the way in, as timm and open_clip do.
+Stochastic depth and dropout are not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One network: its transformer's shape and which builder's conventions it follows."""
+  family: str  # 'timm' | 'clip'
+  patch: int
+  width: int
+  depth: int
+  heads: int
+  layer_scale: bool = False  # DINOv2: a learned per-channel scale on each residual branch
+  registers: int = 0  # DINOv2 "reg4": extra tokens after the class token, outside the position embedding
+  quick_gelu: bool = False  # OpenAI CLIP's weights
+  embed: int = 0  # CLIP: the width of the image-text embedding `proj` maps into
+  mean: tuple = (0.5, 0.5, 0.5)  # the input the usual weights of this network expect ([0, 1] pixels)
+  std: tuple = (0.5, 0.5, 0.5)
+
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_SIZES = {'tiny': (192, 12, 3), 'small': (384, 12, 6), 'base': (768, 12, 12), 'large': (1024, 24, 16)}
+
+
+def _timm(size, patch, **kwargs):
+  return Spec('timm', patch, *_SIZES[size], **kwargs)
+
+
+def _clip(size, patch, embed, quick_gelu):
+  return Spec('clip', patch, *_SIZES[size], quick_gelu=quick_gelu, embed=embed, **CLIP)
+
+
+# model.name -> Spec. timm's names without the resolution (every network runs at data.image_size); timm's
+# vit_* weights (augreg) expect [-1, 1] inputs, DeiT's and DINOv2's ImageNet's statistics.
+SPECS = {
+    'vit_tiny_patch16': _timm('tiny', 16), 'vit_small_patch16': _timm('small', 16),
+    'vit_small_patch32': _timm('small', 32), 'vit_base_patch16': _timm('base', 16),
+    'vit_base_patch32': _timm('base', 32), 'vit_large_patch16': _timm('large', 16),
+    'deit_tiny_patch16': _timm('tiny', 16, **IMAGENET), 'deit_small_patch16': _timm('small', 16, **IMAGENET),
+    'deit_base_patch16': _timm('base', 16, **IMAGENET),
+    **{f'vit_{size}_patch14{reg}_dinov2': _timm(size, 14, layer_scale=True, registers=4 if reg else 0, **IMAGENET)
+       for size in ('small', 'base', 'large') for reg in ('', '_reg4')},
+    **{f'clip_vit_{name}{quick}': _clip(size, patch, embed, bool(quick))
+       for name, size, patch, embed in (('b32', 'base', 32, 512), ('b16', 'base', 16, 512), ('l14', 'large', 14, 768))
+       for quick in ('', '_quickgelu')},
+}
+# The torch names of each family's block modules: norm, attention (input and output projection), layer
+# scale, norm, MLP (two linears), layer scale.
+BLOCK_NAMES = {'timm': ('norm1', 'attn', 'qkv', 'proj', 'ls1', 'norm2', 'mlp', 'fc1', 'fc2', 'ls2'),
+               'clip': ('ln_1', 'attn', 'in_proj', 'out_proj', 'ls_1', 'ln_2', 'mlp', 'c_fc', 'c_proj', 'ls_2')}
+LAYER_SCALE_INIT = 1e-5  # timm's init_values for DINOv2
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def _dense(features: int, dtype, name: str):
+  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with one input projection for q, k and v (timm's qkv, torch's in_proj)."""
+  heads: int
+  names: tuple  # (input projection, output projection)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, tokens, width = x.shape
+    qkv = _dense(3 * width, self.dtype, self.names[0])(x).reshape(batch, tokens, 3, self.heads, width // self.heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    y = jax.nn.dot_product_attention(q, k, v).reshape(batch, tokens, width)
+    return _dense(width, self.dtype, self.names[1])(y)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  names: tuple
+  quick_gelu: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = _dense(self.hidden, self.dtype, self.names[0])(x)
+    y = quick_gelu(y) if self.quick_gelu else nn.gelu(y, approximate=False)
+    return _dense(x.shape[-1], self.dtype, self.names[1])(y)
+
+
+class LayerScale(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return x * self.param('gamma', nn.initializers.constant(LAYER_SCALE_INIT), (x.shape[-1],)).astype(x.dtype)
+
+
+class Block(nn.Module):
+  spec: Spec
+  epsilon: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    norm1, attn, qkv, proj, ls1, norm2, mlp, fc1, fc2, ls2 = BLOCK_NAMES[self.spec.family]
+    y = Attention(self.spec.heads, (qkv, proj), self.dtype, name=attn)(
+        nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm1)(x))
+    x = x + (LayerScale(name=ls1)(y) if self.spec.layer_scale else y)
+    y = Mlp(4 * self.spec.width, (fc1, fc2), self.spec.quick_gelu, self.dtype, name=mlp)(
+        nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x))
+    return x + (LayerScale(name=ls2)(y) if self.spec.layer_scale else y)
+
+
+class PatchEmbed(nn.Module):
+  """timm's `patch_embed`: the patch convolution (with bias), held as `proj`."""
+  width: int
+  patch: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(self.width, (self.patch, self.patch), self.patch, padding='VALID', dtype=self.dtype,
+                   name='proj')(x)
+
+
+def _position_init(key, shape, dtype=jnp.float32):
+  return 0.02 * jax.random.normal(key, shape, dtype)
+
+
+class VisionTransformer(nn.Module):
+  """Backbone returning the pooled (CLIP: projected) features. `train` is accepted for the common interface;
+  nothing here depends on it."""
+  spec: Spec
+  pool: str = 'token'  # timm: 'token' (class token) | 'avg' (mean of the patch tokens, then fc_norm)
+  projection: bool = True  # CLIP: features in the image-text embedding (`proj`), else before it
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    del train
+    spec = self.spec
+    if x.shape[1] % spec.patch or x.shape[2] % spec.patch:
+      raise ValueError(f'image size {x.shape[1:3]} is not a multiple of the patch size {spec.patch}')
+    clip = spec.family == 'clip'
+    if clip:
+      x = nn.Conv(spec.width, (spec.patch, spec.patch), spec.patch, padding='VALID', use_bias=False,
+                  dtype=self.dtype, name='conv1')(x)
+    else:
+      x = PatchEmbed(spec.width, spec.patch, self.dtype, name='patch_embed')(x)
+    batch, grid_h, grid_w, width = x.shape
+    x = x.reshape(batch, grid_h * grid_w, width)
+    prefix = 1 + spec.registers
+    if clip:
+      cls = self.param('class_embedding', _position_init, (width,)).reshape(1, 1, width)
+      position = self.param('positional_embedding', _position_init, (1 + grid_h * grid_w, width))[None]
+    else:
+      cls = self.param('cls_token', nn.initializers.zeros, (1, 1, width))
+      grid_only = spec.registers > 0  # timm's no_embed_class: the embedding covers the patches only
+      position = self.param('pos_embed', _position_init, (1, grid_h * grid_w + (0 if grid_only else 1), width))
+    tokens = [jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width))]
+    if spec.registers:
+      registers = self.param('reg_token', nn.initializers.zeros, (1, spec.registers, width))
+      tokens.append(jnp.broadcast_to(registers.astype(x.dtype), (batch, spec.registers, width)))
+    if spec.registers:
+      x = jnp.concatenate(tokens + [x + position.astype(x.dtype)], axis=1)
+    else:
+      x = jnp.concatenate(tokens + [x], axis=1) + position.astype(x.dtype)
+    epsilon = 1e-5 if clip else 1e-6
+    if clip:
+      x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_pre')(x)
+    for i in range(spec.depth):
+      x = Block(spec, epsilon, self.dtype, name=f'{"resblocks" if clip else "blocks"}_{i}')(x)
+    if clip:
+      x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_post')(x[:, 0])
+      proj = self.param('proj', _position_init, (width, spec.embed))  # held either way: the tower's weights
+      return x @ proj.astype(x.dtype) if self.projection else x
+    if self.pool == 'avg':
+      return nn.LayerNorm(epsilon, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, prefix:], axis=1))
+    return nn.LayerNorm(epsilon, dtype=self.dtype, name='norm')(x)[:, 0]
