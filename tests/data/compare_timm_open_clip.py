@@ -2,14 +2,15 @@
 size, with random weights. Needs two interpreters: one with torch, timm and open_clip, one with bwlm_jax
 (JAX); they exchange files in DIR.
 
-  TORCH_PY tests/data/compare_vit.py torch DIR        # reference networks: weights, features, parameter counts
-  python   tests/data/compare_vit.py jax DIR          # the same weights here: features compared, exports written
-  TORCH_PY tests/data/compare_vit.py load DIR         # those exports, strict load into the reference classes
-  TORCH_PY tests/data/compare_vit.py load FILE.safetensors   # an export of launch/export.py (its sidecar read)
+  TORCH_PY tests/data/compare_timm_open_clip.py torch DIR        # reference networks: weights, features, parameter counts
+  python   tests/data/compare_timm_open_clip.py jax DIR          # the same weights here: features compared, exports written
+  TORCH_PY tests/data/compare_timm_open_clip.py load DIR         # those exports, strict load into the reference classes
+  TORCH_PY tests/data/compare_timm_open_clip.py load FILE.safetensors   # an export of launch/export.py (its sidecar read)
 
 The networks: timm's vit_base_patch16_224 (1000 classes), vit_small_patch14_dinov2 and
 vit_small_patch14_reg4_dinov2 (at 224 px: their 518-px position embedding is timm's to resample and this
-check's point is the network), open_clip's ViT-B-16 image tower; every LayerNorm and LayerScale randomised.
+check's point is the network), open_clip's ViT-B-16 image tower, timm's tf_efficientnet_lite0 and
+efficientnet_lite0; every LayerNorm, LayerScale and BatchNorm (statistics too) randomised.
 """
 
 import json
@@ -23,14 +24,17 @@ SIZE = 224
 NETWORKS = {'vit_base_patch16': ('timm', 'vit_base_patch16_224', SIZE),
             'vit_small_patch14_dinov2': ('timm', 'vit_small_patch14_dinov2', SIZE),
             'vit_small_patch14_reg4_dinov2': ('timm', 'vit_small_patch14_reg4_dinov2', SIZE),
-            'clip_vit_b16': ('open_clip', 'ViT-B-16', SIZE)}
+            'clip_vit_b16': ('open_clip', 'ViT-B-16', SIZE),
+            'tf_efficientnet_lite0': ('timm', 'tf_efficientnet_lite0', SIZE),
+            'timm_efficientnet_lite0': ('timm', 'efficientnet_lite0', SIZE)}
 
 
 def _reference(source: str, name: str, size: int, num_classes: int = 1000):
   if source == 'timm':
     import timm
+    size_arg = {} if 'efficientnet' in name else {'img_size': size}
     return timm.create_model(name, pretrained=False, num_classes=num_classes if 'dinov2' not in name else 0,
-                             img_size=size).eval()
+                             **size_arg).eval()
   import open_clip
   return open_clip.create_model(name, force_image_size=size).visual.eval()
 
@@ -45,8 +49,14 @@ def torch_side(folder: str) -> None:
   for ours, (source, name, size) in NETWORKS.items():
     net = _reference(source, name, size)
     for key, value in net.named_parameters():
-      if key.endswith('gamma') or ('norm' in key or 'ln_' in key) and key.endswith('weight'):
+      if key.endswith('gamma') or ('norm' in key or 'ln_' in key or '.bn' in key or key.startswith('bn')) \
+          and key.endswith('weight'):
         value.data.uniform_(0.5, 1.5)
+    for key, value in net.named_buffers():  # BatchNorm statistics of their own
+      if key.endswith('running_var'):
+        value.uniform_(0.5, 1.5)
+      elif key.endswith('running_mean'):
+        value.uniform_(-0.2, 0.2)
     with torch.no_grad():
       features = net.forward_head(net.forward_features(images), pre_logits=True) if source == 'timm' else net(images)
     prefix = 'visual.' if source == 'open_clip' else ''
@@ -66,7 +76,7 @@ def jax_side(folder: str) -> None:
   images = np.load(os.path.join(folder, 'images.npy'))
   counts = json.load(open(os.path.join(folder, 'counts.json')))
   for ours, (source, name, size) in NETWORKS.items():
-    classes = 1000 if source == 'timm' and 'dinov2' not in name else 0
+    classes = 1000 if source == 'timm' and 'dinov2' not in name else 0  # timm's heads; CLIP has none
     model = build_model({'name': ours, 'dtype': 'float32'}, max(classes, 1))
     path = os.path.join(folder, f'{ours}.safetensors')
     variables = weights.pretrained_backbone(path, model, (size, size, 3), ours)
