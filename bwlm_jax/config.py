@@ -13,7 +13,8 @@ import ml_collections
 from ml_collections import config_dict
 import jax
 
-from bwlm_jax import head_setting, process_setup, selection
+from bwlm_jax import head_setting, losses, process_setup, selection
+from bwlm_jax.train.tuning import MODES as TUNE_MODES
 from bwlm_jax import stages as stages_lib
 from bwlm_jax.errors import UsageError
 
@@ -62,11 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 500
 
   # One-stage cross-entropy baseline ("naive" rows of the paper's tables).
-  config.naive = _stage_optim(epochs=320, learning_rate=0.01, weight_decay=5e-3)
+  config.naive = _backbone_stage(epochs=320, learning_rate=0.01, weight_decay=5e-3)
   # Stage 1: CE on the head half. Paper: 320 epochs in all, SGD 0.9, cosine 0.01 -> 0; not split
   # between stages. Our split: 310 for stage 1, whose weight decay 5e-3 is Alshammari et al.'s (2022),
   # which the paper says it follows; stage 2 is chosen on validation (below).
-  config.stage1 = _stage_optim(epochs=310, learning_rate=0.01, weight_decay=5e-3)
+  config.stage1 = _backbone_stage(epochs=310, learning_rate=0.01, weight_decay=5e-3)
   config.stage2 = _stage2_config()
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
@@ -191,6 +192,19 @@ def _stage_optim(epochs: int, learning_rate: float, weight_decay: float) -> ml_c
   return stage
 
 
+def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> ml_collections.ConfigDict:
+  """A backbone stage (naive, stage 1): SGD as `_stage_optim`, what of the backbone trains, and its loss."""
+  stage = _stage_optim(epochs, learning_rate, weight_decay)
+  # What of the backbone trains (train/tuning.py): 'full' (everything, the paper's stages), or light
+  # fine-tuning of a pretrained backbone: 'bias' (BitFit), 'last' (the last stage / blocks), 'head' (a
+  # linear probe end to end). BatchNorm runs in inference mode except in 'full'.
+  stage.tune = 'full'
+  # The loss: 'ce' (the paper's), or one of the balanced family with stage 2's default alpha, beta and
+  # gamma (`head_setting.HeadSetting`), over this stage's training counts.
+  stage.loss = 'ce'
+  return stage
+
+
 def parse_stages(config) -> tuple[stages_lib.Stage, ...]:
   """config.stages as stages in training order; an error for an empty or unknown entry."""
   names = tuple(s.strip() for s in config.stages.split(',') if s.strip())
@@ -237,6 +251,10 @@ def validate_config(config) -> None:
   selection.validate(stage2)  # the head's fields (stage 2's epochs, learning rate, weight decay among them)
   for stage in stages_lib.BACKBONES:
     cfg = config[stage]
+    if cfg.tune not in TUNE_MODES:
+      raise UsageError(f'{stage}.tune must be one of {TUNE_MODES}, got {cfg.tune!r}.')
+    if cfg.loss not in losses.LOSSES:
+      raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
     if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
       raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                        f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')

@@ -203,3 +203,18 @@ def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_p
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back['params']),
                                                    jax.tree.leaves(variables['backbone']), strict=True))
   assert weights.input_statistics(name, str(tmp_path / 'out.safetensors'))[2].endswith('out.safetensors.json')
+
+
+def test_naive_fine_tunes_a_vit_from_its_weights(tmp_path):
+  """Training mode on a network without BatchNorm (stage 1 starts from model.init_from the same way)."""
+  _folder(tmp_path / 'data', [12, 6, 3])
+  start = _vit_weights(tmp_path / 'weights.safetensors', 'vit_tiny_patch16')
+  config = _config(tmp_path / 'data', tmp_path / 'weights.safetensors')
+  config.model.name, config.stages, config.naive.epochs = 'vit_tiny_patch16', 'naive', 1
+  results = train_and_evaluate(config, str(tmp_path / 'run'))
+  from bwlm_jax.checkpoints import load_finished
+  variables, _ = load_finished(str(tmp_path / 'run'), 'naive')
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables['backbone']),
+                                                     jax.tree.leaves(start['params']), strict=True)]
+  assert all(moved)  # every tensor of the ViT trained (class token, position embedding, every block)
+  assert results['models']['naive']['test']['num_examples'] == 12

@@ -70,14 +70,15 @@ class Feed:
   inputs: Callable[[TrainState, int], Iterator[tuple]]
 
 
-def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule) -> Feed:
+def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, train_batch_norm: bool = True) -> Feed:
   """The feed of a backbone stage (naive, stage 1): backbone and head trained together, on device-kept
   images (batches gathered inside the step) or on streamed batches."""
   if ctx.dataset.in_memory:
-    step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated)
+    step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated,
+                                  train_batch_norm)
     return Feed(step, lambda state, total_steps: itertools.repeat(
         _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
-  step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated)
+  step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm)
   return Feed(step, lambda state, total_steps: _streamed(ctx, stage, split, spec, int(state.step), total_steps))
 
 

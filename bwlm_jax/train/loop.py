@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -12,8 +13,9 @@ from bwlm_jax import checkpoints, losses, stages, stopping
 from bwlm_jax.data import device_pipeline, stage_train_split
 from bwlm_jax.data.sampling import BatchSpec
 from bwlm_jax.errors import Interrupted
+from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import DTYPES
-from bwlm_jax.train import feeders, migration, optim
+from bwlm_jax.train import feeders, migration, optim, tuning
 from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
 from bwlm_jax.train.state import TrainState, initial_state
@@ -76,10 +78,23 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
   final state. `on_eval` is called every `config.eval_every_epochs` epochs."""
   stage = stages.get(stage)
   split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, ctx.config[stage.name].epochs)
-  tx, schedule = optim.stage_optimizer(ctx.config[stage.name], total_steps, steps_per_epoch)
+  stage_cfg = ctx.config[stage.name]
+  tx, schedule = optim.stage_optimizer(stage_cfg, total_steps, steps_per_epoch)
+  tx = tuning.masked(tx, stage_cfg.tune, ctx.config.model.name)
   state = jax.device_put(initial_state(ctx, stage, tx), ctx.replicated)
-  feed = feeders.backbone_feed(ctx, stage, split, spec, tx, losses.cross_entropy, schedule)
+  feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
+                               tuning.trains_batch_norm(stage_cfg.tune))
   return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)
+
+
+def _backbone_loss(ctx, name: str, split):
+  """A backbone stage's loss on logits and labels: cross-entropy, or one of the balanced family over the
+  stage's own training counts with stage 2's default alpha, beta and gamma."""
+  if name == 'ce':
+    return losses.cross_entropy
+  counts = jnp.asarray(np.maximum(np.bincount(split.labels, minlength=ctx.dataset.num_classes), 1), jnp.float32)
+  setting = HeadSetting(loss=name)
+  return lambda logits, labels: losses.head_loss(name, logits, labels, counts, setting)
 
 
 def run_heads(ctx, budget: StepBudget, backbone_state: TrainState, settings: list, checkpoint_name: str

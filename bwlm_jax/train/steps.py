@@ -48,10 +48,11 @@ def _step_metrics(loss, logits, labels, learning_rate) -> dict:
 
 
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
-                        schedule: optax.Schedule, state: TrainState, x, labels):
-  """One step of a backbone stage: backbone and head trained together, BatchNorm in training mode."""
+                        schedule: optax.Schedule, state: TrainState, x, labels, train_batch_norm: bool):
+  """One step of a backbone stage: backbone and head trained together (what of the backbone moves is
+  `tx`'s mask, `train/tuning.py`), BatchNorm in training mode unless `train_batch_norm` is False."""
   def loss_of(params):
-    features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=True)
+    features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=train_batch_norm)
     logits = model.logits(params['head'], features)
     return loss_fn(logits, labels), (logits, new_stats)
 
@@ -63,20 +64,21 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
 
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, data_sharding=None,
-                           state_sharding=None):
+                           state_sharding=None, train_batch_norm: bool = True):
   """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step."""
   def step(state, images, labels):
     x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding)
-    return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels)
+    return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels, train_batch_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, state_sharding=None):
+def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, state_sharding=None,
+                           train_batch_norm: bool = True):
   """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
   def step(state, x, labels):
-    return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels)
+    return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels, train_batch_norm)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)

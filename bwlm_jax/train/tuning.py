@@ -1,0 +1,86 @@
+"""Which backbone parameters a backbone stage trains (`naive.tune`, `stage1.tune`): light fine-tuning of a
+pretrained network as one mask, in one place (big_vision's pattern: the optimizer zeroes the frozen
+parameters' updates and keeps no state for them; weight decay reaches only what trains).
+
+  full  every parameter; BatchNorm in training mode (what the backbone stages always did)
+  bias  biases and normalisation scales and offsets (BitFit, Ben Zaken et al. 2022)
+  last  the last stage of a CNN (ResNet's layer4; EfficientNet-Lite's last two stages and head
+        convolution) or the last quarter of a ViT's blocks, with the final norm (and CLIP's projection)
+  head  none of the backbone: a linear probe trained end to end (the baseline the others are measured by)
+
+The head always trains. Except in `full`, BatchNorm runs in inference mode: its statistics stay the
+pretrained network's, which a small or rebalanced training set would otherwise pull away.
+"""
+
+from __future__ import annotations
+
+import re
+
+import optax
+from flax import traverse_util
+
+from bwlm_jax.errors import UsageError
+
+MODES = ('full', 'bias', 'last', 'head')
+TRAIN, FROZEN = 'train', 'frozen'
+
+
+def trains_batch_norm(mode: str) -> bool:
+  return mode == 'full'
+
+
+def _last_modules(model_name: str, backbone_params: dict) -> tuple[str, ...]:
+  """Names of the top-level backbone modules (or parameters) that `last` trains."""
+  names = list(backbone_params)
+  if model_name.startswith(('vit_', 'deit_', 'clip_')):
+    blocks = sorted((n for n in names if re.fullmatch(r'(res)?blocks_\d+', n)), key=lambda n: int(n.split('_')[-1]))
+    return tuple(blocks[-max(1, len(blocks) // 4):]) + tuple(n for n in ('norm', 'fc_norm', 'ln_post', 'proj')
+                                                            if n in names)
+  if 'efficientnet' in model_name:
+    from bwlm_jax.models import efficientnet_lite
+    name = model_name if model_name in efficientnet_lite.SCALES else 'efficientnet_lite0'
+    stages = [b[5] for b in efficientnet_lite.block_plan(efficientnet_lite.STAGES, *efficientnet_lite.SCALES[name])]
+    last_two = [f'_blocks_{i}' for i, stage in enumerate(stages) if stage >= len(efficientnet_lite.STAGES) - 2]
+    return tuple(last_two) + ('_conv_head', '_bn1')
+  # ResNets: the blocks of the last stage (the highest-numbered blocks until the width changes).
+  blocks = sorted((n for n in names if re.fullmatch(r'(BasicBlockA?|Bottleneck)_\d+', n)),
+                  key=lambda n: int(n.split('_')[-1]))
+  if not blocks:
+    raise UsageError(f'tune=last: {model_name} has no blocks this mode knows.')
+  width = _block_width(backbone_params[blocks[-1]])
+  last = [b for b in blocks if _block_width(backbone_params[b]) == width]
+  return tuple(last)
+
+
+def _block_width(block: dict) -> int:
+  kernels = [leaf.shape[-1] for path, leaf in traverse_util.flatten_dict(block).items() if path[-1] == 'kernel']
+  return max(kernels)
+
+
+def labels(mode: str, model_name: str, params: dict) -> dict:
+  """'train' or 'frozen' for every leaf of `params` ({'backbone', 'head'}) under tuning `mode`."""
+  if mode not in MODES:
+    raise UsageError(f'tune must be one of {MODES}, got {mode!r}.')
+  backbone = params['backbone']
+  last = _last_modules(model_name, backbone) if mode == 'last' else ()
+
+  def label(path, _):
+    if path[0] == 'head' or mode == 'full':
+      return TRAIN
+    if mode == 'bias':
+      return TRAIN if path[-1] in ('bias', 'scale') else FROZEN
+    if mode == 'last':
+      return TRAIN if path[1] in last else FROZEN
+    return FROZEN
+
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: label(path, leaf) for path, leaf in flat.items()})
+
+
+def masked(tx: optax.GradientTransformation, mode: str, model_name: str) -> optax.GradientTransformation:
+  """`tx` on what `mode` trains; zero updates (and no optimizer state) for the rest, which therefore stays
+  bit for bit as it came."""
+  if mode == 'full':
+    return tx
+  return optax.multi_transform({TRAIN: tx, FROZEN: optax.set_to_zero()},
+                               lambda params: labels(mode, model_name, params))

@@ -1,0 +1,114 @@
+"""Light fine-tuning of the backbone stages (`naive.tune`, `stage1.tune`): which parameters each mode trains,
+the rest bit for bit as it came, BatchNorm statistics kept outside `full`, resume equal to an uninterrupted
+run, and a backbone stage's balanced loss."""
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bwlm_jax import losses
+from bwlm_jax.checkpoints import read_latest, stage_directory
+from bwlm_jax.config import validate_config
+from bwlm_jax.errors import Interrupted, UsageError
+from bwlm_jax.head_setting import HeadSetting
+from bwlm_jax.models import build_model
+from bwlm_jax.pipeline import make_context, train_and_evaluate
+from bwlm_jax.stages import NAIVE
+from bwlm_jax.train import optim, tuning
+from bwlm_jax.train.loop import _backbone_loss, stage_split
+from bwlm_jax.train.state import initial_state
+from helpers import assert_trees_equal, tiny_config
+
+
+def _trained(mode, name, image_size=32):
+  """{top-level backbone module: 'train' | 'frozen' | 'mixed'} under `mode`, and the head's labels."""
+  model = build_model({'name': name, 'dtype': 'float32'}, 5)
+  backbone, _ = jax.eval_shape(lambda k: model.init_backbone(k, (image_size, image_size, 3)), jax.random.key(0))
+  head = jax.eval_shape(lambda k: model.init_head(k, model.feature_dim((image_size, image_size, 3))),
+                        jax.random.key(0))
+  labels = tuning.labels(mode, name, {'backbone': backbone, 'head': head})
+  summary = {}
+  for module, tree in labels['backbone'].items():
+    values = set(jax.tree.leaves(tree))
+    summary[module] = values.pop() if len(values) == 1 else 'mixed'
+  return summary, set(jax.tree.leaves(labels['head']))
+
+
+def test_each_mode_trains_its_parameters():
+  last, head = _trained('last', 'resnet18')
+  assert head == {'train'}
+  assert sorted(m for m, v in last.items() if v == 'train') == ['BasicBlock_6', 'BasicBlock_7']  # layer4
+  assert _trained('last', 'resnet8')[0] == {'BasicBlockA_0': 'frozen', 'BasicBlockA_1': 'frozen',
+                                            'BasicBlockA_2': 'train', 'BatchNorm_0': 'frozen', 'Conv_0': 'frozen'}
+  vit, _ = _trained('last', 'vit_tiny_patch16')
+  assert sorted(m for m, v in vit.items() if v == 'train') == ['blocks_10', 'blocks_11', 'blocks_9', 'norm']
+  lite, _ = _trained('last', 'efficientnet_lite0')
+  # Lite0's last two stages (4 blocks of 192 channels, 1 of 320) and its head convolution.
+  assert sorted(m for m, v in lite.items() if v == 'train') == [f'_blocks_{i}' for i in range(11, 16)] + [
+      '_bn1', '_conv_head']
+  bias = tuning.labels('bias', 'vit_tiny_patch16', {'backbone': jax.eval_shape(
+      lambda k: build_model({'name': 'vit_tiny_patch16', 'dtype': 'float32'}, 5).init_backbone(k, (32, 32, 3)),
+      jax.random.key(0))[0], 'head': {}})
+  flat = traverse_util.flatten_dict(bias['backbone'])
+  trained = sorted('.'.join(p) for p, v in flat.items() if v == 'train')
+  assert trained[:3] == ['blocks_0.attn.proj.bias', 'blocks_0.attn.qkv.bias', 'blocks_0.mlp.fc1.bias']
+  assert {p[-1] for p, v in flat.items() if v == 'train'} == {'bias', 'scale'}
+  assert all(v == 'frozen' for p, v in flat.items() if p[-1] in ('kernel', 'pos_embed', 'cls_token'))
+  assert set(_trained('head', 'resnet18')[0].values()) == {'frozen'}
+  assert set(_trained('full', 'resnet18')[0].values()) == {'train'}
+
+
+@pytest.mark.parametrize('mode', ['bias', 'last'])
+def test_a_tuned_stage_leaves_the_rest_bit_for_bit_and_keeps_batch_norm_statistics(tfds_dir, tmp_path, mode):
+  config = tiny_config(tfds_dir, epochs=1)
+  config.stages, config.naive.tune = 'naive', mode
+  ctx = make_context(config, str(tmp_path))
+  start = initial_state(ctx, NAIVE, optim.sgd(lambda step: 0.1, 0.0, 0.9, False))
+  start_params = jax.device_get(start.params)
+  start_stats = jax.device_get(start.batch_stats)
+  train_and_evaluate(config, str(tmp_path))
+  state, _ = read_latest(stage_directory(str(tmp_path), 'naive'))
+  labels = traverse_util.flatten_dict(tuning.labels(mode, 'resnet8', start_params))
+  before, after = traverse_util.flatten_dict(start_params), traverse_util.flatten_dict(state['params'])
+  moved = {path: not np.array_equal(before[path], after[path]) for path in before}
+  assert all(moved[path] for path, label in labels.items() if label == 'train')
+  assert not any(moved[path] for path, label in labels.items() if label == 'frozen')
+  assert any(label == 'frozen' for label in labels.values())
+  assert_trees_equal(state['batch_stats'], start_stats)  # BatchNorm in inference mode
+
+
+def test_a_tuned_stage_resumes_equal_to_an_uninterrupted_run(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, epochs=2)
+  config.stages, config.naive.tune, config.checkpoint_every_steps = 'naive', 'last', 4
+  reference = train_and_evaluate(config, str(tmp_path / 'reference'))
+  with pytest.raises(Interrupted, match='naive: stopped after step 5'):
+    train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after_steps=5)
+  results = train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert_trees_equal(read_latest(stage_directory(str(tmp_path / 'resumed'), 'naive'))[0],
+                     read_latest(stage_directory(str(tmp_path / 'reference'), 'naive'))[0])
+  assert results['models'] == reference['models']
+
+
+def test_a_backbone_stage_takes_a_balanced_loss_over_its_own_counts(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir)
+  ctx = make_context(config, str(tmp_path))
+  split = stage_split(config, ctx.dataset, NAIVE)
+  counts = np.bincount(split.labels, minlength=ctx.dataset.num_classes)
+  logits = jax.random.normal(jax.random.key(0), (6, ctx.dataset.num_classes))
+  labels = np.array([0, 1, 2, 3, 19, 5])
+  expected = losses.balanced_softmax(logits, labels, np.asarray(counts, np.float32))
+  np.testing.assert_allclose(_backbone_loss(ctx, 'balanced_softmax', split)(logits, labels), expected, rtol=1e-6)
+  bfs = losses.head_loss('bfs', logits, labels, np.asarray(counts, np.float32), HeadSetting())
+  np.testing.assert_allclose(_backbone_loss(ctx, 'bfs', split)(logits, labels), bfs, rtol=1e-6)
+  assert _backbone_loss(ctx, 'ce', split) is losses.cross_entropy
+
+
+def test_an_unknown_mode_or_loss_is_one_error(tfds_dir):
+  config = tiny_config(tfds_dir)
+  config.stage1.tune = 'lora'
+  with pytest.raises(UsageError, match=r"stage1.tune must be one of \('full', 'bias', 'last', 'head'\), got 'lora'"):
+    validate_config(config)
+  config.stage1.tune, config.naive.loss = 'full', 'focal'
+  with pytest.raises(UsageError, match=r"naive.loss must be one of \('ce', 'cb_focal', 'balanced_softmax', 'bfs'\)"):
+    validate_config(config)
