@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   # CLIP: features in the image-text embedding (after `proj`: 512 for B/32 and B/16, 768 for L/14), else
   # the tower's width before it (768, 1024).
   config.model.projection = True
+  # ViTs, for light fine-tuning (naive.tune / stage1.tune = 'lora' | 'adapter'): the rank of LoRA beside
+  # every attention projection and the width of an AdaptFormer bottleneck beside every MLP; 0 = none.
+  config.model.lora_rank = 0
+  config.model.adapter_dim = 0
   # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
   # (stage2.backbone=pretrained): a weights file of model.name in its source's layout (torchvision/timm,
   # open_clip, efficientnet-lite-pytorch; .safetensors, .npz; .pth/.pt with PyTorch) or a finished workdir
@@ -230,6 +234,12 @@ def validate_config(config) -> None:
     raise UsageError(f'model.pool must be one of {POOLS}, got {config.model.pool!r}.')
   if config.model.pool != 'token' and not config.model.name.startswith(('vit_', 'deit_')):
     raise UsageError(f"model.pool={config.model.pool!r} is for timm's ViTs; {config.model.name} pools its own way.")
+  for field in ('lora_rank', 'adapter_dim'):
+    if not isinstance(config.model[field], int) or config.model[field] < 0:
+      raise UsageError(f'model.{field} must be a whole number >= 0, got {config.model[field]!r}.')
+    if config.model[field] and config.model.name not in VITS:
+      raise UsageError(f'model.{field} adds {"LoRA" if field == "lora_rank" else "adapters"} to the ViTs\' '
+                       f'attention and MLPs; {config.model.name} has none.')
   patch = _patch_size(config.model.name)
   if patch and config.data.image_size % patch:
     lower = config.data.image_size // patch * patch
@@ -253,6 +263,13 @@ def validate_config(config) -> None:
     cfg = config[stage]
     if cfg.tune not in TUNE_MODES:
       raise UsageError(f'{stage}.tune must be one of {TUNE_MODES}, got {cfg.tune!r}.')
+    needs = {'lora': 'lora_rank', 'adapter': 'adapter_dim'}.get(cfg.tune)
+    if needs and config.model.name not in VITS:
+      raise UsageError(f'{stage}.tune={cfg.tune!r} tunes a ViT\'s attention or MLPs; {config.model.name} has '
+                       "none: use 'bias', 'last', 'head' or 'full'.")
+    if needs and not config.model[needs]:
+      raise UsageError(f'{stage}.tune={cfg.tune!r} trains what model.{needs} adds, which is 0: set '
+                       f'--config.model.{needs}={8 if needs == "lora_rank" else 64}.')
     if cfg.loss not in losses.LOSSES:
       raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
     if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:

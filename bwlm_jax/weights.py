@@ -20,6 +20,7 @@ import zipfile
 
 import jax
 import numpy as np
+from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -150,7 +151,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> dict:
   """{'params', 'batch_stats'} of the backbone `model_name` from `init_from` (a weights file, mapped from
-  torchvision's layout, or a finished workdir's backbone of the same network)."""
+  its source's layout, or a finished workdir's backbone of the same network). What light fine-tuning
+  adds (LoRA, adapters: zero at the start) and the source lacks comes from `model`'s own initialisation."""
   path, stage = split_source(init_from)
   if stage is not None:
     state, meta = checkpoints.read_latest(checkpoints.stage_directory(path, stage))
@@ -158,17 +160,54 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
     if saved_model != model_name:
       raise UsageError(f'model.init_from={init_from!r} holds a {saved_model}, not a {model_name}.')
     variables = inference_variables(stage, state)
-    return {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
-  params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
-  template = {'params': params, 'batch_stats': batch_stats}
-  return torch_layout.from_torch(read_state_dict(path), template, torch_layout_of(model_name, template), source=path)
+    loaded = {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
+  else:
+    params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
+    template = {'params': params, 'batch_stats': batch_stats}
+    loaded = torch_layout.from_torch(read_state_dict(path), template, torch_layout_of(model_name, template),
+                                     source=path)
+  return _with_added_modules(loaded, model, image_shape, init_from)
+
+
+def _with_added_modules(loaded: dict, model, image_shape, init_from: str) -> dict:
+  """`loaded` with the parameters `model` has and it lacks (light fine-tuning's) at their initial values;
+  parameters it has that `model` lacks are an error (another model.lora_rank or adapter_dim)."""
+  shapes = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))[0]
+  wanted = set(traverse_util.flatten_dict(shapes))
+  have = traverse_util.flatten_dict(loaded['params'])
+  extra = sorted('.'.join(p) for p in set(have) - wanted)
+  if extra:
+    raise UsageError(f'model.init_from={init_from!r} holds parameters this model has not ({", ".join(extra[:3])}'
+                     f'{" ..." if len(extra) > 3 else ""}): set model.lora_rank and model.adapter_dim as in the '
+                     'run that made it.')
+  if wanted == set(have):
+    return loaded
+  initial = traverse_util.flatten_dict(jax.device_get(model.init_backbone(jax.random.key(0), image_shape)[0]))
+  params = {p: have[p] if p in have else initial[p] for p in wanted}
+  return {'params': traverse_util.unflatten_dict(params), 'batch_stats': loaded['batch_stats']}
+
+
+def merged_lora(params: dict) -> dict:
+  """ViT parameters with every LoRA update folded into the kernel beside it (kernel + a @ b): the same
+  function in the source's own layout. Adapters cannot fold: an error."""
+  flat = traverse_util.flatten_dict(params)
+  if any('adapter' in path for path in flat):
+    raise UsageError('this model has AdaptFormer adapters, which no timm or open_clip class holds: the export '
+                     'would not load into the reference class. Export a model tuned with another mode.')
+  out = {p: v for p, v in flat.items() if not any(name.endswith('_lora') for name in p)}
+  for path, value in flat.items():
+    if path[-1] == 'a' and path[-2].endswith('_lora'):
+      base = path[:-2] + (path[-2][:-len('_lora')], 'kernel')
+      out[base] = np.asarray(out[base]) + np.asarray(value) @ np.asarray(flat[path[:-1] + ('b',)])
+  return traverse_util.unflatten_dict(out)
 
 
 def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dict:
   """Write a trained model (inference variables: backbone and head) as a state dict of its PyTorch layout
   (`torch_layout_of`) in `path` (.safetensors, never overwritten) with what inference needs beside it
   (PATH.json); returns the sidecar's content."""
-  backbone = {'params': jax.device_get(variables['backbone']), 'batch_stats': jax.device_get(variables['batch_stats'])}
+  backbone = {'params': merged_lora(jax.device_get(variables['backbone'])),
+              'batch_stats': jax.device_get(variables['batch_stats'])}
   layout = torch_layout_of(model_name, backbone)
   if not path.endswith('.safetensors'):
     raise UsageError(f'--output={path!r}: the export is a .safetensors file.')

@@ -106,9 +106,72 @@ def test_a_backbone_stage_takes_a_balanced_loss_over_its_own_counts(tfds_dir, tm
 
 def test_an_unknown_mode_or_loss_is_one_error(tfds_dir):
   config = tiny_config(tfds_dir)
-  config.stage1.tune = 'lora'
-  with pytest.raises(UsageError, match=r"stage1.tune must be one of \('full', 'bias', 'last', 'head'\), got 'lora'"):
+  config.stage1.tune = 'lora2'
+  with pytest.raises(UsageError, match=r"stage1.tune must be one of \('full', .*, 'adapter'\), got 'lora2'"):
     validate_config(config)
   config.stage1.tune, config.naive.loss = 'full', 'focal'
   with pytest.raises(UsageError, match=r"naive.loss must be one of \('ce', 'cb_focal', 'balanced_softmax', 'bfs'\)"):
+    validate_config(config)
+
+
+def _vit(lora_rank=0, adapter_dim=0):
+  return build_model({'name': 'vit_tiny_patch16', 'dtype': 'float32', 'lora_rank': lora_rank,
+                      'adapter_dim': adapter_dim}, 3)
+
+
+def test_lora_and_adapters_start_as_the_pretrained_network_exactly():
+  base, tuned = _vit(), _vit(lora_rank=4, adapter_dim=8)
+  params, _ = base.init_backbone(jax.random.key(0), (32, 32, 3))
+  added, _ = tuned.init_backbone(jax.random.key(1), (32, 32, 3))
+  flat = traverse_util.flatten_dict(added)
+  assert {p[-2] for p in flat if len(p) > 1 and p[-2].endswith('_lora')} == {'qkv_lora', 'proj_lora'}
+  assert flat[('blocks_0', 'attn', 'qkv_lora', 'b')].shape == (4, 576) and ('blocks_11', 'adapter', 'up', 'kernel') in flat
+  both = traverse_util.flatten_dict(params)
+  combined = traverse_util.unflatten_dict({p: both.get(p, v) for p, v in flat.items()})
+  images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+  np.testing.assert_array_equal(tuned.features(combined, {}, images, False)[0], base.features(params, {}, images, False)[0])
+
+
+def test_lora_tunes_only_its_matrices_and_the_export_folds_them_in(tmp_path):
+  from bwlm_jax import weights
+  from bwlm_jax.checkpoints import load_finished
+  from test_pretrained import _config, _folder
+  from test_vit import _vit_weights
+  _folder(tmp_path / 'data', [12, 6, 3])
+  start = _vit_weights(tmp_path / 'weights.safetensors', 'vit_tiny_patch16')
+  config = _config(tmp_path / 'data', tmp_path / 'weights.safetensors')
+  config.model.name, config.model.lora_rank, config.stages = 'vit_tiny_patch16', 4, 'naive'
+  config.naive.tune, config.naive.epochs, config.naive.learning_rate = 'lora', 2, 0.5
+  train_and_evaluate(config, str(tmp_path / 'run'))
+  variables, meta = load_finished(str(tmp_path / 'run'), 'naive')
+  after = traverse_util.flatten_dict(jax.device_get(variables['backbone']))
+  before = traverse_util.flatten_dict(start['params'])
+  assert all(np.array_equal(after[p], v) for p, v in before.items())  # the pretrained network, bit for bit
+  assert all(np.any(after[p] != 0) for p in after if len(p) > 1 and p[-1] == 'b' and p[-2].endswith('_lora'))  # LoRA moved
+  sidecar = weights.export_model(variables, 'vit_tiny_patch16', meta, str(tmp_path / 'out.safetensors'))
+  assert sidecar['pytorch'].startswith("timm.create_model('vit_tiny_patch16_224'")
+  plain = _vit()
+  folded = weights.pretrained_backbone(str(tmp_path / 'out.safetensors'), plain, (32, 32, 3), 'vit_tiny_patch16')
+  images = jax.random.uniform(jax.random.key(3), (4, 32, 32, 3))
+  tuned = build_model(meta['config']['model'], 3)
+  np.testing.assert_allclose(plain.features(folded['params'], {}, images, False)[0],
+                             tuned.features(variables['backbone'], {}, images, False)[0], rtol=1e-4, atol=1e-5)
+  adapters = _vit(adapter_dim=8).init_backbone(jax.random.key(0), (32, 32, 3))[0]
+  with pytest.raises(UsageError, match=r'this model has AdaptFormer adapters, which no timm or open_clip class '
+                                       r'holds'):
+    weights.merged_lora(adapters)
+
+
+def test_lora_or_adapters_where_they_cannot_go_are_one_error(tfds_dir):
+  config = tiny_config(tfds_dir)
+  config.naive.tune = 'lora'
+  with pytest.raises(UsageError, match=r"naive.tune='lora' tunes a ViT's attention or MLPs; resnet8 has none"):
+    validate_config(config)
+  config.naive.tune, config.model.adapter_dim = 'full', 16
+  with pytest.raises(UsageError, match=r"model.adapter_dim adds adapters to the ViTs' attention and MLPs; resnet8"):
+    validate_config(config)
+  config.model.name, config.model.adapter_dim, config.data.image_size = 'vit_tiny_patch16', 0, 32
+  config.stage1.tune = 'adapter'
+  with pytest.raises(UsageError, match=r"stage1.tune='adapter' trains what model.adapter_dim adds, which is 0: "
+                                       r'set --config.model.adapter_dim=64'):
     validate_config(config)

@@ -18,8 +18,9 @@ from bwlm_jax.config import DTYPE_NAMES, MODELS
 DTYPES = dict(zip(DTYPE_NAMES, (jnp.float32, jnp.bfloat16)))
 
 
-def build_backbone(name: str, dtype: str = 'float32', pool: str = 'token', projection: bool = True) -> nn.Module:
-  """The backbone `name` computing in `dtype`; `pool` and `projection` apply to the ViTs (config.model)."""
+def build_backbone(name: str, dtype: str = 'float32', pool: str = 'token', projection: bool = True,
+                   lora_rank: int = 0, adapter_dim: int = 0) -> nn.Module:
+  """The backbone `name` computing in `dtype`; the other fields of config.model apply to the ViTs."""
   if dtype not in DTYPES:
     raise UsageError(f'model.dtype must be one of {tuple(DTYPES)}, got {dtype!r}.')
   compute = DTYPES[dtype]
@@ -35,14 +36,16 @@ def build_backbone(name: str, dtype: str = 'float32', pool: str = 'token', proje
     timm_own = efficientnet_lite.family(name) == 'timm_'  # PyTorch padding and BatchNorm eps
     return EfficientNetLite(width, depth, dtype=compute, same=not timm_own, epsilon=1e-5 if timm_own else 1e-3)
   if name in VIT_SPECS:
-    return VisionTransformer(VIT_SPECS[name], pool=pool, projection=projection, dtype=compute)
+    return VisionTransformer(VIT_SPECS[name], pool=pool, projection=projection, dtype=compute, lora_rank=lora_rank,
+                             adapter_dim=adapter_dim)
   raise UsageError(f'unknown model.name={name!r}; expected one of {MODELS}.')
 
 
 def build_model(model_cfg, num_classes: int) -> Model:
-  """The backbone `model_cfg` names (config.model or its dict; a run's recorded before `pool` and
-  `projection` existed has their defaults) with a head for `num_classes`."""
+  """The backbone `model_cfg` names (config.model or its dict; a run's recorded before a field existed
+  has its default) with a head for `num_classes`."""
   backbone = build_backbone(model_cfg['name'], model_cfg['dtype'], model_cfg.get('pool', 'token'),
-                            model_cfg.get('projection', True))
+                            model_cfg.get('projection', True), model_cfg.get('lora_rank', 0),
+                            model_cfg.get('adapter_dim', 0))
   return Model(backbone, LinearHead(num_classes))
 

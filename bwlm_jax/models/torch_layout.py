@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from bwlm_jax.errors import UsageError
+from bwlm_jax.models.vit import is_added
 
 # Parameters holding a position embedding: resampled when the weights' grid is not the model's.
 POSITION_EMBEDDINGS = ('pos_embed', 'positional_embedding')
@@ -83,11 +84,13 @@ def resnet_layout(backbone, stage_sizes, bottleneck) -> Layout:
   return Layout(_layers(stage_sizes, bottleneck, lambda block: f'Conv_{convs}' in backbone['params'][block]))
 
 
-def named_layers(backbone, rules=((r'^(_blocks)_(\d+)$', r'\1.\2'),)) -> list[tuple[str, tuple, str]]:
+def named_layers(backbone, rules=((r'^(_blocks)_(\d+)$', r'\1.\2'),), skip=lambda name: False
+                 ) -> list[tuple[str, tuple, str]]:
   """The layers of a backbone whose modules carry the PyTorch names; `rules` ((pattern, replacement) on
   each module name) turn a Flax list's `name_N` into `name.N`. A module with a kernel is a conv (4-d) or a
   linear layer, one with a scale a BatchNorm (it has statistics) or a LayerNorm; any other array is a
-  parameter of its own ('param'; 'pos' for a position embedding, which is resampled on the way in)."""
+  parameter of its own ('param'; 'pos' for a position embedding, which is resampled on the way in).
+  Modules for which `skip(name)` holds are in no state dict (light fine-tuning's additions)."""
   layers = []
 
   def torch_name(path):
@@ -109,7 +112,8 @@ def named_layers(backbone, rules=((r'^(_blocks)_(\d+)$', r'\1.\2'),)) -> list[tu
     else:
       for name, sub in tree.items():
         if isinstance(sub, dict):
-          walk(sub, path + (name,))
+          if not skip(name):
+            walk(sub, path + (name,))
         else:
           kind = 'pos' if name in POSITION_EMBEDDINGS else 'param'
           layers.append((torch_name(path + (name,)), path + (name,), kind))
@@ -124,9 +128,9 @@ def vit_layout(backbone, spec) -> Layout:
   has registers (its no_embed_class); CLIP's always does."""
   if spec.family == 'clip':
     rules = ((r'^resblocks_(\d+)$', r'transformer.resblocks.\1'),)
-    return Layout(named_layers(backbone, rules), head='head', prefix='visual.', prefix_tokens=1,
+    return Layout(named_layers(backbone, rules, is_added), head='head', prefix='visual.', prefix_tokens=1,
                   other_part=('token_embedding.weight', "CLIP's text tower"))
-  return Layout(named_layers(backbone, ((r'^blocks_(\d+)$', r'blocks.\1'),)), head='head',
+  return Layout(named_layers(backbone, ((r'^blocks_(\d+)$', r'blocks.\1'),), is_added), head='head',
                 prefix_tokens=0 if spec.registers else 1)
 
 

@@ -9,6 +9,9 @@ image-text embedding (`projection=False` stops before it). Modules carry the PyT
 is `blocks.3.attn.qkv`; `resblocks_3` is `transformer.resblocks.3`), so a state dict maps by name
 (`models/torch_layout.py`). The position embedding is a parameter of the grid `data.image_size / patch`;
 weights made at another resolution are resampled on the way in, as timm and open_clip do.
+For light fine-tuning, LoRA updates beside the attention projections (`lora_rank`) and AdaptFormer
+bottlenecks beside the MLPs (`adapter_dim`) are modules of their own (`*_lora`, `adapter`), outside the
+sources' layouts: zero at the start, so the network is the pretrained one until they train.
 Stochastic depth and dropout are not applied.
 """
 
@@ -72,6 +75,11 @@ BLOCK_NAMES = {'timm': ('norm1', 'attn', 'qkv', 'proj', 'ls1', 'norm2', 'mlp', '
 LAYER_SCALE_INIT = 1e-5  # timm's init_values for DINOv2
 
 
+def is_added(module_name: str) -> bool:
+  """Whether a module is one light fine-tuning adds (LoRA, adapter): in no source's layout."""
+  return module_name.endswith('_lora') or module_name == 'adapter'
+
+
 def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
@@ -80,19 +88,55 @@ def _dense(features: int, dtype, name: str):
   return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
 
 
-class Attention(nn.Module):
-  """Multi-head self-attention with one input projection for q, k and v (timm's qkv, torch's in_proj)."""
-  heads: int
-  names: tuple  # (input projection, output projection)
+class LoRA(nn.Module):
+  """A low-rank update beside a linear layer (Hu et al. 2022): x @ a @ b, `b` zero at the start so the
+  network is exactly the pretrained one then; its scale alpha / rank is 1 (alpha = rank)."""
+  features: int
+  rank: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    a = self.param('a', nn.initializers.normal(1.0 / self.rank), (x.shape[-1], self.rank))
+    b = self.param('b', nn.initializers.zeros, (self.rank, self.features))
+    return (x @ a.astype(x.dtype)) @ b.astype(x.dtype)
+
+
+def _projection(x, features: int, name: str, lora_rank: int, dtype):
+  y = _dense(features, dtype, name)(x)
+  return y + LoRA(features, lora_rank, dtype, name=f'{name}_lora')(x) if lora_rank else y
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with one input projection for q, k and v (timm's qkv, torch's in_proj);
+  with `lora_rank`, a LoRA update beside both projections."""
+  heads: int
+  names: tuple  # (input projection, output projection)
+  dtype: Any = jnp.float32
+  lora_rank: int = 0
+
+  @nn.compact
+  def __call__(self, x):
     batch, tokens, width = x.shape
-    qkv = _dense(3 * width, self.dtype, self.names[0])(x).reshape(batch, tokens, 3, self.heads, width // self.heads)
+    qkv = _projection(x, 3 * width, self.names[0], self.lora_rank, self.dtype)
+    qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     y = jax.nn.dot_product_attention(q, k, v).reshape(batch, tokens, width)
-    return _dense(width, self.dtype, self.names[1])(y)
+    return _projection(y, width, self.names[1], self.lora_rank, self.dtype)
+
+
+class Adapter(nn.Module):
+  """AdaptFormer's bottleneck beside a block's MLP (Chen et al. 2022): s * up(relu(down(x))) on the MLP's
+  normalised input, s = 0.1, `up` zero at the start (the network is the pretrained one then)."""
+  dim: int
+  dtype: Any = jnp.float32
+  scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(_dense(self.dim, self.dtype, 'down')(x))
+    up = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros, name='up')
+    return self.scale * up(y)
 
 
 class Mlp(nn.Module):
@@ -118,16 +162,19 @@ class Block(nn.Module):
   spec: Spec
   epsilon: float
   dtype: Any = jnp.float32
+  lora_rank: int = 0
+  adapter_dim: int = 0
 
   @nn.compact
   def __call__(self, x):
     norm1, attn, qkv, proj, ls1, norm2, mlp, fc1, fc2, ls2 = BLOCK_NAMES[self.spec.family]
-    y = Attention(self.spec.heads, (qkv, proj), self.dtype, name=attn)(
+    y = Attention(self.spec.heads, (qkv, proj), self.dtype, self.lora_rank, name=attn)(
         nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm1)(x))
     x = x + (LayerScale(name=ls1)(y) if self.spec.layer_scale else y)
-    y = Mlp(4 * self.spec.width, (fc1, fc2), self.spec.quick_gelu, self.dtype, name=mlp)(
-        nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x))
-    return x + (LayerScale(name=ls2)(y) if self.spec.layer_scale else y)
+    normed = nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x)
+    y = Mlp(4 * self.spec.width, (fc1, fc2), self.spec.quick_gelu, self.dtype, name=mlp)(normed)
+    x = x + (LayerScale(name=ls2)(y) if self.spec.layer_scale else y)
+    return x + Adapter(self.adapter_dim, self.dtype, name='adapter')(normed) if self.adapter_dim else x
 
 
 class PatchEmbed(nn.Module):
@@ -153,6 +200,8 @@ class VisionTransformer(nn.Module):
   pool: str = 'token'  # timm: 'token' (class token) | 'avg' (mean of the patch tokens, then fc_norm)
   projection: bool = True  # CLIP: features in the image-text embedding (`proj`), else before it
   dtype: Any = jnp.float32
+  lora_rank: int = 0  # > 0: LoRA beside every attention projection (light fine-tuning, train/tuning.py)
+  adapter_dim: int = 0  # > 0: an AdaptFormer bottleneck of this width beside every block's MLP
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -188,7 +237,8 @@ class VisionTransformer(nn.Module):
     if clip:
       x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_pre')(x)
     for i in range(spec.depth):
-      x = Block(spec, epsilon, self.dtype, name=f'{"resblocks" if clip else "blocks"}_{i}')(x)
+      x = Block(spec, epsilon, self.dtype, self.lora_rank, self.adapter_dim,
+                name=f'{"resblocks" if clip else "blocks"}_{i}')(x)
     if clip:
       x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_post')(x[:, 0])
       proj = self.param('proj', _position_init, (width, spec.embed))  # held either way: the tower's weights

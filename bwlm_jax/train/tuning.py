@@ -7,6 +7,8 @@ parameters' updates and keeps no state for them; weight decay reaches only what 
   last  the last stage of a CNN (ResNet's layer4; EfficientNet-Lite's last two stages and head
         convolution) or the last quarter of a ViT's blocks, with the final norm (and CLIP's projection)
   head  none of the backbone: a linear probe trained end to end (the baseline the others are measured by)
+  lora  the LoRA updates beside a ViT's attention projections (model.lora_rank; Hu et al. 2022)
+  adapter  the AdaptFormer bottlenecks beside a ViT's MLPs (model.adapter_dim; Chen et al. 2022)
 
 The head always trains. Except in `full`, BatchNorm runs in inference mode: its statistics stay the
 pretrained network's, which a small or rebalanced training set would otherwise pull away.
@@ -21,7 +23,7 @@ from flax import traverse_util
 
 from bwlm_jax.errors import UsageError
 
-MODES = ('full', 'bias', 'last', 'head')
+MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 TRAIN, FROZEN = 'train', 'frozen'
 
 
@@ -71,6 +73,10 @@ def labels(mode: str, model_name: str, params: dict) -> dict:
       return TRAIN if path[-1] in ('bias', 'scale') else FROZEN
     if mode == 'last':
       return TRAIN if path[1] in last else FROZEN
+    if mode == 'lora':
+      return TRAIN if any(name.endswith('_lora') for name in path) else FROZEN
+    if mode == 'adapter':
+      return TRAIN if 'adapter' in path else FROZEN
     return FROZEN
 
   flat = traverse_util.flatten_dict(params)
