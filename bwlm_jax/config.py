@@ -14,7 +14,6 @@ from ml_collections import config_dict
 import jax
 
 from bwlm_jax import head_setting, losses, process_setup, selection
-from bwlm_jax.train.tuning import MODES as TUNE_MODES
 from bwlm_jax import stages as stages_lib
 from bwlm_jax.errors import UsageError
 
@@ -32,6 +31,8 @@ EFFICIENTNET_LITES = tuple(f'{family}efficientnet_lite{i}' for family in ('', 't
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
           'resnext50') + EFFICIENTNET_LITES + VITS
 POOLS = ('token', 'avg')
+# What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/tuning.py`.
+TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
 
@@ -225,9 +226,8 @@ def _patch_size(model_name: str) -> int:
   return int(found.group(1) or found.group(2)) if found else 0
 
 
-def validate_config(config) -> None:
-  """Every cheap check of a config, before any data is read or anything is written."""
-  parse_stages(config)
+def _validate_model(config) -> None:
+  """config.model's checks (and the image size a ViT's patches must tile)."""
   if config.model.name not in MODELS:
     raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
   if config.model.pool not in POOLS:
@@ -247,6 +247,31 @@ def validate_config(config) -> None:
                      f'size {patch}: use {lower or patch} or {lower + patch}.')
   if config.model.dtype not in DTYPE_NAMES:
     raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
+
+
+def _validate_backbone_stage(config, stage: str) -> None:
+  """A backbone stage's checks: its tuning mode (and what the model must have for it), loss, optimizer."""
+  cfg = config[stage]
+  if cfg.tune not in TUNE_MODES:
+    raise UsageError(f'{stage}.tune must be one of {TUNE_MODES}, got {cfg.tune!r}.')
+  needs = {'lora': 'lora_rank', 'adapter': 'adapter_dim'}.get(cfg.tune)
+  if needs and config.model.name not in VITS:
+    raise UsageError(f'{stage}.tune={cfg.tune!r} tunes a ViT\'s attention or MLPs; {config.model.name} has '
+                     "none: use 'bias', 'last', 'head' or 'full'.")
+  if needs and not config.model[needs]:
+    raise UsageError(f'{stage}.tune={cfg.tune!r} trains what model.{needs} adds, which is 0: set '
+                     f'--config.model.{needs}={8 if needs == "lora_rank" else 64}.')
+  if cfg.loss not in losses.LOSSES:
+    raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
+  if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
+    raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
+                     f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+
+
+def validate_config(config) -> None:
+  """Every cheap check of a config, before any data is read or anything is written."""
+  parse_stages(config)
+  _validate_model(config)
   process_setup.check_compute_dtype(config.model.dtype)
   stage2 = config.stage2
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):
@@ -260,21 +285,7 @@ def validate_config(config) -> None:
     raise UsageError(f'stage2.max_norm must be > 0 (or None), got {stage2.max_norm}.')
   selection.validate(stage2)  # the head's fields (stage 2's epochs, learning rate, weight decay among them)
   for stage in stages_lib.BACKBONES:
-    cfg = config[stage]
-    if cfg.tune not in TUNE_MODES:
-      raise UsageError(f'{stage}.tune must be one of {TUNE_MODES}, got {cfg.tune!r}.')
-    needs = {'lora': 'lora_rank', 'adapter': 'adapter_dim'}.get(cfg.tune)
-    if needs and config.model.name not in VITS:
-      raise UsageError(f'{stage}.tune={cfg.tune!r} tunes a ViT\'s attention or MLPs; {config.model.name} has '
-                       "none: use 'bias', 'last', 'head' or 'full'.")
-    if needs and not config.model[needs]:
-      raise UsageError(f'{stage}.tune={cfg.tune!r} trains what model.{needs} adds, which is 0: set '
-                       f'--config.model.{needs}={8 if needs == "lora_rank" else 64}.')
-    if cfg.loss not in losses.LOSSES:
-      raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
-    if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
-      raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
-                       f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+    _validate_backbone_stage(config, stage)
   for field in ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     if not isinstance(config[field], int) or config[field] < 1:
       raise UsageError(f'{field} must be a whole number >= 1, got {config[field]!r}'

@@ -21,9 +21,10 @@ import re
 import optax
 from flax import traverse_util
 
+from bwlm_jax.config import TUNE_MODES as MODES
 from bwlm_jax.errors import UsageError
+from bwlm_jax.models import efficientnet_lite
 
-MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 TRAIN, FROZEN = 'train', 'frozen'
 
 
@@ -39,7 +40,6 @@ def _last_modules(model_name: str, backbone_params: dict) -> tuple[str, ...]:
     return tuple(blocks[-max(1, len(blocks) // 4):]) + tuple(n for n in ('norm', 'fc_norm', 'ln_post', 'proj')
                                                             if n in names)
   if 'efficientnet' in model_name:
-    from bwlm_jax.models import efficientnet_lite
     name = model_name if model_name in efficientnet_lite.SCALES else 'efficientnet_lite0'
     stages = [b[5] for b in efficientnet_lite.block_plan(efficientnet_lite.STAGES, *efficientnet_lite.SCALES[name])]
     last_two = [f'_blocks_{i}' for i, stage in enumerate(stages) if stage >= len(efficientnet_lite.STAGES) - 2]
