@@ -74,6 +74,14 @@ def base_config() -> ml_collections.ConfigDict:
   # which the paper says it follows; stage 2 is chosen on validation (below).
   config.stage1 = _backbone_stage(epochs=310, learning_rate=0.01, weight_decay=5e-3)
   config.stage2 = _stage2_config()
+  # launch/tune.py: light fine-tuning of model.init_from compared on validation (bwlm_jax/fine_tuning.py).
+  # Every mode x loss is a row; each row's learning rate and epochs are chosen on val from these. A
+  # starting grid (LIFT's budget: about 10 epochs), not yet chosen on real data.
+  config.tuning = ml_collections.ConfigDict()
+  config.tuning.modes = ('bias', 'last', 'full')
+  config.tuning.losses = ('ce', 'balanced_softmax')
+  config.tuning.learning_rate = (0.01, 0.001)
+  config.tuning.epochs = (10,)
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 

@@ -149,7 +149,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> list[Row]:
       trained[name] = run_variant(config, workdir, 'ablation', name, overrides, dataset)
   results = {'naive': {**base, 'source': {'workdir': os.path.abspath(workdir), 'stage': 'naive'}},
              **{name: trained[name] for name in variants}}
-  rows = [_model_row(name, r, metric) for name, r in results.items()]
+  rows = [model_row(name, r, metric) for name, r in results.items()]
   rows += _posthoc_rows(config, workdir, dataset, metric)
   if metric is not None:
     rows.append(_best_row(rows, metric, workdir, dataset))
@@ -165,7 +165,7 @@ def run_ablation(config, workdir: str, vectorized: bool = True) -> list[Row]:
   return rows
 
 
-def _model_row(name: str, results: dict, metric) -> Row:
+def model_row(name: str, results: dict, metric) -> Row:
   """The row of a trained model (`train_and_evaluate`'s results with a 'source')."""
   stage = results['source']['stage']
   report = results['models'][stage]

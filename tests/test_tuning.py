@@ -175,3 +175,54 @@ def test_lora_or_adapters_where_they_cannot_go_are_one_error(tfds_dir):
   with pytest.raises(UsageError, match=r"stage1.tune='adapter' trains what model.adapter_dim adds, which is 0: "
                                        r'set --config.model.adapter_dim=64'):
     validate_config(config)
+
+
+def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_path, capsys):
+  import json
+  import os
+  from bwlm_jax import selection
+  from bwlm_jax.fine_tuning import run_tuning
+  from test_pretrained import _config, _folder, _generated_weights
+  _folder(tmp_path / 'data', [12, 6, 3])
+  _generated_weights(tmp_path / 'r18.safetensors')
+  config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
+  config.tuning.modes, config.tuning.losses = ('bias',), ('balanced_softmax',)
+  config.tuning.learning_rate, config.tuning.epochs = (0.3, 0.001), (1,)
+  rows = run_tuning(config, str(tmp_path / 'run'))
+  assert [row.name for row in rows] == ['BWLM (frozen)', 'CE linear probe (frozen)', 'cRT (frozen)',
+                                        'bias + balanced_softmax', 'best on validation']
+  scores = {}
+  for setting in ('lr0.3_epochs1', 'lr0.001_epochs1'):
+    results = json.load(open(tmp_path / 'run' / 'tuning' / 'bias-balanced_softmax' / setting / 'results.json'))
+    scores[setting] = selection.score(results['models']['naive']['val'], 'balanced_accuracy')
+  tuned = rows[3]
+  assert tuned.score == max(scores.values())  # chosen by validation alone
+  assert tuned.setting == ('lr=0.3 epochs=1' if scores['lr0.3_epochs1'] >= scores['lr0.001_epochs1']
+                           else 'lr=0.001 epochs=1')
+  assert rows[-1].setting == max(rows[:-1], key=lambda row: row.score).name
+  assert os.path.exists(tmp_path / 'run' / 'tuning' / 'table.md')
+  capsys.readouterr()
+  again = run_tuning(config, str(tmp_path / 'run'))
+  out = capsys.readouterr().out
+  assert out.count('naive: finished earlier') == 2 and out.count('stage2_grid_pretrained: finished earlier') == 2
+  crt = json.load(open(tmp_path / 'run' / 'tuning' / 'cRT_frozen' / 'config.json'))['stage2']
+  assert (crt['train_set'], crt['sampler'], crt['loss']) == ('long_tail', 'class_balanced', 'ce')  # cRT's own
+  assert [(row.name, row.setting, row.test['all']) for row in again] == [(r.name, r.setting, r.test['all'])
+                                                                         for r in rows]
+
+
+def test_tuning_without_weights_or_with_an_empty_grid_is_one_error(tmp_path):
+  from bwlm_jax.fine_tuning import run_tuning
+  from test_pretrained import _config
+  config = _config(tmp_path, tmp_path / 'r18.safetensors')
+  config.model.init_from = None
+  config.stage2.backbone = 'stage1'
+  with pytest.raises(UsageError, match=r'tuning compares ways of fine-tuning pretrained weights: set '
+                                       r'--config.model.init_from'):
+    run_tuning(config, str(tmp_path / 'run'))
+  config.model.init_from, config.tuning.losses = str(tmp_path / 'r18.safetensors'), ()
+  with pytest.raises(UsageError, match=r'tuning.losses is empty'):
+    run_tuning(config, str(tmp_path / 'run'))
+  config.tuning.losses, config.tuning.modes = ('ce',), ('lora',)
+  with pytest.raises(UsageError, match=r"naive.tune='lora' tunes a ViT's attention or MLPs; resnet18 has none"):
+    run_tuning(config, str(tmp_path / 'run'))
