@@ -47,3 +47,18 @@ def assert_trees_equal(a, b) -> None:
   import numpy as np
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_equals_reference(model, variables, layout, state, images, features, logits, head: str, rtol, atol):
+  """A network read from a reference state dict computes the reference's features and logits (its
+  `head` classifier), and goes back to the same state dict key for key, value for value."""
+  import numpy as np
+  from bwlm_jax.models import torch_layout
+  ours, _ = model.features(variables['params'], variables['batch_stats'], images, train=False)
+  np.testing.assert_allclose(ours, features, rtol=rtol, atol=atol)
+  head_params = {'dense': {'kernel': state[f'{head}.weight'].T, 'bias': state[f'{head}.bias']}}
+  np.testing.assert_allclose(model.logits(head_params, ours), logits, rtol=rtol, atol=atol)
+  back = torch_layout.to_torch(variables, head_params, layout)
+  assert sorted(back) == sorted(state)
+  for key, value in state.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)

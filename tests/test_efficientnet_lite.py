@@ -14,6 +14,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters, timm_name
 from bwlm_jax.pipeline import train_and_evaluate
+from helpers import assert_equals_reference
 from test_pretrained import _config, _folder, _generated_weights
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'efficientnet_lite.npz')
@@ -31,15 +32,10 @@ def test_features_and_logits_equal_the_ports_for_the_same_weights():
   layout = weights.torch_layout_of('efficientnet_lite0', template)
   assert len([k for k in state if k.startswith('_blocks.')]) and '_blocks.3._expand_conv.weight' in state
   variables = torch_layout.from_torch(state, template, layout, 'fixture')
-  features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
-  # float32 through ~10 convolutions and BatchNorms of two libraries: agreement to float32 rounding.
-  np.testing.assert_allclose(features, data['features'], rtol=1e-4, atol=1e-5)
-  head = {'dense': {'kernel': state['_fc.weight'].T, 'bias': state['_fc.bias']}}
-  np.testing.assert_allclose(model.logits(head, features), data['logits'], rtol=1e-4, atol=1e-5)
-  back = torch_layout.to_torch(variables, head, layout)  # and out: the port's state dict, key for key
-  assert sorted(back) == sorted(state)
-  for key, value in state.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  # float32 through ~10 convolutions and BatchNorms of two libraries: agreement to float32 rounding; and out:
+  # the port's state dict, key for key.
+  assert_equals_reference(model, variables, layout, state, data['images'], data['features'], data['logits'], '_fc',
+                          rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('family', ['tf', 'timm'])
@@ -57,14 +53,8 @@ def test_timms_layouts_equal_timms_networks(family):
                                 for name, path, kind in torch_layout.named_layers(template)], head='classifier')
   assert 'blocks.1.2.conv_pwl.weight' in state and 'blocks.0.0.conv_pw.weight' in state  # stage.block numbering
   variables = torch_layout.from_torch(state, template, layout, 'fixture')
-  features, _ = model.features(variables['params'], variables['batch_stats'], data['images'], train=False)
-  np.testing.assert_allclose(features, data[f'{family}/features'], rtol=1e-4, atol=1e-5)
-  head = {'dense': {'kernel': state['classifier.weight'].T, 'bias': state['classifier.bias']}}
-  np.testing.assert_allclose(model.logits(head, features), data[f'{family}/logits'], rtol=1e-4, atol=1e-5)
-  back = torch_layout.to_torch(variables, head, layout)
-  assert sorted(back) == sorted(state)
-  for key, value in state.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  assert_equals_reference(model, variables, layout, state, data['images'], data[f'{family}/features'],
+                          data[f'{family}/logits'], 'classifier', rtol=1e-4, atol=1e-5)
   name = f'{family}_efficientnet_lite0'  # the full-size network's layout is the same renaming
   full = build_model({'name': name, 'dtype': 'float32'}, 1000)
   shapes = dict(zip(('params', 'batch_stats'), jax.eval_shape(lambda k: full.init_backbone(k, (32, 32, 3)),

@@ -17,6 +17,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer
 from bwlm_jax.pipeline import train_and_evaluate
+from helpers import assert_equals_reference
 from test_pretrained import _config, _folder
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'vit.npz')
@@ -48,15 +49,9 @@ def test_timm_vits_equal_timms_features_and_logits_and_go_back_key_for_key(name)
   data = np.load(FIXTURE)
   state = _state(data, name)
   model, variables, layout = _load(name, 16)
-  features, _ = model.features(variables['params'], variables['batch_stats'], data['images16'], train=False)
   # float32 through two blocks (attention, GELU, LayerNorms) of two libraries: agreement to float32 rounding.
-  np.testing.assert_allclose(features, data[f'{name}/features'], rtol=1e-5, atol=2e-5)
-  head = {'dense': {'kernel': state['head.weight'].T, 'bias': state['head.bias']}}
-  np.testing.assert_allclose(model.logits(head, features), data[f'{name}/logits'], rtol=1e-5, atol=2e-5)
-  back = torch_layout.to_torch(variables, head, layout)
-  assert sorted(back) == sorted(state)
-  for key, value in state.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  assert_equals_reference(model, variables, layout, state, data['images16'], data[f'{name}/features'],
+                          data[f'{name}/logits'], 'head', rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize('name', ['vit', 'dinov2_reg', 'clip'])
@@ -204,17 +199,3 @@ def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_p
                                                    jax.tree.leaves(variables['backbone']), strict=True))
   assert weights.input_statistics(name, str(tmp_path / 'out.safetensors'))[2].endswith('out.safetensors.json')
 
-
-def test_naive_fine_tunes_a_vit_from_its_weights(tmp_path):
-  """Training mode on a network without BatchNorm (stage 1 starts from model.init_from the same way)."""
-  _folder(tmp_path / 'data', [12, 6, 3])
-  start = _vit_weights(tmp_path / 'weights.safetensors', 'vit_tiny_patch16')
-  config = _config(tmp_path / 'data', tmp_path / 'weights.safetensors')
-  config.model.name, config.stages, config.naive.epochs = 'vit_tiny_patch16', 'naive', 1
-  results = train_and_evaluate(config, str(tmp_path / 'run'))
-  from bwlm_jax.checkpoints import load_finished
-  variables, _ = load_finished(str(tmp_path / 'run'), 'naive')
-  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables['backbone']),
-                                                     jax.tree.leaves(start['params']), strict=True)]
-  assert all(moved)  # every tensor of the ViT trained (class token, position embedding, every block)
-  assert results['models']['naive']['test']['num_examples'] == 12
