@@ -215,6 +215,10 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # The loss: 'ce' (the paper's), or one of the balanced family with stage 2's default alpha, beta and
   # gamma (`head_setting.HeadSetting`), over this stage's training counts.
   stage.loss = 'ce'
+  # The head's start: 'random' (Flax's lecun-normal Dense, the paper's stages) or 'class_means' (each
+  # class's mean feature of the stage's training set through the starting backbone, L2-normalised; bias 0:
+  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone).
+  stage.head_init = 'random'
   return stage
 
 
@@ -271,6 +275,8 @@ def _validate_backbone_stage(config, stage: str) -> None:
                      f'--config.model.{needs}={8 if needs == "lora_rank" else 64}.')
   if cfg.loss not in losses.LOSSES:
     raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
+  if cfg.head_init not in ('random', 'class_means'):
+    raise UsageError(f"{stage}.head_init must be 'random' or 'class_means', got {cfg.head_init!r}.")
   if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                      f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')

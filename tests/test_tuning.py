@@ -219,3 +219,21 @@ def test_tuning_without_weights_or_with_an_empty_grid_is_one_error(tmp_path):
   config.tuning.losses, config.tuning.modes = ('ce',), ('lora',)
   with pytest.raises(UsageError, match=r"naive.tune='lora' tunes a ViT's attention or MLPs; resnet18 has none"):
     run_tuning(config, str(tmp_path / 'run'))
+
+
+def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir)
+  config.naive.head_init = 'class_means'
+  ctx = make_context(config, str(tmp_path))
+  split = stage_split(config, ctx.dataset, NAIVE)
+  state = initial_state(ctx, NAIVE, optim.sgd(lambda step: 0.1, 0.0, 0.9, False), split=split)
+  features, labels = ctx.split_features({'backbone': state.params['backbone'], 'batch_stats': state.batch_stats},
+                                        split)
+  for c in (0, 7, 19):
+    mean = features[labels == c].mean(axis=0)
+    np.testing.assert_allclose(state.params['head']['dense']['kernel'][:, c], mean / np.linalg.norm(mean),
+                               rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(state.params['head']['dense']['bias'], 0.0)
+  config.naive.head_init = 'mean'
+  with pytest.raises(UsageError, match=r"naive.head_init must be 'random' or 'class_means', got 'mean'"):
+    validate_config(config)

@@ -81,7 +81,7 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
   stage_cfg = ctx.config[stage.name]
   tx, schedule = optim.stage_optimizer(stage_cfg, total_steps, steps_per_epoch)
   tx = tuning.masked(tx, stage_cfg.tune, ctx.config.model.name)
-  state = jax.device_put(initial_state(ctx, stage, tx), ctx.replicated)
+  state = jax.device_put(initial_state(ctx, stage, tx, split=split), ctx.replicated)
   feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
                                tuning.trains_batch_norm(stage_cfg.tune))
   return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)

@@ -39,9 +39,9 @@ def stage_key(seed: int, stage) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), stages.get(stage).tag)
 
 
-def initial_state(ctx, stage, tx, backbone_state: TrainState = None) -> TrainState:
+def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None) -> TrainState:
   """Step 0 of a stage: a new backbone (or model.init_from's) and head with `tx`'s optimizer state (naive,
-  stage 1), or one new
+  stage 1; with `<stage>.head_init=class_means` the head starts from `split`'s class means), or one new
   head on `backbone_state`'s frozen backbone (stage 2, whose caller stacks the grid's heads and sets
   their optimizer states; `tx` is None there)."""
   stage = stages.get(stage)
@@ -61,10 +61,26 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None) -> TrainSta
       backbone_params, batch_stats = jax.tree.map(jnp.copy, (ctx.pretrained['params'], ctx.pretrained['batch_stats']))
     else:
       backbone_params, batch_stats = ctx.model.init_backbone(backbone_key, ctx.image_shape)
-    params = {'backbone': backbone_params, 'head': ctx.model.init_head(head_key, feature_dim)}
+    head = ctx.model.init_head(head_key, feature_dim)
+    if ctx.config[stage.name].head_init == 'class_means':
+      head = class_means_head(ctx, {'backbone': backbone_params, 'batch_stats': batch_stats}, split)
+    params = {'backbone': backbone_params, 'head': head}
     frozen, opt_state = {}, tx.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=opt_state, frozen=frozen, rng=jax.random.key_data(key))
+
+
+def class_means_head(ctx, backbone: dict, split) -> dict:
+  """A linear head whose class c weights are the L2-normalised mean feature of class c in `split` through
+  `backbone` ({'backbone', 'batch_stats'}; BatchNorm in inference mode), bias 0. A class without images
+  keeps zero weights."""
+  features, labels = ctx.split_features(backbone, split)
+  num_classes = ctx.dataset.num_classes
+  sums = np.zeros((num_classes, features.shape[1]), np.float64)
+  np.add.at(sums, labels, features)
+  means = sums / np.maximum(np.bincount(labels, minlength=num_classes), 1)[:, None]
+  kernel = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+  return {'dense': {'kernel': jnp.asarray(kernel.T, jnp.float32), 'bias': jnp.zeros((num_classes,), jnp.float32)}}
 
 
 def backbone_directory(config, workdir: str, source: str) -> str:
