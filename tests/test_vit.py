@@ -171,7 +171,7 @@ def test_a_config_whose_images_do_not_tile_into_patches_is_refused_early():
     validate_config(config)
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_patch16', 'clip_vit_b32_quickgelu'])
+@pytest.mark.parametrize('name', ['clip_vit_b32_quickgelu'])  # timm's ViTs end to end: test_tuning's LoRA run
 def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_path, name):
   _folder(tmp_path / 'data', [12, 6, 3])
   expected = _vit_weights(tmp_path / 'weights.safetensors', name)
