@@ -154,6 +154,8 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
   its source's layout, or a finished workdir's backbone of the same network). What light fine-tuning
   adds (LoRA, adapters: zero at the start) and the source lacks comes from `model`'s own initialisation."""
   path, stage = split_source(init_from)
+  params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
+  template = {'params': params, 'batch_stats': batch_stats}
   if stage is not None:
     state, meta = checkpoints.read_latest(checkpoints.stage_directory(path, stage))
     saved_model = meta['config']['model']['name']
@@ -162,17 +164,14 @@ def pretrained_backbone(init_from: str, model, image_shape, model_name: str) -> 
     variables = inference_variables(stage, state)
     loaded = {'params': variables['backbone'], 'batch_stats': variables['batch_stats']}
   else:
-    params, batch_stats = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
-    template = {'params': params, 'batch_stats': batch_stats}
     loaded = torch_layout.from_torch(read_state_dict(path), template, torch_layout_of(model_name, template),
                                      source=path)
-  return _with_added_modules(loaded, model, image_shape, init_from)
+  return _with_added_modules(loaded, template['params'], model, image_shape, init_from)
 
 
-def _with_added_modules(loaded: dict, model, image_shape, init_from: str) -> dict:
-  """`loaded` with the parameters `model` has and it lacks (light fine-tuning's) at their initial values;
-  parameters it has that `model` lacks are an error (another model.lora_rank or adapter_dim)."""
-  shapes = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))[0]
+def _with_added_modules(loaded: dict, shapes: dict, model, image_shape, init_from: str) -> dict:
+  """`loaded` with the parameters `model` has (`shapes`) and it lacks (light fine-tuning's) at their initial
+  values; parameters it has that `model` lacks are an error (another model.lora_rank or adapter_dim)."""
   wanted = set(traverse_util.flatten_dict(shapes))
   have = traverse_util.flatten_dict(loaded['params'])
   extra = sorted('.'.join(p) for p in set(have) - wanted)

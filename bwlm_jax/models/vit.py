@@ -229,7 +229,6 @@ class VisionTransformer(nn.Module):
     if spec.registers:
       registers = self.param('reg_token', nn.initializers.zeros, (1, spec.registers, width))
       tokens.append(jnp.broadcast_to(registers.astype(x.dtype), (batch, spec.registers, width)))
-    if spec.registers:
       x = jnp.concatenate(tokens + [x + position.astype(x.dtype)], axis=1)
     else:
       x = jnp.concatenate(tokens + [x], axis=1) + position.astype(x.dtype)

@@ -40,8 +40,8 @@ def _last_modules(model_name: str, backbone_params: dict) -> tuple[str, ...]:
     return tuple(blocks[-max(1, len(blocks) // 4):]) + tuple(n for n in ('norm', 'fc_norm', 'ln_post', 'proj')
                                                             if n in names)
   if 'efficientnet' in model_name:
-    name = model_name if model_name in efficientnet_lite.SCALES else 'efficientnet_lite0'
-    stages = [b[5] for b in efficientnet_lite.block_plan(efficientnet_lite.STAGES, *efficientnet_lite.SCALES[name])]
+    scales = efficientnet_lite.SCALES[model_name]
+    stages = [b[5] for b in efficientnet_lite.block_plan(efficientnet_lite.STAGES, *scales)]
     last_two = [f'_blocks_{i}' for i, stage in enumerate(stages) if stage >= len(efficientnet_lite.STAGES) - 2]
     return tuple(last_two) + ('_conv_head', '_bn1')
   # ResNets: the blocks of the last stage (the highest-numbered blocks until the width changes).
