@@ -115,9 +115,12 @@ class StageCheckpoints:
     try:
       self.manager.wait_until_finished()
     except Exception as err:  # noqa: BLE001  (an asynchronous save failed)
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001  (close raises the same failed background save again)
+        pass
       raise self._save_error(err) from err
-    finally:
-      self.manager.close()
+    self.manager.close()
 
 
 # What an exhausted disk, quota or file-size limit looks like, as errno values and in the checkpoint library's

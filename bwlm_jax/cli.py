@@ -126,11 +126,13 @@ _PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'heartbea
 
 
 def _lost_peer(err: Exception):
-  """The reason, where `err` says that another process of a multi-process run died; else None."""
+  """The reason, where `err` or an error that caused it says that another process of a multi-process run died
+  (the checkpoint library wraps a failed barrier in its own TimeoutError); else None."""
   import jax
-  if 'JaxRuntimeError' not in type(err).__name__ and 'XlaRuntimeError' not in type(err).__name__:
-    return None
-  if jax.process_count() == 1:
+  while err is not None and 'JaxRuntimeError' not in type(err).__name__ \
+      and 'XlaRuntimeError' not in type(err).__name__:
+    err = err.__cause__ or err.__context__
+  if err is None or jax.process_count() == 1:
     return None
   text = str(err)
   found = next((marker for marker in _PEER_LOST if marker in text), None)

@@ -123,6 +123,37 @@ def test_a_dead_process_ends_the_other_with_one_line_not_a_hang(tfds_dir, tmp_pa
   processes[1].communicate()
 
 
+def test_a_peer_lost_in_a_background_checkpoint_barrier_is_one_save_error_that_names_the_peer(tmp_path,
+                                                                                            monkeypatch):
+  """The race of CI run 34: the peer dies while this process waits for an asynchronous save's barrier; the
+  checkpoint library raises its TimeoutError (caused by JAX's heartbeat error) from wait_until_finished and
+  again from close. The run must see one SaveError whose cause chain the CLI recognises as a lost peer."""
+  import jax
+  from bwlm_jax import cli
+  from bwlm_jax.checkpoints import StageCheckpoints
+  from bwlm_jax.errors import SaveError
+  store = StageCheckpoints(str(tmp_path / 'checkpoints'), 2)
+  heartbeat = jax.errors.JaxRuntimeError('INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: '
+                                         'Task 1 heartbeat timeout. This indicates that the remote task has failed')
+  try:
+    raise TimeoutError('Timed out while waiting for async_write_complete barrier.') from heartbeat
+  except TimeoutError as err:
+    timeout = err
+
+  def fail(*args):
+    raise timeout
+
+  real_close = store.manager.close
+  monkeypatch.setattr(store.manager, 'wait_until_finished', fail)
+  monkeypatch.setattr(store.manager, 'close', lambda: (real_close(), fail()))
+  with pytest.raises(SaveError, match='TimeoutError: Timed out while waiting') as failure:
+    store.close()
+  assert failure.value.__cause__ is timeout
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  assert cli._lost_peer(failure.value.__cause__).startswith('heartbeat timeout')
+  assert cli._lost_peer(TimeoutError('a slow disk')) is None
+
+
 def test_multi_process_input_errors_are_one_line_before_training(tfds_dir, tmp_path):
   cases = {  # name: (flags of every process, flags per process, expected status, message)
       'batch': (['--config.batch_size=33'], {}, 2, 'batch_size=33 must be a positive multiple of the 2 devices'),
