@@ -33,6 +33,8 @@ MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34',
 POOLS = ('token', 'avg')
 # What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/tuning.py`.
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
+# How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
+HEAD_INITS = ('random', 'class_means', 'stage2')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
 
@@ -80,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.tuning = ml_collections.ConfigDict()
   config.tuning.modes = ('bias', 'last', 'full')
   config.tuning.losses = ('ce', 'balanced_softmax')
+  # Where each tuned head starts (naive.head_init): 'random', 'class_means', 'stage2' (LP-FT: the head
+  # validation chose for the frozen BWLM row).
+  config.tuning.head_inits = ('random',)
   config.tuning.learning_rate = (0.01, 0.001)
   config.tuning.epochs = (10,)
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
@@ -215,10 +220,13 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # The loss: 'ce' (the paper's), or one of the balanced family with stage 2's default alpha, beta and
   # gamma (`head_setting.HeadSetting`), over this stage's training counts.
   stage.loss = 'ce'
-  # The head's start: 'random' (Flax's lecun-normal Dense, the paper's stages) or 'class_means' (each
+  # The head's start: 'random' (Flax's lecun-normal Dense, the paper's stages), 'class_means' (each
   # class's mean feature of the stage's training set through the starting backbone, L2-normalised; bias 0:
-  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone).
+  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone) or 'stage2' (LP-FT, Kumar
+  # et al. 2022: the balanced head stage 2 trained on the frozen features of model.init_from, read from
+  # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K').
   stage.head_init = 'random'
+  stage.head_from = ''
   return stage
 
 
@@ -275,8 +283,15 @@ def _validate_backbone_stage(config, stage: str) -> None:
                      f'--config.model.{needs}={8 if needs == "lora_rank" else 64}.')
   if cfg.loss not in losses.LOSSES:
     raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
-  if cfg.head_init not in ('random', 'class_means'):
-    raise UsageError(f"{stage}.head_init must be 'random' or 'class_means', got {cfg.head_init!r}.")
+  if cfg.head_init not in HEAD_INITS:
+    raise UsageError(f'{stage}.head_init must be one of {HEAD_INITS}, got {cfg.head_init!r}.')
+  if (cfg.head_init == 'stage2') != bool(cfg.head_from):
+    raise UsageError(f"{stage}.head_init='stage2' reads its head from {stage}.head_from (a workdir with a "
+                     f'finished stage 2 on model.init_from): give both or neither; got head_init='
+                     f'{cfg.head_init!r}, head_from={cfg.head_from!r}.')
+  if cfg.head_from and not config.model.init_from:
+    raise UsageError(f'{stage}.head_from is a head trained on the frozen features of model.init_from, which '
+                     'is not set.')
   if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                      f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')

@@ -3,10 +3,11 @@ and loss of `config.tuning`, each with its learning rate and length chosen on th
 the frozen backbone's heads (BWLM's grid, the CE linear probe, cRT) on the same weights.
 
 A candidate is a naive-stage run from `model.init_from` with `naive.tune`, `naive.loss`,
-`naive.learning_rate` and `naive.epochs` set (WORKDIR/tuning/<mode>-<loss>/<setting>/): resumable, and a
-finished one is never retrained. Each (mode, loss) row is the candidate with the best validation score
-(`selection.choose`, the choice every stage-2 grid makes); the test split never chooses. The frozen rows
-train as one grid of heads on cached features (`experiments.run_variants_together`).
+`naive.learning_rate` and `naive.epochs` set (WORKDIR/tuning/<mode>-<loss>[-<head start>]/<setting>/):
+resumable, and a finished one is never retrained. Each (mode, loss, head start) row is the candidate with
+the best validation score (`selection.choose`, the choice every stage-2 grid makes); the test split never
+chooses. The frozen rows train as one grid of heads on cached features (`experiments.run_variants_together`);
+LP-FT rows start from the head chosen for the frozen BWLM row.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import itertools
 import os
 
-from bwlm_jax import distributed, head_setting, selection, stages
+from bwlm_jax import checkpoints, distributed, head_setting, selection, stages
 from bwlm_jax.config import validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
@@ -34,36 +35,75 @@ FROZEN_ROWS = {
 }
 
 
-def candidate_config(config, mode: str, loss: str, learning_rate: float, epochs: int):
+# How each head start is named in the table (`<stage>.head_init`).
+HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2': ' (LP-FT)'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One row of tuned candidates: what trains, its loss and where its head starts (for 'stage2', the BWLM
+  head chosen on the frozen backbone's cached features: `head_from`)."""
+  mode: str
+  loss: str
+  head_init: str = 'random'
+  head_from: str = ''
+
+  @property
+  def name(self) -> str:
+    return f'{self.mode} + {self.loss}{HEAD_START_NAMES[self.head_init]}'
+
+  @property
+  def folder(self) -> str:
+    return f'{self.mode}-{self.loss}' + ('' if self.head_init == 'random' else f'-{self.head_init}')
+
+
+def candidate_config(config, candidate: Candidate, learning_rate: float, epochs: int):
   """The naive-stage run of one tuned candidate."""
-  candidate = copy.deepcopy(config)
-  candidate.stages = stages.NAIVE.name
-  candidate.naive.tune, candidate.naive.loss = mode, loss
-  candidate.naive.learning_rate, candidate.naive.epochs = learning_rate, epochs
-  return candidate
+  run = copy.deepcopy(config)
+  run.stages = stages.NAIVE.name
+  run.naive.tune, run.naive.loss = candidate.mode, candidate.loss
+  run.naive.head_init, run.naive.head_from = candidate.head_init, candidate.head_from
+  run.naive.learning_rate, run.naive.epochs = learning_rate, epochs
+  return run
+
+
+def _candidates(config, bwlm_head: str) -> list[Candidate]:
+  return [Candidate(mode, loss, start, bwlm_head if start == 'stage2' else '')
+          for start, mode, loss in itertools.product(config.tuning.head_inits, config.tuning.modes,
+                                                     config.tuning.losses)]
+
+
+def _head_from(source: dict) -> str:
+  """`head_from` for the head a results 'source' names: a grid's head as DIRECTORY:K, else the workdir."""
+  if 'checkpoint' in source:
+    return f'{checkpoints.stage_directory(source["workdir"], source["checkpoint"])}:{source["head"]}'
+  return source['workdir']
 
 
 def _check(config) -> None:
   if not config.model.init_from:
     raise UsageError('tuning compares ways of fine-tuning pretrained weights: set --config.model.init_from.')
-  for field in ('modes', 'losses', 'learning_rate', 'epochs'):
+  for field in ('modes', 'losses', 'head_inits', 'learning_rate', 'epochs'):
     if not config.tuning[field]:
       raise UsageError(f'tuning.{field} is empty: give at least one value.')
-  for mode, loss in itertools.product(config.tuning.modes, config.tuning.losses):
-    validate_config(candidate_config(config, mode, loss, config.tuning.learning_rate[0], config.tuning.epochs[0]))
+  unknown = [start for start in config.tuning.head_inits if start not in HEAD_START_NAMES]
+  if unknown:
+    raise UsageError(f'tuning.head_inits: {unknown[0]!r} is not one of {tuple(HEAD_START_NAMES)}.')
+  for candidate in _candidates(config, 'the frozen BWLM row'):
+    validate_config(candidate_config(config, candidate, config.tuning.learning_rate[0], config.tuning.epochs[0]))
 
 
-def tuned_row(config, workdir: str, mode: str, loss: str, dataset, metric: str) -> Row:
-  """One (mode, loss): every (learning rate, epochs) of config.tuning trained, the best on validation."""
+def tuned_row(config, workdir: str, candidate: Candidate, dataset, metric: str) -> Row:
+  """One candidate row: every (learning rate, epochs) of config.tuning trained, the best on validation."""
   trained = []
   for learning_rate, epochs in itertools.product(config.tuning.learning_rate, config.tuning.epochs):
     setting = f'lr={learning_rate:g} epochs={epochs}'
-    run_dir = os.path.join(workdir, 'tuning', f'{mode}-{loss}', setting.replace(' ', '_').replace('=', ''))
-    print(f'--- tuning {mode} {loss}: {setting}')
-    results = train_and_evaluate(candidate_config(config, mode, loss, learning_rate, epochs), run_dir,
+    run_dir = os.path.join(workdir, 'tuning', candidate.folder, setting.replace(' ', '_').replace('=', ''))
+    print(f'--- tuning {candidate.name}: {setting}')
+    results = train_and_evaluate(candidate_config(config, candidate, learning_rate, epochs), run_dir,
                                  dataset=dataset)
     source = {'workdir': os.path.abspath(run_dir), 'stage': stages.NAIVE.name}
-    trained.append(dataclasses.replace(model_row(f'{mode} + {loss}', {**results, 'source': source}, metric),
+    trained.append(dataclasses.replace(model_row(candidate.name, {**results, 'source': source}, metric),
                                        setting=setting))
   return trained[selection.choose([row.score for row in trained])]
 
@@ -86,8 +126,8 @@ def run_tuning(config, workdir: str) -> list[Row]:
     if name not in together:  # cRT: another training set and sampler
       frozen[name] = run_variant(stage2, workdir, 'tuning', name, overrides, dataset)
   rows = [model_row(name, frozen[name], metric) for name in FROZEN_ROWS]
-  for mode, loss in itertools.product(config.tuning.modes, config.tuning.losses):
-    rows.append(tuned_row(config, workdir, mode, loss, dataset, metric))
+  for candidate in _candidates(config, _head_from(frozen['BWLM (frozen)']['source'])):
+    rows.append(tuned_row(config, workdir, candidate, dataset, metric))
   best = rows[selection.choose([row.score for row in rows])]
   rows.append(Row('best on validation', 'best', best.test, setting=best.name))
   if distributed.is_writer():

@@ -26,7 +26,7 @@ from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import STAGE2_FEEDS, stage2_feed
 from bwlm_jax.train.loop import StepBudget, run_stage
-from bwlm_jax.train.state import TrainState
+from bwlm_jax.train.state import TrainState, stage2_head_source
 from bwlm_jax.errors import UsageError
 
 
@@ -35,6 +35,9 @@ def check_inputs(config, workdir: str) -> None:
   validate_config(config)
   distributed.check_same_config(config.to_dict())
   _check_init_from(config)
+  for stage in parse_stages(config):
+    if not stage.trains_heads and config[stage.name].head_init == 'stage2':
+      stage2_head_source(config, stage.name)
   workdir_lib.check_workdir_path(workdir)
 
 

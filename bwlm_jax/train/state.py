@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Any, Optional
 
 import flax
 import jax
@@ -41,7 +42,8 @@ def stage_key(seed: int, stage) -> jax.Array:
 
 def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None) -> TrainState:
   """Step 0 of a stage: a new backbone (or model.init_from's) and head with `tx`'s optimizer state (naive,
-  stage 1; with `<stage>.head_init=class_means` the head starts from `split`'s class means), or one new
+  stage 1; with `<stage>.head_init=class_means` the head starts from `split`'s class means, with `stage2`
+  from a stage-2 head trained on the starting backbone's frozen features), or one new
   head on `backbone_state`'s frozen backbone (stage 2, whose caller stacks the grid's heads and sets
   their optimizer states; `tx` is None there)."""
   stage = stages.get(stage)
@@ -64,6 +66,8 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None)
     head = ctx.model.init_head(head_key, feature_dim)
     if ctx.config[stage.name].head_init == 'class_means':
       head = class_means_head(ctx, {'backbone': backbone_params, 'batch_stats': batch_stats}, split)
+    elif ctx.config[stage.name].head_init == 'stage2':
+      head = stage2_head(ctx.config, stage.name, num_classes, feature_dim)
     params = {'backbone': backbone_params, 'head': head}
     frozen, opt_state = {}, tx.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -81,6 +85,55 @@ def class_means_head(ctx, backbone: dict, split) -> dict:
   means = sums / np.maximum(np.bincount(labels, minlength=num_classes), 1)[:, None]
   kernel = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
   return {'dense': {'kernel': jnp.asarray(kernel.T, jnp.float32), 'bias': jnp.zeros((num_classes,), jnp.float32)}}
+
+
+def stage2_head_source(config, stage: str) -> tuple[str, Optional[int], dict]:
+  """(checkpoint directory, head index or None, its meta) of `<stage>.head_from`: a workdir's finished stage 2
+  (its chosen head) or head K of a grid checkpoint ('DIRECTORY:K'), checked to be a head trained on the
+  frozen features of this run's model.init_from and data. Reads no arrays."""
+  head_from = config[stage].head_from
+  field = f'{stage}.head_from={head_from!r}'
+  grid = re.fullmatch(r'(.+):(\d+)', head_from)
+  if grid and os.path.isdir(grid.group(1)):
+    directory, index = grid.group(1), int(grid.group(2))
+    on_pretrained = os.path.basename(os.path.normpath(directory)) == stages.grid_checkpoint(stages.PRETRAINED)
+  else:
+    directory, index = checkpoints.stage_directory(head_from, stages.STAGE2.name), None
+  meta = checkpoints.finished_meta(directory) if os.path.isdir(directory) else None
+  if meta is None:
+    raise MissingFileError(f'{field}: no finished stage-2 checkpoint at {directory} (give a workdir whose '
+                           'stage 2 finished, or a grid checkpoint directory and a head as DIRECTORY:K).')
+  saved = meta['config']
+  if index is None:
+    on_pretrained = saved['stage2']['backbone'] == stages.PRETRAINED
+  same_weights = os.path.realpath(saved['model'].get('init_from') or '') == os.path.realpath(
+      config.model.init_from)
+  if not on_pretrained or not same_weights or saved['model']['name'] != config.model.name:
+    raise UsageError(f'{field}: that head was not trained on the frozen features of this run\'s backbone '
+                     f'({config.model.name} from {config.model.init_from}, stage2.backbone=pretrained).')
+  for data_field in _BACKBONE_DATA_FIELDS:
+    if saved['data'].get(data_field) != config.data[data_field]:
+      raise UsageError(f'{field}: that head was trained on other data: data.{data_field} is '
+                       f'{saved["data"].get(data_field)!r} there, {config.data[data_field]!r} here.')
+  return directory, index, meta
+
+
+def stage2_head(config, stage: str, num_classes: int, feature_dim: int) -> dict:
+  """The head `<stage>.head_init=stage2` starts from (`stage2_head_source`), as float32 arrays."""
+  directory, index, _ = stage2_head_source(config, stage)
+  head = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32),
+                      checkpoints.restore_finished(directory)[0]['params']['head'])
+  stacked = head['dense']['kernel'].ndim == 3
+  if (index is not None) != stacked or (stacked and index >= head['dense']['kernel'].shape[0]):
+    raise UsageError(f'{stage}.head_from={config[stage].head_from!r}: {directory} holds '
+                     f'{head["dense"]["kernel"].shape[0] if stacked else "one"} head(s); '
+                     + ('give one as DIRECTORY:K with K below that.' if stacked else 'give the workdir alone.'))
+  if stacked:
+    head = jax.tree.map(lambda leaf: leaf[index], head)
+  if head['dense']['kernel'].shape != (feature_dim, num_classes):
+    raise UsageError(f'{stage}.head_from={config[stage].head_from!r}: that head maps {feature_dim} features to '
+                     f'{head["dense"]["kernel"].shape[1]} classes, not {num_classes}.')
+  return head
 
 
 def backbone_directory(config, workdir: str, source: str) -> str:
