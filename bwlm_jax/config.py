@@ -227,6 +227,14 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K').
   stage.head_init = 'random'
   stage.head_from = ''
+  # Soft targets (train/mixing.py), all off as in the paper: mixup (Zhang et al. 2018) and CutMix (Yun et
+  # al. 2019) with lambda ~ Beta(alpha, alpha) per batch (both > 0: one of them per batch at even odds),
+  # mixing mix_prob of the batches; label smoothing eps (Szegedy et al. 2016). Common settings: mixup 0.2-0.8,
+  # CutMix 1.0 (MiSLAS, GLMC), label smoothing 0.1. Not yet chosen on real data here.
+  stage.mixup_alpha = 0.0
+  stage.cutmix_alpha = 0.0
+  stage.mix_prob = 1.0
+  stage.label_smoothing = 0.0
   return stage
 
 
@@ -292,6 +300,12 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if cfg.head_from and not config.model.init_from:
     raise UsageError(f'{stage}.head_from is a head trained on the frozen features of model.init_from, which '
                      'is not set.')
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if not isinstance(cfg[field], (int, float)) or cfg[field] < 0:
+      raise UsageError(f'{stage}.{field} must be >= 0 (0 = off), got {cfg[field]!r}.')
+  if not 0 <= cfg.mix_prob <= 1 or not 0 <= cfg.label_smoothing < 1:
+    raise UsageError(f'{stage}: mix_prob must be in [0, 1] and label_smoothing in [0, 1); got {cfg.mix_prob}, '
+                     f'{cfg.label_smoothing}.')
   if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                      f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')

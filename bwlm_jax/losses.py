@@ -2,8 +2,11 @@
 
 Backbone stages train with cross-entropy; each stage-2 head with the loss its setting names.
 
-Every loss takes logits [B, C], integer labels [B] and returns the mean over the batch. Computation
-is in float32 and in log space, so logits of magnitude 1e4 stay finite.
+Every loss takes logits [B, C] and labels: integers [B], or soft targets [B, C] (each row a distribution:
+mixup, CutMix, label smoothing; `train/mixing.py`), and returns the mean over the batch. For soft targets
+q each loss is the expectation over c ~ q of its integer form with label c (for mixup, lambda L(y_i) +
+(1 - lambda) L(y_j), as in the mixup paper's code). Computation is in float32 and in log space, so logits
+of magnitude 1e4 stay finite.
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ from bwlm_jax.errors import UsageError
 LOSSES = ('ce', 'cb_focal', 'balanced_softmax', 'bfs')
 
 
+def _soft(logits: jax.Array, labels: jax.Array) -> bool:
+  return labels.ndim == logits.ndim
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean of -log softmax(z)[y]."""
+  """Mean of -log softmax(z)[y] (of -sum_c q_c log softmax(z)_c for soft targets q)."""
   logits = logits.astype(jnp.float32)
+  if _soft(logits, labels):
+    return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32)).mean()
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -50,13 +59,25 @@ def class_balanced_focal(logits: jax.Array, labels: jax.Array, class_counts: jax
   exp(-gamma * (onehot * z + softplus(-z))).
   """
   logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  class_weights = class_balanced_weights(class_counts, beta)
+  if _soft(logits, labels):
+    return _soft_class_balanced_focal(logits, labels.astype(jnp.float32), class_weights, gamma)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   bce = optax.sigmoid_binary_cross_entropy(logits, onehot)
   modulator = jnp.exp(-gamma * (onehot * logits + jax.nn.softplus(-logits)))
   per_sample = (modulator * bce).sum(-1)
-  weights = class_balanced_weights(class_counts, beta)[labels]
-  return (weights * per_sample).mean()
+  return (class_weights[labels] * per_sample).mean()
+
+
+def _soft_class_balanced_focal(logits, targets, class_weights, gamma):
+  """E_{c ~ q}[w_c focal(z, c)] in O(B C): with label c the focal sum is S + P_c - N_c, where N_j =
+  sigma(z_j)^gamma softplus(z_j) is class j's term as a negative, P_j = (1 - sigma(z_j))^gamma softplus(-z_j)
+  its term as the positive, and S = sum_j N_j."""
+  negative = jnp.exp(-gamma * jax.nn.softplus(-logits)) * jax.nn.softplus(logits)
+  positive = jnp.exp(-gamma * jax.nn.softplus(logits)) * jax.nn.softplus(-logits)
+  weighted = targets * class_weights
+  per_sample = weighted.sum(-1) * negative.sum(-1) + (weighted * (positive - negative)).sum(-1)
+  return per_sample.mean()
 
 
 def balanced_focal_softmax(logits: jax.Array, labels: jax.Array, class_counts: jax.Array, alpha, beta,

@@ -15,7 +15,7 @@ import numpy as np
 from bwlm_jax.data import device_pipeline
 
 # Streams of randomness derived from a train state's rng, kept apart by these tags.
-DATA_ORDER, AUGMENT, HEAD_INIT = 0, 1, 2
+DATA_ORDER, AUGMENT, HEAD_INIT, MIXING = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)

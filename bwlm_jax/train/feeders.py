@@ -19,6 +19,7 @@ from bwlm_jax.data import stream_pipeline
 from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables
 from bwlm_jax.errors import UsageError
 from bwlm_jax.models import inference_variables
+from bwlm_jax.train.mixing import Mixing
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, make_stream_train_step
 
@@ -70,15 +71,16 @@ class Feed:
   inputs: Callable[[TrainState, int], Iterator[tuple]]
 
 
-def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, train_batch_norm: bool = True) -> Feed:
+def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, train_batch_norm: bool = True,
+                  mixing: Mixing = Mixing()) -> Feed:
   """The feed of a backbone stage (naive, stage 1): backbone and head trained together, on device-kept
   images (batches gathered inside the step) or on streamed batches."""
   if ctx.dataset.in_memory:
     step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated,
-                                  train_batch_norm)
+                                  train_batch_norm, mixing)
     return Feed(step, lambda state, total_steps: itertools.repeat(
         _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
-  step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm)
+  step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm, mixing)
   return Feed(step, lambda state, total_steps: _streamed(ctx, stage, split, spec, int(state.step), total_steps))
 
 

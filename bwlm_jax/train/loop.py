@@ -18,6 +18,7 @@ from bwlm_jax.models import DTYPES
 from bwlm_jax.train import feeders, migration, optim, tuning
 from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
+from bwlm_jax.train.mixing import Mixing
 from bwlm_jax.train.state import TrainState, initial_state
 from bwlm_jax.train.steps import stack_heads
 
@@ -83,7 +84,7 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
   tx = tuning.masked(tx, stage_cfg.tune, ctx.config.model.name)
   state = jax.device_put(initial_state(ctx, stage, tx, split=split), ctx.replicated)
   feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
-                               tuning.trains_batch_norm(stage_cfg.tune))
+                               tuning.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg))
   return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)
 
 

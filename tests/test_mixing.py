@@ -1,0 +1,110 @@
+"""Soft targets for the backbone stages: the losses on soft labels against their integer forms and a NumPy
+transcription, mixup and CutMix arithmetic inside the step, and a run that trains and resumes with them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bwlm_jax import losses
+from bwlm_jax.config import validate_config
+from bwlm_jax.errors import Interrupted, UsageError
+from bwlm_jax.head_setting import HeadSetting
+from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.train.mixing import Mixing, cutmix_box, mix, smoothed_targets
+from helpers import tiny_config
+from test_losses import COUNTS, LABELS, LOGITS, np_log_softmax
+
+SETTING = HeadSetting(alpha=0.3, beta=0.999, gamma=2.0)
+
+
+def _loss(name, labels, logits=LOGITS):
+  return float(losses.head_loss(name, jnp.asarray(logits, jnp.float32), jnp.asarray(labels), COUNTS, SETTING))
+
+
+@pytest.mark.parametrize('name', losses.LOSSES)
+def test_a_soft_loss_is_the_expectation_of_its_integer_form(name):
+  onehot = np.eye(7, dtype=np.float32)[LABELS]
+  np.testing.assert_allclose(_loss(name, onehot), _loss(name, LABELS), rtol=1e-6)
+  partners, lam = LABELS[::-1], 0.37
+  soft = lam * onehot + (1 - lam) * onehot[::-1]
+  per_example = [lam * _loss(name, LABELS[i:i + 1], LOGITS[i:i + 1]) +
+                 (1 - lam) * _loss(name, partners[i:i + 1], LOGITS[i:i + 1]) for i in range(len(LABELS))]
+  np.testing.assert_allclose(_loss(name, soft), np.mean(per_example), rtol=2e-5)
+
+
+def test_label_smoothing_cross_entropy_by_hand():
+  eps = 0.1
+  targets = smoothed_targets(jnp.asarray(LABELS), 7, eps)
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  log_p = np_log_softmax(LOGITS)
+  expected = -((1 - eps) * log_p[np.arange(len(LABELS)), LABELS] + eps / 7 * log_p.sum(-1)).mean()
+  np.testing.assert_allclose(float(losses.cross_entropy(jnp.asarray(LOGITS, jnp.float32), targets)), expected,
+                             rtol=1e-5)
+
+
+def _batch():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 8, 10, 3)), jnp.float32)
+  return x, jnp.arange(6)  # six distinct labels: each target row names its two images' shares
+
+
+def test_mixup_blends_image_i_with_image_b_minus_1_minus_i_by_the_targets_share():
+  x, labels = _batch()
+  out, targets = mix(jax.random.key(3), x, labels, 6, Mixing(mixup_alpha=0.4))
+  lam = float(targets[0, 0])
+  assert 0 < lam < 1 and float(targets[0, 5]) == pytest.approx(1 - lam, abs=1e-6)
+  np.testing.assert_allclose(out, lam * x + (1 - lam) * x[::-1], rtol=1e-5, atol=1e-6)
+  again, _ = mix(jax.random.key(3), x, labels, 6, Mixing(mixup_alpha=0.4))
+  np.testing.assert_array_equal(out, again)  # a function of the key alone: a resumed step mixes alike
+  other, _ = mix(jax.random.key(4), x, labels, 6, Mixing(mixup_alpha=0.4))
+  assert not np.array_equal(out, other)
+
+
+def test_cutmix_pastes_one_box_and_the_targets_count_its_pixels():
+  x, labels = _batch()
+  for seed in range(5):
+    out, targets = mix(jax.random.key(seed), x, labels, 6, Mixing(cutmix_alpha=1.0))
+    from_partner = np.asarray(out != x).all(-1)  # [B, H, W]: where image i shows its partner's pixels
+    assert (from_partner == from_partner[0]).all()  # one box for the batch
+    rows, cols = np.nonzero(from_partner[0])
+    if rows.size:  # a rectangle
+      assert from_partner[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    np.testing.assert_allclose(targets[:, ::-1].diagonal(), from_partner[0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(targets.diagonal(), 1 - from_partner[0].mean(), rtol=1e-6)
+  mask, kept = cutmix_box(jax.random.key(0), jnp.float32(0.75), 8, 8)  # a 4x4 box, clipped at the borders
+  assert int(mask.sum()) <= 16 and float(kept) == pytest.approx(1 - int(mask.sum()) / 64)
+
+
+def test_mixing_off_for_a_batch_keeps_it_and_smooths_only():
+  x, labels = _batch()
+  out, targets = mix(jax.random.key(0), x, labels, 6, Mixing(mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.0,
+                                                             label_smoothing=0.1))
+  np.testing.assert_array_equal(out, x)
+  np.testing.assert_allclose(targets, smoothed_targets(labels, 6, 0.1))
+  mixed = [bool((mix(jax.random.key(s), x, labels, 6, Mixing(mixup_alpha=1.0, prob=0.5))[0] != x).any())
+           for s in range(40)]
+  assert 10 <= sum(mixed) <= 30  # about half of the batches
+
+
+def test_a_run_with_mixing_resumes_equal_to_an_uninterrupted_run_and_bad_values_are_one_error(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, epochs=2)
+  config.stages = 'naive'
+  config.naive.mixup_alpha, config.naive.cutmix_alpha, config.naive.label_smoothing = 0.4, 1.0, 0.1
+  config.naive.loss = 'balanced_softmax'
+  config.checkpoint_every_steps = 5
+  straight = train_and_evaluate(config, str(tmp_path / 'straight'))
+  with pytest.raises(Interrupted):
+    train_and_evaluate(config, str(tmp_path / 'stopped'), stop_after_steps=5)
+  resumed = train_and_evaluate(config, str(tmp_path / 'stopped'))
+  assert resumed['models']['naive']['test']['per_class'] == straight['models']['naive']['test']['per_class']
+  plain = tiny_config(tfds_dir, epochs=2)
+  plain.stages = 'naive'
+  assert train_and_evaluate(plain, str(tmp_path / 'plain'))['models']['naive']['val'] != \
+      straight['models']['naive']['val']  # the options reach the step
+  for field, value, message in (('mixup_alpha', -1.0, 'naive.mixup_alpha must be >= 0'),
+                                ('label_smoothing', 1.0, 'label_smoothing in \\[0, 1\\)'),
+                                ('mix_prob', 1.5, 'mix_prob must be in \\[0, 1\\]')):
+    bad = tiny_config(tfds_dir)
+    bad.naive[field] = value
+    with pytest.raises(UsageError, match=message):
+      validate_config(bad)
