@@ -35,6 +35,8 @@ POOLS = ('token', 'avg')
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 # How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
 HEAD_INITS = ('random', 'class_means', 'stage2')
+# Who draws a backbone stage's batches (naive.sampler, stage1.sampler): `data/sampling.sampler_tables`.
+SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 DTYPE_NAMES = ('float32', 'bfloat16')
 
 
@@ -231,6 +233,9 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # al. 2019) with lambda ~ Beta(alpha, alpha) per batch (both > 0: one of them per batch at even odds),
   # mixing mix_prob of the batches; label smoothing eps (Szegedy et al. 2016). Common settings: mixup 0.2-0.8,
   # CutMix 1.0 (MiSLAS, GLMC), label smoothing 0.1. Not yet chosen on real data here.
+  # Who draws the batches: 'uniform' (each example once per epoch, the paper's), 'square_root',
+  # 'class_balanced' or 'progressive' (data/sampling.py; images in memory only).
+  stage.sampler = 'uniform'
   stage.mixup_alpha = 0.0
   stage.cutmix_alpha = 0.0
   stage.mix_prob = 1.0
@@ -300,6 +305,8 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if cfg.head_from and not config.model.init_from:
     raise UsageError(f'{stage}.head_from is a head trained on the frozen features of model.init_from, which '
                      'is not set.')
+  if cfg.sampler not in SAMPLERS:
+    raise UsageError(f'{stage}.sampler must be one of {SAMPLERS}, got {cfg.sampler!r}.')
   for field in ('mixup_alpha', 'cutmix_alpha'):
     if not isinstance(cfg[field], (int, float)) or cfg[field] < 0:
       raise UsageError(f'{stage}.{field} must be >= 0 (0 = off), got {cfg[field]!r}.')

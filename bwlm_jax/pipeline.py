@@ -24,7 +24,7 @@ from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
 from bwlm_jax.train.context import TrainContext
-from bwlm_jax.train.feeders import STAGE2_FEEDS, stage2_feed
+from bwlm_jax.train.feeders import STAGE2_FEEDS, check_backbone_samplers, stage2_feed
 from bwlm_jax.train.loop import StepBudget, run_stage
 from bwlm_jax.train.state import TrainState, stage2_head_source
 from bwlm_jax.errors import UsageError
@@ -194,6 +194,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
   _refuse_relabelling(config, workdir, run_stages)
   ctx = make_context(config, workdir, dataset)
   metric = selection_metric(config, ctx.dataset)
+  check_backbone_samplers(config, ctx.dataset, run_stages)
   if jax.process_index() == 0:
     workdir_lib.record_workdir_config(workdir, config.to_dict())
   trained, grid, budget = {}, None, StepBudget(stop_after_steps)

@@ -29,6 +29,8 @@ class BatchSpec:
   dtype: jnp.dtype
 
 
+
+
 def class_balanced_tables(labels: np.ndarray, num_classes: int) -> dict:
   """Lookup arrays for class-balanced sampling: example indices grouped by class, and where each class starts."""
   order = np.argsort(labels, kind='stable')
@@ -38,11 +40,36 @@ def class_balanced_tables(labels: np.ndarray, num_classes: int) -> dict:
           'counts': jnp.asarray(counts, jnp.int32), 'present': jnp.asarray(np.flatnonzero(counts), jnp.int32)}
 
 
-def class_balanced_indices(key, step, tables: dict, batch_size: int) -> jax.Array:
-  """A uniformly drawn class, then a uniformly drawn example of it, for each batch slot."""
+def sampler_tables(sampler: str, labels: np.ndarray, num_classes: int, epochs: int):
+  """The tables of a sampler (`config.SAMPLERS`; None for 'uniform', each example once per epoch). The others
+  draw a class with probability p_c, then a uniform example of it: p_c uniform over the classes for
+  'class_balanced' (`class_balanced_tables` alone), proportional to n_c^(1/2) for 'square_root' (Mahajan et
+  al. 2018), and for 'progressive' (Kang et al. 2020) linear from instance-balanced (n_c / N) at the first
+  epoch to class-balanced at the last of `epochs` (tables 'start', 'end')."""
+  if sampler == 'uniform':
+    return None
+  tables = class_balanced_tables(labels, num_classes)
+  if sampler == 'class_balanced':
+    return tables
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  present = (counts > 0) / (counts > 0).sum()
+  start = {'square_root': np.sqrt(counts) / np.sqrt(counts).sum(), 'progressive': counts / counts.sum()}[sampler]
+  end = start if sampler == 'square_root' else present
+  return {**tables, 'start': jnp.asarray(start, jnp.float32), 'end': jnp.asarray(end, jnp.float32),
+          'last_epoch': max(epochs - 1, 1)}
+
+
+def class_balanced_indices(key, step, tables: dict, batch_size: int, steps_per_epoch: int = 1) -> jax.Array:
+  """A class drawn for each batch slot (uniformly, or from the tables' p_c at this step's epoch), then a
+  uniformly drawn example of it."""
   class_key, example_key = jax.random.split(jax.random.fold_in(key, step))
-  present = tables['present']
-  classes = present[jax.random.randint(class_key, (batch_size,), 0, present.shape[0])]
+  if 'start' in tables:
+    progress = jnp.minimum((step // steps_per_epoch) / tables['last_epoch'], 1.0)
+    probabilities = tables['start'] + (tables['end'] - tables['start']) * progress
+    classes = jax.random.categorical(class_key, jnp.log(probabilities), shape=(batch_size,))
+  else:
+    present = tables['present']
+    classes = present[jax.random.randint(class_key, (batch_size,), 0, present.shape[0])]
   offsets = jnp.floor(jax.random.uniform(example_key, (batch_size,)) * tables['counts'][classes]).astype(jnp.int32)
   return tables['order'][tables['starts'][classes] + offsets]
 
@@ -54,7 +81,7 @@ def step_indices(rng, step, num_examples: int, spec: BatchSpec, sampler_tables=N
   """
   key = jax.random.fold_in(jax.random.wrap_key_data(rng), DATA_ORDER)
   if sampler_tables is not None:
-    return class_balanced_indices(key, step, sampler_tables, spec.batch_size)
+    return class_balanced_indices(key, step, sampler_tables, spec.batch_size, spec.steps_per_epoch)
   epoch = step // spec.steps_per_epoch
   step_in_epoch = step % spec.steps_per_epoch
   return device_pipeline.batch_indices(key, epoch, step_in_epoch, num_examples, spec.batch_size)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from bwlm_jax import stages
 from bwlm_jax.data import stream_pipeline
-from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables
+from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables, sampler_tables
 from bwlm_jax.errors import UsageError
 from bwlm_jax.models import inference_variables
 from bwlm_jax.train.mixing import Mixing
@@ -71,13 +71,24 @@ class Feed:
   inputs: Callable[[TrainState, int], Iterator[tuple]]
 
 
+def check_backbone_samplers(config, dataset, run_stages) -> None:
+  """Before training: a backbone stage's class-drawn sampler needs the training images in memory."""
+  for stage in run_stages:
+    sampler = config[stage.name].sampler if stage.trains_backbone else 'uniform'
+    if sampler != 'uniform' and not dataset.in_memory:
+      raise UsageError(f'{stage.name}.sampler={sampler} draws batches by class, which streamed data cannot do: '
+                       'use data that fits in memory (data.pipeline=device) or the uniform sampler.')
+
+
 def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, train_batch_norm: bool = True,
                   mixing: Mixing = Mixing()) -> Feed:
   """The feed of a backbone stage (naive, stage 1): backbone and head trained together, on device-kept
-  images (batches gathered inside the step) or on streamed batches."""
+  images (batches gathered inside the step, drawn by `<stage>.sampler`) or on streamed batches."""
   if ctx.dataset.in_memory:
+    stage_cfg = ctx.config[stage.name]
+    tables = sampler_tables(stage_cfg.sampler, split.labels, ctx.dataset.num_classes, stage_cfg.epochs)
     step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated,
-                                  train_batch_norm, mixing)
+                                  train_batch_norm, mixing, tables)
     return Feed(step, lambda state, total_steps: itertools.repeat(
         _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
   step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm, mixing)

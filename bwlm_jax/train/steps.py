@@ -72,10 +72,12 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
 
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, data_sharding=None,
-                           state_sharding=None, train_batch_norm: bool = True, mixing: Mixing = Mixing()):
-  """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step."""
+                           state_sharding=None, train_batch_norm: bool = True, mixing: Mixing = Mixing(),
+                           sampler_tables=None):
+  """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step (batches
+  drawn by class with `sampler_tables`, `sampling.sampler_tables`)."""
   def step(state, images, labels):
-    x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding)
+    x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding, sampler_tables)
     return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels, train_batch_norm, mixing)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
