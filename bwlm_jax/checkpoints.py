@@ -6,7 +6,6 @@ Training saves through `StageCheckpoints`; evaluation and prediction load a fini
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any, Optional
 
@@ -16,7 +15,7 @@ from jax.experimental import multihost_utils
 
 from bwlm_jax import stopping
 from bwlm_jax.errors import MissingFileError, RunError, SaveError
-from bwlm_jax.files import unique_path
+from bwlm_jax.files import FREE_SPACE_ADVICE, out_of_space, unique_path
 from bwlm_jax.models import inference_variables
 from bwlm_jax.distributed import make_mesh, replicated
 
@@ -100,8 +99,7 @@ class StageCheckpoints:
 
   def _save_error(self, err: Exception) -> SaveError:
     why = f'{type(err).__name__}: {" ".join(str(err).split())[:200]}'
-    advice = ('The disk, a quota or the file-size limit (ulimit -f) is full: free space (or raise the limit) and '
-              'rerun the same command to resume.' if _out_of_space(err) else
+    advice = (FREE_SPACE_ADVICE if out_of_space(err) else
               'Rerun the same command to resume; if it fails again, check that directory (its permissions, or '
               'whether it was removed or replaced during the run).')
     return SaveError(f'saving a checkpoint in {self.directory} failed ({why}); the checkpoints saved before are '
@@ -121,20 +119,6 @@ class StageCheckpoints:
         pass
       raise self._save_error(err) from err
     self.manager.close()
-
-
-# What an exhausted disk, quota or file-size limit looks like, as errno values and in the checkpoint library's
-# messages (TensorStore reports a write past the file-size limit as OUT_OF_RANGE).
-_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-_OUT_OF_SPACE_TEXT = ('No space left', 'File too large', 'Disk quota', 'OUT_OF_RANGE: Error writing')
-
-
-def _out_of_space(err: BaseException) -> bool:
-  while err is not None:
-    if getattr(err, 'errno', None) in _OUT_OF_SPACE_ERRNOS or any(t in str(err) for t in _OUT_OF_SPACE_TEXT):
-      return True
-    err = err.__cause__ or err.__context__
-  return False
 
 
 def _listing(damaged: dict[int, str]) -> str:

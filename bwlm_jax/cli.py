@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -86,10 +87,26 @@ def _flag_error_message(error: Exception, argv: list[str]) -> str:
   return message
 
 
+def _finished_sigterm(signum, frame) -> None:
+  del signum, frame
+  print('SIGTERM after the run finished: every result was written; exiting with status 0.', flush=True)
+  exit_now(0)
+
+
 def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """`main` with one line per error, and SIGTERM handled until the process exits: outside a run's own
+  handling (`stopping.sigterm_stops`: between the runs of a sweep, while data loads) it stops as there, with
+  status 143; once `main` has returned, every result is written, so the process leaves at once with status
+  0 (a scheduler's requeue would find nothing left to do). A multi-process run keeps JAX's own handler."""
   def run_main(argv: list[str]) -> None:
+    from bwlm_jax import stopping
+    ours = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if ours:
+      signal.signal(signal.SIGTERM, stopping.stop_now)
     try:
       main(argv)
+      if ours and signal.getsignal(signal.SIGTERM) is stopping.stop_now:  # not JAX's preemption handler
+        signal.signal(signal.SIGTERM, _finished_sigterm)
     except Interrupted as stop:
       print(stop, flush=True)
       sys.exit(stop.exit_status)
@@ -152,9 +169,26 @@ class _OrbaxThreadTracebacks(logging.Filter):
     return not from_orbax or (flags.FLAGS.is_parsed() and _VERBOSE.value)
 
 
+def _without_closed_loop_callbacks(hook):
+  """sys.unraisablehook, quiet for the reads a failed checkpoint restore leaves in flight: TensorStore
+  completes them later, and its callback into the checkpoint library's closed event loop raises 'Event loop
+  is closed' (a damaged checkpoint printed ~50 of these tracebacks after the run had said in one line that
+  it is unreadable). Everything else, and everything under --verbose, goes to `hook`."""
+  def unraisablehook(unraisable):
+    last = unraisable.exc_traceback
+    while last is not None and last.tb_next is not None:
+      last = last.tb_next
+    in_asyncio = last is not None and f'{os.sep}asyncio{os.sep}' in last.tb_frame.f_code.co_filename
+    closed_loop = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+    if not (closed_loop and in_asyncio) or (flags.FLAGS.is_parsed() and _VERBOSE.value):
+      hook(unraisable)
+  return unraisablehook
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with the error handling above."""
   absl_logging.get_absl_handler().addFilter(_OrbaxThreadTracebacks())
+  sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
   app.run(_guarded(main), flags_parser=_parse_flags)
 
 

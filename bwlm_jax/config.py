@@ -34,7 +34,7 @@ POOLS = ('token', 'avg')
 # What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/tuning.py`.
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 # How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
-HEAD_INITS = ('random', 'class_means', 'stage2')
+HEAD_INITS = ('random', 'class_means', 'stage2_head')
 # Who draws a backbone stage's batches (naive.sampler, stage1.sampler): `data/sampling.sampler_tables`.
 SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 DTYPE_NAMES = ('float32', 'bfloat16')
@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.tuning = ml_collections.ConfigDict()
   config.tuning.modes = ('bias', 'last', 'full')
   config.tuning.losses = ('ce', 'balanced_softmax')
-  # Where each tuned head starts (naive.head_init): 'random', 'class_means', 'stage2' (LP-FT: the head
+  # Where each tuned head starts (naive.head_init): 'random', 'class_means', 'stage2_head' (LP-FT: the head
   # validation chose for the frozen BWLM row).
   config.tuning.head_inits = ('random',)
   config.tuning.learning_rate = (0.01, 0.001)
@@ -224,7 +224,7 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   stage.loss = 'ce'
   # The head's start: 'random' (Flax's lecun-normal Dense, the paper's stages), 'class_means' (each
   # class's mean feature of the stage's training set through the starting backbone, L2-normalised; bias 0:
-  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone) or 'stage2' (LP-FT, Kumar
+  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone) or 'stage2_head' (LP-FT, Kumar
   # et al. 2022: the balanced head stage 2 trained on the frozen features of model.init_from, read from
   # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K').
   stage.head_init = 'random'
@@ -298,8 +298,8 @@ def _validate_backbone_stage(config, stage: str) -> None:
     raise UsageError(f'{stage}.loss must be one of {losses.LOSSES}, got {cfg.loss!r}.')
   if cfg.head_init not in HEAD_INITS:
     raise UsageError(f'{stage}.head_init must be one of {HEAD_INITS}, got {cfg.head_init!r}.')
-  if (cfg.head_init == 'stage2') != bool(cfg.head_from):
-    raise UsageError(f"{stage}.head_init='stage2' reads its head from {stage}.head_from (a workdir with a "
+  if (cfg.head_init == 'stage2_head') != bool(cfg.head_from):
+    raise UsageError(f"{stage}.head_init='stage2_head' reads its head from {stage}.head_from (a workdir with a "
                      f'finished stage 2 on model.init_from): give both or neither; got head_init='
                      f'{cfg.head_init!r}, head_from={cfg.head_from!r}.')
   if cfg.head_from and not config.model.init_from:

@@ -29,6 +29,10 @@ class SaveError(RunError):
   library's background threads would otherwise print tracebacks after it."""
 
 
+class WriteError(RunError):
+  """A result file could not be written (a permission, a read-only mount, a full disk). Exit status 1."""
+
+
 class Interrupted(BaseException):
   """The step budget (or a SIGTERM) ended a run early, with nothing unfinished written; a rerun resumes.
 

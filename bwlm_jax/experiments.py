@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 
-from bwlm_jax import distributed, head_setting, selection, stages
+from bwlm_jax import checkpoints, distributed, head_setting, selection, stages
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, by_name, table_inputs
-from bwlm_jax.files import unique_path, write_json
+from bwlm_jax.files import make_directory, unique_path, write_json
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.pipeline import check_inputs, selection_metric, train_and_evaluate, train_rows_and_evaluate
 from bwlm_jax.errors import UsageError
@@ -66,9 +66,15 @@ def _slug(name: str) -> str:
 
 
 def run_base(config, workdir: str, dataset) -> dict:
-  """Train (or resume, or reuse) the base run's naive and stage-1 models; returns its results."""
+  """Train (or resume, or reuse) the base run's naive and stage-1 models, saying first which it must train
+  (most of the time of an ablation or sweep on a new workdir); returns its results."""
   base = copy.deepcopy(config)
   base.stages = 'naive,stage1'
+  missing = [stage for stage in ('naive', 'stage1') if not checkpoints.is_finished(workdir, stage)]
+  if missing:
+    epochs = ', '.join(f'{stage} {config[stage].epochs} epochs' for stage in missing)
+    print(f'base models: {workdir} has no finished {" and ".join(missing)}; training them first ({epochs}), '
+          'then the variants on their backbones.', flush=True)
   return train_and_evaluate(base, workdir, dataset=dataset)
 
 
@@ -197,7 +203,7 @@ def _best_row(rows: list[Row], metric: str, workdir: str, dataset) -> Row:
   """The row with the best validation score (`selection.choose`), recorded in WORKDIR/ablation/best.json."""
   best = rows[selection.choose([row.score for row in rows])]
   if distributed.is_writer():
-    os.makedirs(os.path.join(workdir, 'ablation'), exist_ok=True)
+    make_directory(os.path.join(workdir, 'ablation'))
     write_json(unique_path(os.path.join(workdir, 'ablation', 'best.json')),
                {'method': best.label, 'metric': metric, 'val_score': best.score, 'source': best.source,
                 'train_counts': dataset.train_counts.tolist(), 'test': without_per_class(best.test)})

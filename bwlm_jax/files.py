@@ -1,11 +1,51 @@
-"""Result files written so that no finished result is lost: atomic writes, never-overwriting paths, CSV."""
+"""Result files written so that no finished result is lost: atomic writes, never-overwriting paths, CSV,
+and one error line for a write the operating system refuses (`writing`)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.errors import MissingFileError, UsageError, WriteError
+
+# What an exhausted disk, quota or file-size limit looks like, as errno values and in the checkpoint library's
+# messages (TensorStore reports a write past the file-size limit as OUT_OF_RANGE).
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_OUT_OF_SPACE_TEXT = ('No space left', 'File too large', 'Disk quota', 'OUT_OF_RANGE: Error writing')
+FREE_SPACE_ADVICE = ('The disk, a quota or the file-size limit (ulimit -f) is full: free space (or raise the '
+                     'limit) and rerun the same command to resume.')
+
+
+def out_of_space(err: BaseException) -> bool:
+  """Whether `err` (or an error that caused it) says that a disk, quota or file-size limit is full."""
+  while err is not None:
+    if getattr(err, 'errno', None) in _OUT_OF_SPACE_ERRNOS or any(t in str(err) for t in _OUT_OF_SPACE_TEXT):
+      return True
+    err = err.__cause__ or err.__context__
+  return False
+
+
+@contextlib.contextmanager
+def writing(path: str, also: tuple = ()):
+  """Where `path` is written: an operating-system error (or one of `also`, a library's own I/O error) becomes
+  one WriteError naming the file, the system's reason and what to do. Every writer of the project's files
+  goes through here."""
+  try:
+    yield
+  except (OSError, *also) as err:
+    reason = f'{type(err).__name__}: {" ".join(str(err).split())[:200]}'
+    advice = FREE_SPACE_ADVICE if out_of_space(err) else (
+        'Check that folder (its permissions, a read-only mount, a file or folder in the way) and rerun the same '
+        'command: finished stages and runs are reused.')
+    raise WriteError(f'writing {path} failed ({reason}); nothing finished is lost. {advice}') from err
+
+
+def make_directory(path: str) -> None:
+  """`os.makedirs(path, exist_ok=True)`, failing as one WriteError (`writing`)."""
+  with writing(path):
+    os.makedirs(path, exist_ok=True)
 
 
 def read_json(path: str, what: str, remedy: str, kind: type = dict):
@@ -31,9 +71,10 @@ def write_json(path: str, payload: dict) -> None:
 def write_text(path: str, text: str) -> None:
   """Write atomically, so an interrupted write never leaves a half file in place of a finished one."""
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  with writing(path):
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
 
 
 def unique_path(path: str) -> str:
@@ -49,7 +90,7 @@ def unique_path(path: str) -> str:
 
 def write_csv(path: str, header, rows) -> None:
   import csv
-  with open(path, 'w', newline='') as f:
+  with writing(path), open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(header)
     writer.writerows(rows)
@@ -72,10 +113,11 @@ def _keep_earlier_if_changed(path: str, parse, content) -> None:
   """Move the file at `path` to the first free `name-N.ext` unless `parse` of it equals `content`."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    try:
-      same = parse(f.read()) == content
-    except ValueError:
-      same = False
-  if not same:
-    os.replace(path, unique_path(path))
+  with writing(path):
+    with open(path) as f:
+      try:
+        same = parse(f.read()) == content
+      except ValueError:
+        same = False
+    if not same:
+      os.replace(path, unique_path(path))

@@ -36,12 +36,12 @@ FROZEN_ROWS = {
 
 
 # How each head start is named in the table (`<stage>.head_init`).
-HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2': ' (LP-FT)'}
+HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2_head': ' (LP-FT)'}
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-  """One row of tuned candidates: what trains, its loss and where its head starts (for 'stage2', the BWLM
+  """One row of tuned candidates: what trains, its loss and where its head starts (for 'stage2_head', the BWLM
   head chosen on the frozen backbone's cached features: `head_from`)."""
   mode: str
   loss: str
@@ -68,7 +68,7 @@ def candidate_config(config, candidate: Candidate, learning_rate: float, epochs:
 
 
 def _candidates(config, bwlm_head: str) -> list[Candidate]:
-  return [Candidate(mode, loss, start, bwlm_head if start == 'stage2' else '')
+  return [Candidate(mode, loss, start, bwlm_head if start == 'stage2_head' else '')
           for start, mode, loss in itertools.product(config.tuning.head_inits, config.tuning.modes,
                                                      config.tuning.losses)]
 

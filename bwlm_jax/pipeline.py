@@ -36,7 +36,7 @@ def check_inputs(config, workdir: str) -> None:
   distributed.check_same_config(config.to_dict())
   _check_init_from(config)
   for stage in parse_stages(config):
-    if not stage.trains_heads and config[stage.name].head_init == 'stage2':
+    if not stage.trains_heads and config[stage.name].head_init == 'stage2_head':
       stage2_head_source(config, stage.name)
   workdir_lib.check_workdir_path(workdir)
 

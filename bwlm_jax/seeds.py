@@ -15,7 +15,7 @@ from bwlm_jax import distributed
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
 from bwlm_jax.evaluation.report import ece
-from bwlm_jax.files import unique_path, write_json
+from bwlm_jax.files import make_directory, unique_path, write_json, write_text
 from bwlm_jax.pipeline import train_and_evaluate
 
 METRICS = ('many', 'medium', 'few', 'all', 'top5', 'ece')
@@ -98,10 +98,9 @@ def _write_summary(workdir: str, per_seed: dict, vary_subset: bool) -> dict:
   if not distributed.is_writer():
     return summary
   table = seeds_table(summary)
-  os.makedirs(workdir, exist_ok=True)
+  make_directory(workdir)
   write_json(unique_path(os.path.join(workdir, 'seeds.json')), summary)
-  with open(unique_path(os.path.join(workdir, 'seeds.md')), 'w') as f:
-    f.write(table + '\n')
+  write_text(unique_path(os.path.join(workdir, 'seeds.md')), table + '\n')
   print(table)
   return summary
 

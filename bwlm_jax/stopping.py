@@ -28,7 +28,8 @@ def requested() -> bool:
   return _state['requested']
 
 
-def _handler(signum, frame):
+def stop_now(signum, frame):
+  """The SIGTERM handler: `Interrupted` at once, or at the end of the `deferred` section in flight."""
   del signum, frame
   first = not _state['requested']
   _state['requested'] = True
@@ -45,7 +46,7 @@ def sigterm_stops():
   if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
     yield
     return
-  previous = signal.signal(signal.SIGTERM, _handler)
+  previous = signal.signal(signal.SIGTERM, stop_now)
   _state['requested'] = False
   try:
     yield

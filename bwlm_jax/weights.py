@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.errors import MissingFileError, UsageError
-from bwlm_jax.files import read_json
+from bwlm_jax.files import read_json, write_text, writing
 from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
 from bwlm_jax.models import efficientnet_lite, vit
 
@@ -218,9 +218,9 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
                                                                meta['image_size']),
              'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
              'std': meta['std']}
-  save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
-  with open(path + '.json', 'w') as f:
-    json.dump(sidecar, f, indent=2)
+  with writing(path, also=(SafetensorError,)):
+    save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
+  write_text(path + '.json', json.dumps(sidecar, indent=2))
   return sidecar
 
 

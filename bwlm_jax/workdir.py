@@ -12,7 +12,7 @@ import ml_collections
 from bwlm_jax import stages
 from bwlm_jax.config import base_config
 from bwlm_jax.errors import UsageError
-from bwlm_jax.files import read_json, unique_path, write_text
+from bwlm_jax.files import make_directory, read_json, unique_path, write_text
 from bwlm_jax.workdir_lock import check_workdir_path
 
 # Config fields that do not change a result: they may differ between a run and its resumption.
@@ -105,7 +105,7 @@ def record_workdir_config(workdir: str, config_dict: dict) -> None:
   """Write WORKDIR/config.json once the run has started (its data read); an earlier config that differs
   in a result-changing field is kept as config-N.json, never overwritten."""
   path = os.path.join(workdir, 'config.json')
-  os.makedirs(workdir, exist_ok=True)
+  make_directory(workdir)
   if os.path.exists(path):
     if not config_differences(read_run_config(path), config_dict):
       return  # only fields that change no result differ (stages, logging, ...): the record stands

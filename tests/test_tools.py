@@ -1,5 +1,7 @@
 """Evaluation tools on a tiny run: evaluate, ablation table, sweep, figures, predict, and their bad input."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -29,13 +31,20 @@ def _tiny(tfds_dir):
 
 @pytest.fixture(scope='module')
 def ablation_run(tfds_dir, tmp_path_factory):
+  """(workdir, rows, what the run printed) of an ablation on a new workdir."""
   workdir = str(tmp_path_factory.mktemp('ablation'))
-  rows = run_ablation(_tiny(tfds_dir), workdir)
-  return workdir, rows
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    rows = run_ablation(_tiny(tfds_dir), workdir)
+  return workdir, rows, printed.getvalue()
 
 
 def test_ablation_table_has_every_row_and_column(ablation_run):
-  workdir, rows = ablation_run
+  workdir, rows, printed = ablation_run
+  # Before anything trains, one line says that the base models come first (most of the run's time).
+  announced = printed.index(f'base models: {workdir} has no finished naive and stage1; training them first '
+                            '(naive 1 epochs, stage1 1 epochs)')
+  assert announced < printed.index('model   ') < printed.index('--- ablation')  # before the base run's table
   expected = ['naive', '+CE', '+CB', '+BS', '+BFS', '+CEW', '+CBW', '+BSW', '+BWLM', 'cRT', '+BWLM+MaxNorm',
               'BWLM (naive backbone)', 'naive+tau-norm', 'naive+logit adjustment', 'best on validation']
   assert [row.name for row in rows] == expected
@@ -98,7 +107,7 @@ def test_the_naive_row_never_shows_the_base_runs_stage2_choice():
 
 
 def test_figures_are_written_and_not_empty(ablation_run):
-  workdir, _ = ablation_run
+  workdir, _, _ = ablation_run
   for name in ('per_class_accuracy', 'weight_norms', 'class_counts', 'training_curves', 'reliability'):
     for ext in ('png', 'pdf'):
       path = os.path.join(workdir, 'figures', f'{name}.{ext}')
@@ -107,15 +116,16 @@ def test_figures_are_written_and_not_empty(ablation_run):
   assert image.shape[0] > 300 and image.std() > 10  # a drawn figure, not a blank canvas
 
 
-def test_rerun_reuses_finished_variants_and_never_overwrites(ablation_run, tfds_dir):
-  workdir, rows = ablation_run
+def test_rerun_reuses_finished_variants_and_never_overwrites(ablation_run, tfds_dir, capsys):
+  workdir, rows, _ = ablation_run
   again = run_ablation(_tiny(tfds_dir), workdir)
+  assert 'base models:' not in capsys.readouterr().out
   assert again == rows  # finished variants were reused, not retrained
   assert os.path.exists(os.path.join(workdir, 'ablation', 'table-2.md'))
 
 
 def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
-  workdir, rows = ablation_run
+  workdir, rows, _ = ablation_run
   config = _tiny(tfds_dir)
   dataset = load_dataset(config.data)
   summary = report_workdir(config, workdir, dataset)
@@ -132,7 +142,7 @@ def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
 
 
 def test_sweep_table_and_plot(ablation_run, tfds_dir):
-  workdir, _ = ablation_run
+  workdir, _, _ = ablation_run
   grid = run_sweep(_tiny(tfds_dir), workdir, [0.0, 1.0], [0.01])
   assert [row.name for row in grid] == ['alpha=0,lambda=0.01', 'alpha=1,lambda=0.01']
   assert os.path.getsize(os.path.join(workdir, 'figures', 'alpha_sweep_lambda0.01.png')) > 5000
@@ -143,7 +153,7 @@ def test_sweep_table_and_plot(ablation_run, tfds_dir):
 
 
 def test_predict_on_generated_images(ablation_run, tmp_path):
-  workdir, _ = ablation_run
+  workdir, _, _ = ablation_run
   images, labels = shapes.draw_split([1] * 20, seed=5)
   for i, image in enumerate(images[:4]):
     Image.fromarray(image).resize((64, 64)).save(tmp_path / f'{i}.png')
@@ -173,7 +183,7 @@ def test_predict_on_generated_images(ablation_run, tmp_path):
 
 
 def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, tmp_path):
-  workdir, _ = ablation_run
+  workdir, _, _ = ablation_run
   with pytest.raises(FileNotFoundError, match='no finished stage2 checkpoint'):
     predict_files(str(tmp_path), 'stage2', [])
   other = _tiny(tfds_dir)

@@ -177,13 +177,13 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
   _folder(tmp_path / 'data', [12, 6, 3])
   _generated_weights(tmp_path / 'r18.safetensors')
   config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
-  config.tuning.modes, config.tuning.losses, config.tuning.head_inits = ('bias',), ('balanced_softmax',), ('stage2',)
+  config.tuning.modes, config.tuning.losses, config.tuning.head_inits = ('bias',), ('balanced_softmax',), ('stage2_head',)
   config.tuning.learning_rate, config.tuning.epochs = (0.3, 0.001), (1,)
   rows = run_tuning(config, str(tmp_path / 'run'))
   assert [row.name for row in rows] == ['BWLM (frozen)', 'CE linear probe (frozen)', 'cRT (frozen)',
                                         'bias + balanced_softmax (LP-FT)', 'best on validation']
   scores = {}
-  tuned_dir = tmp_path / 'run' / 'tuning' / 'bias-balanced_softmax-stage2'
+  tuned_dir = tmp_path / 'run' / 'tuning' / 'bias-balanced_softmax-stage2_head'
   for setting in ('lr0.3_epochs1', 'lr0.001_epochs1'):
     results = json.load(open(tuned_dir / setting / 'results.json'))
     scores[setting] = selection.score(results['models']['naive']['val'], 'balanced_accuracy')
@@ -239,7 +239,7 @@ def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_d
                                rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(state.params['head']['dense']['bias'], 0.0)
   config.naive.head_init = 'mean'
-  with pytest.raises(UsageError, match=r"naive.head_init must be one of \('random', 'class_means', 'stage2'\), "
+  with pytest.raises(UsageError, match=r"naive.head_init must be one of \('random', 'class_means', 'stage2_head'\), "
                                       r"got 'mean'"):
     validate_config(config)
 
@@ -256,7 +256,7 @@ def test_lp_ft_starts_from_the_stage2_head_chosen_on_the_frozen_backbone(tmp_pat
   chosen, _ = load_finished(str(tmp_path / 'bwlm'), 'stage2')
   grid = read_latest(stage_directory(str(tmp_path / 'bwlm'), 'stage2_grid_pretrained'))[0]['params']['head']
   config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
-  config.stages, config.naive.tune, config.naive.head_init = 'naive', 'last', 'stage2'
+  config.stages, config.naive.tune, config.naive.head_init = 'naive', 'last', 'stage2_head'
   tx = optim.sgd(lambda step: 0.1, 0.0, 0.9, False)
   for head_from, expected in ((str(tmp_path / 'bwlm'), chosen['head']),
                               (f'{stage_directory(str(tmp_path / "bwlm"), "stage2_grid_pretrained")}:1',
@@ -274,10 +274,10 @@ def test_lp_ft_starts_from_the_stage2_head_chosen_on_the_frozen_backbone(tmp_pat
            (('data', 'max_count', 6), UsageError, r'trained on other data: data.max_count is None there, 6 here'),
            (('naive', 'head_from', str(tmp_path / 'nowhere')), MissingFileError,
             r'naive.head_from=.*nowhere.*: no finished stage-2 checkpoint at'),
-           (('naive', 'head_from', ''), UsageError, r"naive.head_init='stage2' reads its head from naive.head_from"))
+           (('naive', 'head_from', ''), UsageError, r"naive.head_init='stage2_head' reads its head from naive.head_from"))
   for (section, field, value), error, message in cases:
     changed = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
-    changed.stages, changed.naive.head_init, changed.naive.head_from = 'naive', 'stage2', str(tmp_path / 'bwlm')
+    changed.stages, changed.naive.head_init, changed.naive.head_from = 'naive', 'stage2_head', str(tmp_path / 'bwlm')
     if field == 'init_from':
       _generated_weights(value)
     changed[section][field] = value

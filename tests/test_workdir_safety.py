@@ -300,3 +300,55 @@ def test_a_stop_inside_the_checkpoint_reader_is_not_taken_for_a_damaged_checkpoi
     store.restore_latest()
   store.close()
   assert os.listdir(tmp_path / 'checkpoints') == ['3']  # not moved to checkpoints.damaged/
+
+
+# ---------------------------------------------------------------- files that cannot be written
+
+def test_an_unwritable_result_a_damaged_checkpoint_and_a_late_sigterm_are_one_line_each(tfds_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  args = [*_quickstart_args(workdir, tfds_dir, 2), '--config.checkpoint_every_steps=3']
+  assert _launch('train.py', *args).returncode == 0
+  os.remove(workdir / 'results.json')
+  (workdir / 'results.json.tmp').mkdir()  # any write the system refuses: a permission, a read-only mount
+  result = _launch('train.py', *args)
+  _one_error_line(result, 1)
+  line = result.stderr.strip()
+  assert line.startswith(f'error: writing {workdir / "results.json"} failed (IsADirectoryError: ') and \
+      'nothing finished is lost' in line and 'free space' not in line
+  assert 'naive: finished earlier' in result.stdout  # the finished checkpoint was reused, and is still there
+  (workdir / 'results.json.tmp').rmdir()
+  newest = os.path.join(stage_directory(str(workdir), 'naive'), max(os.listdir(stage_directory(str(workdir), 'naive')),
+                                                                   key=int))
+  for folder, _, names in os.walk(os.path.join(newest, 'state')):
+    for name in names:
+      if os.sep + 'd' == folder[-2:]:  # the array data, not the metadata: a crash mid-write
+        with open(os.path.join(folder, name), 'r+b') as f:
+          f.truncate(os.path.getsize(os.path.join(folder, name)) // 2)
+  result = _launch('train.py', *args)
+  assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert 'naive: newest checkpoint unreadable' in result.stdout and (workdir / 'results.json').exists()
+  # A SIGTERM while the finished process shuts down: the project's own line and status 0.
+  late = ("import atexit, os, runpy, signal, sys, time; "
+          "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))); "
+          f"sys.argv = [{os.path.join(ROOT, 'launch', 'train.py')!r}] + sys.argv[1:]; "
+          "runpy.run_path(sys.argv[0], run_name='__main__')")
+  result = subprocess.run([sys.executable, '-c', late, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == ('SIGTERM after the run finished: every result was written; '
+                                                    'exiting with status 0.')
+
+
+def test_a_figure_or_a_table_that_cannot_be_written_is_one_write_error(tmp_path):
+  import matplotlib.pyplot as plt
+  from bwlm_jax.errors import WriteError
+  from bwlm_jax.evaluation import plots
+  from bwlm_jax.files import write_json
+  (tmp_path / 'curves.png').mkdir()
+  with pytest.raises(WriteError, match=r'writing .*curves.png failed \(IsADirectoryError: .*nothing finished is '
+                                       r'lost. Check that folder'):
+    plots.save(plt.figure(), str(tmp_path), 'curves')
+  assert plt.get_fignums() == []  # the figure is closed all the same
+  if os.geteuid() != 0:  # root writes into a read-only folder
+    (tmp_path / 'locked').mkdir(mode=0o555)
+    with pytest.raises(WriteError, match=r'writing .*table.json failed \(PermissionError: '):
+      write_json(str(tmp_path / 'locked' / 'table.json'), {})

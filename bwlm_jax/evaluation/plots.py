@@ -12,17 +12,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bwlm_jax.data.long_tail import FEW_BELOW, MANY_ABOVE  # noqa: E402
+from bwlm_jax.files import make_directory, writing  # noqa: E402
 
 GROUP_COLUMNS = ('all', 'many', 'medium', 'few')
 
 
 def save(figure, directory: str, name: str) -> list[str]:
   """Write `name`.png and `name`.pdf in `directory`; returns the paths."""
-  os.makedirs(directory, exist_ok=True)
+  make_directory(directory)
   paths = [os.path.join(directory, f'{name}.{ext}') for ext in ('png', 'pdf')]
-  for path in paths:
-    figure.savefig(path, dpi=150, bbox_inches='tight')
-  plt.close(figure)
+  try:
+    for path in paths:
+      with writing(path):
+        figure.savefig(path, dpi=150, bbox_inches='tight')
+  finally:
+    plt.close(figure)
   return paths
 
 

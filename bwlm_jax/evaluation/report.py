@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bwlm_jax.files import unique_path, write_csv, write_json
+from bwlm_jax.files import make_directory, unique_path, write_csv, write_json, write_text
 from bwlm_jax import head_setting
 
 COLUMNS = ('many', 'medium', 'few', 'all')
@@ -73,7 +73,7 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
   `notes` (row -> {'val': score, 'chosen': text}) adds the validation score and the settings
   chosen on validation to each row.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  make_directory(out_dir)
   notes = notes or {}
   extra = ('val', 'chosen on validation') if notes else ()
   lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ' | ECE'
@@ -85,8 +85,7 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
       cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   table = '\n'.join(lines)
-  with open(unique_path(os.path.join(out_dir, 'table.md')), 'w') as f:
-    f.write(table + '\n')
+  write_text(unique_path(os.path.join(out_dir, 'table.md')), table + '\n')
   write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
             [row_label, *csv_columns, 'ece', *(['val', 'chosen'] if notes else [])],
             [[name, *(report[column] for column in csv_columns), ece(report),

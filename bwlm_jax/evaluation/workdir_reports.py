@@ -14,7 +14,7 @@ from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data.long_tail import shot_groups
 from bwlm_jax.evaluation import metrics, posthoc, prior_shift
 from bwlm_jax.evaluation.results import logit_reports
-from bwlm_jax.files import unique_path, write_csv, write_json
+from bwlm_jax.files import make_directory, unique_path, write_csv, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, head_logits
 from bwlm_jax.errors import UsageError
@@ -111,7 +111,7 @@ def report_workdir(config, workdir: str, dataset, stages=None, test_prior: str |
     head = model['head']
     norms = metrics.weight_norms(np.asarray(head['dense']['kernel']))
     out_dir = os.path.join(workdir, 'evaluation', stage)
-    os.makedirs(out_dir, exist_ok=True)
+    make_directory(out_dir)
     stage_summary = {}
     extra = posthoc_reports(model['outputs'], head, counts) if get_stage(stage).posthoc_corrected else {}
     outputs = {split: (head_logits(head, features), labels) for split, (features, labels) in model['outputs'].items()}

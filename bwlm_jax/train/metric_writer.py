@@ -14,6 +14,8 @@ import jax
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from bwlm_jax.files import make_directory, write_text, writing
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -24,10 +26,11 @@ class JsonlWriter(interface.MetricWriter):
   def __init__(self, workdir: str, stage: str, resume_step: Optional[int] = None):
     self.stage = stage
     self.path = os.path.join(workdir, METRICS_FILE)
-    os.makedirs(workdir, exist_ok=True)
     if resume_step is not None:
       self._drop_rows_after(resume_step)
-    self._file = open(self.path, 'a')
+    make_directory(workdir)
+    with writing(self.path):
+      self._file = open(self.path, 'a')
 
   def _drop_rows_after(self, step: int) -> None:
     if not os.path.exists(self.path):
@@ -36,15 +39,13 @@ class JsonlWriter(interface.MetricWriter):
       lines = f.readlines()
     kept = [line for line in lines if not _logged_after(line, self.stage, step)]
     if len(kept) != len(lines):
-      tmp = self.path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+      write_text(self.path, ''.join(kept))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     row = {'stage': self.stage, 'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
+    with writing(self.path):
+      self._file.write(json.dumps(row) + '\n')
+      self._file.flush()
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata

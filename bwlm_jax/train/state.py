@@ -66,7 +66,7 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None)
     head = ctx.model.init_head(head_key, feature_dim)
     if ctx.config[stage.name].head_init == 'class_means':
       head = class_means_head(ctx, {'backbone': backbone_params, 'batch_stats': batch_stats}, split)
-    elif ctx.config[stage.name].head_init == 'stage2':
+    elif ctx.config[stage.name].head_init == 'stage2_head':
       head = stage2_head(ctx.config, stage.name, num_classes, feature_dim)
     params = {'backbone': backbone_params, 'head': head}
     frozen, opt_state = {}, tx.init(params)
@@ -119,7 +119,7 @@ def stage2_head_source(config, stage: str) -> tuple[str, Optional[int], dict]:
 
 
 def stage2_head(config, stage: str, num_classes: int, feature_dim: int) -> dict:
-  """The head `<stage>.head_init=stage2` starts from (`stage2_head_source`), as float32 arrays."""
+  """The head `<stage>.head_init=stage2_head` starts from (`stage2_head_source`), as float32 arrays."""
   directory, index, _ = stage2_head_source(config, stage)
   head = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32),
                       checkpoints.restore_finished(directory)[0]['params']['head'])
