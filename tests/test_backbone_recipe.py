@@ -88,7 +88,7 @@ def test_mixing_off_for_a_batch_keeps_it_and_smooths_only():
 
 
 def test_a_run_with_mixing_resumes_equal_to_an_uninterrupted_run_and_bad_values_are_one_error(tfds_dir, tmp_path):
-  config = tiny_config(tfds_dir, epochs=2)
+  config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'naive'
   config.naive.mixup_alpha, config.naive.cutmix_alpha, config.naive.label_smoothing = 0.4, 1.0, 0.1
   config.naive.loss, config.naive.sampler = "balanced_softmax", "square_root"
@@ -98,7 +98,7 @@ def test_a_run_with_mixing_resumes_equal_to_an_uninterrupted_run_and_bad_values_
     train_and_evaluate(config, str(tmp_path / 'stopped'), stop_after_steps=5)
   resumed = train_and_evaluate(config, str(tmp_path / 'stopped'))
   assert resumed['models']['naive']['test']['per_class'] == straight['models']['naive']['test']['per_class']
-  plain = tiny_config(tfds_dir, epochs=2)
+  plain = tiny_config(tfds_dir, epochs=1)
   plain.stages = 'naive'
   assert train_and_evaluate(plain, str(tmp_path / 'plain'))['models']['naive']['val'] != \
       straight['models']['naive']['val']  # the options reach the step

@@ -54,27 +54,6 @@ def _accuracies(workdir):
           for split, report in splits.items() for group in ('all', 'medium', 'few')}
 
 
-def test_two_processes_give_the_results_of_one_process(tfds_dir, tmp_path):
-  script = subprocess.run([os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2', TRAIN,
-                           *_flags(tfds_dir, tmp_path / 'two_processes')], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600, env={**os.environ, 'PYTHON': sys.executable})
-  assert script.returncode == 0, script.stderr[-3000:]
-  assert script.stdout.count('model                     split') == 1  # process 0 alone reports
-  for name, extra in (('two_devices', ['--cpu_devices=2']), ('one_device', [])):
-    run = subprocess.run([sys.executable, TRAIN, *_flags(tfds_dir, tmp_path / name), *extra], capture_output=True,
-                         text=True, cwd=ROOT, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-  two_processes, two_devices, one = (_accuracies(tmp_path / n) for n in ('two_processes', 'two_devices', 'one_device'))
-  # 2 processes x 1 device run the very computation of 1 process x 2 devices: equal to the last bit.
-  assert two_processes == two_devices
-  # Against one device, float sums are reassociated (parameters agree to ~1e-6, measured): at most one
-  # borderline image may change its prediction, which moves All by 1/400 (val) and a group (120 val images
-  # at least) by under 1/100.
-  for key, value in one.items():
-    tolerance = 1 / 400 if key[2] == 'all' else 1 / 100
-    assert abs(two_processes[key] - value) <= tolerance + 1e-9, (key, two_processes[key], value)
-
-
 def _wait_for_checkpoint(workdir, stage, timeout=240):
   directory = os.path.join(workdir, 'checkpoints', stage)
   deadline = time.monotonic() + timeout
@@ -85,7 +64,8 @@ def _wait_for_checkpoint(workdir, stage, timeout=240):
   raise AssertionError(f'no checkpoint in {directory} after {timeout} s')
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tfds_dir, tmp_path):
+def test_a_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_gives_the_results_of_one_process(
+    tfds_dir, tmp_path):
   flags = _flags(tfds_dir, tmp_path / 'stopped', '--config.stage1.epochs=6')
   processes = _start(flags)
   _wait_for_checkpoint(tmp_path / 'stopped', 'stage1')
@@ -97,9 +77,26 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_resumes(tfds_
   resumed = _finish(_start(flags))
   assert [code for code, _, _ in resumed] == [0, 0], [err[-2000:] for _, _, err in resumed]
   assert 'stage1: resuming at step' in resumed[0][1]
-  straight = _finish(_start(_flags(tfds_dir, tmp_path / 'straight', '--config.stage1.epochs=6')))
-  assert [code for code, _, _ in straight] == [0, 0]
-  assert _accuracies(tmp_path / 'stopped') == _accuracies(tmp_path / 'straight')
+  script = subprocess.run([os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2', TRAIN,
+                           *_flags(tfds_dir, tmp_path / 'straight', '--config.stage1.epochs=6')], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env={**os.environ, 'PYTHON': sys.executable})
+  assert script.returncode == 0, script.stderr[-3000:]
+  assert script.stdout.count('model                     split') == 1  # process 0 alone reports
+  two_processes = _accuracies(tmp_path / 'straight')
+  assert _accuracies(tmp_path / 'stopped') == two_processes
+  for name, extra in (('two_devices', ['--cpu_devices=2']), ('one_device', [])):
+    run = subprocess.run([sys.executable, TRAIN, *_flags(tfds_dir, tmp_path / name, '--config.stage1.epochs=6'),
+                          *extra], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+  two_devices, one = (_accuracies(tmp_path / n) for n in ('two_devices', 'one_device'))
+  # 2 processes x 1 device run the very computation of 1 process x 2 devices: equal to the last bit.
+  assert two_processes == two_devices
+  # Against one device, float sums are reassociated (parameters agree to ~1e-6, measured): at most one
+  # borderline image may change its prediction, which moves All by 1/400 (val) and a group (120 val images
+  # at least) by under 1/100.
+  for key, value in one.items():
+    tolerance = 1 / 400 if key[2] == 'all' else 1 / 100
+    assert abs(two_processes[key] - value) <= tolerance + 1e-9, (key, two_processes[key], value)
 
 
 def test_a_dead_process_ends_the_other_with_one_line_not_a_hang(tfds_dir, tmp_path):
