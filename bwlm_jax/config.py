@@ -240,6 +240,11 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   stage.cutmix_alpha = 0.0
   stage.mix_prob = 1.0
   stage.label_smoothing = 0.0
+  # Deferred re-weighting (Cao et al. 2019, LDAM-DRW; train/mixing.Reweighting): from this epoch on, each
+  # example's loss weighs its class's class-balanced weight (Cui et al., beta drw_beta; LDAM-DRW's code uses
+  # epoch 160 of 200 and 0.9999). 0 = off, the paper's.
+  stage.drw_epoch = 0
+  stage.drw_beta = 0.9999
   return stage
 
 
@@ -316,6 +321,9 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                      f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+  if not isinstance(cfg.drw_epoch, int) or not 0 <= cfg.drw_epoch < cfg.epochs or not 0 < cfg.drw_beta < 1:
+    raise UsageError(f'{stage}.drw_epoch must be a whole number in [0, {stage}.epochs) (0 = off) and drw_beta '
+                     f'in (0, 1); got {cfg.drw_epoch!r}, {cfg.drw_beta!r}.')
 
 
 def validate_config(config) -> None:

@@ -148,3 +148,35 @@ def test_a_class_drawn_sampler_needs_the_images_in_memory(tfds_dir):
   config.naive.sampler = 'sqrt'
   with pytest.raises(UsageError, match=r"naive.sampler must be one of \('uniform', 'square_root'"):
     validate_config(config)
+
+
+@pytest.mark.parametrize('name', ['ce', 'balanced_softmax'])
+def test_deferred_reweighting_is_the_weighted_mean_from_its_start_step_on(name):
+  from bwlm_jax.train.mixing import Reweighting, reweighted
+  weights = losses.class_balanced_weights(COUNTS, 0.9999)
+  schedule = Reweighting(start_step=40, class_weights=weights)
+  for targets in (np.eye(7, dtype=np.float32)[LABELS], smoothed_targets(jnp.asarray(LABELS), 7, 0.2)):
+    per_example = np.array([_loss(name, targets[i:i + 1], LOGITS[i:i + 1]) for i in range(len(LABELS))])
+    w = np.asarray(targets) @ np.asarray(weights)
+    np.testing.assert_allclose(_loss(name, reweighted(jnp.asarray(targets), jnp.int32(40), schedule)),
+                               (w * per_example).sum() / w.sum(), rtol=2e-5)
+    np.testing.assert_allclose(_loss(name, reweighted(jnp.asarray(targets), jnp.int32(39), schedule)),
+                               per_example.mean(), rtol=2e-5)
+
+
+def test_deferred_reweighting_starts_at_its_epoch_and_bad_values_are_one_error(tfds_dir):
+  from bwlm_jax.pipeline import make_context
+  from bwlm_jax.stages import NAIVE
+  from bwlm_jax.train.loop import _reweighting, stage_split
+  config = tiny_config(tfds_dir, epochs=3)
+  config.naive.drw_epoch = 2
+  ctx = make_context(config, '/nonexistent')
+  split = stage_split(config, ctx.dataset, NAIVE)
+  schedule = _reweighting(ctx, config.naive, split, steps_per_epoch=10)
+  counts = np.bincount(split.labels, minlength=20)
+  assert schedule.start_step == 20
+  np.testing.assert_allclose(schedule.class_weights, losses.class_balanced_weights(counts, 0.9999), rtol=1e-6)
+  for value in (3, -1):
+    config.naive.drw_epoch = value
+    with pytest.raises(UsageError, match=r'naive.drw_epoch must be a whole number in \[0, naive.epochs\)'):
+      validate_config(config)

@@ -18,7 +18,7 @@ from bwlm_jax.models import DTYPES
 from bwlm_jax.train import feeders, migration, optim, tuning
 from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
-from bwlm_jax.train.mixing import Mixing
+from bwlm_jax.train.mixing import Mixing, Reweighting
 from bwlm_jax.train.state import TrainState, initial_state
 from bwlm_jax.train.steps import stack_heads
 
@@ -84,8 +84,22 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
   tx = tuning.masked(tx, stage_cfg.tune, ctx.config.model.name)
   state = jax.device_put(initial_state(ctx, stage, tx, split=split), ctx.replicated)
   feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
-                               tuning.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg))
+                               tuning.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg),
+                               _reweighting(ctx, stage_cfg, split, steps_per_epoch))
   return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)
+
+
+def _stage_counts(ctx, split) -> jax.Array:
+  """n_j of a backbone stage's own training set (a class without images counts 1: it is never a label)."""
+  return jnp.asarray(np.maximum(np.bincount(split.labels, minlength=ctx.dataset.num_classes), 1), jnp.float32)
+
+
+def _reweighting(ctx, stage_cfg, split, steps_per_epoch: int) -> Optional[Reweighting]:
+  """Deferred re-weighting from `<stage>.drw_epoch` on (None where it is 0)."""
+  if not stage_cfg.drw_epoch:
+    return None
+  weights = losses.class_balanced_weights(_stage_counts(ctx, split), stage_cfg.drw_beta)
+  return Reweighting(stage_cfg.drw_epoch * steps_per_epoch, weights)
 
 
 def _backbone_loss(ctx, name: str, split):
@@ -93,7 +107,7 @@ def _backbone_loss(ctx, name: str, split):
   stage's own training counts with stage 2's default alpha, beta and gamma."""
   if name == 'ce':
     return losses.cross_entropy
-  counts = jnp.asarray(np.maximum(np.bincount(split.labels, minlength=ctx.dataset.num_classes), 1), jnp.float32)
+  counts = _stage_counts(ctx, split)
   setting = HeadSetting(loss=name)
   return lambda logits, labels: losses.head_loss(name, logits, labels, counts, setting)
 

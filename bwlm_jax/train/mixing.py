@@ -60,6 +60,24 @@ def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> tuple
   return mask, kept
 
 
+@dataclasses.dataclass(frozen=True)
+class Reweighting:
+  """Deferred re-weighting (Cao et al. 2019, LDAM-DRW): from `start_step` on, example i's loss is weighted by
+  its class's weight w (Cui et al.'s class-balanced weights), normalised as PyTorch's weighted cross-entropy
+  (sum_i w_i l_i / sum_i w_i) that the reference code uses."""
+  start_step: int
+  class_weights: jax.Array
+
+
+def reweighted(targets: jax.Array, step: jax.Array, reweighting: Reweighting) -> jax.Array:
+  """Targets [B, C] whose rows are scaled by B w_i / sum_j w_j from the start step on (w_i = q_i . w for soft
+  targets q_i). Every loss of the family is linear in its targets (`losses`), so the mean loss on these is
+  exactly the weighted mean of the losses on the original targets."""
+  weights = targets @ reweighting.class_weights
+  scale = weights * weights.shape[0] / weights.sum()
+  return jnp.where(step >= reweighting.start_step, targets * scale[:, None], targets)
+
+
 def mix(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int, mixing: Mixing):
   """(mixed images [B, H, W, C] in x's dtype, soft targets [B, num_classes])."""
   targets = smoothed_targets(labels, num_classes, mixing.label_smoothing)

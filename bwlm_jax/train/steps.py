@@ -21,7 +21,7 @@ from bwlm_jax.data.sampling import MIXING, BatchSpec, cached_batch, device_batch
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import Model
 from bwlm_jax.train import optim
-from bwlm_jax.train.mixing import Mixing, mix
+from bwlm_jax.train.mixing import Mixing, Reweighting, mix, reweighted
 from bwlm_jax.train.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -50,14 +50,17 @@ def _step_metrics(loss, logits, labels, learning_rate) -> dict:
 
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
                         schedule: optax.Schedule, state: TrainState, x, labels, train_batch_norm: bool,
-                        mixing: Mixing):
+                        mixing: Mixing, reweighting: Optional[Reweighting]):
   """One step of a backbone stage: backbone and head trained together (what of the backbone moves is
   `tx`'s mask, `train/tuning.py`), BatchNorm in training mode unless `train_batch_norm` is False; the
-  loss on `mixing`'s soft targets where it is active (the accuracy stays on the batch's own labels)."""
+  loss on `mixing`'s soft targets where it is active, re-weighted by `reweighting` (the accuracy stays on
+  the batch's own labels)."""
   targets = labels
-  if mixing.active:
+  if mixing.active or reweighting is not None:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), MIXING), state.step)
     x, targets = mix(key, x, labels, model.head.num_classes, mixing)
+  if reweighting is not None:
+    targets = reweighted(targets, state.step, reweighting)
 
   def loss_of(params):
     features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=train_batch_norm)
@@ -73,23 +76,25 @@ def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn:
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, data_sharding=None,
                            state_sharding=None, train_batch_norm: bool = True, mixing: Mixing = Mixing(),
-                           sampler_tables=None):
+                           sampler_tables=None, reweighting: Optional[Reweighting] = None):
   """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step (batches
   drawn by class with `sampler_tables`, `sampling.sampler_tables`)."""
   def step(state, images, labels):
     x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding, sampler_tables)
-    return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels, train_batch_norm, mixing)
+    return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels, train_batch_norm, mixing,
+                               reweighting)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, state_sharding=None,
-                           train_batch_norm: bool = True, mixing: Mixing = Mixing()):
+                           train_batch_norm: bool = True, mixing: Mixing = Mixing(),
+                           reweighting: Optional[Reweighting] = None):
   """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
   def step(state, x, labels):
     return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels, train_batch_norm,
-                               mixing)
+                               mixing, reweighting)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
