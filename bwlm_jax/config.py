@@ -78,19 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   # which the paper says it follows; stage 2 is chosen on validation (below).
   config.stage1 = _backbone_stage(epochs=310, learning_rate=0.01, weight_decay=5e-3)
   config.stage2 = _stage2_config()
-  # launch/tune.py: light fine-tuning of model.init_from compared on validation (bwlm_jax/fine_tuning.py).
-  # Every mode x loss x head start is a row; each row's learning rate and epochs are chosen on val from
-  # these. The default pretrained pipeline: LP-FT (the head starts as the frozen BWLM row's chosen head,
-  # 'stage2_head'; 'random' and 'class_means' are the other starts) with balanced softmax, BitFit or the last
-  # stage, lr 0.001, 2 epochs: what validation chose on the real EfficientNet-Lite0 ImageNet weights on
-  # Tiny-ImageNet-LT (docs/REPRODUCING.md, "Light fine-tuning on real ImageNet weights": val All 37.9 / 37.7
-  # against 34.4 for BWLM frozen; random-head tuning and CE full fine-tuning lower).
-  config.tuning = ml_collections.ConfigDict()
-  config.tuning.modes = ('bias', 'last')
-  config.tuning.losses = ('balanced_softmax',)
-  config.tuning.head_inits = ('stage2_head',)
-  config.tuning.learning_rate = (0.001,)
-  config.tuning.epochs = (2,)
+  config.tuning = _tuning_config()
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
@@ -212,6 +200,24 @@ def _stage_optim(epochs: int, learning_rate: float, weight_decay: float) -> ml_c
   stage.weight_decay = weight_decay
   stage.warmup_epochs = 0
   return stage
+
+
+def _tuning_config() -> ml_collections.ConfigDict:
+  """launch/tune.py's grid."""
+  # launch/tune.py: light fine-tuning of model.init_from compared on validation (bwlm_jax/fine_tuning.py).
+  # Every mode x loss x head start is a row; each row's learning rate and epochs are chosen on val from
+  # these. The default pretrained pipeline: LP-FT (the head starts as the frozen BWLM row's chosen head,
+  # 'stage2_head'; 'random' and 'class_means' are the other starts) with balanced softmax, BitFit or the last
+  # stage, lr 0.001, 2 epochs: what validation chose on the real EfficientNet-Lite0 ImageNet weights on
+  # Tiny-ImageNet-LT (docs/REPRODUCING.md, "Light fine-tuning on real ImageNet weights": val All 37.9 / 37.7
+  # against 34.4 for BWLM frozen; random-head tuning and CE full fine-tuning lower).
+  tuning = ml_collections.ConfigDict()
+  tuning.modes = ('bias', 'last')
+  tuning.losses = ('balanced_softmax',)
+  tuning.head_inits = ('stage2_head',)
+  tuning.learning_rate = (0.001,)
+  tuning.epochs = (2,)
+  return tuning
 
 
 def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> ml_collections.ConfigDict:
