@@ -86,9 +86,10 @@ def mix(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int, mixin
   apply_key, switch_key, mixup_key, cutmix_key, box_key = jax.random.split(key, 5)
   partner_x, partner_targets = x[::-1], targets[::-1]
   mixed = jax.random.uniform(apply_key) < mixing.prob
-  use_cutmix = (jnp.asarray(mixing.mixup_alpha <= 0) if mixing.cutmix_alpha > 0 else jnp.asarray(False))
   if mixing.mixup_alpha > 0 and mixing.cutmix_alpha > 0:
     use_cutmix = jax.random.uniform(switch_key) < 0.5
+  else:
+    use_cutmix = jnp.asarray(mixing.cutmix_alpha > 0)
   mixup_lam = (jax.random.beta(mixup_key, mixing.mixup_alpha, mixing.mixup_alpha)
                if mixing.mixup_alpha > 0 else jnp.float32(1.0))
   cutmix_lam = (jax.random.beta(cutmix_key, mixing.cutmix_alpha, mixing.cutmix_alpha)
