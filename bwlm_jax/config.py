@@ -210,7 +210,7 @@ def _tuning_config() -> ml_collections.ConfigDict:
   # 'stage2_head'; 'random' and 'class_means' are the other starts) with balanced softmax, BitFit or the last
   # stage, lr 0.001, 2 epochs: what validation chose on the real EfficientNet-Lite0 ImageNet weights on
   # Tiny-ImageNet-LT (docs/REPRODUCING.md, "Light fine-tuning on real ImageNet weights": val All 37.9 / 37.7
-  # against 34.4 for BWLM frozen; random-head tuning and CE full fine-tuning lower).
+  # against 34.4 for BWLM frozen; random-head tuning, CE full fine-tuning and full LP-FT far lower).
   tuning = ml_collections.ConfigDict()
   tuning.modes = ('bias', 'last')
   tuning.losses = ('balanced_softmax',)
