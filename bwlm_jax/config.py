@@ -237,13 +237,13 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K').
   stage.head_init = 'random'
   stage.head_from = ''
+  # Who draws the batches: 'uniform' (each example once per epoch, the paper's), 'square_root',
+  # 'class_balanced' or 'progressive' (data/sampling.py; images in memory only).
+  stage.sampler = 'uniform'
   # Soft targets (train/mixing.py), all off as in the paper: mixup (Zhang et al. 2018) and CutMix (Yun et
   # al. 2019) with lambda ~ Beta(alpha, alpha) per batch (both > 0: one of them per batch at even odds),
   # mixing mix_prob of the batches; label smoothing eps (Szegedy et al. 2016). Common settings: mixup 0.2-0.8,
   # CutMix 1.0 (MiSLAS, GLMC), label smoothing 0.1. Not yet chosen on real data here.
-  # Who draws the batches: 'uniform' (each example once per epoch, the paper's), 'square_root',
-  # 'class_balanced' or 'progressive' (data/sampling.py; images in memory only).
-  stage.sampler = 'uniform'
   stage.mixup_alpha = 0.0
   stage.cutmix_alpha = 0.0
   stage.mix_prob = 1.0

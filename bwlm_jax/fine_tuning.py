@@ -18,7 +18,7 @@ import itertools
 import os
 
 from bwlm_jax import checkpoints, distributed, head_setting, selection, stages
-from bwlm_jax.config import validate_config
+from bwlm_jax.config import HEAD_INITS, validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
 from bwlm_jax.evaluation.report import write_tables
@@ -35,7 +35,7 @@ FROZEN_ROWS = {
 }
 
 
-# How each head start is named in the table (`<stage>.head_init`).
+# How each head start (`config.HEAD_INITS`) is named in the table.
 HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2_head': ' (LP-FT)'}
 
 
@@ -86,9 +86,9 @@ def _check(config) -> None:
   for field in ('modes', 'losses', 'head_inits', 'learning_rate', 'epochs'):
     if not config.tuning[field]:
       raise UsageError(f'tuning.{field} is empty: give at least one value.')
-  unknown = [start for start in config.tuning.head_inits if start not in HEAD_START_NAMES]
+  unknown = [start for start in config.tuning.head_inits if start not in HEAD_INITS]
   if unknown:
-    raise UsageError(f'tuning.head_inits: {unknown[0]!r} is not one of {tuple(HEAD_START_NAMES)}.')
+    raise UsageError(f'tuning.head_inits: {unknown[0]!r} is not one of {HEAD_INITS}.')
   for candidate in _candidates(config, 'the frozen BWLM row'):
     validate_config(candidate_config(config, candidate, config.tuning.learning_rate[0], config.tuning.epochs[0]))
 

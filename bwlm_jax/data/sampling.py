@@ -29,8 +29,6 @@ class BatchSpec:
   dtype: jnp.dtype
 
 
-
-
 def class_balanced_tables(labels: np.ndarray, num_classes: int) -> dict:
   """Lookup arrays for class-balanced sampling: example indices grouped by class, and where each class starts."""
   order = np.argsort(labels, kind='stable')
