@@ -38,6 +38,12 @@ HEAD_INITS = ('random', 'class_means', 'stage2_head')
 # Who draws a backbone stage's batches (naive.sampler, stage1.sampler): `data/sampling.sampler_tables`.
 SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 DTYPE_NAMES = ('float32', 'bfloat16')
+# RandAugment's magnitude scale (naive.randaugment_magnitude, stage1's): `data/randaugment.py`.
+RANDAUGMENT_MAX_MAGNITUDE = 10
+# The backbone stages' fields launch/recipe.py may vary (config.recipe), and how it combines them: `recipes.py`.
+RECIPE_FIELDS = ('loss', 'weight_decay', 'learning_rate', 'epochs', 'label_smoothing', 'mixup_alpha',
+                 'cutmix_alpha', 'mix_prob', 'randaugment_layers', 'randaugment_magnitude', 'sampler', 'drw_epoch')
+RECIPE_COMBINES = ('product', 'one_at_a_time')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.stage1 = _backbone_stage(epochs=310, learning_rate=0.01, weight_decay=5e-3)
   config.stage2 = _stage2_config()
   config.tuning = _tuning_config()
+  config.recipe = _recipe_config()
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
@@ -220,6 +227,18 @@ def _tuning_config() -> ml_collections.ConfigDict:
   return tuning
 
 
+def _recipe_config() -> ml_collections.ConfigDict:
+  """launch/recipe.py's candidates (bwlm_jax/recipes.py): for each field of naive and stage 1, the values to
+  try (None: as configured); 'one_at_a_time' tries each value alone beside the configured recipe, 'product'
+  every combination."""
+  recipe = ml_collections.ConfigDict({'combine': 'one_at_a_time'})
+  for field in RECIPE_FIELDS:
+    recipe[field] = config_dict.placeholder(tuple)
+  recipe.loss, recipe.label_smoothing, recipe.mixup_alpha = ('balanced_softmax',), (0.1,), (0.2,)
+  recipe.randaugment_layers, recipe.sampler = (2,), ('square_root',)
+  return recipe
+
+
 def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> ml_collections.ConfigDict:
   """A backbone stage (naive, stage 1): SGD as `_stage_optim`, what of the backbone trains, and its loss."""
   stage = _stage_optim(epochs, learning_rate, weight_decay)
@@ -253,6 +272,11 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   # epoch 160 of 200 and 0.9999). 0 = off, the paper's.
   stage.drw_epoch = 0
   stage.drw_beta = 0.9999
+  # RandAugment (Cubuk et al. 2020; data/randaugment.py): randaugment_layers operations per training image
+  # after the crop and flip, at magnitude randaugment_magnitude in [0, 10]. 0 layers = off, the paper's;
+  # PaCo's ImageNet-LT recipe and NCL use 2 layers at magnitude 10 (timm's default magnitude is 9).
+  stage.randaugment_layers = 0
+  stage.randaugment_magnitude = 9.0
   return stage
 
 
@@ -329,6 +353,11 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
                      f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+  if (not isinstance(cfg.randaugment_layers, int) or cfg.randaugment_layers < 0
+      or not 0 <= cfg.randaugment_magnitude <= RANDAUGMENT_MAX_MAGNITUDE):
+    raise UsageError(f'{stage}.randaugment_layers must be a whole number >= 0 (0 = off) and randaugment_magnitude '
+                     f'in [0, {RANDAUGMENT_MAX_MAGNITUDE}]; got {cfg.randaugment_layers!r}, '
+                     f'{cfg.randaugment_magnitude!r}.')
   if not isinstance(cfg.drw_epoch, int) or not 0 <= cfg.drw_epoch < cfg.epochs or not 0 < cfg.drw_beta < 1:
     raise UsageError(f'{stage}.drw_epoch must be a whole number in [0, {stage}.epochs) (0 = off) and drw_beta '
                      f'in (0, 1); got {cfg.drw_epoch!r}, {cfg.drw_beta!r}.')

@@ -20,6 +20,7 @@ RESULT_NEUTRAL_FIELDS = (
     'stages', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
     'allow_config_change', 'data.data_dir', 'data.download', 'stage1_checkpoint', 'eval_every_epochs',
     'tuning',  # launch/tune.py's grid: each candidate's own naive.* fields say what it trained
+    'recipe',  # launch/recipe.py's candidates: the same, in naive.* and stage1.*
 )
 
 

@@ -1,5 +1,6 @@
-"""Soft targets for the backbone stages: the losses on soft labels against their integer forms and a NumPy
-transcription, mixup and CutMix arithmetic inside the step, and a run that trains and resumes with them."""
+"""The backbone stages' recipe: the losses on soft labels against their integer forms and a NumPy
+transcription, mixup and CutMix arithmetic inside the step, samplers, deferred re-weighting, RandAugment
+against PIL, a run that trains and resumes with them, and recipes chosen on validation (`launch/recipe.py`)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from bwlm_jax import losses
-from bwlm_jax.data import sampling
-from bwlm_jax.config import validate_config
+from bwlm_jax.data import device_pipeline, randaugment, sampling
+from bwlm_jax.config import RECIPE_FIELDS, validate_config
 from bwlm_jax.errors import Interrupted, UsageError
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.pipeline import train_and_evaluate
@@ -180,3 +181,134 @@ def test_deferred_reweighting_starts_at_its_epoch_and_bad_values_are_one_error(t
     config.naive.drw_epoch = value
     with pytest.raises(UsageError, match=r'naive.drw_epoch must be a whole number in \[0, naive.epochs\)'):
       validate_config(config)
+
+
+def _photos(count=4, size=32):
+  """Smooth colour images with noise (varied histograms, edges and flat regions, like photos)."""
+  from PIL import Image
+  rng = np.random.default_rng(7)
+  coarse = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((size, size), Image.BILINEAR)
+            for _ in range(count)]
+  return [np.clip(np.asarray(c, np.int32) + rng.integers(-12, 13, (size, size, 3)), 0, 255).astype(np.uint8)
+          for c in coarse]
+
+
+def _pil_op(name, image, magnitude, sign):
+  """The operation as PIL computes it, at the magnitudes of data/randaugment.py."""
+  from PIL import Image, ImageEnhance, ImageOps
+  im, level = Image.fromarray(image), magnitude / 10
+  factor, grey, (w, h) = 1 + 0.9 * level * sign, (128,) * 3, im.size
+
+  def affine(*matrix):
+    return im.transform(im.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=grey)
+
+  ops = {'identity': lambda: im, 'autocontrast': lambda: ImageOps.autocontrast(im),
+         'equalize': lambda: ImageOps.equalize(im),
+         'rotate': lambda: im.rotate(30 * level * sign, resample=Image.NEAREST, fillcolor=grey),
+         'solarize': lambda: ImageOps.solarize(im, 256 - 256 * level),
+         'color': lambda: ImageEnhance.Color(im).enhance(factor),
+         'posterize': lambda: ImageOps.posterize(im, 8 - int(4 * level)),
+         'contrast': lambda: ImageEnhance.Contrast(im).enhance(factor),
+         'brightness': lambda: ImageEnhance.Brightness(im).enhance(factor),
+         'sharpness': lambda: ImageEnhance.Sharpness(im).enhance(factor),
+         'shear_x': lambda: affine(1, 0.3 * level * sign, 0, 0, 1, 0),
+         'shear_y': lambda: affine(1, 0, 0, 0.3 * level * sign, 1, 0),
+         'translate_x': lambda: affine(1, 0, 0.45 * level * sign * w, 0, 1, 0),
+         'translate_y': lambda: affine(1, 0, 0, 0, 1, 0.45 * level * sign * h)}
+  return np.asarray(ops[name](), np.float32)
+
+
+# Float rounding (PIL blends in C floats, its autocontrast lookup in doubles) moves a few pixels by one level.
+_ROUNDED_OPS = ('autocontrast', 'color', 'contrast')
+
+
+@pytest.mark.parametrize('name', randaugment.OPS)
+def test_each_randaugment_operation_equals_pils(name):
+  for image in _photos():
+    for magnitude, sign in ((3, 1.0), (9, -1.0), (10, 1.0)):
+      ours = np.asarray(randaugment.apply_op(name, image, magnitude, sign))
+      difference = np.abs(ours - _pil_op(name, image, magnitude, sign))
+      if name in _ROUNDED_OPS:
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (name, magnitude)
+      else:
+        np.testing.assert_array_equal(ours, _pil_op(name, image, magnitude, sign), err_msg=f'{name} m={magnitude}')
+
+
+def test_randaugment_is_a_function_of_seed_and_step_on_both_pipelines():
+  images = jnp.asarray(np.stack(_photos(8)))
+  labels = jnp.arange(8)
+  spec = sampling.BatchSpec(batch_size=8, steps_per_epoch=1, augment=False, mean=(0.5, 0.4, 0.3),
+                            std=(0.2, 0.25, 0.3), dtype=jnp.float32, randaugment=(2, 9.0))
+  rng = jax.random.key_data(jax.random.key(0))
+  first, _ = sampling.device_batch(rng, 3, images, labels, spec, None)
+  again, _ = sampling.device_batch(rng, 3, images, labels, spec, None)
+  later, _ = sampling.device_batch(rng, 4, images, labels, spec, None)
+  np.testing.assert_array_equal(first, again)  # a resumed step augments alike
+  assert not np.array_equal(first, later)
+  plain, _ = sampling.device_batch(rng, 3, images, labels,
+                                   sampling.BatchSpec(**{**spec.__dict__, 'randaugment': (0, 9.0)}), None)
+  changed = np.abs(np.asarray(first) - np.asarray(plain)).reshape(8, -1).max(-1) > 0
+  assert changed.sum() >= 6  # two operations per image: at most the identity twice leaves one unchanged
+  key = jax.random.key(5)  # the streamed path: the same operations on its normalised batch
+  x = device_pipeline.normalize(images, spec.mean, spec.std)
+  streamed = randaugment.augmented_stream_batch(key, x, spec.mean, spec.std, 2, 9.0)
+  expected = device_pipeline.normalize(randaugment.randaugment(key, images, 2, 9.0), spec.mean, spec.std)
+  np.testing.assert_allclose(streamed, expected, atol=1e-5)
+
+
+def _recipe_config(tfds_dir):
+  config = tiny_config(tfds_dir, epochs=1)
+  config.stages = 'naive'
+  for field in RECIPE_FIELDS:
+    config.recipe[field] = None
+  config.recipe.label_smoothing = (0.0, 0.1)  # 0.0 is the configured value: one candidate, not two
+  config.recipe.randaugment_layers = (2,)
+  config.checkpoint_every_steps = 4
+  return config
+
+
+def test_recipes_are_chosen_on_validation_resume_and_a_rerun_trains_nothing(tfds_dir, tmp_path, capsys):
+  import json
+  from bwlm_jax import selection
+  from bwlm_jax.recipes import candidates, candidate_config, run_recipes
+  config = _recipe_config(tfds_dir)
+  found = candidates(config)
+  assert [c.folder for c in found] == ['default', 'label_smoothing=0.1', 'randaugment_layers=2']
+  workdir = tmp_path / 'run'
+  with pytest.raises(Interrupted):  # a candidate stopped part-way resumes inside the recipe run
+    train_and_evaluate(candidate_config(config, found[2]), str(workdir / 'recipe' / found[2].folder),
+                       stop_after_steps=4)
+  rows = run_recipes(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'naive: resuming at step 4' in out
+  assert [row.name for row in rows] == ['as configured', 'label_smoothing=0.1', 'randaugment_layers=2',
+                                        'best on validation']
+  scores = [selection.score(json.load(open(workdir / 'recipe' / c.folder / 'results.json'))['models']['naive']['val'],
+                            'balanced_accuracy') for c in found]
+  assert [row.score for row in rows[:3]] == scores
+  chosen = json.load(open(workdir / 'recipe' / 'chosen.json'))
+  assert chosen['val_score'] == max(scores) and rows[-1].setting == found[int(np.argmax(scores))].name
+  assert chosen['recipe'] == dict(found[int(np.argmax(scores))].changes)
+  saved = json.load(open(workdir / 'recipe' / 'randaugment_layers=2' / 'config.json'))
+  assert saved['naive']['randaugment_layers'] == saved['stage1']['randaugment_layers'] == 2
+  assert len({row.test['all'] for row in rows[:3]}) > 1  # the candidates trained differently
+  again = run_recipes(config, str(workdir))
+  assert capsys.readouterr().out.count('naive: finished earlier') == 3
+  assert [row.test for row in again] == [row.test for row in rows]
+
+
+def test_a_recipe_that_varies_nothing_or_a_bad_value_is_one_error(tfds_dir):
+  from bwlm_jax.recipes import candidates
+  config = _recipe_config(tfds_dir)
+  config.recipe.label_smoothing = ()
+  with pytest.raises(UsageError, match='recipe.label_smoothing is empty'):
+    candidates(config)
+  config.recipe.label_smoothing, config.recipe.randaugment_layers = None, None
+  with pytest.raises(UsageError, match='config.recipe varies nothing'):
+    candidates(config)
+  config.recipe.randaugment_magnitude = (12.0,)
+  with pytest.raises(UsageError, match=r'recipe candidate randaugment_magnitude=12: naive.randaugment_layers must'):
+    candidates(config)
+  config.recipe.randaugment_magnitude, config.recipe.combine = (5.0,), 'every'
+  with pytest.raises(UsageError, match="recipe.combine must be one of"):
+    candidates(config)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bwlm_jax.data import device_pipeline
+from bwlm_jax.data import device_pipeline, randaugment
 
 # Streams of randomness derived from a train state's rng, kept apart by these tags.
 DATA_ORDER, AUGMENT, HEAD_INIT, MIXING = 0, 1, 2, 3
@@ -27,6 +27,7 @@ class BatchSpec:
   mean: tuple
   std: tuple
   dtype: jnp.dtype
+  randaugment: tuple = (0, 0.0)  # (layers, magnitude) of RandAugment after the crop and flip; 0 layers = off
 
 
 def class_balanced_tables(labels: np.ndarray, num_classes: int) -> dict:
@@ -89,11 +90,18 @@ def device_batch(rng, step, images, labels, spec: BatchSpec, data_sharding, samp
   """The training batch of `step`, gathered from on-device arrays, augmented and normalised."""
   indices = step_indices(rng, step, labels.shape[0], spec, sampler_tables)
   batch_images, batch_labels = images[indices], labels[indices]
+  aug_key = augment_key(rng, step)
   if spec.augment:
-    aug_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng), AUGMENT), step)
     batch_images = device_pipeline.random_crop_flip(aug_key, batch_images)
+  if spec.randaugment[0]:
+    batch_images = randaugment.randaugment(jax.random.fold_in(aug_key, 1), batch_images, *spec.randaugment)
   x = device_pipeline.normalize(batch_images, spec.mean, spec.std, spec.dtype)
   return split_over_devices(x, batch_labels, data_sharding)
+
+
+def augment_key(rng, step) -> jax.Array:
+  """The key of `step`'s augmentation (crop and flip with it, RandAugment with it folded with 1)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng), AUGMENT), step)
 
 
 def cached_batch(rng, step, features, labels, spec: BatchSpec, data_sharding, sampler_tables=None):

@@ -69,8 +69,10 @@ def _plan(ctx, stage, epochs: int):
   split = stage_split(config, dataset, stage)
   steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
   augment = config.stage2.augment if stage.trains_heads else config.data.augment
+  rand = (0, 0.0) if stage.trains_heads else (config[stage.name].randaugment_layers,
+                                              float(config[stage.name].randaugment_magnitude))
   spec = BatchSpec(batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, augment=augment,
-                   mean=dataset.mean, std=dataset.std, dtype=DTYPES[config.model.dtype])
+                   mean=dataset.mean, std=dataset.std, dtype=DTYPES[config.model.dtype], randaugment=rand)
   return split, spec, steps_per_epoch, epochs * steps_per_epoch
 
 

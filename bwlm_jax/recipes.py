@@ -1,0 +1,136 @@
+"""The backbone's training recipe chosen on validation (`launch/recipe.py`): loss, weight decay, mixing,
+augmentation, sampling and re-weighting of naive and stage 1.
+
+A candidate sets some fields of the backbone stages (`config.recipe`: each field the values to try, applied
+to naive and stage 1 alike) and is a whole run of `config.stages` in WORKDIR/recipe/<candidate>/: resumable,
+and a finished one is never retrained. Its score is the validation score of the run's last model (with
+stage 2, the head its own grid chose on val), compared with `selection.choose`, the choice every stage-2 grid
+makes; the test split never chooses. A candidate's folder names only the fields it changes, so grids that
+share candidates (the default, one option at a time) share their runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+
+from bwlm_jax import distributed, selection, stages
+from bwlm_jax.config import RECIPE_COMBINES, RECIPE_FIELDS, parse_stages, validate_config
+from bwlm_jax.data import load_dataset
+from bwlm_jax.errors import UsageError
+from bwlm_jax.evaluation.report import without_per_class, write_tables
+from bwlm_jax.evaluation.table_rows import Row, table_inputs
+from bwlm_jax.experiments import model_row, title_of
+from bwlm_jax.files import make_directory, unique_path, write_json
+from bwlm_jax.pipeline import check_inputs, train_and_evaluate
+
+DEFAULT_NAME = 'as configured'
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """The backbone-stage fields one candidate changes from the config, as (field, value) pairs in RECIPE_FIELDS order."""
+  changes: tuple = ()
+
+  @property
+  def name(self) -> str:
+    return ', '.join(f'{field}={_shown(value)}' for field, value in self.changes) or DEFAULT_NAME
+
+  @property
+  def folder(self) -> str:
+    return ','.join(f'{field}={_shown(value)}' for field, value in self.changes) or 'default'
+
+
+def _shown(value) -> str:
+  return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def candidate_config(config, candidate: Candidate):
+  """The whole run of one candidate: its changes applied to every backbone stage."""
+  run = copy.deepcopy(config)
+  for field, value in candidate.changes:
+    for stage in stages.BACKBONES:
+      run[stage][field] = value
+  return run
+
+
+def candidates(config) -> list[Candidate]:
+  """Every candidate of config.recipe, the configured recipe first (ties keep it); duplicates once."""
+  recipe = config.recipe
+  unknown = sorted(set(recipe.keys()) - set(RECIPE_FIELDS) - {'combine'})
+  if unknown:
+    raise UsageError(f'recipe.{unknown[0]} is not a field a recipe varies; expected one of {RECIPE_FIELDS}.')
+  if recipe.combine not in RECIPE_COMBINES:
+    raise UsageError(f'recipe.combine must be one of {RECIPE_COMBINES}, got {recipe.combine!r}.')
+  axes = {field: tuple(recipe[field]) for field in RECIPE_FIELDS if recipe[field] is not None}
+  empty = [field for field, values in axes.items() if not values]
+  if empty:
+    raise UsageError(f'recipe.{empty[0]} is empty: give at least one value, or leave it None.')
+  if not axes:
+    raise UsageError('config.recipe varies nothing: give some fields values to try, e.g. '
+                     '--config.recipe.loss=ce,balanced_softmax.')
+  if recipe.combine == 'product':
+    settings = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+  else:  # each value of each field alone, the others as configured
+    settings = [{}] + [{field: value} for field, values in axes.items() for value in values]
+  found = [_changes(config, setting) for setting in settings]
+  ordered = sorted(set(found), key=lambda c: (bool(c.changes), found.index(c)))
+  for candidate in ordered:
+    try:
+      validate_config(candidate_config(config, candidate))
+    except UsageError as error:
+      raise UsageError(f'recipe candidate {candidate.name}: {error}') from None
+  return ordered
+
+
+def _changes(config, setting: dict) -> Candidate:
+  """The fields of `setting` whose value differs from the config's own (naive's, which stage 1 shares)."""
+  return Candidate(tuple((field, value) for field, value in setting.items()
+                         if any(config[stage][field] != value for stage in stages.BACKBONES)))
+
+
+def _check(config) -> str:
+  if not config.recipe:
+    raise UsageError('config.recipe is missing: the config file predates recipes.')
+  trained = [stage.name for stage in parse_stages(config) if stage.trains_backbone]
+  if not trained:
+    raise UsageError(f'config.stages={config.stages!r} trains no backbone: a recipe is how naive and stage 1 '
+                     'train, so include at least one of them.')
+  return parse_stages(config)[-1].name
+
+
+def run_recipes(config, workdir: str) -> list[Row]:
+  """Every candidate of config.recipe trained (or reused) and chosen on validation; writes
+  WORKDIR/recipe/table.{md,csv,json} and WORKDIR/recipe/chosen.json (the chosen candidate's run)."""
+  last = _check(config)
+  found = candidates(config)
+  check_inputs(config, workdir)
+  dataset = load_dataset(config.data)
+  if dataset.val is None:
+    raise UsageError('a recipe is chosen on the validation split, which this dataset lacks (a folder needs '
+                     'ROOT/val/<class>/, or data.imbalance_factor with data.val_per_class > 0).')
+  metric = config.stage2.select_metric
+  rows = []
+  for index, candidate in enumerate(found):
+    run_dir = os.path.join(workdir, 'recipe', candidate.folder)
+    print(f'--- recipe {index + 1}/{len(found)}: {candidate.name} ({run_dir})', flush=True)
+    results = train_and_evaluate(candidate_config(config, candidate), run_dir, dataset=dataset)
+    source = {'workdir': os.path.abspath(run_dir), 'stage': last}
+    rows.append(model_row(candidate.name, {**results, 'source': source}, metric))
+  chosen = selection.choose([row.score for row in rows])
+  best = rows[chosen]
+  if distributed.is_writer():
+    folder = os.path.join(workdir, 'recipe')
+    make_directory(folder)
+    write_json(unique_path(os.path.join(folder, 'chosen.json')),
+               {'recipe': dict(found[chosen].changes), 'candidate': best.name, 'metric': metric,
+                'val_score': best.score, 'source': best.source, 'test': without_per_class(best.test),
+                'candidates': [{'recipe': dict(c.changes), 'val_score': r.score} for c, r in zip(found, rows)]})
+  rows.append(Row('best on validation', 'best', best.test, setting=best.name))
+  if distributed.is_writer():
+    reports, notes = table_inputs(rows, True)
+    print(write_tables(os.path.join(workdir, 'recipe'), reports, f'{title_of(dataset, config)}, backbone recipes '
+                       f'({last} model)', 'recipe', ('many', 'medium', 'few', 'all', 'top5'), notes))
+  return rows
