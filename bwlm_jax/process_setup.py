@@ -1,7 +1,9 @@
-"""Process set-up shared by the launch scripts: TensorFlow off the GPUs, CPU runtime settings, CPU device count."""
+"""Process set-up shared by the launch scripts: CPU runtime settings, CPU device count, and TensorFlow (off the GPUs)
+imported only where it feeds data."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -26,25 +28,52 @@ MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', '
 #    ops of one device on one thread) N = 2 trained 35% faster on 2 cores but hung in 3 of 20 runs; with
 #    jaxlib 0.12 one device already keeps both cores busy and N = 2 adds 3% (docs/PERFORMANCE.md).
 # jaxlib 0.12's XLA:CPU returns NaN for part of a trained ResNet's jitted inference features in bfloat16, a
-# different part each run (not in float32, not with jaxlib 0.10.2): refused before training.
-BF16_BROKEN_CPU_JAXLIB = ('0.12.',)
+# different part each run (not in float32, not with jaxlib 0.10.2): refused before training. jaxlib 0.11.2 too
+# (every feature of tests/test_train.py's bfloat16 run non-finite, 2026-12-02).
+BF16_BROKEN_CPU_JAXLIB = ('0.11.', '0.12.')
 OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
 
 
-def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow only feeds data: keep it off the GPUs so JAX gets all their memory.
+def quiet_library_logs() -> None:
+  """Library INFO logs (orbax, tfds) off the terminal; warnings still show."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
 
-  Also keeps library INFO logs (orbax, tfds) off the terminal; warnings still show. On CPUs where
-  TensorFlow turns on its oneDNN kernels (AVX-512 ones) it announces them at import whatever the log level,
-  so a one-line error would not be one line: they are off unless the user set TF_ENABLE_ONEDNN_OPTS (they
-  speed up TF's matrix ops, which only feed data here).
+
+def tensorflow(needed_for: str):
+  """TensorFlow, imported only where it feeds data (tfds sources, streamed data): kept off the GPUs so JAX
+  gets all their memory; a one-line error naming `needed_for` where it is not installed.
+
+  On CPUs where TensorFlow turns on its oneDNN kernels (AVX-512 ones) it announces them at import whatever
+  the log level, so a one-line error would not be one line: they are off unless the user set
+  TF_ENABLE_ONEDNN_OPTS (they speed up TF's matrix ops, which only feed data here).
   """
+  try:
+    return _tensorflow_off_the_gpus()
+  except ImportError:
+    raise UsageError(f'{needed_for} needs TensorFlow, which is not installed here: pip install tensorflow-cpu '
+                     '(requirements.txt has it). Images kept in memory (the embedded set, an image folder with '
+                     'data.pipeline=device) need neither TensorFlow nor tensorflow-datasets.') from None
+
+
+@functools.cache
+def _tensorflow_off_the_gpus():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   import tensorflow as tf
-  from absl import logging
   tf.config.set_visible_devices([], 'GPU')
-  logging.set_verbosity(logging.WARNING)
+  return tf
+
+
+def tensorflow_datasets(needed_for: str):
+  """tensorflow-datasets (and TensorFlow under it, as `tensorflow` sets it up), or a one-line error."""
+  tensorflow(needed_for)
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise UsageError(f'{needed_for} needs tensorflow-datasets, which is not installed here: pip install '
+                     'tensorflow-datasets (requirements.txt has it).') from None
+  return tfds
 
 
 def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str) -> dict[str, str]:
@@ -111,10 +140,10 @@ def use_cpu_devices(count: int) -> None:
 
 
 def start_process(cpu_devices: int = 1) -> None:
-  """What every launch script does before JAX runs anything: CPU settings, CPU device count, TF off the GPUs."""
+  """What every launch script does before JAX runs anything: CPU settings, CPU device count, quiet logs."""
   tune_cpu_runtime()
   use_cpu_devices(cpu_devices)
-  hide_gpus_from_tensorflow()
+  quiet_library_logs()
 
 
 def define_cpu_devices_flag():

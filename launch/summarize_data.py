@@ -32,7 +32,7 @@ def main(argv):
             f'the long tail leaves unused; {(val < cfg.val_per_class).sum()} classes get fewer than {cfg.val_per_class}')
     print(format_summary(f'{cfg.name}-LT (profile)', count_summary(counts), [line]))
     return
-  process_setup.hide_gpus_from_tensorflow()
+  process_setup.quiet_library_logs()
   dataset = load_dataset(cfg)
   print(format_summary(dataset.name, count_summary(dataset.train_counts), eval_split_lines(dataset, cfg.val_per_class)))
   from bwlm_jax.fingerprint import construction, training_set_hash

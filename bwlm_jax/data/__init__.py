@@ -5,6 +5,3 @@ from bwlm_jax.data.long_tail import (FEW_BELOW, MANY_ABOVE, SHOT_GROUPS, balance
 from bwlm_jax.data.load import DATASETS, load_dataset, stage_indices, stage_train_split
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, StreamSplit
 from bwlm_jax.data.tfds_source import DatasetNotPreparedError
-
-# Registers the `bwlm_shapes` tfds builder (importing it is cheap once tfds is imported).
-from bwlm_jax.data import embedded as _embedded  # noqa: F401,E402

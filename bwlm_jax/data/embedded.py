@@ -1,47 +1,50 @@
-"""`bwlm_shapes`: the embedded, offline dataset, as a real tfds builder.
+"""`bwlm_shapes`: the embedded, offline dataset, drawn in memory.
 
-Preparing it draws the images procedurally (see `shapes.py`); nothing is downloaded. The train
-split is balanced (300 images per class) and is made long-tailed by the same exponential profile
-as CIFAR-LT, at any imbalance factor; the test split is balanced (100 per class).
+The images are drawn procedurally (see `shapes.py`); nothing is downloaded and no TensorFlow is needed.
+The train split is balanced (300 images per class) and is made long-tailed by the same exponential
+profile as CIFAR-LT, at any imbalance factor; the test split is balanced (100 per class).
+`embedded_tfds.py` offers the same splits as a tfds builder (what the streamed pipeline reads).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
-import tensorflow_datasets as tfds
 
 from bwlm_jax.data import shapes
+from bwlm_jax.data.splits import ArraySplit
 
+NAME = 'bwlm_shapes'
 TRAIN_PER_CLASS = 300
 TEST_PER_CLASS = 100
 _SEEDS = {'train': 20240, 'test': 20241}
+_PER_CLASS = {'train': TRAIN_PER_CLASS, 'test': TEST_PER_CLASS}
 
 
-class BwlmShapes(tfds.core.GeneratorBasedBuilder):
-  """20 classes of procedurally drawn coloured shapes, 32x32 RGB."""
+def drawn(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The images (uint8 [N, 32, 32, 3]) and labels of 'train' or 'test' in the order they are drawn."""
+  return shapes.draw_split(np.full(len(shapes.class_names()), _PER_CLASS[split]), _SEEDS[split])
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release: 5 shapes x 4 colours.'}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3)),
-            'label': tfds.features.ClassLabel(names=shapes.class_names()),
-        }),
-        supervised_keys=('image', 'label'),
-    )
+def stored_order(split: str, count: int) -> np.ndarray:
+  """The order tfds stores a generated split in: by the md5 of the split's name followed by the example's
+  key (tfds' shuffler, salted with the split name). The in-memory split keeps it, so that both give the same
+  example at each index, and the long-tail profile keeps the same images either way."""
+  hashes = [int(hashlib.md5(f'{split}{key}'.encode()).hexdigest(), 16) for key in range(count)]
+  return np.argsort(hashes, kind='stable')
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    return {
-        'train': self._generate_examples('train', TRAIN_PER_CLASS),
-        'test': self._generate_examples('test', TEST_PER_CLASS),
-    }
 
-  def _generate_examples(self, split: str, per_class: int):
-    num_classes = len(shapes.class_names())
-    images, labels = shapes.draw_split(np.full(num_classes, per_class), _SEEDS[split])
-    for index, (image, label) in enumerate(zip(images, labels)):
-      yield index, {'image': image, 'label': int(label)}
+@functools.cache
+def _stored(split: str) -> ArraySplit:
+  images, labels = drawn(split)
+  order = stored_order(split, labels.size)
+  images, labels = images[order], labels[order].astype(np.int64)
+  images.flags.writeable = labels.flags.writeable = False  # shared by every caller in this process
+  return ArraySplit(images, labels)
+
+
+def split_arrays(split: str) -> ArraySplit:
+  """'train' or 'test' as tfds reads it from the prepared builder: the same images and labels, same order."""
+  return _stored(split)

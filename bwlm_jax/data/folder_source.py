@@ -7,6 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from bwlm_jax import process_setup
 from bwlm_jax.data import images
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
 from bwlm_jax.errors import MissingFileError, UsageError
@@ -82,7 +83,7 @@ def stream_split(paths: list[str], labels: np.ndarray) -> StreamSplit:
   check_readable(paths)
 
   def make_source():
-    import tensorflow as tf
+    tf = process_setup.tensorflow('streamed image folders (data.pipeline=stream)')
     files = tf.data.Dataset.from_tensor_slices((paths, labels))
     return files.map(lambda path, label: {'image': tf.io.read_file(path), 'label': label})
 

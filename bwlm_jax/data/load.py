@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax import stages
-from bwlm_jax.data import folder_source, list_source, tfds_source
+from bwlm_jax.data import embedded, folder_source, list_source, shapes, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
 from bwlm_jax.errors import UsageError
@@ -99,10 +99,21 @@ def _validate(cfg) -> None:
     raise UsageError(f'data.pipeline must be auto, device or stream, got {cfg.pipeline!r}.')
 
 
+def _load_embedded(cfg):
+  """(class names, train, test, val, image size, stats) of the embedded set: drawn in memory, or read through
+  its tfds builder when streamed (the same examples in the same order)."""
+  if cfg.pipeline == 'stream':
+    from bwlm_jax.data import embedded_tfds  # noqa: F401  (registers the builder)
+    return _load_tfds(cfg)
+  train = embedded.split_arrays('train')
+  return tuple(shapes.class_names()), train, embedded.split_arrays('test'), None, shapes.IMAGE_SIZE, \
+      _channel_stats(train)
+
+
 def _load_tfds(cfg):
   """(class names, train, test, val, image size, stats) of a tfds source."""
   builder = tfds_source.prepared_builder(
-      'bwlm_shapes' if cfg.name == 'embedded' else cfg.name, cfg.data_dir, cfg.download)
+      embedded.NAME if cfg.name == 'embedded' else cfg.name, cfg.data_dir, cfg.download)
   names = tfds_source.class_names(builder)
   stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name in _NATURAL_TAIL)
   read = tfds_source.stream_split if stream else tfds_source.read_arrays
@@ -150,6 +161,8 @@ def load_dataset(cfg) -> LongTailDataset:
   _validate(cfg)
   if cfg.name in ('folder', 'lists'):
     names, train, test, val, image_size, stats = _load_folder(cfg)
+  elif cfg.name == 'embedded':
+    names, train, test, val, image_size, stats = _load_embedded(cfg)
   else:
     names, train, test, val, image_size, stats = _load_tfds(cfg)
   val_source = 'split' if val is not None else None

@@ -10,15 +10,20 @@ from typing import Iterator
 
 import numpy as np
 
+from bwlm_jax import process_setup
 from bwlm_jax.data.splits import StreamSplit
 from bwlm_jax.errors import UsageError
 
 RESIZE_RATIO = 256 / 224  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
 
 
+def _tf():
+  return process_setup.tensorflow('streamed data (data.pipeline=stream, or a source too large to keep in memory)')
+
+
 def _keep_positions(split: StreamSplit, dataset):
   """Only the source positions in `split.indices`, in source order."""
-  import tensorflow as tf
+  tf = _tf()
   keep = np.zeros(split.source_labels.size, bool)
   keep[split.indices] = True
   keep_table = tf.constant(keep)
@@ -31,21 +36,21 @@ def _keep_positions(split: StreamSplit, dataset):
 
 
 def _decode(image_bytes):
-  import tensorflow as tf
+  tf = _tf()
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
   return image
 
 
 def _normalize(image, mean, std):
-  import tensorflow as tf
+  tf = _tf()
   image = tf.cast(image, tf.float32) / 255.0
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def _train_view(image, seed, size: int):
   """Random-resized crop (scale 0.08-1, ratio 3/4-4/3) and a random flip, seeded statelessly."""
-  import tensorflow as tf
+  tf = _tf()
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
       tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
       min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
@@ -56,7 +61,7 @@ def _train_view(image, seed, size: int):
 
 
 def _eval_view(image, size: int):
-  import tensorflow as tf
+  tf = _tf()
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = size * RESIZE_RATIO / tf.reduce_min(shape)
   resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method='bilinear')
@@ -72,7 +77,7 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
   the examples of global batch k are those of a single-process run's batch k, whatever the process count,
   and each process decodes only its own.
   """
-  import tensorflow as tf
+  tf = _tf()
   if global_batch % process_count:
     raise UsageError(f'batch size {global_batch} is not divisible by the {process_count} processes.')
   local_batch = global_batch // process_count
@@ -103,7 +108,7 @@ def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, 
   Every process yields the same number of batches (shards differ by at most one example), padding with
   fully masked batches, so collective evaluation steps stay in lockstep.
   """
-  import tensorflow as tf
+  tf = _tf()
   dataset = _keep_positions(split, split.make_source()).shard(process_count, process_index)
 
   def prepare(index, example):

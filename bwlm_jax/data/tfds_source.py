@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from bwlm_jax import process_setup
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
 from bwlm_jax.errors import RunError, UsageError
 
@@ -25,8 +26,9 @@ class DatasetNotPreparedError(RunError):
 
 
 def _tfds():
-  import tensorflow_datasets as tfds  # Deferred: importing TF is slow and not needed by callers of counts.
-  return tfds
+  """Deferred: importing TF is slow, and the in-memory path never needs it."""
+  return process_setup.tensorflow_datasets('a tfds source (data.name=cifar10, cifar100, imagenet_lt, '
+                                           'i_naturalist2018, or the embedded set streamed)')
 
 
 def host_reachable(host: str, timeout_s: float = 5.0) -> bool:

@@ -1,25 +1,27 @@
-"""Training metrics: TensorBoard and logging through `clu.metric_writers`, plus `metrics.jsonl` for the plots.
+"""Training metrics: TensorBoard event files and `metrics.jsonl` (what the plots read).
 
 One writer per stage (`stage_writer`), closed when the stage ends. On a resume, the rows a stage
-logged after its last checkpoint are dropped first, so the file never holds a step twice.
+logged after its last checkpoint are dropped first, so the file never holds a step twice. The event
+files are written with TensorBoard's own record framing and protos, without TensorFlow (which the
+in-memory training path never imports).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from typing import Any, Mapping, Optional
 
 import jax
-from clu import metric_writers
-from clu.metric_writers import interface
 
 from bwlm_jax.files import make_directory, write_text, writing
 
 METRICS_FILE = 'metrics.jsonl'
 
 
-class JsonlWriter(interface.MetricWriter):
+class JsonlWriter:
   """Scalars as JSON lines {'stage', 'step', name: value, ...} in WORKDIR/metrics.jsonl (other kinds are
   not written: the training-curve plot reads scalars only)."""
 
@@ -47,27 +49,6 @@ class JsonlWriter(interface.MetricWriter):
       self._file.write(json.dumps(row) + '\n')
       self._file.flush()
 
-  def write_summaries(self, step, values, metadata=None):
-    del step, values, metadata
-
-  def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_texts(self, step, texts):
-    del step, texts
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
-  def write_hparams(self, hparams):
-    del hparams
-
   def flush(self) -> None:
     self._file.flush()
 
@@ -84,9 +65,60 @@ def _logged_after(line: str, stage: str, step: int) -> bool:
   return row.get('stage') == stage and row.get('step', 0) > step
 
 
-def stage_writer(workdir: str, stage: str, resume_step: Optional[int] = None) -> interface.MetricWriter:
-  """TensorBoard (WORKDIR/tensorboard/<stage>), logging and metrics.jsonl on process 0; logging elsewhere."""
+class TensorBoardWriter:
+  """Scalars as TensorBoard events in `logdir` (one events.out.tfevents.* file per writer)."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self._event = event_pb2.Event
+    make_directory(logdir)
+    self.path = os.path.join(logdir, f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}')
+    with writing(self.path):
+      self._file = open(self.path, 'wb')
+    self._records = RecordWriter(self._file)
+    self._write(self._event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event) -> None:
+    with writing(self.path):
+      self._records.write(event.SerializeToString())
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    event = self._event(wall_time=time.time(), step=int(step))
+    for name, value in scalars.items():
+      event.summary.value.add(tag=name, simple_value=float(value))
+    self._write(event)
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    if not self._file.closed:
+      self._file.close()
+
+
+class MultiWriter:
+  """Each scalar to every writer."""
+
+  def __init__(self, writers):
+    self.writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for writer in self.writers:
+      writer.write_scalars(step, scalars)
+
+  def flush(self) -> None:
+    for writer in self.writers:
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self.writers:
+      writer.close()
+
+
+def stage_writer(workdir: str, stage: str, resume_step: Optional[int] = None) -> MultiWriter:
+  """TensorBoard (WORKDIR/tensorboard/<stage>) and metrics.jsonl on process 0; nothing on the others."""
   if jax.process_index() != 0:
-    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-  tensorboard = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard', stage), asynchronous=False)
-  return metric_writers.MultiWriter([tensorboard, JsonlWriter(workdir, stage, resume_step)])
+    return MultiWriter([])
+  return MultiWriter([TensorBoardWriter(os.path.join(workdir, 'tensorboard', stage)),
+                      JsonlWriter(workdir, stage, resume_step)])
