@@ -1,9 +1,11 @@
-"""The PyTorch side of `launch/benchmark.py --torch_python=...`: one plain training step of the same ResNet-32.
+"""The PyTorch side of `launch/benchmark.py --torch_python=...` and `benchmarks/gpu_check.sh`: one plain
+training step of the same network.
 
-Same network as bwlm_jax.models.resnet_cifar (16/32/64 channels, 5 basic blocks a stage, option-A shortcuts,
-BatchNorm in training mode), SGD with momentum and weight decay, cross-entropy, batch 128 of 32x32 images
-already in memory, float32, channels-last or not (--channels_last), PyTorch's default threads (all cores).
-Prints one JSON record like the JAX measurements. Needs only torch; not imported by the package.
+ResNet-32 is bwlm_jax.models.resnet_cifar's network (16/32/64 channels, 5 basic blocks a stage, option-A
+shortcuts); ResNet-50 and ResNeXt-50 are torchvision's (needs torchvision). BatchNorm in training mode, SGD with
+momentum and weight decay, cross-entropy, a batch already on the device, float32 or bfloat16 autocast
+(--dtype), channels-last or not (--channels_last), eager or `torch.compile` (--compile), PyTorch's default
+threads on a CPU. Prints one JSON record like the JAX measurements. Needs only torch; not imported by the package.
 """
 
 import argparse
@@ -52,42 +54,67 @@ class ResNet32(nn.Module):
     return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+def _network(name: str, classes: int):
+  if name == 'resnet32':
+    return ResNet32(classes)
+  import torchvision
+  return {'resnet50': torchvision.models.resnet50, 'resnext50': torchvision.models.resnext50_32x4d}[name](
+      num_classes=classes)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--model', default='resnet32', choices=('resnet32', 'resnet50', 'resnext50'))
   parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--image_size', type=int, default=32)
   parser.add_argument('--classes', type=int, default=100)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--blocks', type=int, default=3)
+  parser.add_argument('--device', default='cpu')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--channels_last', action='store_true')
+  parser.add_argument('--compile', action='store_true')
   args = parser.parse_args()
   torch.manual_seed(0)
-  model = ResNet32(args.classes).train()
-  images = torch.randn(args.batch, 3, 32, 32)
-  labels = torch.randint(0, args.classes, (args.batch,))
+  device = torch.device(args.device)
+  model = _network(args.model, args.classes).to(device).train()
+  images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+  labels = torch.randint(0, args.classes, (args.batch,), device=device)
   if args.channels_last:
     model = model.to(memory_format=torch.channels_last)
     images = images.contiguous(memory_format=torch.channels_last)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+  forward = torch.compile(model) if args.compile else model
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16'):
+      loss = F.cross_entropy(forward(images), labels)
     loss.backward()
     optimizer.step()
     return loss
 
-  step()  # warm-up
+  def synchronize():
+    if device.type == 'cuda':
+      torch.cuda.synchronize()
+
+  start = time.perf_counter()
+  step()  # warm-up (and, with --compile, the compilation)
+  synchronize()
+  warmup_s = time.perf_counter() - start
   best = float('inf')
   for _ in range(args.blocks):
     start = time.perf_counter()
     for _ in range(args.steps):
       step()
+    synchronize()
     best = min(best, (time.perf_counter() - start) / args.steps)
-  print(json.dumps({'measurement': 'stage1_train_pytorch', 'model': 'resnet32', 'batch': args.batch,
-                    'image_size': 32, 'dtype': 'float32', 'device': platform.processor() or 'cpu',
+  name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or 'cpu')
+  print(json.dumps({'measurement': 'stage1_train_pytorch', 'model': args.model, 'batch': args.batch,
+                    'image_size': args.image_size, 'dtype': args.dtype, 'device': name,
                     'torch': torch.__version__, 'threads': torch.get_num_threads(),
-                    'channels_last': args.channels_last, 'step_s': round(best, 5),
-                    'images_per_s': round(args.batch / best, 1)}), flush=True)
+                    'channels_last': args.channels_last, 'compiled': args.compile, 'warmup_s': round(warmup_s, 2),
+                    'step_s': round(best, 5), 'images_per_s': round(args.batch / best, 1)}), flush=True)
 
 
 if __name__ == '__main__':

@@ -36,9 +36,14 @@ _STEPS = flags.DEFINE_integer('steps', None, 'Steps per block (default: 10 for 3
 _CPU_DEVICES = process_setup.define_cpu_devices_flag()
 _TORCH_PYTHON = flags.DEFINE_string(
     'torch_python', None, 'A Python with PyTorch: after the JAX measurements, time the same ResNet-32 training step '
-    'in plain PyTorch (benchmarks/torch_resnet32_step.py) and print the JAX/PyTorch ratio. Default: this Python '
-    'when it has torch, else skipped.')
-_HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep).')
+    'in plain PyTorch (benchmarks/torch_step.py, on the GPU when JAX runs on one) and print the JAX/PyTorch '
+    'ratio. Default: this Python when it has torch, else skipped; "none" skips it.')
+_HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 11-point alpha sweep; 144: the '
+                               'default stage-2 grid).')
+_BATCH = flags.DEFINE_integer('batch', None, 'Batch size (default: 128 for 32x32 models, 64 for 224x224).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Image side (default: 32, or 224 for the ImageNet networks).')
+_STAGE2 = flags.DEFINE_bool('stage2', True, 'Also time stage 2 (uncached, cached, the sweep of --heads heads) and '
+                            'the evaluation forward pass after each training step.')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
 # Dense peak FLOP/s by device kind and dtype (vendor figures, without sparsity).
@@ -79,7 +84,8 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
   return record, state
 
 
-def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, real_data: bool, train: bool):
+def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, real_data: bool, train: bool,
+              shape: tuple, stage2: bool = True):
   import dataclasses
 
   import jax
@@ -95,7 +101,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   from bwlm_jax.head_setting import HeadSetting
   from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stack_heads
 
-  batch, size, classes = _SHAPES[model_name]
+  batch, size, classes = shape
   mesh = distributed.make_mesh()
   rng = np.random.default_rng(0)
   num_images = 4 * batch  # synthetic "dataset" on device
@@ -146,6 +152,8 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
                                        distributed.replicated(mesh))
     _, state = measure('stage1_train_real_data', real_step, state, (real_images, real_labels), batch, steps, blocks,
                        {**extra, 'dataset': 'embedded IF 50'})
+  if not stage2:
+    return stage1_record
   frozen = {'params': state.params['backbone'], 'batch_stats': state.batch_stats}
 
   def head_setting(alpha):
@@ -180,10 +188,11 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
 def compare_with_torch(jax_record: dict, python: str, blocks: int, steps: int) -> None:
   """The PyTorch step of the same ResNet-32 (a separate process: its own threads), then the ratio."""
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
-                        'torch_resnet32_step.py')
+                        'torch_step.py')
   env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
-  done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--blocks={blocks}', f'--steps={steps}'],
-                        capture_output=True, text=True, env=env)
+  device = 'cpu' if jax_record['device'] == 'cpu' else 'cuda'  # JAX's device_kind: 'cpu' or the GPU's name
+  done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--blocks={blocks}', f'--steps={steps}',
+                         f'--device={device}'], capture_output=True, text=True, env=env)
   if done.returncode:
     raise app.UsageError(f'--torch_python={python}: the PyTorch step failed: {done.stderr.strip()[-300:]}')
   torch_record = json.loads(done.stdout.strip().splitlines()[-1])
@@ -201,15 +210,19 @@ def main(argv):
   for model_name in _MODELS.value:
     if model_name not in _SHAPES:
       raise app.UsageError(f'unknown model {model_name!r}; expected one of {tuple(_SHAPES)}.')
-    small = _SHAPES[model_name][1] == 32
+    default_batch, default_size, classes = _SHAPES[model_name]
+    shape = (_BATCH.value or default_batch, _IMAGE_SIZE.value or default_size, classes)
+    small = default_size == 32
     steps = _STEPS.value or (10 if small else (1 if on_cpu else 5))
     blocks = _BLOCKS.value if small or not on_cpu else 1
     dtypes = _DTYPES.value or (['float32', 'bfloat16'] if small or not on_cpu else ['float32'])
     train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
     for dtype in dtypes:
-      record = run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train)
+      record = run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train, shape,
+                         _STAGE2.value)
       torch_python = _TORCH_PYTHON.value or (sys.executable if importlib.util.find_spec('torch') else None)
-      if model_name == 'resnet32' and dtype == 'float32' and torch_python:
+      torch_python = None if torch_python == 'none' else torch_python
+      if model_name == 'resnet32' and dtype == 'float32' and torch_python and record:
         compare_with_torch(record, torch_python, blocks, steps)
 
 

@@ -121,3 +121,31 @@ def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeyp
   record = results['stage2_selection']
   assert [c['setting']['backbone'] for c in record['candidates']] == ['pretrained', 'pretrained']
   assert results['models']['stage2']['test']['num_examples'] == 12
+
+
+def test_the_gpu_check_runs_on_a_cpu_and_writes_every_part(tmp_path):
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'gpu_check.jsonl'
+  done = subprocess.run([os.path.join(root, 'benchmarks', 'gpu_check.sh'), '--cpu', str(out)], cwd=root,
+                        capture_output=True, text=True, timeout=900, env={**os.environ, 'PYTHON': sys.executable})
+  assert done.returncode == 0, done.stderr[-3000:]
+  records = [json.loads(line) for line in open(out)]
+  assert not [r for r in records if 'error' in r], [r for r in records if 'error' in r]
+  parts = {r['part'] for r in records}
+  assert parts >= {'device', 'stage2', 'cifar100_lt_estimate', 'quickstart', 'jax_steps', 'pytorch_steps', 'done'}
+  device = next(r for r in records if r['part'] == 'device')
+  assert device['backend'] == 'cpu' and device['versions']['jax']
+  measured = {(r['part'], r.get('measurement'), r.get('model')) for r in records}
+  assert {('stage2', 'stage1_train', 'resnet32'), ('stage2', 'stage2_sweep_4_heads_cached', 'resnet32'),
+          ('jax_steps', 'stage1_train', 'resnet50')} <= measured
+  estimate = next(r for r in records if r['part'] == 'cifar100_lt_estimate')
+  # CIFAR-100-LT at IF 100: 10,847 training images, Data Balanced Review's stage-1 and stage-2 sets.
+  assert (estimate['train_images'], estimate['stage1_images'], estimate['naive_epochs']) == (10847, 9901, 320)
+  stage1 = next(r for r in records if (r['part'], r.get('measurement')) == ('stage2', 'stage1_train'))
+  per_image = stage1['step_s'] / stage1['batch']
+  assert estimate['backbones_s'] == pytest.approx(per_image * (10847 * 320 + 9901 * 310), rel=1e-3)
+  quickstart = next(r for r in records if r['part'] == 'quickstart' and 'wall_s' in r)
+  assert 0 <= quickstart['stage2_test']['all'] <= 1
