@@ -139,8 +139,8 @@ def test_the_gpu_check_runs_on_a_cpu_and_writes_every_part(tmp_path):
   device = next(r for r in records if r['part'] == 'device')
   assert device['backend'] == 'cpu' and device['versions']['jax']
   measured = {(r['part'], r.get('measurement'), r.get('model')) for r in records}
-  assert {('stage2', 'stage1_train', 'resnet32'), ('stage2', 'stage2_sweep_4_heads_cached', 'resnet32'),
-          ('jax_steps', 'stage1_train', 'resnet50')} <= measured
+  assert {('stage2', 'stage1_train', 'resnet8'), ('stage2', 'stage2_sweep_4_heads_cached', 'resnet8'),
+          ('jax_steps', 'stage1_train', 'resnet10')} <= measured
   estimate = next(r for r in records if r['part'] == 'cifar100_lt_estimate')
   # CIFAR-100-LT at IF 100: 10,847 training images, Data Balanced Review's stage-1 and stage-2 sets.
   assert (estimate['train_images'], estimate['stage1_images'], estimate['naive_epochs']) == (10847, 9901, 320)
