@@ -64,7 +64,7 @@ def candidates(config) -> list[Candidate]:
     raise UsageError(f'recipe.{unknown[0]} is not a field a recipe varies; expected one of {RECIPE_FIELDS}.')
   if recipe.combine not in RECIPE_COMBINES:
     raise UsageError(f'recipe.combine must be one of {RECIPE_COMBINES}, got {recipe.combine!r}.')
-  axes = {field: tuple(recipe[field]) for field in RECIPE_FIELDS if recipe[field] is not None}
+  axes = {field: _values(recipe[field]) for field in RECIPE_FIELDS if recipe[field] is not None}
   empty = [field for field, values in axes.items() if not values]
   if empty:
     raise UsageError(f'recipe.{empty[0]} is empty: give at least one value, or leave it None.')
@@ -83,6 +83,15 @@ def candidates(config) -> list[Candidate]:
     except UsageError as error:
       raise UsageError(f'recipe candidate {candidate.name}: {error}') from None
   return ordered
+
+
+def _values(given) -> tuple:
+  """A field's values; text as a flag gives it ('ce,balanced_softmax', ml_collections keeps it whole) split at
+  the commas."""
+  values = []
+  for value in given:
+    values += [part.strip() for part in value.split(',') if part.strip()] if isinstance(value, str) else [value]
+  return tuple(values)
 
 
 def _changes(config, setting: dict) -> Candidate:

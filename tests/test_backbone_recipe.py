@@ -309,6 +309,9 @@ def test_a_recipe_that_varies_nothing_or_a_bad_value_is_one_error(tfds_dir):
   config.recipe.randaugment_magnitude = (12.0,)
   with pytest.raises(UsageError, match=r'recipe candidate randaugment_magnitude=12: naive.randaugment_layers must'):
     candidates(config)
+  config.recipe.randaugment_magnitude = None
+  config.recipe.sampler = ('square_root,class_balanced',)  # how a flag --config.recipe.sampler=A,B arrives
+  assert [c.folder for c in candidates(config)] == ['default', 'sampler=square_root', 'sampler=class_balanced']
   config.recipe.randaugment_magnitude, config.recipe.combine = (5.0,), 'every'
   with pytest.raises(UsageError, match="recipe.combine must be one of"):
     candidates(config)
