@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections', 'numpy', 'torch',
-             'torchvision', 'tensorflow', 'tensorflow-datasets')
+             'torchvision', 'tensorflow', 'tensorflow-datasets')  # reported with the device
 # (model, batch, image size) of the JAX and PyTorch steps; --cpu: toy sizes.
 GPU_STEPS = (('resnet32', 128, 32), ('resnet32', 512, 32), ('resnet50', 128, 224), ('resnext50', 128, 224))
 CPU_STEPS = (('resnet8', 16, 32), ('resnet10', 2, 32))
@@ -79,23 +79,14 @@ class Report:
     return records
 
 
-def versions() -> dict:
-  found = {'python': platform.python_version(), 'machine': platform.machine()}
-  for name in LIBRARIES:
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = None
-  return found
-
-
 def device_record() -> dict:
   """Printed by a child process (`--device_only`): this process never starts JAX, so the GPU's memory is left
   to the measured processes."""
   import jax
   device = jax.devices()[0]
-  record = {'backend': jax.default_backend(), 'device': device.device_kind,
-            'devices': jax.device_count(), 'versions': versions()}
+  from bwlm_jax.fingerprint import versions
+  record = {'backend': jax.default_backend(), 'device': device.device_kind, 'devices': jax.device_count(),
+            'machine': platform.machine(), 'versions': versions(LIBRARIES)}
   try:
     record['memory_bytes'] = (device.memory_stats() or {}).get('bytes_limit')
   except Exception:  # noqa: BLE001  (not every backend reports memory)

@@ -38,9 +38,10 @@ def construction(data_cfg) -> str:
           'on the seed and the generator, so compare subsets by this hash, not by name')
 
 
-def versions() -> dict[str, Optional[str]]:
+def versions(libraries=LIBRARIES) -> dict[str, Optional[str]]:
+  """Python's version and each installed library's (None where it is not installed)."""
   found = {'python': platform.python_version()}
-  for name in LIBRARIES:
+  for name in libraries:
     try:
       found[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
