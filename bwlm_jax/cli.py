@@ -139,24 +139,24 @@ def _stop_if_peer_lost(err) -> None:
 
 # What JAX's collectives and coordination service say when a peer process is gone.
 _PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'heartbeat timeout',
-              'stopped sending heartbeats', 'Gloo all-reduce failed', 'Gloo all-gather failed')
+              'stopped sending heartbeats', 'Gloo all-reduce failed', 'Gloo all-gather failed', 'Barrier failed',
+              'Barrier timed out', 'barrier timed out')
 
 
 def _lost_peer(err: Exception):
-  """The reason, where `err` or an error that caused it says that another process of a multi-process run died
-  (the checkpoint library wraps a failed barrier in its own TimeoutError); else None."""
+  """The reason, where `err` or an error along its causes says that another process of a multi-process run
+  died (the checkpoint library wraps a failed barrier in its own errors, whose types vary); else None."""
   import jax
-  while err is not None and 'JaxRuntimeError' not in type(err).__name__ \
-      and 'XlaRuntimeError' not in type(err).__name__:
+  if jax.process_count() == 1:
+    return None
+  while err is not None:
+    text = str(err)
+    found = next((marker for marker in _PEER_LOST if marker in text), None)
+    if found is not None:
+      start = text.rfind('Gloo') if 'Gloo' in text else text.find(found)
+      return ' '.join(text[start:start + 160].split())
     err = err.__cause__ or err.__context__
-  if err is None or jax.process_count() == 1:
-    return None
-  text = str(err)
-  found = next((marker for marker in _PEER_LOST if marker in text), None)
-  if found is None:
-    return None
-  start = text.rfind('Gloo') if 'Gloo' in text else text.find(found)
-  return ' '.join(text[start:start + 160].split())
+  return None
 
 
 class _OrbaxThreadTracebacks(logging.Filter):
