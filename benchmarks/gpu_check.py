@@ -64,9 +64,10 @@ class Report:
     try:
       done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired as expired:
+      tail = expired.stderr or ''  # bytes even with text=True, on a timeout
+      tail = tail.decode(errors='replace') if isinstance(tail, bytes) else tail
       self.write({'part': part, 'error': f'timed out after {limit_s:.0f} s', 'command': ' '.join(command),
-                  'output_tail': (expired.stderr or b'')[-800:].decode(errors='replace')
-                  if isinstance(expired.stderr, bytes) else (expired.stderr or '')[-800:]})
+                  'output_tail': tail[-800:]})
       return []
     records = []
     for line in done.stdout.splitlines():

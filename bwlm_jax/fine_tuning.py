@@ -24,7 +24,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.evaluation.report import write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, run_variant, run_variants_together, title_of
-from bwlm_jax.pipeline import check_inputs, train_and_evaluate
+from bwlm_jax.pipeline import check_inputs, require_validation, train_and_evaluate
 
 # The frozen backbone's rows: the BWLM grid (the default stage 2), a CE linear probe and cRT.
 FROZEN_ROWS = {
@@ -113,9 +113,7 @@ def run_tuning(config, workdir: str) -> list[Row]:
   _check(config)
   check_inputs(config, workdir)
   dataset = load_dataset(config.data)
-  if dataset.val is None:
-    raise UsageError('tuning chooses every row on the validation split, which this dataset lacks (a folder '
-                     'needs ROOT/val/<class>/, or data.imbalance_factor with data.val_per_class > 0).')
+  require_validation(dataset, 'tuning chooses every row')
   metric = config.stage2.select_metric
   stage2 = copy.deepcopy(config)
   stage2.stage2.select = 'val'

@@ -94,6 +94,16 @@ def _curve_callback(ctx: TrainContext):
   return on_eval
 
 
+# How a dataset gets a validation split (what the errors of a missing one say).
+HOW_TO_GET_VAL = 'a folder needs ROOT/val/<class>/, or data.imbalance_factor with data.val_per_class > 0'
+
+
+def require_validation(dataset: LongTailDataset, what: str) -> None:
+  """One error where a tool that chooses on the validation split (`what` does so) is given a dataset without one."""
+  if dataset.val is None:
+    raise UsageError(f'{what} on the validation split, which this dataset lacks ({HOW_TO_GET_VAL}).')
+
+
 def selection_metric(config, dataset: LongTailDataset) -> Optional[str]:
   """The metric stage 2 is chosen by on validation (config.stage2.select), or None where nothing is selected;
   a clear error where selection is required and impossible. Also says how stage 2 is fed."""
@@ -106,8 +116,7 @@ def selection_metric(config, dataset: LongTailDataset) -> Optional[str]:
     return None
   if dataset.val is not None:
     return config.stage2.select_metric
-  reason = ('this dataset has no validation split (a folder needs ROOT/val/<class>/, or data.imbalance_factor '
-            'with data.val_per_class > 0 to carve one)')
+  reason = f'this dataset has no validation split ({HOW_TO_GET_VAL} to carve one)'
   if mode == 'val':
     raise UsageError(f'stage2.select=val: {reason}. Use --config.stage2.select=none to train the one configured '
                      'setting.')

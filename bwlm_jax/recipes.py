@@ -24,7 +24,7 @@ from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, title_of
 from bwlm_jax.files import make_directory, unique_path, write_json
-from bwlm_jax.pipeline import check_inputs, train_and_evaluate
+from bwlm_jax.pipeline import check_inputs, require_validation, train_and_evaluate
 
 DEFAULT_NAME = 'as configured'
 
@@ -100,26 +100,23 @@ def _changes(config, setting: dict) -> Candidate:
                          if any(config[stage][field] != value for stage in stages.BACKBONES)))
 
 
-def _check(config) -> str:
-  if not config.recipe:
-    raise UsageError('config.recipe is missing: the config file predates recipes.')
-  trained = [stage.name for stage in parse_stages(config) if stage.trains_backbone]
-  if not trained:
+def _last_stage(config) -> str:
+  """The stage whose model scores a candidate; an error where config.stages trains no backbone."""
+  run = parse_stages(config)
+  if not any(stage.trains_backbone for stage in run):
     raise UsageError(f'config.stages={config.stages!r} trains no backbone: a recipe is how naive and stage 1 '
                      'train, so include at least one of them.')
-  return parse_stages(config)[-1].name
+  return run[-1].name
 
 
 def run_recipes(config, workdir: str) -> list[Row]:
   """Every candidate of config.recipe trained (or reused) and chosen on validation; writes
   WORKDIR/recipe/table.{md,csv,json} and WORKDIR/recipe/chosen.json (the chosen candidate's run)."""
-  last = _check(config)
+  last = _last_stage(config)
   found = candidates(config)
   check_inputs(config, workdir)
   dataset = load_dataset(config.data)
-  if dataset.val is None:
-    raise UsageError('a recipe is chosen on the validation split, which this dataset lacks (a folder needs '
-                     'ROOT/val/<class>/, or data.imbalance_factor with data.val_per_class > 0).')
+  require_validation(dataset, 'a recipe is chosen')
   metric = config.stage2.select_metric
   rows = []
   for index, candidate in enumerate(found):
@@ -130,16 +127,15 @@ def run_recipes(config, workdir: str) -> list[Row]:
     rows.append(model_row(candidate.name, {**results, 'source': source}, metric))
   chosen = selection.choose([row.score for row in rows])
   best = rows[chosen]
+  summary = {'recipe': dict(found[chosen].changes), 'candidate': best.name, 'metric': metric, 'val_score': best.score,
+             'source': best.source, 'test': without_per_class(best.test),
+             'candidates': [{'recipe': dict(c.changes), 'val_score': r.score} for c, r in zip(found, rows)]}
+  rows.append(Row('best on validation', 'best', best.test, setting=best.name))
   if distributed.is_writer():
     folder = os.path.join(workdir, 'recipe')
     make_directory(folder)
-    write_json(unique_path(os.path.join(folder, 'chosen.json')),
-               {'recipe': dict(found[chosen].changes), 'candidate': best.name, 'metric': metric,
-                'val_score': best.score, 'source': best.source, 'test': without_per_class(best.test),
-                'candidates': [{'recipe': dict(c.changes), 'val_score': r.score} for c, r in zip(found, rows)]})
-  rows.append(Row('best on validation', 'best', best.test, setting=best.name))
-  if distributed.is_writer():
+    write_json(unique_path(os.path.join(folder, 'chosen.json')), summary)
     reports, notes = table_inputs(rows, True)
-    print(write_tables(os.path.join(workdir, 'recipe'), reports, f'{title_of(dataset, config)}, backbone recipes '
-                       f'({last} model)', 'recipe', ('many', 'medium', 'few', 'all', 'top5'), notes))
+    print(write_tables(folder, reports, f'{title_of(dataset, config)}, backbone recipes ({last} model)', 'recipe',
+                       ('many', 'medium', 'few', 'all', 'top5'), notes))
   return rows

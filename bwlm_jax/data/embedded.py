@@ -37,14 +37,10 @@ def stored_order(split: str, count: int) -> np.ndarray:
 
 
 @functools.cache
-def _stored(split: str) -> ArraySplit:
+def split_arrays(split: str) -> ArraySplit:
+  """'train' or 'test' as tfds reads it from the prepared builder: the same images and labels, same order."""
   images, labels = drawn(split)
   order = stored_order(split, labels.size)
   images, labels = images[order], labels[order].astype(np.int64)
   images.flags.writeable = labels.flags.writeable = False  # shared by every caller in this process
   return ArraySplit(images, labels)
-
-
-def split_arrays(split: str) -> ArraySplit:
-  """'train' or 'test' as tfds reads it from the prepared builder: the same images and labels, same order."""
-  return _stored(split)

@@ -94,14 +94,19 @@ def device_batch(rng, step, images, labels, spec: BatchSpec, data_sharding, samp
   if spec.augment:
     batch_images = device_pipeline.random_crop_flip(aug_key, batch_images)
   if spec.randaugment[0]:
-    batch_images = randaugment.randaugment(jax.random.fold_in(aug_key, 1), batch_images, *spec.randaugment)
+    batch_images = randaugment.randaugment(randaugment_key(rng, step), batch_images, *spec.randaugment)
   x = device_pipeline.normalize(batch_images, spec.mean, spec.std, spec.dtype)
   return split_over_devices(x, batch_labels, data_sharding)
 
 
 def augment_key(rng, step) -> jax.Array:
-  """The key of `step`'s augmentation (crop and flip with it, RandAugment with it folded with 1)."""
+  """The key of `step`'s crop and flip."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng), AUGMENT), step)
+
+
+def randaugment_key(rng, step) -> jax.Array:
+  """The key of `step`'s RandAugment, for device-kept and streamed batches alike."""
+  return jax.random.fold_in(augment_key(rng, step), 1)
 
 
 def cached_batch(rng, step, features, labels, spec: BatchSpec, data_sharding, sampler_tables=None):

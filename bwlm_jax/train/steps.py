@@ -18,7 +18,7 @@ import optax
 
 from bwlm_jax import head_setting, losses
 from bwlm_jax.data.randaugment import augmented_stream_batch
-from bwlm_jax.data.sampling import MIXING, BatchSpec, augment_key, cached_batch, device_batch
+from bwlm_jax.data.sampling import MIXING, BatchSpec, cached_batch, device_batch, randaugment_key
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import Model
 from bwlm_jax.train import optim
@@ -95,8 +95,7 @@ def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: Ba
   """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
   def step(state, x, labels):
     if spec.randaugment[0]:  # the device pipeline's operations, on the batch tf.data cropped and flipped
-      key = jax.random.fold_in(augment_key(state.rng, state.step), 1)
-      x = augmented_stream_batch(key, x, spec.mean, spec.std, *spec.randaugment)
+      x = augmented_stream_batch(randaugment_key(state.rng, state.step), x, spec.mean, spec.std, *spec.randaugment)
     return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels, train_batch_norm,
                                mixing, reweighting)
 
