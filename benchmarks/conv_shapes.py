@@ -1,7 +1,9 @@
-"""Where a CPU training step's convolution time goes: forward, input gradient and weight gradient of every
-convolution shape of ResNet-32 (NHWC / HWIO, 3x3, batch 128), each jitted alone; one JSON line per
-(shape, pass) with ms and GFLOP/s, and the weight gradient also as nine matrix products (one per kernel
-offset: the formulation issue 30 names) for comparison.
+"""Where a CPU training step's convolution time goes: forward, input gradient and weight gradient of each
+convolution shape of ResNet-32 (NHWC / HWIO, batch 128; `--shapes=imagenet`: the 224x224 networks' kinds,
+batch 16), each jitted alone; one JSON line per (shape, pass) with ms (best and median) and GFLOP/s. The
+weight gradient also as bwlm_jax.models.conv computes it on AVX2-only CPUs (chunks of images, each a
+forward convolution) and, for 3x3 kernels, as nine matrix products (one per kernel offset: the formulation
+issue 30 names), each with its difference to XLA's.
 
   python benchmarks/conv_shapes.py                      # the launch scripts' CPU settings (YNNPACK flag, malloc)
   python benchmarks/conv_shapes.py --max_isa=AVX2       # XLA's own code restricted to AVX2 (an emulation: YNNPACK
@@ -19,78 +21,98 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (name, image side, input channels, output channels, stride): ResNet-32's convolutions (bwlm_jax.models.resnet_cifar).
-SHAPES = (('stem', 32, 3, 16, 1), ('stage1', 32, 16, 16, 1), ('stage2_down', 32, 16, 32, 2),
-          ('stage2', 16, 32, 32, 1), ('stage3_down', 16, 32, 64, 2), ('stage3', 8, 64, 64, 1))
+# (name, batch, image side, input channels, output channels, kernel, stride, groups).
+# ResNet-32's convolutions (bwlm_jax.models.resnet_cifar), at the training batch:
+CIFAR_SHAPES = (('stem', 128, 32, 3, 16, 3, 1, 1), ('stage1', 128, 32, 16, 16, 3, 1, 1),
+                ('stage2_down', 128, 32, 16, 32, 3, 2, 1), ('stage2', 128, 16, 32, 32, 3, 1, 1),
+                ('stage3_down', 128, 16, 32, 64, 3, 2, 1), ('stage3', 128, 8, 64, 64, 3, 1, 1))
+# The 224x224 networks' kinds of convolution (ResNet-50, ResNeXt-50 32x4d, EfficientNet-Lite0, ViT-B/16), batch 16:
+IMAGENET_SHAPES = (('resnet50_stem', 16, 224, 3, 64, 7, 2, 1), ('resnet50_layer1_3x3', 16, 56, 64, 64, 3, 1, 1),
+                   ('resnet50_layer1_1x1', 16, 56, 64, 256, 1, 1, 1), ('resnet50_layer2_3x3_down', 16, 56, 128, 128, 3, 2, 1),
+                   ('resnext50_layer1_grouped', 16, 56, 128, 128, 3, 1, 32),
+                   ('efficientnet_depthwise', 16, 112, 96, 96, 3, 2, 96), ('vit_b16_patches', 16, 224, 3, 768, 16, 16, 1))
 
 
-def _best_ms(fn, args, repeats: int) -> float:
+def _timed_ms(fn, args, repeats: int) -> tuple[float, float]:
+  """(best, median) ms of `repeats` calls after one warm-up call."""
   import jax
   jax.block_until_ready(fn(*args))
-  best = float('inf')
+  times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best * 1e3
+    times.append((time.perf_counter() - start) * 1e3)
+  return min(times), sorted(times)[len(times) // 2]
 
 
-def _padding(stride: int) -> tuple:
-  """XLA's and Flax's 'SAME' padding of a 3x3 kernel on an even side: (1, 1) at stride 1, (0, 1) at stride 2."""
-  return (1, 1) if stride == 1 else (0, 1)
+def _pads(kernel: int, stride: int, side: int) -> tuple:
+  """The models' padding: 'SAME' for odd kernels (ResNets pad k // 2), none for the ViT's patches."""
+  if kernel == stride:
+    return ((0, 0), (0, 0))
+  return ((kernel // 2, kernel // 2),) * 2
 
 
-def nine_products_weight_gradient(x, dy, stride: int):
-  """dL/dW of a 3x3 'SAME' convolution as one [C, O] product per kernel offset."""
+def nine_products_weight_gradient(x, dy, stride: int, pads):
+  """dL/dW of a 3x3 convolution as one [C, O] product per kernel offset (the formulation issue 30 names)."""
   import jax.numpy as jnp
   _, height, width, _ = dy.shape
-  padded = jnp.pad(x, ((0, 0), _padding(stride), _padding(stride), (0, 0)))
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   rows = []
   for i in range(3):
     row = []
     for j in range(3):
-      shifted = padded[:, i:i + stride * height:stride, j:j + stride * width:stride, :]
+      shifted = padded[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
       row.append(shifted.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1]))
     rows.append(jnp.stack(row))
   return jnp.stack(rows)
 
 
-def measure(batch: int, repeats: int) -> None:
+def measure(shapes, repeats: int) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-
-  def conv(x, w, stride):
-    padding = (_padding(stride), _padding(stride))
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  from bwlm_jax.models import conv as conv_module
 
   rng = np.random.default_rng(0)
-  for name, side, inputs, outputs, stride in SHAPES:
+  for name, batch, side, inputs, outputs, kernel, stride, groups in shapes:
+    pads = _pads(kernel, stride, side)
+
+    def conv(x, w):
+      return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                          feature_group_count=groups)
+
     x = jnp.asarray(rng.normal(size=(batch, side, side, inputs)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(3, 3, inputs, outputs)) * 0.1, jnp.float32)
-    y, vjp = jax.vjp(lambda x, w: conv(x, w, stride), x, w)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, inputs // groups, outputs)) * 0.1, jnp.float32)
+    y = conv(x, w)
     dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    flops = 2 * batch * y.shape[1] * y.shape[2] * inputs * outputs * 9
+    flops = 2 * y.size * kernel * kernel * inputs // groups
     passes = {
-        'forward': (jax.jit(lambda x, w: conv(x, w, stride)), (x, w)),
-        'input_gradient': (jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w, stride), x)[1](dy)[0]), (x, w, dy)),
-        'weight_gradient': (jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w, stride), w)[1](dy)[0]), (x, w, dy)),
-        'weight_gradient_nine_products': (jax.jit(lambda x, dy: nine_products_weight_gradient(x, dy, stride)), (x, dy)),
+        'forward': (jax.jit(conv), (x, w)),
+        'input_gradient': (jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]), (x, w, dy)),
+        'weight_gradient': (jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]), (x, w, dy)),
+        'weight_gradient_chunked': (jax.jit(lambda x, dy: conv_module.weight_gradient(
+            x, dy, w.shape, (stride, stride), pads, groups)), (x, dy)),
     }
+    if kernel == 3 and groups == 1:
+      passes['weight_gradient_nine_products'] = (jax.jit(lambda x, dy: nine_products_weight_gradient(
+          x, dy, stride, pads)), (x, dy))
     reference = passes['weight_gradient'][0](x, w, dy)
     for kind, (fn, args) in passes.items():
-      ms = _best_ms(fn, args, repeats)
-      record = {'shape': name, 'side': side, 'in': inputs, 'out': outputs, 'stride': stride, 'batch': batch,
-                'pass': kind, 'ms': round(ms, 2), 'gflops': round(flops / ms / 1e6, 1)}
-      if kind == 'weight_gradient_nine_products':
-        record['max_difference_to_xla'] = float(jnp.max(jnp.abs(fn(*args) - reference)))
+      best, median = _timed_ms(fn, args, repeats)
+      record = {'shape': name, 'batch': batch, 'side': side, 'in': inputs, 'out': outputs, 'kernel': kernel,
+                'stride': stride, 'groups': groups, 'pass': kind, 'ms_best': round(best, 2),
+                'ms_median': round(median, 2), 'gflops_median': round(flops / median / 1e6, 1)}
+      if kind.startswith('weight_gradient_'):
+        record['max_relative_difference_to_xla'] = float(jnp.max(jnp.abs(fn(*args) - reference)) /
+                                                         jnp.max(jnp.abs(reference)))
       print(json.dumps(record), flush=True)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--batch', type=int, default=128)
-  parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--repeats', type=int, default=15)
+  parser.add_argument('--shapes', default='cifar', choices=('cifar', 'imagenet', 'all'),
+                      help="ResNet-32's convolutions, the 224x224 networks' kinds, or both")
   parser.add_argument('--max_isa', default=None, help="XLA's --xla_cpu_max_isa (e.g. AVX2)")
   args = parser.parse_args()
   if args.max_isa and f'--xla_cpu_max_isa={args.max_isa}' not in os.environ.get('XLA_FLAGS', ''):
@@ -100,7 +122,8 @@ def main():
   process_setup.start_process()  # the launch scripts' CPU settings (it restarts this process once with them)
   print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': _has('avx512f'),
                     'cpu_flags_avx2': _has('avx2')}), flush=True)
-  measure(args.batch, args.repeats)
+  shapes = {'cifar': CIFAR_SHAPES, 'imagenet': IMAGENET_SHAPES, 'all': CIFAR_SHAPES + IMAGENET_SHAPES}
+  measure(shapes[args.shapes], args.repeats)
 
 
 def _has(flag: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models.conv import Conv
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # (repeats, kernel, stride, expansion, input filters, output filters) of the seven stages, before scaling.
@@ -86,8 +87,8 @@ def _norm(train: bool, dtype, name: str, epsilon: float = 1e-3):
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1, same: bool = True):
   padding = 'SAME' if same else ((kernel // 2, kernel // 2),) * 2  # TF's or PyTorch's symmetric padding
-  return nn.Conv(features, (kernel, kernel), stride, padding=padding, feature_group_count=groups, use_bias=False,
-                 kernel_init=conv_init, dtype=dtype, name=name)
+  return Conv(features, (kernel, kernel), stride, padding=padding, feature_group_count=groups, use_bias=False,
+              kernel_init=conv_init, dtype=dtype, name=name)
 
 
 class MBConv(nn.Module):

@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models.conv import Conv
 
 conv_init = nn.initializers.kaiming_normal()
 
@@ -23,8 +24,8 @@ class BasicBlockA(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    conv = lambda stride: nn.Conv(self.channels, (3, 3), (stride, stride), padding=1, use_bias=False,
-                                  kernel_init=conv_init, dtype=self.dtype)
+    conv = lambda stride: Conv(self.channels, (3, 3), (stride, stride), padding=1, use_bias=False,
+                               kernel_init=conv_init, dtype=self.dtype)
     y = nn.relu(norm()(conv(self.stride)(x)))
     y = norm()(conv(1)(y))
     shortcut = x
@@ -42,7 +43,7 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):

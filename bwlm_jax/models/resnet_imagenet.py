@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models.conv import Conv
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -23,13 +24,13 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = nn.Conv(self.channels, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype)(x)
+    y = Conv(self.channels, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init,
+             dtype=self.dtype)(x)
     y = nn.relu(_norm(train, self.dtype)(y))
-    y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
+    y = Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
     y = _norm(train, self.dtype)(y)
     if x.shape[-1] != self.channels or self.stride != 1:
-      x = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+      x = Conv(self.channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
       x = _norm(train, self.dtype)(x)
     return nn.relu(x + y)
 
@@ -46,15 +47,15 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     width = int(self.channels * self.width_per_group / 64) * self.groups
     out_channels = self.channels * 4
-    y = nn.Conv(width, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    y = Conv(width, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
     y = nn.relu(_norm(train, self.dtype)(y))
-    y = nn.Conv(width, (3, 3), self.stride, padding=1, feature_group_count=self.groups, use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype)(y)
+    y = Conv(width, (3, 3), self.stride, padding=1, feature_group_count=self.groups, use_bias=False,
+             kernel_init=conv_init, dtype=self.dtype)(y)
     y = nn.relu(_norm(train, self.dtype)(y))
-    y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
+    y = Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
     y = _norm(train, self.dtype)(y)
     if x.shape[-1] != out_channels or self.stride != 1:
-      x = nn.Conv(out_channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+      x = Conv(out_channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
       x = _norm(train, self.dtype)(x)
     return nn.relu(x + y)
 
@@ -77,7 +78,7 @@ class ImageNetResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.base_channels, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = Conv(self.base_channels, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
     x = nn.relu(_norm(train, self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, size in enumerate(self.stage_sizes):

@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from bwlm_jax.models.conv import Conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +186,8 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.Conv(self.width, (self.patch, self.patch), self.patch, padding='VALID', dtype=self.dtype,
-                   name='proj')(x)
+    return Conv(self.width, (self.patch, self.patch), self.patch, padding='VALID', dtype=self.dtype,
+                name='proj')(x)
 
 
 def _position_init(key, shape, dtype=jnp.float32):
@@ -211,8 +212,8 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'image size {x.shape[1:3]} is not a multiple of the patch size {spec.patch}')
     clip = spec.family == 'clip'
     if clip:
-      x = nn.Conv(spec.width, (spec.patch, spec.patch), spec.patch, padding='VALID', use_bias=False,
-                  dtype=self.dtype, name='conv1')(x)
+      x = Conv(spec.width, (spec.patch, spec.patch), spec.patch, padding='VALID', use_bias=False,
+               dtype=self.dtype, name='conv1')(x)
     else:
       x = PatchEmbed(spec.width, spec.patch, self.dtype, name='patch_embed')(x)
     batch, grid_h, grid_w, width = x.shape

@@ -1,0 +1,165 @@
+"""The convolution the models use: XLA's, with the weight gradient computed in chunks of images where XLA:CPU
+is slow at it (AVX2-only x86 CPUs).
+
+On a 2-core AVX2-only AMD EPYC, XLA:CPU's weight gradient of a 3x3 convolution at 16 channels and 32x32
+(ResNet-32's first stage, batch 128) takes 100-140 ms against 10 ms for the forward pass; on AVX-512 CPUs it
+takes 4 ms. Written as a forward convolution of the transposed input with the output gradient as its kernel,
+per chunk of images small enough to stay in the core's cache, it takes 16-20 ms there, summed over the
+chunks (docs/PERFORMANCE.md, `benchmarks/conv_shapes.py`). The forward pass and the input gradient stay
+XLA's, and so does everything on other CPUs and on accelerators.
+
+`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
+AVX-512, unless `BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D,
+NHWC/HWIO, no dilation; for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bwlm_jax.errors import UsageError
+
+MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
+MODES = ('auto', 'xla', 'chunked')
+# Input bytes per chunk of images (x's share; the output gradient's is about the same): measured on the
+# AVX2-only EPYC (1 MiB L2 per core), ResNet-32's shapes, docs/PERFORMANCE.md.
+CHUNK_BYTES = 512 * 1024
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def chunked_weight_gradient(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether convolutions traced now take the chunked weight gradient (`BWLM_CONV_WEIGHT_GRADIENT`)."""
+  mode = requested_mode(environ)
+  if mode == 'auto':
+    tuned = environ.get('BWLM_CPU_TUNING', '1') != '0'
+    return tuned and avx2_without_avx512() and jax.default_backend() == 'cpu'
+  return mode == 'chunked'
+
+
+def requested_mode(environ: Mapping[str, str] = os.environ) -> str:
+  """`BWLM_CONV_WEIGHT_GRADIENT` (default `auto`), or a one-line error for a value not in MODES."""
+  mode = environ.get(MODE_VARIABLE, 'auto') or 'auto'
+  if mode not in MODES:
+    raise UsageError(f'{MODE_VARIABLE}={mode!r}: expected one of {", ".join(MODES)}.')
+  return mode
+
+
+@functools.cache
+def avx2_without_avx512() -> bool:
+  """Whether this machine's CPU shows AVX2 and no AVX-512: XLA:CPU's slow case."""
+  return cpu_flags_show_avx2_only('/proc/cpuinfo')
+
+
+def cpu_flags_show_avx2_only(cpuinfo_path: str) -> bool:
+  """Whether the first `flags` line of a /proc/cpuinfo file has avx2 and not avx512f (False if unreadable)."""
+  try:
+    with open(cpuinfo_path) as cpuinfo:
+      flags = next((line.split(':', 1)[1].split() for line in cpuinfo if line.startswith('flags')), [])
+  except OSError:
+    return False
+  return 'avx2' in flags and 'avx512f' not in flags
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), with the
+  chunked weight gradient where `chunked_weight_gradient()` and the shape allow it."""
+  pads = _chunkable_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                         batch_group_count, precision, preferred_element_type)
+  if pads is None or not chunked_weight_gradient():
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                                    preferred_element_type)
+  return _conv(lhs, rhs, tuple(window_strides), pads, feature_group_count)
+
+
+def _chunkable_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                    batch_group_count, precision, preferred_element_type):
+  """The explicit (low, high) pads of a convolution the chunked gradient covers, else None."""
+  if lhs.ndim != 4 or batch_group_count != 1 or precision is not None or preferred_element_type is not None:
+    return None
+  if any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1)))):
+    return None
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if numbers != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
+    return None
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  pads = tuple((int(low), int(high)) for low, high in padding)
+  return pads if min(min(pair) for pair in pads) >= 0 else None
+
+
+def _xla_conv(lhs, rhs, strides, pads, groups):
+  return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC, feature_group_count=groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(lhs, rhs, strides, pads, groups):
+  return _xla_conv(lhs, rhs, strides, pads, groups)
+
+
+def _conv_forward(lhs, rhs, strides, pads, groups):
+  return _xla_conv(lhs, rhs, strides, pads, groups), (lhs, rhs)
+
+
+def _conv_backward(strides, pads, groups, residuals, output_gradient):
+  lhs, rhs = residuals
+  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads, groups), lhs)
+  (input_gradient,) = input_vjp(output_gradient)
+  return input_gradient, weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups).astype(rhs.dtype)
+
+
+_conv.defvjp(_conv_forward, _conv_backward)
+
+
+def weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Sequence[int],
+                    pads: Sequence[tuple[int, int]], groups: int = 1, chunk: int | None = None):
+  """dL/dkernel [KH, KW, C/groups, O] (float32) of an NHWC/HWIO convolution, summed over chunks of `chunk`
+  images (default: CHUNK_BYTES of `x` each).
+
+  Per chunk: dW[i, j, c, o] = sum over n, h, w of x_padded[n, s*h + i, s*w + j, c] * dy[n, h, w, o], which is
+  a forward convolution of x_padded laid out [C, H, W, n] (channels as its batch) with dy laid out
+  [h, w, n, O] as the kernel, dilated by the stride; groups pair input and output channels through
+  `batch_group_count`.
+  """
+  kernel_h, kernel_w = kernel_shape[:2]
+  batch, out_h, out_w, _ = output_gradient.shape
+  (stride_h, stride_w), ((top, bottom), (left, right)) = strides, pads
+  reach_h, reach_w = (out_h - 1) * stride_h + kernel_h, (out_w - 1) * stride_w + kernel_w
+
+  def chunk_gradient(x_chunk, dy_chunk):
+    padded = jnp.pad(x_chunk, ((0, 0), (top, bottom), (left, right), (0, 0)))[:, :reach_h, :reach_w]
+    gradient = lax.conv_general_dilated(
+        padded.transpose(3, 1, 2, 0), dy_chunk.transpose(1, 2, 0, 3), (1, 1), 'VALID',
+        rhs_dilation=(stride_h, stride_w), dimension_numbers=_NHWC, batch_group_count=groups,
+        preferred_element_type=jnp.float32)
+    return gradient.transpose(1, 2, 0, 3)
+
+  if chunk is None:
+    chunk = max(1, CHUNK_BYTES // (x[0].size * x.dtype.itemsize))
+  if batch <= chunk:
+    return chunk_gradient(x, output_gradient)
+  whole = batch // chunk * chunk
+
+  def add_chunk(total, chunks):
+    return total + chunk_gradient(*chunks), None
+
+  shape = (*kernel_shape[:3], output_gradient.shape[-1])
+  total, _ = lax.scan(add_chunk, jnp.zeros(shape, jnp.float32),
+                      (x[:whole].reshape(-1, chunk, *x.shape[1:]),
+                       output_gradient[:whole].reshape(-1, chunk, *output_gradient.shape[1:])))
+  if whole < batch:
+    total = total + chunk_gradient(x[whole:], output_gradient[whole:])
+  return total
+
+
+# flax's convolution layer with this module's convolution; parameters and names are nn.Conv's.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -1,0 +1,142 @@
+"""The models' convolution: the chunked weight gradient equals XLA's on every kind of convolution the models
+use, and a hand computation; which CPUs and settings take it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bwlm_jax.errors import UsageError
+from bwlm_jax.models import build_backbone, conv
+from bwlm_jax.models.conv import MODE_VARIABLE
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# (batch, side, in, out, kernel, stride, padding, groups): each kind of convolution in models/.
+MODEL_CONVOLUTIONS = {
+    'resnet_cifar_3x3': (6, 8, 4, 4, 3, 1, ((1, 1), (1, 1)), 1),
+    'resnet_cifar_3x3_stride2': (6, 8, 4, 8, 3, 2, ((1, 1), (1, 1)), 1),
+    'resnet_stem_7x7_stride2': (3, 13, 3, 8, 7, 2, ((3, 3), (3, 3)), 1),
+    'resnet_1x1': (3, 7, 8, 16, 1, 1, ((0, 0), (0, 0)), 1),
+    'resnet_1x1_stride2': (3, 7, 8, 16, 1, 2, ((0, 0), (0, 0)), 1),
+    'resnext_grouped': (3, 7, 16, 16, 3, 1, ((1, 1), (1, 1)), 4),
+    'resnext_grouped_stride2': (3, 8, 16, 16, 3, 2, ((1, 1), (1, 1)), 4),
+    'efficientnet_depthwise_same': (3, 9, 6, 6, 5, 1, 'SAME', 6),
+    'efficientnet_depthwise_same_stride2': (3, 8, 6, 6, 3, 2, 'SAME', 6),  # TF's 'SAME': pads (0, 1)
+    'efficientnet_depthwise_symmetric_stride2': (3, 8, 6, 6, 5, 2, ((2, 2), (2, 2)), 6),
+    'vit_patches': (2, 8, 3, 12, 4, 4, 'VALID', 1),
+}
+
+
+def _gradients(x, w, stride, padding, groups):
+  """(dL/dx, dL/dw) of a non-linear loss through conv.conv_general_dilated, traced anew (the mode is read then)."""
+  def loss(x, w):
+    y = conv.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=NHWC,
+                                  feature_group_count=groups)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+  return jax.jit(jax.grad(loss, (0, 1)))(x, w)
+
+
+def _inputs(batch, side, inputs, outputs, kernel, groups, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch, side, side, inputs)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, inputs // groups, outputs)) * 0.3, jnp.float32)
+  return x, w
+
+
+@pytest.mark.parametrize('kind', MODEL_CONVOLUTIONS)
+def test_chunked_gradients_equal_xla(kind, monkeypatch):
+  batch, side, inputs, outputs, kernel, stride, padding, groups = MODEL_CONVOLUTIONS[kind]
+  x, w = _inputs(batch, side, inputs, outputs, kernel, groups)
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  xla = _gradients(x, w, stride, padding, groups)
+  monkeypatch.setenv(MODE_VARIABLE, 'chunked')
+  chunked = _gradients(x, w, stride, padding, groups)
+  np.testing.assert_array_equal(chunked[0], xla[0])  # the input gradient is XLA's own
+  np.testing.assert_allclose(chunked[1], xla[1], rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla[1]))))
+  assert float(jnp.max(jnp.abs(xla[1]))) > 0
+
+
+@pytest.mark.parametrize('chunk', [1, 2, 4, 5, 7])
+def test_weight_gradient_by_hand_every_chunking(chunk):
+  """Chunks of 1, 2, 4, 5 and 7 of 7 images (a scan plus a remainder, or one call) against a loop over the
+  definition dW[i, j, c, o] = sum x_padded[n, s*h + i, s*w + j, c] * dy[n, h, w, o], stride 2, pads (1, 0)."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(7, 5, 6, 3)).astype(np.float32)
+  stride, pads = (2, 2), ((1, 0), (1, 0))
+  out_h, out_w = (5 + 1 - 3) // 2 + 1, (6 + 1 - 3) // 2 + 1
+  dy = rng.normal(size=(7, out_h, out_w, 4)).astype(np.float32)
+  padded = np.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))
+  expected = np.zeros((3, 3, 3, 4))
+  for i in range(3):
+    for j in range(3):
+      for h in range(out_h):
+        for v in range(out_w):
+          expected[i, j] += padded[:, 2 * h + i, 2 * v + j, :].T.astype(np.float64) @ dy[:, h, v, :]
+  got = conv.weight_gradient(jnp.asarray(x), jnp.asarray(dy), (3, 3, 3, 4), stride, pads, chunk=chunk)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_parameter_gradients_equal_xla(monkeypatch):
+  """A whole ResNet-8's parameter gradients (stem, 3x3 at stride 1 and 2, BatchNorm in training mode), with
+  chunks of 3 of the 4 images in the first stage (a scan of one chunk plus a remainder)."""
+  monkeypatch.setattr(conv, 'CHUNK_BYTES', 3 * 16 * 16 * 16 * 4)
+  backbone = build_backbone('resnet8')
+  images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  # Random values in the initialiser's shapes (compiling flax's initialisers would take most of the test).
+  shapes = jax.eval_shape(lambda key: backbone.init(key, images, train=False), jax.random.key(1))
+  rng = np.random.default_rng(2)
+  variables = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape) * 0.3 + 1, jnp.float32), shapes)
+
+  def gradients():
+    def loss(params):
+      features, _ = backbone.apply({**variables, 'params': params}, images, train=True, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(features))
+    return jax.jit(jax.grad(loss))(variables['params'])
+
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  xla = gradients()
+  monkeypatch.setenv(MODE_VARIABLE, 'chunked')
+  chunked = gradients()
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(xla), jax.tree_util.tree_leaves(chunked)):
+    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5 * float(jnp.max(jnp.abs(a))) + 1e-7,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_which_convolutions_take_the_chunked_gradient(monkeypatch):
+  x, w = _inputs(2, 6, 4, 4, 3, 1)
+
+  def custom_vjp_in(kernel=w, **kwargs):
+    jaxpr = jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), **kwargs))(
+        x, kernel)
+    return 'custom_vjp' in str(jaxpr)
+
+  monkeypatch.setenv(MODE_VARIABLE, 'chunked')
+  assert custom_vjp_in(dimension_numbers=NHWC)
+  # Outside what it covers, XLA's convolution whatever the mode: other layouts, dilations.
+  assert not custom_vjp_in(w.transpose(3, 2, 0, 1), dimension_numbers=('NHWC', 'OIHW', 'NHWC'))
+  assert not custom_vjp_in(dimension_numbers=NHWC, rhs_dilation=(2, 2))
+  assert not custom_vjp_in(dimension_numbers=NHWC, lhs_dilation=(2, 2))
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  assert not custom_vjp_in(dimension_numbers=NHWC)
+
+
+def test_mode_by_cpu_and_settings(monkeypatch):
+  monkeypatch.setattr(conv, 'avx2_without_avx512', lambda: True)
+  assert conv.chunked_weight_gradient({})  # auto on an AVX2-only CPU (the tests run on the CPU)
+  assert conv.chunked_weight_gradient({MODE_VARIABLE: 'auto'})
+  assert not conv.chunked_weight_gradient({'BWLM_CPU_TUNING': '0'})
+  assert not conv.chunked_weight_gradient({MODE_VARIABLE: 'xla'})
+  monkeypatch.setattr(conv, 'avx2_without_avx512', lambda: False)
+  assert not conv.chunked_weight_gradient({})
+  assert conv.chunked_weight_gradient({MODE_VARIABLE: 'chunked'})
+  with pytest.raises(UsageError, match=r"^BWLM_CONV_WEIGHT_GRADIENT='fast': expected one of auto, xla, chunked\.$"):
+    conv.chunked_weight_gradient({MODE_VARIABLE: 'fast'})
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
+  cpuinfo = tmp_path / 'cpuinfo'
+  for flags, expected in (('fpu avx avx2 fma', True), ('fpu avx2 avx512f avx512bw', False), ('fpu sse4_2', False)):
+    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
+    assert conv.cpu_flags_show_avx2_only(str(cpuinfo)) is expected
+  assert conv.cpu_flags_show_avx2_only(str(tmp_path / 'missing')) is False
