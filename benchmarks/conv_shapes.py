@@ -93,6 +93,9 @@ def measure(shapes, repeats: int) -> None:
         'weight_gradient_chunked': (jax.jit(lambda x, dy: conv_module.weight_gradient(
             x, dy, w.shape, (stride, stride), pads, groups)), (x, dy)),
     }
+    if groups == inputs:  # depthwise: the input gradient as bwlm_jax.models.conv takes it on AVX2-only CPUs
+      passes['input_gradient_per_image'] = (jax.jit(lambda x, w, dy: jax.lax.map(
+          lambda pair: jax.vjp(lambda x: conv(x, w), pair[0][None])[1](pair[1][None])[0][0], (x, dy))), (x, w, dy))
     if kernel == 3 and groups == 1:
       passes['weight_gradient_nine_products'] = (jax.jit(lambda x, dy: nine_products_weight_gradient(
           x, dy, stride, pads)), (x, dy))
@@ -102,9 +105,10 @@ def measure(shapes, repeats: int) -> None:
       record = {'shape': name, 'batch': batch, 'side': side, 'in': inputs, 'out': outputs, 'kernel': kernel,
                 'stride': stride, 'groups': groups, 'pass': kind, 'ms_best': round(best, 2),
                 'ms_median': round(median, 2), 'gflops_median': round(flops / median / 1e6, 1)}
-      if kind.startswith('weight_gradient_'):
-        record['max_relative_difference_to_xla'] = float(jnp.max(jnp.abs(fn(*args) - reference)) /
-                                                         jnp.max(jnp.abs(reference)))
+      if kind.startswith('weight_gradient_') or kind == 'input_gradient_per_image':
+        expected = reference if kind.startswith('weight') else passes['input_gradient'][0](x, w, dy)
+        record['max_relative_difference_to_xla'] = float(jnp.max(jnp.abs(fn(*args) - expected)) /
+                                                         jnp.max(jnp.abs(expected)))
       print(json.dumps(record), flush=True)
 
 

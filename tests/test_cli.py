@@ -51,6 +51,15 @@ def test_train_cli_rejects_a_mistyped_field(tmp_path):
   assert 'alphaa' in result.stderr
 
 
+def test_train_cli_rejects_an_unknown_convolution_gradient_mode(tmp_path):
+  result = _run([f'--config={ROOT}/configs/quickstart.py', f'--workdir={tmp_path}'],
+                {'BWLM_CONV_WEIGHT_GRADIENT': 'fast'})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: BWLM_CONV_WEIGHT_GRADIENT='fast': expected one of auto, xla, chunked.")
+  assert 'Traceback' not in result.stderr and not os.listdir(tmp_path)
+
+
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tfds_dir, tmp_path):
   import signal
   import time

@@ -6,7 +6,8 @@ On a 2-core AVX2-only AMD EPYC, XLA:CPU's weight gradient of a 3x3 convolution a
 takes 4 ms. Written as a forward convolution of the transposed input with the output gradient as its kernel,
 per chunk of images small enough to stay in the core's cache, it takes 16-20 ms there, summed over the
 chunks (docs/PERFORMANCE.md, `benchmarks/conv_shapes.py`). The forward pass and the input gradient stay
-XLA's, and so does everything on other CPUs and on accelerators.
+XLA's (a depthwise convolution's input gradient taken one image at a time, 3-48x faster there), and so does
+everything on other CPUs and on accelerators.
 
 `BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
 AVX-512, unless `BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D,
@@ -29,8 +30,9 @@ from bwlm_jax.errors import UsageError
 MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
 MODES = ('auto', 'xla', 'chunked')
 # Input bytes per chunk of images (x's share; the output gradient's is about the same): measured on the
-# AVX2-only EPYC (1 MiB L2 per core), ResNet-32's shapes, docs/PERFORMANCE.md.
-CHUNK_BYTES = 512 * 1024
+# AVX2-only EPYC (1 MiB L2 per core) from 64 KiB to 2 MiB: 256 KiB was fastest or within noise of it on each
+# of ResNet-32's shapes and on its whole step (docs/PERFORMANCE.md).
+CHUNK_BYTES = 256 * 1024
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -112,8 +114,17 @@ def _conv_forward(lhs, rhs, strides, pads, groups):
 
 def _conv_backward(strides, pads, groups, residuals, output_gradient):
   lhs, rhs = residuals
-  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads, groups), lhs)
-  (input_gradient,) = input_vjp(output_gradient)
+
+  def xla_input_gradient(x, dy):
+    return jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads, groups), x)[1](dy)[0]
+
+  if groups > 1 and rhs.shape[2] == 1:
+    # Depthwise: XLA:CPU's input gradient of a whole batch is 3-48x slower than one image at a time on the
+    # AVX2-only EPYC (EfficientNet-Lite's shapes; grouped and dense ones are faster whole).
+    input_gradient = lax.map(lambda pair: xla_input_gradient(pair[0][None], pair[1][None])[0],
+                             (lhs, output_gradient))
+  else:
+    input_gradient = xla_input_gradient(lhs, output_gradient)
   return input_gradient, weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups).astype(rhs.dtype)
 
 
