@@ -45,8 +45,8 @@ def _timed_ms(fn, args, repeats: int) -> tuple[float, float]:
   return min(times), sorted(times)[len(times) // 2]
 
 
-def _pads(kernel: int, stride: int, side: int) -> tuple:
-  """The models' padding: 'SAME' for odd kernels (ResNets pad k // 2), none for the ViT's patches."""
+def _pads(kernel: int, stride: int) -> tuple:
+  """The models' padding: k // 2 on each side (the ResNets'), none for the ViT's patches."""
   if kernel == stride:
     return ((0, 0), (0, 0))
   return ((kernel // 2, kernel // 2),) * 2
@@ -75,7 +75,7 @@ def measure(shapes, repeats: int) -> None:
 
   rng = np.random.default_rng(0)
   for name, batch, side, inputs, outputs, kernel, stride, groups in shapes:
-    pads = _pads(kernel, stride, side)
+    pads = _pads(kernel, stride)
 
     def conv(x, w):
       return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -124,17 +124,11 @@ def main():
   sys.path.insert(0, ROOT)
   from bwlm_jax import process_setup
   process_setup.start_process()  # the launch scripts' CPU settings (it restarts this process once with them)
-  print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': _has('avx512f'),
-                    'cpu_flags_avx2': _has('avx2')}), flush=True)
+  from bwlm_jax.models import conv
+  print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': 'avx512f' in conv.cpu_flags(),
+                    'cpu_flags_avx2': 'avx2' in conv.cpu_flags()}), flush=True)
   shapes = {'cifar': CIFAR_SHAPES, 'imagenet': IMAGENET_SHAPES, 'all': CIFAR_SHAPES + IMAGENET_SHAPES}
   measure(shapes[args.shapes], args.repeats)
-
-
-def _has(flag: str) -> bool:
-  try:
-    return f' {flag} ' in open('/proc/cpuinfo').read().replace('\n', ' ')
-  except OSError:
-    return False
 
 
 if __name__ == '__main__':

@@ -141,9 +141,9 @@ def use_cpu_devices(count: int) -> None:
 
 def start_process(cpu_devices: int = 1) -> None:
   """What every launch script does before JAX runs anything: CPU settings, CPU device count, quiet logs."""
-  from bwlm_jax.models import conv  # here: bwlm_jax.models imports config, which imports this module
-  conv.requested_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT fails here, before the restart
   tune_cpu_runtime()
+  from bwlm_jax.models import conv  # here: bwlm_jax.models imports config, which imports this module
+  conv.requested_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT fails here (after the restart: imported once)
   use_cpu_devices(cpu_devices)
   quiet_library_logs()
 

@@ -138,8 +138,9 @@ def test_mode_by_cpu_and_settings(monkeypatch):
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
-  cpuinfo = tmp_path / 'cpuinfo'
-  for flags, expected in (('fpu avx avx2 fma', True), ('fpu avx2 avx512f avx512bw', False), ('fpu sse4_2', False)):
+  cases = (('fpu avx avx2 fma', True), ('fpu avx2 avx512f avx512bw', False), ('fpu sse4_2', False))
+  for case, (flags, expected) in enumerate(cases):
+    cpuinfo = tmp_path / f'cpuinfo{case}'  # one file each: cpu_flags is cached by path
     cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
-    assert conv.cpu_flags_show_avx2_only(str(cpuinfo)) is expected
-  assert conv.cpu_flags_show_avx2_only(str(tmp_path / 'missing')) is False
+    assert conv.avx2_without_avx512(str(cpuinfo)) is expected
+  assert conv.avx2_without_avx512(str(tmp_path / 'missing')) is False

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bwlm_jax import process_setup
 from bwlm_jax.errors import UsageError
 
 MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
@@ -40,7 +41,7 @@ def chunked_weight_gradient(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether convolutions traced now take the chunked weight gradient (`BWLM_CONV_WEIGHT_GRADIENT`)."""
   mode = requested_mode(environ)
   if mode == 'auto':
-    tuned = environ.get('BWLM_CPU_TUNING', '1') != '0'
+    tuned = environ.get(process_setup.OPT_OUT, '1') != '0'
     return tuned and avx2_without_avx512() and jax.default_backend() == 'cpu'
   return mode == 'chunked'
 
@@ -53,20 +54,20 @@ def requested_mode(environ: Mapping[str, str] = os.environ) -> str:
   return mode
 
 
+def avx2_without_avx512(cpuinfo_path: str = '/proc/cpuinfo') -> bool:
+  """Whether the CPU shows AVX2 and no AVX-512: XLA:CPU's slow case (False if its flags are unreadable)."""
+  flags = cpu_flags(cpuinfo_path)
+  return 'avx2' in flags and 'avx512f' not in flags
+
+
 @functools.cache
-def avx2_without_avx512() -> bool:
-  """Whether this machine's CPU shows AVX2 and no AVX-512: XLA:CPU's slow case."""
-  return cpu_flags_show_avx2_only('/proc/cpuinfo')
-
-
-def cpu_flags_show_avx2_only(cpuinfo_path: str) -> bool:
-  """Whether the first `flags` line of a /proc/cpuinfo file has avx2 and not avx512f (False if unreadable)."""
+def cpu_flags(cpuinfo_path: str = '/proc/cpuinfo') -> frozenset[str]:
+  """The flags of the first `flags` line of a /proc/cpuinfo file (none if it cannot be read)."""
   try:
     with open(cpuinfo_path) as cpuinfo:
-      flags = next((line.split(':', 1)[1].split() for line in cpuinfo if line.startswith('flags')), [])
+      return frozenset(next((line.split(':', 1)[1].split() for line in cpuinfo if line.startswith('flags')), ()))
   except OSError:
-    return False
-  return 'avx2' in flags and 'avx512f' not in flags
+    return frozenset()
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
