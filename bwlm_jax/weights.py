@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import checkpoints, stages
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.errors import BwlmError, MissingFileError, UsageError
 from bwlm_jax.files import read_json, write_text, writing
 from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
 from bwlm_jax.models import efficientnet_lite, vit
@@ -133,6 +133,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       with np.load(path, allow_pickle=False) as arrays:
         return {name: arrays[name] for name in arrays.files}
     return _read_torch(path)
+  except BwlmError:
+    raise  # already one clear line (a UsageError is a ValueError: not to be wrapped and cut below)
   except (SafetensorError, OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
     raise UsageError(f'{path} cannot be read as weights ({type(err).__name__}: {" ".join(str(err).split())[:160]});'
                      ' it may be truncated or of another format.') from err
