@@ -106,6 +106,22 @@ def test_embedded_dataset_is_long_tailed_and_deterministic(embedded_data_config)
   np.testing.assert_array_equal(labels, labels2)
 
 
+def test_channel_statistics_counted_per_value_equal_the_float_formula(embedded_data_config):
+  from bwlm_jax.data.load import _channel_stats
+  from bwlm_jax.data.splits import ArraySplit
+  dataset = load_dataset(embedded_data_config)  # of the whole balanced train split, as every older run has them
+  assert (dataset.mean, dataset.std) == ((0.2787, 0.2839, 0.2585), (0.2222, 0.2156, 0.2096))
+  black_and_white = np.zeros((2, 4, 4, 3), np.uint8)
+  black_and_white[1] = 255  # by hand: mean 1/2, std 1/2 in every channel
+  assert _channel_stats(ArraySplit(black_and_white, np.zeros(2, np.int64))) == ((0.5,) * 3, (0.5,) * 3)
+  images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3)).astype(np.uint8)
+  pixels = images.reshape(-1, 3) / 255.0
+  counted = _channel_stats(ArraySplit(images, np.zeros(50, np.int64)))
+  np.testing.assert_allclose(counted, (pixels.mean(0), pixels.std(0)), atol=5e-5 + 1e-12)  # 4 decimals
+  floats = _channel_stats(ArraySplit(images / 1.0, np.zeros(50, np.int64)))  # not uint8: the float formula
+  np.testing.assert_allclose(floats, (pixels.mean(0), pixels.std(0)), atol=5e-5 + 1e-12)
+
+
 def test_embedded_classes_differ_in_colour_and_shape(embedded_data_config):
   test = load_dataset(embedded_data_config).test
   images = test.images.astype(np.float64) / 255.0
