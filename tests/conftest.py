@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TensorFlow, a session-wide prepared embedded dataset."""
+"""Shared test set-up: quiet TensorFlow, session-wide caches, a session-wide prepared embedded dataset."""
 
 import atexit
 import os
@@ -8,9 +8,12 @@ import tempfile
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One persistent compilation cache for the session and the launch scripts it starts: the many runs of the
 # same tiny networks compile each step once (about a quarter of the suite's time on 2 cores).
-if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='bwlm-jax-test-cache-')
-  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+# Likewise the embedded set's drawn images (bwlm_jax.data.embedded), kept out of the user's ~/.cache.
+for variable, prefix in (('JAX_COMPILATION_CACHE_DIR', 'bwlm-jax-test-cache-'),
+                         ('BWLM_JAX_CACHE_DIR', 'bwlm-jax-test-data-cache-')):
+  if variable not in os.environ:
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 

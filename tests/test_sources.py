@@ -122,6 +122,48 @@ def test_channel_statistics_counted_per_value_equal_the_float_formula(embedded_d
   np.testing.assert_allclose(floats, (pixels.mean(0), pixels.std(0)), atol=5e-5 + 1e-12)
 
 
+def test_drawn_splits_are_cached_and_a_damaged_off_or_unwritable_cache_draws_again(tmp_path, monkeypatch):
+  from bwlm_jax.data import embedded
+  monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / 'cache'))
+  path = embedded.cache_path('test')
+  images, labels = embedded.drawn('test')  # drawn, then written
+  assert os.listdir(tmp_path / 'cache') == [os.path.basename(path)]  # no temporary file left behind
+  assert images.shape == (2000, 32, 32, 3) and np.bincount(labels).tolist() == [100] * 20
+  draws = []
+  draw = shapes.draw_split
+  monkeypatch.setattr(shapes, 'draw_split', lambda *args: draws.append(args) or draw(*args))
+
+  def same_split():
+    again = embedded.drawn('test')
+    np.testing.assert_array_equal(again[0], images)
+    np.testing.assert_array_equal(again[1], labels)
+
+  same_split()
+  assert not draws  # read from the cache
+  with open(path, 'r+b') as f:
+    f.truncate(1000)  # cut short
+  same_split()
+  assert len(draws) == 1
+  same_split()
+  assert len(draws) == 1  # the damaged file was replaced by a whole one
+  with open(path, 'wb') as f:
+    np.savez(f, images=images[:5], labels=labels[:5])  # readable, not this split
+  same_split()
+  assert len(draws) == 2
+  monkeypatch.setattr(np, '__version__', '0.0')  # another NumPy may draw other values: another file
+  assert embedded.cache_path('test') != path
+  monkeypatch.undo()
+  monkeypatch.setattr(shapes, 'draw_split', lambda *args: draws.append(args) or draw(*args))
+  monkeypatch.setenv(embedded.CACHE_ENV, 'off')
+  assert embedded.cache_path('test') is None
+  same_split()
+  assert len(draws) == 3
+  (tmp_path / 'a-file').write_text('')
+  monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / 'a-file' / 'cache'))  # cannot be made
+  same_split()
+  assert len(draws) == 4 and sorted(os.listdir(tmp_path)) == ['a-file', 'cache']
+
+
 def test_embedded_classes_differ_in_colour_and_shape(embedded_data_config):
   test = load_dataset(embedded_data_config).test
   images = test.images.astype(np.float64) / 255.0
