@@ -1,4 +1,5 @@
-"""The tiny run the training tests share: embedded data at IF 10 with max 40 images per class, ResNet-8."""
+"""What the tests share: the tiny run (embedded data at IF 10 with max 40 images per class, ResNet-8), tree
+and reference comparisons, random weights of the full-size networks."""
 
 from bwlm_jax.config import base_config
 
@@ -62,3 +63,24 @@ def assert_equals_reference(model, variables, layout, state, images, features, l
   assert sorted(back) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def random_backbone(model, image_shape=(32, 32, 3), seed: int = 1) -> dict:
+  """{'params', 'batch_stats'} of `model`'s backbone with random values of its shapes, drawn in NumPy (the
+  network's own initialisation runs op by op, ~5-20 s for an ImageNet network on 2 cores): He-scaled
+  kernels, norms and biases as initialised, N(0, 0.02) for the rest (a ViT's tokens and position
+  embeddings)."""
+  import jax
+  import numpy as np
+  shapes = jax.eval_shape(lambda key: model.init_backbone(key, image_shape), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = getattr(path[-1], 'key', None)
+    if name in ('scale', 'var', 'bias', 'mean'):
+      return (np.ones if name in ('scale', 'var') else np.zeros)(leaf.shape, leaf.dtype)
+    scale = np.sqrt(2 / np.prod(leaf.shape[:-1])) if name == 'kernel' else 0.02
+    return (rng.standard_normal(leaf.shape) * scale).astype(leaf.dtype)
+
+  params, batch_stats = jax.tree_util.tree_map_with_path(value, shapes)
+  return {'params': params, 'batch_stats': batch_stats}

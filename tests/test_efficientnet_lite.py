@@ -14,7 +14,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters, timm_name
 from bwlm_jax.pipeline import train_and_evaluate
-from helpers import assert_equals_reference
+from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder, _generated_weights
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'efficientnet_lite.npz')
@@ -75,10 +75,9 @@ def test_scaling_follows_the_lite_builder():
 
 
 def _lite_weights(path, num_classes=1000):
-  """A weights file of EfficientNet-Lite0 in the port's layout, randomly initialised."""
+  """A weights file of EfficientNet-Lite0 in the port's layout, random values."""
   model = build_model({'name': 'efficientnet_lite0', 'dtype': 'float32'}, num_classes)
-  params, stats = model.init_backbone(jax.random.key(1), (32, 32, 3))
-  backbone = {'params': params, 'batch_stats': stats}
+  backbone = random_backbone(model)
   head = model.init_head(jax.random.key(2), 1280)
   save_file(torch_layout.to_torch(backbone, head, weights.torch_layout_of('efficientnet_lite0', backbone)), str(path))
   return backbone

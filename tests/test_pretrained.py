@@ -18,6 +18,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
 from bwlm_jax.pipeline import train_and_evaluate
+from helpers import random_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, 'tests', 'data', 'torch_resnets.npz')  # made by make_torch_resnet_fixture.py
@@ -51,16 +52,15 @@ def test_features_and_logits_equal_pytorchs_for_the_same_weights(name):
 
 
 def _generated_weights(path, name='resnet18', num_classes=1000, drop=(), extra=None):
-  """A torchvision-layout weights file of a randomly initialised `name` (what a downloaded one looks like)."""
+  """A torchvision-layout weights file of `name` with random values (what a downloaded one looks like)."""
   model = build_model({'name': name, 'dtype': 'float32'}, num_classes)
-  params, stats = model.init_backbone(jax.random.key(1), (32, 32, 3))
+  backbone = random_backbone(model)
   head = model.init_head(jax.random.key(2), model.feature_dim((32, 32, 3)))
   stage_sizes, bottleneck = {'resnet18': ((2, 2, 2, 2), False), 'resnet34': ((3, 4, 6, 3), False)}[name]
-  backbone = {'params': params, 'batch_stats': stats}
   state = torch_layout.to_torch(backbone, head, torch_layout.resnet_layout(backbone, stage_sizes, bottleneck))
   state = {k: v for k, v in state.items() if k not in drop}
   save_file({**state, **(extra or {})}, str(path))
-  return {'params': params, 'batch_stats': stats}
+  return backbone
 
 
 def test_a_weights_file_loads_without_its_classifier(tmp_path):

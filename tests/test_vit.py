@@ -17,7 +17,7 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer
 from bwlm_jax.pipeline import train_and_evaluate
-from helpers import assert_equals_reference
+from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'vit.npz')
@@ -111,11 +111,10 @@ def test_the_networks_have_their_sources_parameter_counts():
 
 
 def _vit_weights(path, name, size=32, num_classes=1000):
-  """A weights file of `name` in its source's layout, randomly initialised (what a downloaded one looks
+  """A weights file of `name` in its source's layout with random values (what a downloaded one looks
   like: timm's 1000-class head; CLIP without one)."""
   model = build_model({'name': name, 'dtype': 'float32'}, num_classes)
-  params, stats = model.init_backbone(jax.random.key(1), (size, size, 3))
-  backbone = {'params': params, 'batch_stats': stats}
+  backbone = random_backbone(model, (size, size, 3))
   head = None if name.startswith('clip') else model.init_head(jax.random.key(2), model.feature_dim((size, size, 3)))
   save_file(torch_layout.to_torch(backbone, head, weights.torch_layout_of(name, backbone)), str(path))
   return backbone
