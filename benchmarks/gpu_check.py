@@ -10,7 +10,8 @@ CIFAR-100-LT schedule's wall time estimated from the measured step. Every part r
 time limit; a part that fails or does not fit the time is a line saying so, and the others still run.
 
 --cpu runs the same parts at toy sizes (ResNet-8 for ResNet-32, a 32-pixel ResNet-10 for the ImageNet networks,
-the quickstart at one epoch on 311 images) so that the script itself is tested on a CPU in minutes; its figures mean nothing.
+the quickstart at one epoch on 311 images) so that the script itself is tested on a CPU in minutes; its figures
+mean nothing.
 """
 
 from __future__ import annotations

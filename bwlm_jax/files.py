@@ -77,6 +77,23 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_cache(path: str, save) -> OSError | None:
+  """Write a cache file atomically through `save(file)` (a process reading it meanwhile sees the old file or
+  none; concurrent writers each use their own partial file). A cache only saves recomputing, so a write the
+  system refuses is returned, not raised, and leaves no partial file behind."""
+  partial = f'{path}.{os.getpid()}.tmp'
+  try:
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(partial, 'wb') as file:
+      save(file)
+    os.replace(partial, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      os.remove(partial)
+    return error
+  return None
+
+
 def unique_path(path: str) -> str:
   """`path` if it is free, else the first free `name-2.ext`, `name-3.ext`, ...: never overwrite a result."""
   if not os.path.exists(path):

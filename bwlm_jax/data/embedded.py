@@ -12,7 +12,6 @@ code and NumPy's version; a missing, damaged or unwritable cache only means draw
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -20,6 +19,7 @@ import zipfile
 
 import numpy as np
 
+from bwlm_jax import files
 from bwlm_jax.data import shapes
 from bwlm_jax.data.splits import ArraySplit
 
@@ -55,20 +55,6 @@ def _read_cached(path: str, count: int) -> tuple[np.ndarray, np.ndarray] | None:
   return (images, labels) if whole else None
 
 
-def _write_cached(path: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Atomically (a process reading it meanwhile sees the old file or none); a folder that cannot be written
-  only leaves the cache empty."""
-  tmp = f'{path}.{os.getpid()}.tmp'
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, 'wb') as f:
-      np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)
-  except OSError:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-
-
 def drawn(split: str) -> tuple[np.ndarray, np.ndarray]:
   """The images (uint8 [N, 32, 32, 3]) and labels of 'train' or 'test' in the order they are drawn."""
   counts = np.full(len(shapes.class_names()), _PER_CLASS[split])
@@ -77,8 +63,8 @@ def drawn(split: str) -> tuple[np.ndarray, np.ndarray]:
   if cached is not None:
     return cached
   images, labels = shapes.draw_split(counts, _SEEDS[split])
-  if path:
-    _write_cached(path, images, labels)
+  if path:  # a folder that cannot be written only leaves the cache empty
+    files.write_cache(path, lambda file: np.savez(file, images=images, labels=labels))
   return images, labels
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from bwlm_jax import process_setup
+from bwlm_jax import files, process_setup
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
 from bwlm_jax.errors import RunError, UsageError
 
@@ -114,12 +114,12 @@ def stream_split(builder, split: str, label_key: str = 'label') -> StreamSplit:
 def split_labels(builder, split: str, label_key: str = 'label') -> np.ndarray:
   """The labels of a split in stored order. Reading them touches every record (all of ImageNet-LT's
   images), so they are cached next to the prepared files, keyed by those files' names, sizes and times."""
-  files = sorted(name for name in (os.listdir(builder.data_dir) if os.path.isdir(builder.data_dir) else [])
-                 if name.startswith(f'{builder.name}-{split}.'))
+  prepared = sorted(name for name in (os.listdir(builder.data_dir) if os.path.isdir(builder.data_dir) else [])
+                    if name.startswith(f'{builder.name}-{split}.'))
   cache = None
-  if files:  # prepared on disk (not mocked): the cache can be keyed by the files
+  if prepared:  # prepared on disk (not mocked): the cache can be keyed by the files
     stats = []
-    for name in files:
+    for name in prepared:
       info = os.stat(os.path.join(builder.data_dir, name))
       stats.append((name, info.st_size, info.st_mtime_ns))
     key = hashlib.sha1(json.dumps([split, label_key, stats]).encode()).hexdigest()[:16]
@@ -133,12 +133,6 @@ def split_labels(builder, split: str, label_key: str = 'label') -> np.ndarray:
   if not batches:
     raise UsageError(f'split {split!r} of {builder.name} is empty.')
   labels = np.concatenate(batches).astype(np.int64)
-  if cache:
-    try:
-      partial = f'{cache}.{os.getpid()}.tmp'
-      with open(partial, 'wb') as file:
-        np.save(file, labels)
-      os.replace(partial, cache)
-    except OSError as error:
-      print(f'note: labels of {builder.name} {split} not cached ({error}); the next run reads them again.')
+  if cache and (error := files.write_cache(cache, lambda file: np.save(file, labels))):
+    print(f'note: labels of {builder.name} {split} not cached ({error}); the next run reads them again.')
   return labels
