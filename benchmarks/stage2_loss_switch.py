@@ -22,7 +22,7 @@ from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import LinearHead, Model
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.train.state import TrainState
-from bwlm_jax.train.steps import HeadsFeed, make_heads_step, stack_heads
+from bwlm_jax.train.steps import HeadsFeed, make_heads_step, stacked_copies
 
 
 def time_step(family: tuple, args, repeats: int = 5, steps: int = 50) -> float:
@@ -40,7 +40,7 @@ def time_step(family: tuple, args, repeats: int = 5, steps: int = 50) -> float:
     stage_cfg = type('Stage2', (), {'momentum': 0.9, 'nesterov': False, 'warmup_epochs': 0})
     step, init_opt_state = make_heads_step(model, settings, stage_cfg, counts, HeadsFeed('cached', spec))
     head = LinearHead(args.classes).init(jax.random.key(0), jnp.zeros((1, args.dim)))['params']
-    params = {'head': stack_heads(head, args.heads)}
+    params = {'head': stacked_copies(head, args.heads)}
     state = TrainState(jnp.zeros((), jnp.int32), params, {}, init_opt_state(params), {},
                        jax.random.key_data(jax.random.key(1)))
     state, _ = step(state, features, labels)  # compile

@@ -230,8 +230,10 @@ def _tuning_config() -> ml_collections.ConfigDict:
 def _recipe_config() -> ml_collections.ConfigDict:
   """launch/recipe.py's candidates (bwlm_jax/recipes.py): for each field of naive and stage 1, the values to
   try (None: as configured); 'one_at_a_time' tries each value alone beside the configured recipe, 'product'
-  every combination."""
-  recipe = ml_collections.ConfigDict({'combine': 'one_at_a_time'})
+  every combination. Candidates that differ only in learning rate, weight decay or label smoothing train up to
+  `backbones_at_once` at a time under `jax.vmap` (1: each alone; more: where the device holds K models and
+  their activations)."""
+  recipe = ml_collections.ConfigDict({'combine': 'one_at_a_time', 'backbones_at_once': 1})
   for field in RECIPE_FIELDS:
     recipe[field] = config_dict.placeholder(tuple)
   recipe.loss, recipe.label_smoothing, recipe.mixup_alpha = ('balanced_softmax',), (0.1,), (0.2,)

@@ -7,16 +7,26 @@ and a finished one is never retrained. Its score is the validation score of the 
 stage 2, the head its own grid chose on val), compared with `selection.choose`, the choice every stage-2 grid
 makes; the test split never chooses. A candidate's folder names only the fields it changes, so grids that
 share candidates (the default, one option at a time) share their runs.
+
+Candidates that differ only in learning rate, weight decay or label smoothing (`steps.MEMBER_FIELDS`) train
+their backbone stages `recipe.backbones_at_once` at a time under `jax.vmap` (`train_together`), each member
+then saved as its own run's finished checkpoint of the stage, so the rest of its run (stage 2, evaluation)
+goes on as if it had trained alone.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import os
+from typing import Optional
 
-from bwlm_jax import distributed, selection, stages
+import jax
+import numpy as np
+
+from bwlm_jax import checkpoints, distributed, selection, stages, stopping
 from bwlm_jax.config import RECIPE_COMBINES, RECIPE_FIELDS, parse_stages, validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
@@ -24,7 +34,11 @@ from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, title_of
 from bwlm_jax.files import make_directory, unique_path, write_json
-from bwlm_jax.pipeline import check_inputs, require_validation, train_and_evaluate
+from bwlm_jax.pipeline import check_inputs, make_context, require_validation, train_and_evaluate
+from bwlm_jax.train.feeders import check_backbone_samplers
+from bwlm_jax.train.interval_metrics import finite_params
+from bwlm_jax.train.loop import StepBudget, run_stage
+from bwlm_jax.train.steps import MEMBER_FIELDS
 
 DEFAULT_NAME = 'as configured'
 
@@ -59,11 +73,13 @@ def candidate_config(config, candidate: Candidate):
 def candidates(config) -> list[Candidate]:
   """Every candidate of config.recipe, the configured recipe first (ties keep it); duplicates once."""
   recipe = config.recipe
-  unknown = sorted(set(recipe.keys()) - set(RECIPE_FIELDS) - {'combine'})
+  unknown = sorted(set(recipe.keys()) - set(RECIPE_FIELDS) - {'combine', 'backbones_at_once'})
   if unknown:
     raise UsageError(f'recipe.{unknown[0]} is not a field a recipe varies; expected one of {RECIPE_FIELDS}.')
   if recipe.combine not in RECIPE_COMBINES:
     raise UsageError(f'recipe.combine must be one of {RECIPE_COMBINES}, got {recipe.combine!r}.')
+  if not isinstance(recipe.backbones_at_once, int) or recipe.backbones_at_once < 1:
+    raise UsageError(f'recipe.backbones_at_once must be a whole number >= 1, got {recipe.backbones_at_once!r}.')
   axes = {field: _values(recipe[field]) for field in RECIPE_FIELDS if recipe[field] is not None}
   empty = [field for field, values in axes.items() if not values]
   if empty:
@@ -109,6 +125,69 @@ def _last_stage(config) -> str:
   return run[-1].name
 
 
+def together(config, found: list[Candidate]) -> list[list[Candidate]]:
+  """The candidates whose backbones train at once, up to `recipe.backbones_at_once` a group: those whose runs
+  differ only in MEMBER_FIELDS, in candidate order (a group of one is left to its own run)."""
+  size = config.recipe.backbones_at_once
+  by_rest = {}
+  for candidate in found:
+    rest = tuple(change for change in candidate.changes if change[0] not in MEMBER_FIELDS)
+    by_rest.setdefault(rest, []).append(candidate)
+  groups = [members[i:i + size] for members in by_rest.values() for i in range(0, len(members), size)]
+  return [group for group in groups if len(group) > 1]
+
+
+def _run_dir(workdir: str, candidate: Candidate) -> str:
+  return os.path.join(workdir, 'recipe', candidate.folder)
+
+
+@stopping.stops_on_sigterm
+def train_together(config, workdir: str, group: list[Candidate], dataset, budget: Optional[StepBudget] = None):
+  """Each backbone stage of `group`'s runs, the members not finished there yet, trained at once under
+  `jax.vmap` (`loop.run_stage` with members; resumable) in WORKDIR/recipe/together/<hash of the members>/;
+  then each member is saved as the finished checkpoint of that stage in its own run's folder, with its own
+  config. A member whose parameters are not finite is not saved: its own run trains it alone and stops with
+  the same error a candidate trained alone would."""
+  budget = StepBudget(None) if budget is None else budget
+  for stage in parse_stages(config):
+    todo = [c for c in group if stage.trains_backbone
+            and not checkpoints.is_finished(_run_dir(workdir, c), stage.name)]
+    if len(todo) < 2:
+      continue
+    runs = [candidate_config(config, candidate) for candidate in todo]
+    key = hashlib.sha256('\n'.join(c.folder for c in todo).encode()).hexdigest()[:12]
+    folder = os.path.join(workdir, 'recipe', 'together', f'{stage.name}-{key}')
+    if distributed.is_writer():
+      make_directory(folder)
+      write_json(os.path.join(folder, 'members.json'), {'stage': stage.name, 'members': [c.folder for c in todo]})
+    ctx = make_context(runs[0], folder, dataset)
+    check_backbone_samplers(runs[0], ctx.dataset, [stage])
+    print(f'--- {stage.name} of {len(todo)} recipes at once under vmap ({folder}): '
+          f'{"; ".join(c.name for c in todo)}', flush=True)
+    if jax.default_backend() == 'cpu':
+      print(f'note: on a CPU XLA runs the vmapped convolutions as grouped ones, slower than one model at a time '
+            f'(ResNet-8, batch 128, 32x32, K=2: 1.64 s a step against 0.33 s alone; launch/benchmark.py); '
+            f'recipe.backbones_at_once=1 trains these faster here.', flush=True)
+    state = run_stage(ctx, stage, budget, members=[{f: run[stage.name][f] for f in MEMBER_FIELDS} for run in runs])
+    finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked=True)))
+    for k, (candidate, run) in enumerate(zip(todo, runs)):
+      if finite[k]:
+        _save_member(ctx, stage, state, k, run, _run_dir(workdir, candidate))
+
+
+def _save_member(ctx, stage, state, k: int, run, run_dir: str) -> None:
+  """Member k of a stacked backbone state as `run`'s finished checkpoint of `stage` in `run_dir`."""
+  member = state.replace(**{name: jax.tree.map(lambda leaf: leaf[k], getattr(state, name))
+                            for name in ('params', 'batch_stats', 'opt_state')})
+  step = int(state.step)
+  meta = checkpoints.checkpoint_meta(stage.name, step, step, True, run.to_dict(), ctx.dataset, ctx.fingerprint)
+  store = checkpoints.StageCheckpoints(checkpoints.stage_directory(run_dir, stage.name), run.keep_checkpoints)
+  try:
+    store.save(step, member, meta)
+  finally:
+    store.close()
+
+
 def run_recipes(config, workdir: str) -> list[Row]:
   """Every candidate of config.recipe trained (or reused) and chosen on validation; writes
   WORKDIR/recipe/table.{md,csv,json} and WORKDIR/recipe/chosen.json (the chosen candidate's run)."""
@@ -118,6 +197,8 @@ def run_recipes(config, workdir: str) -> list[Row]:
   dataset = load_dataset(config.data)
   require_validation(dataset, 'a recipe is chosen')
   metric = config.stage2.select_metric
+  for group in together(config, found):
+    train_together(config, workdir, group, dataset)
   rows = []
   for index, candidate in enumerate(found):
     run_dir = os.path.join(workdir, 'recipe', candidate.folder)

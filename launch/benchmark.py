@@ -42,6 +42,9 @@ _HEADS = flags.DEFINE_integer('heads', 11, 'Heads of the vectorised sweep (the 1
                                'default stage-2 grid).')
 _BATCH = flags.DEFINE_integer('batch', None, 'Batch size (default: 128 for 32x32 models, 64 for 224x224).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Image side (default: 32, or 224 for the ImageNet networks).')
+_BACKBONES = flags.DEFINE_integer('backbones', 2, 'K of the stacked backbone step (recipe.backbones_at_once: K '
+                                  'backbones in one vmapped step; its images/s counts each model\'s images); below 2: '
+                                  'not timed.')
 _STAGE2 = flags.DEFINE_bool('stage2', True, 'Also time stage 2 (uncached, cached, the sweep of --heads heads) and '
                             'the evaluation forward pass after each training step.')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
@@ -85,7 +88,7 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
 
 
 def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, real_data: bool, train: bool,
-              shape: tuple, stage2: bool = True):
+              shape: tuple, stage2: bool = True, backbones: int = 0):
   import dataclasses
 
   import jax
@@ -99,7 +102,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   from bwlm_jax.train import optim
   from bwlm_jax.train.state import TrainState
   from bwlm_jax.head_setting import HeadSetting
-  from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stack_heads
+  from bwlm_jax.train.steps import HeadsFeed, Members, make_device_train_step, make_heads_step, stacked_copies
 
   batch, size, classes = shape
   mesh = distributed.make_mesh()
@@ -134,10 +137,22 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
     return
 
   params = jax.tree.map(jnp.copy, {'backbone': backbone, 'head': head})  # this state gets donated
-  state = TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params), {}, fresh(jax.random.key_data(key)))
+  key_data = jax.random.key_data(key)
+  state = TrainState(jnp.zeros((), jnp.int32), params, fresh(stats), tx.init(params), {}, fresh(key_data))
   step = make_device_train_step(model, tx, cross_entropy, schedule, spec, distributed.batch_sharded(mesh),
                                 distributed.replicated(mesh))
   stage1_record, state = measure('stage1_train', step, state, (images, labels), batch, steps, blocks, extra)
+  if backbones > 1:  # K backbones in one vmapped step, as recipe.backbones_at_once trains them
+    values = (config.stage1.learning_rate, config.stage1.weight_decay, 0.0)
+    members = Members(*(jnp.full((backbones,), value, jnp.float32) for value in values), optimizer=lambda lr, wd:
+                      optim.stage_optimizer(config.stage1, 10_000, spec.steps_per_epoch, lr, wd))
+    one = {'backbone': backbone, 'head': head}
+    stacked_state = TrainState(jnp.zeros((), jnp.int32), *(stacked_copies(tree, backbones) for tree in
+                                                           (one, stats, tx.init(one))), {}, fresh(key_data))
+    stacked_step = make_device_train_step(model, None, cross_entropy, None, spec, distributed.batch_sharded(mesh),
+                                          distributed.replicated(mesh), members=members)
+    measure('stage1_train_stacked', stacked_step, stacked_state, (images, labels), backbones * batch, steps, blocks,
+            {**extra, 'backbones': backbones})
   if real_data:
     # Same step on real 32x32 images (the embedded dataset, prepared offline): the device pipeline
     # reads nothing from the host per step, so the rate should equal the synthetic one.
@@ -165,7 +180,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
     settings = [head_setting(a) for a in np.linspace(0.0, 1.0, count)]
     step, init_opt_state = make_heads_step(model, settings, config.stage2, counts, HeadsFeed(kind, spec), None,
                                            distributed.batch_sharded(mesh), distributed.replicated(mesh))
-    stacked = {'head': fresh(stack_heads(head, count))}
+    stacked = {'head': fresh(stacked_copies(head, count))}
     return step, TrainState(jnp.zeros((), jnp.int32), stacked, {}, init_opt_state(stacked),
                             jax.tree.map(jnp.copy, frozen), fresh(jax.random.key_data(key)))
 
@@ -219,7 +234,7 @@ def main(argv):
     train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
     for dtype in dtypes:
       record = run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train, shape,
-                         _STAGE2.value)
+                         _STAGE2.value, _BACKBONES.value)
       torch_python = _TORCH_PYTHON.value or (sys.executable if importlib.util.find_spec('torch') else None)
       torch_python = None if torch_python == 'none' else torch_python
       if model_name == 'resnet32' and dtype == 'float32' and torch_python and record:

@@ -315,3 +315,47 @@ def test_a_recipe_that_varies_nothing_or_a_bad_value_is_one_error(tfds_dir):
   config.recipe.randaugment_magnitude, config.recipe.combine = (5.0,), 'every'
   with pytest.raises(UsageError, match="recipe.combine must be one of"):
     candidates(config)
+
+
+def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at_once_as_they_would_alone(
+    tfds_dir, tmp_path, capsys):
+  from bwlm_jax import checkpoints
+  from bwlm_jax.data import load_dataset
+  from bwlm_jax.recipes import candidate_config, candidates, run_recipes, together, train_together
+  from bwlm_jax.train.loop import StepBudget
+  config = _recipe_config(tfds_dir)
+  config.recipe.label_smoothing, config.recipe.randaugment_layers = (0.2,), None
+  # Below lr 0.01 these 10 steps are not chaotic: at lr 0.05, scaling the initial weights by 1 + 2^-23 moves them
+  # 4e-4 by step 10 (stacked and alone differ in rounding), at 0.005 the members match alone to 6e-8.
+  config.recipe.weight_decay, config.recipe.learning_rate = (0.05,), (0.005,)
+  config.recipe.backbones_at_once = 2
+  found = candidates(config)
+  groups = together(config, found)
+  assert [[c.folder for c in group] for group in groups] == [['default', 'weight_decay=0.05'],
+                                                             ['learning_rate=0.005', 'label_smoothing=0.2']]
+  mixed = config.copy_and_resolve_references()
+  mixed.recipe.loss, mixed.recipe.backbones_at_once = ('balanced_softmax',), 4  # another loss never joins
+  assert [[c.folder for c in group] for group in together(mixed, candidates(mixed))] == [
+      ['default', 'weight_decay=0.05', 'learning_rate=0.005', 'label_smoothing=0.2']]
+
+  workdir = tmp_path / 'run'
+  with pytest.raises(Interrupted):  # the stacked run resumes inside the recipe run (printed: 3 stacked runs)
+    train_together(config, str(workdir), groups[1], load_dataset(config.data), StepBudget(4))
+  rows = run_recipes(config, str(workdir))
+  out = capsys.readouterr().out
+  assert out.count('recipes at once under vmap') == 3 and 'naive: resuming at step 4' in out
+  assert out.count('naive: finished earlier') == 4  # every candidate's own run found its backbone trained
+  for candidate in found[1:]:
+    alone = tmp_path / 'alone' / candidate.folder
+    train_and_evaluate(candidate_config(config, candidate), str(alone))
+    stacked, single = [checkpoints.restore_finished(checkpoints.stage_directory(d, 'naive'))[0]['params']
+                       for d in (workdir / 'recipe' / candidate.folder, alone)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=candidate.folder),
+                 stacked, single)
+  assert len({row.test['all'] for row in rows[:4]}) > 1  # the members trained differently
+  run_recipes(config, str(workdir))
+  again = capsys.readouterr().out
+  assert 'at once' not in again and again.count('naive: finished earlier') == 4
+  config.recipe.backbones_at_once = 0
+  with pytest.raises(UsageError, match='recipe.backbones_at_once must be a whole number >= 1, got 0'):
+    candidates(config)

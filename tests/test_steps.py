@@ -13,7 +13,7 @@ from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.train import optim
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.head_setting import HeadSetting
-from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stack_heads
+from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stacked_copies
 from helpers import assert_trees_equal
 
 NUM_CLASSES, IMAGE, N, BATCH = 5, 8, 24, 8
@@ -98,7 +98,7 @@ COUNTS = jnp.asarray([40.0, 20.0, 9.0, 4.0, 1.0])
 
 def _heads_state(count: int, frozen=None) -> TrainState:
   head = LinearHead(NUM_CLASSES).init(jax.random.key(5), jnp.zeros((1, 64)))['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params={'head': stack_heads(head, count)}, batch_stats={},
+  return TrainState(step=jnp.zeros((), jnp.int32), params={'head': stacked_copies(head, count)}, batch_stats={},
                     opt_state=None, frozen=frozen or {}, rng=jax.random.key_data(jax.random.key(6)))
 
 

@@ -21,7 +21,8 @@ from bwlm_jax.errors import UsageError
 from bwlm_jax.models import inference_variables
 from bwlm_jax.train.mixing import Mixing, Reweighting
 from bwlm_jax.train.state import TrainState
-from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, make_stream_train_step
+from bwlm_jax.train.steps import (HeadsFeed, Members, make_device_train_step, make_heads_step,
+                                  make_stream_train_step)
 
 STAGE2_FEEDS = {
     'cached': 'features of the frozen backbone computed once (stage2.augment=False, stage2.cache_features=True)',
@@ -81,18 +82,20 @@ def check_backbone_samplers(config, dataset, run_stages) -> None:
 
 
 def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, train_batch_norm: bool = True,
-                  mixing: Mixing = Mixing(), reweighting: Optional[Reweighting] = None) -> Feed:
-  """The feed of a backbone stage (naive, stage 1): backbone and head trained together, on device-kept
-  images (batches gathered inside the step, drawn by `<stage>.sampler`) or on streamed batches."""
+                  mixing: Mixing = Mixing(), reweighting: Optional[Reweighting] = None,
+                  members: Optional[Members] = None) -> Feed:
+  """The feed of a backbone stage (naive, stage 1): backbone and head trained together (K of them at once
+  with `members`), on device-kept images (batches gathered inside the step, drawn by `<stage>.sampler`) or on
+  streamed batches."""
   if ctx.dataset.in_memory:
     stage_cfg = ctx.config[stage.name]
     tables = sampler_tables(stage_cfg.sampler, split.labels, ctx.dataset.num_classes, stage_cfg.epochs)
     step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated,
-                                  train_batch_norm, mixing, tables, reweighting)
+                                  train_batch_norm, mixing, tables, reweighting, members)
     return Feed(step, lambda state, total_steps: itertools.repeat(
         _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
   step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm, mixing,
-                                reweighting)
+                                reweighting, members)
   return Feed(step, lambda state, total_steps: _streamed(ctx, stage, split, spec, int(state.step), total_steps))
 
 

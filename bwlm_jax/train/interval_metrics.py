@@ -38,11 +38,11 @@ def finite_params(params, stacked: bool) -> jax.Array:
 
 
 class NonFiniteWatch:
-  """Stops a stage at the first non-finite loss; with K heads, only when every head has one (a diverged
-  head of a grid is reported once, and cannot be chosen)."""
+  """Stops a stage at the first non-finite loss; with K heads (or backbones) trained at once, only when every
+  one has one (a diverged one is reported once, and cannot be chosen)."""
 
-  def __init__(self, stage: str, hint: str):
-    self.stage, self.hint, self.diverged = stage, hint, set()
+  def __init__(self, stage: str, hint: str, model: str = 'head'):
+    self.stage, self.hint, self.model, self.diverged = stage, hint, model, set()
 
   def check(self, first_step: np.ndarray, total_steps: int) -> None:
     """`first_step`: per model (or head) the first step whose loss was non-finite, 0 where none."""
@@ -57,7 +57,7 @@ class NonFiniteWatch:
     new = set(np.flatnonzero(bad).tolist()) - self.diverged
     if new:
       self.diverged |= new
-      print(f'{self.stage}: heads {sorted(new)} diverged (non-finite loss from step '
+      print(f'{self.stage}: {self.model}s {sorted(new)} diverged (non-finite loss from step '
             f'{int(first_step[sorted(new)].min())}); they cannot be chosen. Likely cause: {self.hint}', flush=True)
 
 
@@ -108,7 +108,7 @@ class IntervalMetrics:
       finite = mean[np.isfinite(mean)]
       values[name] = float(finite.mean()) if finite.size else float(np.mean(mean))  # K heads: finite heads
       if mean.ndim:
-        values.update({f'{name}/head{k}': float(v) for k, v in enumerate(mean)})
+        values.update({f'{name}/{self.watch.model}{k}': float(v) for k, v in enumerate(mean)})
     values['images_per_second'] = rate
     values['epoch'] = step / self.steps_per_epoch
     self.writer.write_scalars(step, values)

@@ -20,7 +20,7 @@ from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, fin
 from bwlm_jax.train.metric_writer import stage_writer
 from bwlm_jax.train.mixing import Mixing, Reweighting
 from bwlm_jax.train.state import TrainState, initial_state
-from bwlm_jax.train.steps import stack_heads
+from bwlm_jax.train.steps import MEMBER_FIELDS, Members, stacked_copies
 
 # Called every config.eval_every_epochs with (stage, state); returns scalars to log (training curves).
 EvalCallback = Callable[[stages.Stage, TrainState], dict]
@@ -76,19 +76,34 @@ def _plan(ctx, stage, epochs: int):
   return split, spec, steps_per_epoch, epochs * steps_per_epoch
 
 
-def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = None) -> TrainState:
+def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = None,
+              members: Optional[list[dict]] = None) -> TrainState:
   """Train a backbone stage (naive, stage 1) to its end, resuming from its latest checkpoint; returns the
-  final state. `on_eval` is called every `config.eval_every_epochs` epochs."""
+  final state. `on_eval` is called every `config.eval_every_epochs` epochs. With `members` (K dicts of
+  `steps.MEMBER_FIELDS`), K backbones that differ from the config in those fields alone train at once under
+  `jax.vmap`, from one init on the same batches; the state holds them stacked on a leading axis."""
   stage = stages.get(stage)
   split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, ctx.config[stage.name].epochs)
   stage_cfg = ctx.config[stage.name]
-  tx, schedule = optim.stage_optimizer(stage_cfg, total_steps, steps_per_epoch)
-  tx = tuning.masked(tx, stage_cfg.tune, ctx.config.model.name)
-  state = jax.device_put(initial_state(ctx, stage, tx, split=split), ctx.replicated)
+
+  def optimizer(learning_rate=None, weight_decay=None):
+    tx, schedule = optim.stage_optimizer(stage_cfg, total_steps, steps_per_epoch, learning_rate, weight_decay)
+    return tuning.masked(tx, stage_cfg.tune, ctx.config.model.name), schedule
+
+  tx, schedule = optimizer()
+  state = initial_state(ctx, stage, tx, split=split)
+  stacked = None
+  if members:
+    stacked = Members(*(jnp.asarray([float(m[field]) for m in members], jnp.float32) for field in MEMBER_FIELDS),
+                      optimizer=optimizer)
+    state = state.replace(**{name: stacked_copies(getattr(state, name), len(members))
+                             for name in ('params', 'batch_stats', 'opt_state')})
+  state = jax.device_put(state, ctx.replicated)
   feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
                                tuning.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg),
-                               _reweighting(ctx, stage_cfg, split, steps_per_epoch))
-  return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch, on_eval)
+                               _reweighting(ctx, stage_cfg, split, steps_per_epoch), stacked)
+  return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch,
+                           None if members else on_eval, stacked=bool(members))
 
 
 def _stage_counts(ctx, split) -> jax.Array:
@@ -124,16 +139,17 @@ def run_heads(ctx, budget: StepBudget, backbone_state: TrainState, settings: lis
   counts = losses.loss_counts(ctx.config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
   feed, init_opt_state = feeders.heads_feed(ctx, split, settings, spec, counts)
   state = initial_state(ctx, stage, None, backbone_state)
-  heads = {'head': stack_heads(state.params['head'], len(settings))}
+  heads = {'head': stacked_copies(state.params['head'], len(settings))}
   state = jax.device_put(state.replace(params=heads, opt_state=init_opt_state(heads)), ctx.replicated)
   migration.adopt_single_head(ctx, state, checkpoint_name, total_steps)
-  return _resume_and_train(ctx, stage, checkpoint_name, state, feed, budget, total_steps, steps_per_epoch, None)
+  return _resume_and_train(ctx, stage, checkpoint_name, state, feed, budget, total_steps, steps_per_epoch, None,
+                           stacked=True)
 
 
 def _resume_and_train(ctx, stage, checkpoint_name: str, state, feed: feeders.Feed, budget, total_steps: int,
-                      steps_per_epoch: int, on_eval) -> TrainState:
+                      steps_per_epoch: int, on_eval, stacked: bool) -> TrainState:
   """Resume `state` from WORKDIR/checkpoints/<checkpoint_name> (a finished one is returned as it is),
-  then train it to `total_steps`."""
+  then train it to `total_steps`; `stacked`: the state holds K models (heads or backbones) on axis 0."""
   store = checkpoints.StageCheckpoints(checkpoints.stage_directory(ctx.workdir, checkpoint_name),
                                        ctx.config.keep_checkpoints)
   try:
@@ -144,7 +160,7 @@ def _resume_and_train(ctx, stage, checkpoint_name: str, state, feed: feeders.Fee
         print(f'{checkpoint_name}: finished earlier ({meta["step"]} steps); using its checkpoint.')
         return state
       print(f'{checkpoint_name}: resuming at step {meta["step"]} of {total_steps}.')
-    return _train(ctx, stage, state, feed, store, budget, total_steps, steps_per_epoch, on_eval)
+    return _train(ctx, stage, state, feed, store, budget, total_steps, steps_per_epoch, on_eval, stacked)
   finally:
     store.close()
 
@@ -157,14 +173,14 @@ def _divergence_hint(config, stage) -> str:
   return hint + '.'
 
 
-def _train(ctx, stage, state, feed: feeders.Feed, store, budget, total_steps, steps_per_epoch, on_eval):
-  """The step loop; stage 2's state holds K heads at once."""
-  config, stacked = ctx.config, stage.trains_heads
+def _train(ctx, stage, state, feed: feeders.Feed, store, budget, total_steps, steps_per_epoch, on_eval, stacked):
+  """The step loop; a `stacked` state holds K models at once (stage 2's heads, or backbones)."""
+  config = ctx.config
   start = int(state.step)
   writer = stage_writer(ctx.workdir, stage.name, resume_step=start)
   progress = tqdm(total=total_steps, initial=start, desc=stage.name, unit='step', dynamic_ncols=True,
                   mininterval=1.0, disable=jax.process_index() != 0)
-  watch = NonFiniteWatch(stage.name, _divergence_hint(config, stage))
+  watch = NonFiniteWatch(stage.name, _divergence_hint(config, stage), 'head' if stage.trains_heads else 'backbone')
   interval = IntervalMetrics(writer, steps_per_epoch, progress, watch, total_steps)
 
   saved = {'step': start}  # the step whose state is on disk (a stop right after a periodic save saves nothing)

@@ -49,41 +49,80 @@ def _step_metrics(loss, logits, labels, learning_rate) -> dict:
   return {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels), 'learning_rate': learning_rate}
 
 
+# What each of K backbones trained at once (`Members`) may have of its own.
+MEMBER_FIELDS = ('learning_rate', 'weight_decay', 'label_smoothing')
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+  """K backbones of a stage trained at once under `jax.vmap` (`recipe.backbones_at_once`): one init, the same
+  batches, mixing and loss, each with its own learning rate, weight decay and label smoothing (float32 [K]);
+  `optimizer(learning_rate, weight_decay) -> (tx, schedule)` builds a member's optimizer from traced values."""
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+  label_smoothing: jax.Array
+  optimizer: Callable
+
+  @property
+  def count(self) -> int:
+    return int(self.learning_rate.shape[0])
+
+
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
                         schedule: optax.Schedule, state: TrainState, x, labels, train_batch_norm: bool,
-                        mixing: Mixing, reweighting: Optional[Reweighting]):
+                        mixing: Mixing, reweighting: Optional[Reweighting], members: Optional[Members]):
   """One step of a backbone stage: backbone and head trained together (what of the backbone moves is
   `tx`'s mask, `train/tuning.py`), BatchNorm in training mode unless `train_batch_norm` is False; the
   loss on `mixing`'s soft targets where it is active, re-weighted by `reweighting` (the accuracy stays on
-  the batch's own labels)."""
+  the batch's own labels). With `members`, the state holds K backbones stacked on axis 0 and each takes
+  this step with its own optimizer and label smoothing (`tx` and `schedule` unused): the batch and its
+  mixing are drawn once, and smoothing the mixed targets equals mixing the smoothed ones (both are
+  convex combinations of rows that sum to 1)."""
   targets = labels
-  if mixing.active or reweighting is not None:
+  if mixing.active or reweighting is not None or members is not None:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), MIXING), state.step)
-    x, targets = mix(key, x, labels, model.head.num_classes, mixing)
-  if reweighting is not None:
-    targets = reweighted(targets, state.step, reweighting)
+    shared = mixing if members is None else dataclasses.replace(mixing, label_smoothing=0.0)
+    x, targets = mix(key, x, labels, model.head.num_classes, shared)
 
-  def loss_of(params):
-    features, new_stats = model.features(params['backbone'], state.batch_stats, x, train=train_batch_norm)
-    logits = model.logits(params['head'], features)
-    return loss_fn(logits, targets), (logits, new_stats)
+  def update(params, batch_stats, opt_state, tx, schedule, targets):
+    if reweighting is not None:
+      targets = reweighted(targets, state.step, reweighting)
 
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  params, opt_state = _apply_gradients(tx, grads, state.opt_state, state.params, None)
-  metrics = _step_metrics(loss, logits, labels, schedule(state.step))
+    def loss_of(params):
+      features, new_stats = model.features(params['backbone'], batch_stats, x, train=train_batch_norm)
+      logits = model.logits(params['head'], features)
+      return loss_fn(logits, targets), (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    params, opt_state = _apply_gradients(tx, grads, opt_state, params, None)
+    return params, new_stats, opt_state, _step_metrics(loss, logits, labels, schedule(state.step))
+
+  if members is None:
+    params, new_stats, opt_state, metrics = update(state.params, state.batch_stats, state.opt_state, tx, schedule,
+                                                   targets)
+  else:
+    def member(params, batch_stats, opt_state, learning_rate, weight_decay, smoothing):
+      member_tx, member_schedule = members.optimizer(learning_rate, weight_decay)
+      smoothed = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
+      return update(params, batch_stats, opt_state, member_tx, member_schedule, smoothed)
+
+    params, new_stats, opt_state, metrics = jax.vmap(member)(
+        state.params, state.batch_stats, state.opt_state, members.learning_rate, members.weight_decay,
+        members.label_smoothing)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
   return new_state, metrics
 
 
 def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, data_sharding=None,
                            state_sharding=None, train_batch_norm: bool = True, mixing: Mixing = Mixing(),
-                           sampler_tables=None, reweighting: Optional[Reweighting] = None):
+                           sampler_tables=None, reweighting: Optional[Reweighting] = None,
+                           members: Optional[Members] = None):
   """step(state, images_uint8 [N,H,W,3], labels [N]) -> (state, metrics): one jitted call per step (batches
-  drawn by class with `sampler_tables`, `sampling.sampler_tables`)."""
+  drawn by class with `sampler_tables`, `sampling.sampler_tables`; K backbones at once with `members`)."""
   def step(state, images, labels):
     x, batch_labels = device_batch(state.rng, state.step, images, labels, spec, data_sharding, sampler_tables)
     return _forward_and_update(model, tx, loss_fn, schedule, state, x, batch_labels, train_batch_norm, mixing,
-                               reweighting)
+                               reweighting, members)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
@@ -91,13 +130,14 @@ def make_device_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: Ba
 
 def make_stream_train_step(model: Model, tx, loss_fn: LossFn, schedule, spec: BatchSpec, state_sharding=None,
                            train_batch_norm: bool = True, mixing: Mixing = Mixing(),
-                           reweighting: Optional[Reweighting] = None):
-  """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches."""
+                           reweighting: Optional[Reweighting] = None, members: Optional[Members] = None):
+  """step(state, normalised images [B,H,W,3], labels [B]) -> (state, metrics), for host-fed batches (K
+  backbones at once with `members`)."""
   def step(state, x, labels):
     if spec.randaugment[0]:  # the device pipeline's operations, on the batch tf.data cropped and flipped
       x = augmented_stream_batch(randaugment_key(state.rng, state.step), x, spec.mean, spec.std, *spec.randaugment)
     return _forward_and_update(model, tx, loss_fn, schedule, state, x.astype(spec.dtype), labels, train_batch_norm,
-                               mixing, reweighting)
+                               mixing, reweighting, members)
 
   out_shardings = None if state_sharding is None else (state_sharding, None)
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
@@ -171,6 +211,6 @@ def make_heads_step(model: Model, settings: list[HeadSetting], stage_cfg, class_
   return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings), init_opt_state
 
 
-def stack_heads(head_params, count: int):
-  """`count` copies of one head's parameters along a new leading axis."""
-  return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count,) + leaf.shape), head_params)
+def stacked_copies(tree, count: int):
+  """`count` copies of a pytree (a head's parameters, a backbone's state) along a new leading axis."""
+  return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count,) + jnp.shape(leaf)), tree)
