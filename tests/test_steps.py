@@ -1,5 +1,6 @@
 """The jitted steps on their own: one backbone step against golden numbers and a hand-computed SGD update,
-K heads trained together equal to K heads trained one by one, a frozen backbone left bit for bit."""
+K heads trained together equal to K heads trained one by one, K backbones under vmap equal to each alone,
+a frozen backbone left bit for bit."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.train import optim
 from bwlm_jax.train.state import TrainState
 from bwlm_jax.head_setting import HeadSetting
-from bwlm_jax.train.steps import HeadsFeed, make_device_train_step, make_heads_step, stacked_copies
+from bwlm_jax.train.mixing import Mixing, Reweighting
+from bwlm_jax.train.steps import HeadsFeed, Members, make_device_train_step, make_heads_step, stacked_copies
 from helpers import assert_trees_equal
 
 NUM_CLASSES, IMAGE, N, BATCH = 5, 8, 24, 8
@@ -77,6 +79,44 @@ def test_one_backbone_step_golden_numbers_and_hand_computed_update():
   assert float(metrics['learning_rate']) == pytest.approx(0.1)
   total = 10 * SPEC.steps_per_epoch
   assert float(second['learning_rate']) == pytest.approx(0.1 * (1 + np.cos(np.pi / total)) / 2, rel=1e-6)
+
+
+def test_k_backbones_in_one_vmapped_step_equal_each_trained_alone_with_mixup_smoothing_and_drw():
+  total = 10 * SPEC.steps_per_epoch
+  members = [dict(learning_rate=0.01, weight_decay=5e-3, label_smoothing=0.0),
+             dict(learning_rate=0.003, weight_decay=5e-2, label_smoothing=0.2)]
+  mixing, reweighting = Mixing(mixup_alpha=0.4, cutmix_alpha=1.0), Reweighting(2, jnp.linspace(0.5, 2.0, NUM_CLASSES))
+  images, labels = _data()
+
+  def optimizer(learning_rate, weight_decay):
+    return optim.stage_optimizer(_stage_cfg(), total, SPEC.steps_per_epoch, learning_rate, weight_decay)
+
+  alone = []
+  for member in members:
+    tx, schedule = optim.stage_optimizer(_stage_cfg(learning_rate=member['learning_rate'],
+                                                    weight_decay=member['weight_decay']), total, SPEC.steps_per_epoch)
+    step = make_device_train_step(MODEL, tx, losses.cross_entropy, schedule, SPEC,
+                                  mixing=Mixing(0.4, 1.0, 1.0, member['label_smoothing']), reweighting=reweighting)
+    state = _backbone_state(tx)
+    for _ in range(4):  # DRW starts at step 2
+      state, metrics = step(state, images, labels)
+    alone.append((state, metrics))
+  stacked = Members(*(jnp.asarray([m[f] for m in members], jnp.float32)
+                      for f in ('learning_rate', 'weight_decay', 'label_smoothing')), optimizer=optimizer)
+  tx, _ = optimizer(0.1, 5e-3)
+  one = _backbone_state(tx)
+  state = one.replace(**{name: stacked_copies(getattr(one, name), 2) for name in ('params', 'batch_stats', 'opt_state')})
+  step = make_device_train_step(MODEL, None, losses.cross_entropy, None, SPEC, mixing=mixing, reweighting=reweighting,
+                                members=stacked)
+  for _ in range(4):
+    state, metrics = step(state, images, labels)
+  for k, (single, single_metrics) in enumerate(alone):
+    np.testing.assert_allclose(metrics['loss'][k], single_metrics['loss'], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves((state.params, state.batch_stats)),
+                         jax.tree.leaves((single.params, single.batch_stats)), strict=True):
+      np.testing.assert_allclose(np.asarray(got)[k], np.asarray(want), rtol=1e-4, atol=1e-5)  # weights ~1: 10 ulp
+  assert float(np.abs(np.asarray(state.params['head']['dense']['kernel'][0] -
+                                 state.params['head']['dense']['kernel'][1])).max()) > 1e-3  # they differ
 
 
 def _features():
