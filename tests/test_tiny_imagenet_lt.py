@@ -103,3 +103,16 @@ def test_bad_sources_and_a_used_output_are_one_line_errors(tmp_path):
 def test_class_counts_follow_the_documented_profile():
   counts = np.asarray([tiny_imagenet_lt.class_count(i, 202) for i in range(202)])
   assert counts[0] == 480 and counts[-1] == 4 and counts.sum() == 20_887
+
+
+def test_the_config_schedules_differ_only_where_they_say(tmp_path):
+  from bwlm_jax.config import validate_config
+  from helpers import load_config_file
+  cpu, long = (load_config_file(f'configs/tiny_imagenet_lt.py:{tmp_path}{schedule}') for schedule in ('', ',long'))
+  assert (cpu.naive.epochs, cpu.stage1.epochs, long.naive.epochs, long.stage1.epochs) == (24, 24, 72, 72)
+  for stage in ('naive', 'stage1'):
+    long[stage].epochs = 24
+  assert long.to_dict() == cpu.to_dict()
+  validate_config(load_config_file(f'configs/tiny_imagenet_lt.py:{tmp_path},long'))
+  with pytest.raises(Exception, match=r"takes ROOT\[,cpu\|,long\|,full\], got schedule 'longer'"):
+    load_config_file(f'configs/tiny_imagenet_lt.py:{tmp_path},longer')
