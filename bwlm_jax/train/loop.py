@@ -81,7 +81,8 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
   """Train a backbone stage (naive, stage 1) to its end, resuming from its latest checkpoint; returns the
   final state. `on_eval` is called every `config.eval_every_epochs` epochs. With `members` (K dicts of
   `steps.MEMBER_FIELDS`), K backbones that differ from the config in those fields alone train at once under
-  `jax.vmap`, from one init on the same batches; the state holds them stacked on a leading axis."""
+  `jax.vmap`, from one init on the same batches (no training curves then); the state holds them stacked on a
+  leading axis."""
   stage = stages.get(stage)
   split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, ctx.config[stage.name].epochs)
   stage_cfg = ctx.config[stage.name]
