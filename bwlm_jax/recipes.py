@@ -30,6 +30,7 @@ from bwlm_jax import checkpoints, distributed, selection, stages, stopping
 from bwlm_jax.config import RECIPE_COMBINES, RECIPE_FIELDS, parse_stages, validate_config
 from bwlm_jax.data import load_dataset
 from bwlm_jax.errors import UsageError
+from bwlm_jax.evaluation import results as results_lib
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, title_of
@@ -150,8 +151,9 @@ def train_together(config, workdir: str, group: list[Candidate], dataset, budget
   the same error a candidate trained alone would."""
   budget = StepBudget(None) if budget is None else budget
   for stage in parse_stages(config):
-    todo = [c for c in group if stage.trains_backbone
-            and not checkpoints.is_finished(_run_dir(workdir, c), stage.name)]
+    if not stage.trains_backbone:
+      continue
+    todo = [c for c in group if not checkpoints.is_finished(_run_dir(workdir, c), stage.name)]
     if len(todo) < 2:
       continue
     runs = [candidate_config(config, candidate) for candidate in todo]
@@ -177,7 +179,7 @@ def train_together(config, workdir: str, group: list[Candidate], dataset, budget
 
 def _save_member(ctx, stage, state, k: int, run, run_dir: str) -> None:
   """Member k of a stacked backbone state as `run`'s finished checkpoint of `stage` in `run_dir`."""
-  member = state.replace(**{name: jax.tree.map(lambda leaf: leaf[k], getattr(state, name))
+  member = state.replace(**{name: results_lib.head_at(getattr(state, name), k)
                             for name in ('params', 'batch_stats', 'opt_state')})
   step = int(state.step)
   meta = checkpoints.checkpoint_meta(stage.name, step, step, True, run.to_dict(), ctx.dataset, ctx.fingerprint)
@@ -201,7 +203,7 @@ def run_recipes(config, workdir: str) -> list[Row]:
     train_together(config, workdir, group, dataset)
   rows = []
   for index, candidate in enumerate(found):
-    run_dir = os.path.join(workdir, 'recipe', candidate.folder)
+    run_dir = _run_dir(workdir, candidate)
     print(f'--- recipe {index + 1}/{len(found)}: {candidate.name} ({run_dir})', flush=True)
     results = train_and_evaluate(candidate_config(config, candidate), run_dir, dataset=dataset)
     source = {'workdir': os.path.abspath(run_dir), 'stage': last}

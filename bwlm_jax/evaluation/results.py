@@ -38,7 +38,8 @@ def logit_reports(outputs: dict, train_counts) -> dict:
 
 
 def head_at(heads, k: int):
-  """Head k of K heads stacked on a leading axis (their parameters or optimizer states)."""
+  """Head k of K heads stacked on a leading axis (their parameters or optimizer states; also backbone k of K
+  trained at once, `recipes.train_together`)."""
   return jax.tree.map(lambda leaf: leaf[k], heads)
 
 

@@ -63,10 +63,6 @@ class Members:
   label_smoothing: jax.Array
   optimizer: Callable
 
-  @property
-  def count(self) -> int:
-    return int(self.learning_rate.shape[0])
-
 
 def _forward_and_update(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn,
                         schedule: optax.Schedule, state: TrainState, x, labels, train_batch_norm: bool,
