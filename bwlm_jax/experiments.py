@@ -49,11 +49,13 @@ def ablation_variants(config) -> dict[str, dict]:
   variants.update({f'+{DECAYED_NAMES[name]}': {'loss': loss, **decayed, **paper} for name, loss in LOSS_ROWS})
   # Comparison: classifier re-training (Kang et al.): CE head on the naive backbone, class-balanced
   # sampling over the whole long tail; BWLM with MaxNorm on the head (Alshammari et al.); and the
-  # BWLM head on the naive backbone (what weight transfer from stage 1 adds or costs).
+  # BWLM head on the naive backbone (what weight transfer from stage 1 adds or costs), on the Review set and on
+  # the whole long tail (what Data Balanced Review adds or costs: docs/REPRODUCING.md, 72-epoch backbone).
   variants['cRT'] = {'loss': 'ce', 'weight_decay': 0.0, 'backbone': 'naive', 'train_set': 'long_tail',
                      'sampler': 'class_balanced'}
   variants['+BWLM+MaxNorm'] = {'loss': 'bfs', **decayed, 'max_norm': config.stage2.max_norm or 1.0, **paper}
   variants['BWLM (naive backbone)'] = {'loss': 'bfs', **decayed, 'backbone': 'naive'}
+  variants['BWLM (naive backbone) on the whole tail'] = {**variants['BWLM (naive backbone)'], 'train_set': 'long_tail'}
   if config.model.init_from:  # the same heads on model.init_from's backbone as it came
     variants['BWLM (pretrained backbone)'] = {'loss': 'bfs', **decayed, 'backbone': stages.PRETRAINED}
     variants['cRT (pretrained backbone)'] = {**variants['cRT'], 'backbone': stages.PRETRAINED}

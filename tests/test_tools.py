@@ -46,9 +46,10 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
                             '(naive 1 epochs, stage1 1 epochs)')
   assert announced < printed.index('model   ') < printed.index('--- ablation')  # before the base run's table
   expected = ['naive', '+CE', '+CB', '+BS', '+BFS', '+CEW', '+CBW', '+BSW', '+BWLM', 'cRT', '+BWLM+MaxNorm',
-              'BWLM (naive backbone)', 'naive+tau-norm', 'naive+logit adjustment', 'best on validation']
+              'BWLM (naive backbone)', 'BWLM (naive backbone) on the whole tail', 'naive+tau-norm',
+              'naive+logit adjustment', 'best on validation']
   assert [row.name for row in rows] == expected
-  assert [row.kind for row in rows] == ['model'] * 12 + ['posthoc'] * 2 + ['best']
+  assert [row.kind for row in rows] == ['model'] * 13 + ['posthoc'] * 2 + ['best']
   reports = {row.label: row.test for row in rows}
   table = open(os.path.join(workdir, 'ablation', 'table.md')).read().splitlines()
   assert table[0] == '| embedded IF 10 | Many | Medium | Few | All | ECE | val | chosen on validation |'
@@ -93,6 +94,12 @@ def test_ablation_table_has_every_row_and_column(ablation_run):
   assert (crt['stage2']['backbone'], crt['stage2']['sampler']) == ('naive', 'class_balanced')
   assert crt['stage2']['grid']['weight_decay'] is None  # cRT keeps lambda = 0
   assert os.path.exists(os.path.join(workdir, 'ablation', 'cRT', 'stage2_selection.md'))
+  # The whole-tail row: BWLM's grid on the naive backbone, trained on every training image (not the Review set).
+  whole = json.load(open(os.path.join(workdir, 'ablation', 'BWLM_naive_backbone_on_the_whole_tail', 'config.json')))
+  assert (whole['stage2']['loss'], whole['stage2']['backbone'], whole['stage2']['train_set'],
+          whole['stage2']['sampler']) == ('bfs', 'naive', 'long_tail', 'uniform')
+  assert saved['notes']['BWLM (naive backbone) on the whole tail']['chosen'].endswith(' backbone=naive')
+  assert reports['BWLM (naive backbone) on the whole tail'] != reports['BWLM (naive backbone)']  # another training set
 
 
 def test_the_naive_row_never_shows_the_base_runs_stage2_choice():
