@@ -153,9 +153,8 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution (chosen on
   # Tiny-ImageNet-LT's val split, docs/REPRODUCING.md).
   stage2.loss_counts = 'stage2'
-  # Stage 2's training set: 'review' (Data Balanced Review, the paper's) or 'long_tail' (every training image).
-  # On Tiny-ImageNet-LT's 72-epoch naive backbone 'long_tail' is ahead on val (+0.96 / +0.62, two seeds) and
-  # on test All, behind on Few; at 24 epochs not measured (docs/REPRODUCING.md, "On the 72-epoch backbone").
+  # Stage 2's training set: 'review' (Data Balanced Review, the paper's) or 'long_tail' (every image). On the
+  # 72-epoch Tiny-ImageNet-LT backbone 'long_tail' leads on val (+0.96/+0.62, 2 seeds), trails on test Few.
   stage2.train_set = 'review'
   # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
   stage2.sampler = 'uniform'
