@@ -131,7 +131,7 @@ def _data_config() -> ml_collections.ConfigDict:
 
 def _stage2_config() -> ml_collections.ConfigDict:
   # Stage 2: a new head on the Data Balanced Review set. The head's fields (loss, alpha, beta, gamma,
-  # weight_decay, learning_rate, epochs, backbone) and the sources of their defaults are those of
+  # weight_decay, learning_rate, epochs, backbone, train_set) and the sources of their defaults are those of
   # `head_setting.HeadSetting`; they train when nothing is selected (stage2.select below).
   head = head_setting.HeadSetting()
   stage2 = _stage_optim(head.epochs, head.learning_rate, head.weight_decay)  # with momentum, Nesterov, warm-up
@@ -153,9 +153,6 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # paper's section 3.1); it over-corrects, because stage 2 does not see that distribution (chosen on
   # Tiny-ImageNet-LT's val split, docs/REPRODUCING.md).
   stage2.loss_counts = 'stage2'
-  # Stage 2's training set: 'review' (Data Balanced Review, the paper's) or 'long_tail' (every image). On the
-  # 72-epoch Tiny-ImageNet-LT backbone 'long_tail' leads on val (+0.96/+0.62, 2 seeds), trails on test Few.
-  stage2.train_set = 'review'
   # 'uniform' over examples, or 'class_balanced' (a uniform class, then a uniform example: cRT).
   stage2.sampler = 'uniform'
   # MaxNorm (Alshammari et al. 2022): after each step, cap every class's weight-vector norm. None = off.
@@ -181,6 +178,8 @@ def _stage2_config() -> ml_collections.ConfigDict:
   # on the stage-1 one (docs/REPRODUCING.md); the paper's configuration stays a candidate, and a run that
   # trains no naive model leaves those candidates out (it says so). None keeps stage2.backbone.
   stage2.grid.backbone = ('stage1', 'naive')
+  # The heads' training set is one too: e.g. ('review', 'long_tail'). None (default) keeps stage2.train_set,
+  # the paper's Review set (the evidence for each: `HeadSetting.train_set`).
   for field in head_setting.GRID_FIELDS:  # a grid field without default values keeps stage2's value
     if field not in stage2.grid:
       stage2.grid[field] = config_dict.placeholder(tuple)
@@ -374,8 +373,7 @@ def validate_config(config) -> None:
   stage2 = config.stage2
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):
     raise UsageError(f"data.normalize must be 'auto', 'dataset' or 'imagenet', got {config.data.normalize!r}.")
-  for field, allowed in (('train_set', ('review', 'long_tail')),
-                         ('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
+  for field, allowed in (('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),
                          ('loss_counts', ('long_tail', 'stage2'))):
     if stage2[field] not in allowed:
       raise UsageError(f'stage2.{field} must be one of {allowed}, got {stage2[field]!r}.')

@@ -3,9 +3,9 @@ one head chosen per row.
 
 Every stage 2 goes through `run_grid`: a run with nothing to select is a grid of one head; a run that
 selects is the grid of `stage2.grid` (one row); the ablation and the sweep put several rows in one
-grid. The heads of one backbone train together (features shared); a backbone is one more grid
-dimension (`stage2.grid.backbone`). The test split never chooses: candidates are scored on validation
-only, and test reports are made after the choice.
+grid. The heads of one backbone and training set train together (features shared); the backbone and the
+training set are grid dimensions too (`stage2.grid.backbone`, `stage2.grid.train_set`). The test split never
+chooses: candidates are scored on validation only, and test reports are made after the choice.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from bwlm_jax.train.state import TrainState, backbone_directory, load_backbone_s
 
 @dataclasses.dataclass
 class Candidate:
-  """One head of the grid: the row it competes in, its setting, its index among its backbone's heads, and
-  what validation said of it (filled by `choose`)."""
+  """One head of the grid: the row it competes in, its setting, its index among its group's heads (those of
+  its backbone and training set, `HeadSetting.group`), and what validation said of it (filled by `choose`)."""
   row: str
   setting: HeadSetting
   head: int
@@ -40,9 +40,9 @@ class Candidate:
 
 @dataclasses.dataclass
 class Grid:
-  """Trained candidates; candidate i is head `candidates[i].head` of `states[its setting's backbone]`."""
+  """Trained candidates; candidate i is head `candidates[i].head` of `states[its setting's group]`."""
   candidates: list[Candidate]
-  states: dict[str, TrainState]
+  states: dict[tuple[str, str], TrainState]
   chosen: dict = dataclasses.field(default_factory=dict)  # row -> index of its chosen candidate
   metric: Optional[str] = None
 
@@ -53,16 +53,16 @@ class Grid:
   def head_state(self, i: int) -> TrainState:
     """Candidate i alone: its head (parameters and optimizer state) on its frozen backbone."""
     candidate = self.candidates[i]
-    state = self.states[candidate.setting.backbone]
+    state = self.states[candidate.setting.group]
     return state.replace(params=results_lib.head_at(state.params, candidate.head),
                          opt_state=results_lib.head_at(state.opt_state, candidate.head))
 
   def reports(self, ctx: TrainContext, split, members=None) -> dict:
-    """{candidate: report on `split`} of `members` (default: all); each backbone's features computed once."""
+    """{candidate: report on `split`} of `members` (default: all); each group's features computed once."""
     members = range(len(self.candidates)) if members is None else members
     reports = {}
-    for backbone, state in self.states.items():
-      mine = [i for i in members if self.candidates[i].setting.backbone == backbone]
+    for group, state in self.states.items():
+      mine = [i for i in members if self.candidates[i].setting.group == group]
       if mine:
         variables = inference_variables(stages.STAGE2, state)
         heads = [self.candidates[i].head for i in mine]
@@ -73,7 +73,7 @@ class Grid:
   def source(self, i: int) -> dict:
     """Where candidate i is saved: head `head` of the grid checkpoint `checkpoint` of stage 2."""
     candidate = self.candidates[i]
-    return {'stage': stages.STAGE2.name, 'checkpoint': stages.grid_checkpoint(candidate.setting.backbone),
+    return {'stage': stages.STAGE2.name, 'checkpoint': stages.grid_checkpoint(*candidate.setting.group),
             'head': candidate.head}
 
   def record(self, row: str) -> dict:
@@ -118,15 +118,16 @@ def _pretrained_state(ctx: TrainContext) -> TrainState:
 
 def train_grid(ctx: TrainContext, budget: StepBudget, rows: list, settings: list[HeadSetting],
                backbones: dict) -> Grid:
-  """Train every candidate: the heads of each backbone as one grid (WORKDIR/checkpoints/stage2_grid[_naive])."""
-  heads = {b: [i for i, s in enumerate(settings) if s.backbone == b] for b in backbones}
-  candidates = [Candidate(row, setting, heads[setting.backbone].index(i))
+  """Train every candidate: the heads of each backbone and training set as one grid
+  (WORKDIR/checkpoints/stage2_grid[_naive][_long_tail], `stages.grid_checkpoint`)."""
+  heads = {g: [i for i, s in enumerate(settings) if s.group == g] for g in dict.fromkeys(s.group for s in settings)}
+  candidates = [Candidate(row, setting, heads[setting.group].index(i))
                 for i, (row, setting) in enumerate(zip(rows, settings))]
-  states = {b: run_heads(ctx, budget, state, [settings[i] for i in heads[b]], stages.grid_checkpoint(b))
-            for b, state in backbones.items()}
-  finite = {b: jax.device_get(finite_params(state.params, stacked=True)) for b, state in states.items()}
+  states = {g: run_heads(ctx, budget, backbones[g[0]], [settings[i] for i in members], stages.grid_checkpoint(*g))
+            for g, members in heads.items()}
+  finite = {g: jax.device_get(finite_params(state.params, stacked=True)) for g, state in states.items()}
   for c in candidates:
-    c.finite = bool(finite[c.setting.backbone][c.head])
+    c.finite = bool(finite[c.setting.group][c.head])
   return Grid(candidates, states)
 
 

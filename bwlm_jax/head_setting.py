@@ -1,4 +1,4 @@
-"""One stage-2 head's setting: its loss, the loss's parameters, its optimizer's, and its frozen backbone.
+"""One stage-2 head's setting: its loss, the loss's parameters, its optimizer's, its frozen backbone and its training set.
 
 The one place that names a head's hyper-parameters. Each field says its type, the rule its values
 follow and whether `stage2.grid` may vary it; from these the setting is built from the config
@@ -50,6 +50,16 @@ class HeadSetting:
   # 'pretrained' (model.init_from's).
   backbone: str = _field(stages.STAGE1.name, lambda v: v in stages.BACKBONES + (stages.PRETRAINED,),
                          f'one of {stages.BACKBONES + (stages.PRETRAINED,)}', grid=5, static=True)
+  # The images the head trains on: 'review' (Data Balanced Review's stage-2 set, the paper's) or 'long_tail'
+  # (every training image). On the 72-epoch Tiny-ImageNet-LT backbone 'long_tail' leads on val (+0.96 / +0.62,
+  # two seeds) and on test All, and trails on test Few (docs/REPRODUCING.md, "On the 72-epoch backbone").
+  train_set: str = _field(stages.STAGE2.train_set, lambda v: v in stages.HEAD_TRAIN_SETS,
+                          f'one of {stages.HEAD_TRAIN_SETS}', grid=6, static=True)
+
+  @property
+  def group(self) -> tuple[str, str]:
+    """What the heads that train together share: their frozen backbone and their training set."""
+    return self.backbone, self.train_set
 
   @classmethod
   def from_config(cls, stage2_cfg) -> HeadSetting:
@@ -66,6 +76,7 @@ FIELDS = dataclasses.fields(HeadSetting)
 NAMES = tuple(f.name for f in FIELDS)
 GRID_FIELDS = tuple(f.name for f in sorted(FIELDS, key=lambda f: f.metadata['grid']) if f.metadata['grid'])
 _BY_NAME = {f.name: f for f in FIELDS}
+_STATIC_DEFAULTS = {f.name: f.default for f in FIELDS if not f.metadata['pytree_node']}
 
 
 def _python_type(field: str) -> type:
@@ -87,26 +98,28 @@ def validate(stage2_cfg, grid_values) -> None:
       raise UsageError(f'stage2.{f.name} must be {f.metadata["expected"]}, got {value!r}.')
     values = grid_values(f.name) if f.metadata['grid'] else None
     if values is not None and not all(f.metadata['rule'](v) for v in values):
-      raise UsageError(f'stage2.grid.{f.name} values must be {f.metadata["expected"]}, got {tuple(values)}.')
+      hint = (f''' (several values are a tuple: "--config.stage2.grid.{f.name}=('a','b')")'''
+              if any(isinstance(v, str) and ',' in v for v in values) else '')
+      raise UsageError(f'stage2.grid.{f.name} values must be {f.metadata["expected"]}, got {tuple(values)}{hint}.')
 
 
 def label(setting, fields=GRID_FIELDS) -> str:
-  """'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1' (alpha only where it is used), then 'backbone=naive' for a
-  head on a backbone other than the paper's stage-1 one. `setting`: a HeadSetting or its dict (results)."""
-  values = setting if isinstance(setting, Mapping) else dataclasses.asdict(setting)
+  """'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1' (alpha only where it is used), then 'backbone=naive' and
+  'train_set=long_tail' where a head's differ from the paper's (stage 1's backbone, the Review set).
+  `setting`: a HeadSetting or its dict (results; one written before a field existed holds its default)."""
+  values = {**_STATIC_DEFAULTS, **(setting if isinstance(setting, Mapping) else dataclasses.asdict(setting))}
   parts = [f'{_BY_NAME[f].metadata["label"] or f}={values[f]:g}' for f in fields
-           if f != 'backbone' and uses(values['loss'], f)]
-  if 'backbone' in fields and values.get('backbone', stages.STAGE1.name) != stages.STAGE1.name:
-    parts.append(f'backbone={values["backbone"]}')
+           if f not in _STATIC_DEFAULTS and uses(values['loss'], f)]
+  parts += [f'{f}={values[f]}' for f in fields if f in _STATIC_DEFAULTS and values[f] != _STATIC_DEFAULTS[f]]
   return ' '.join(parts)
 
 
 def stack(settings: list[HeadSetting]) -> HeadSetting:
   """The settings of one grid's K heads as one setting of [K] arrays (the loss as its index in
-  `losses.LOSSES`), for the vmapped step; they share their backbone."""
-  backbones = {s.backbone for s in settings}
-  if len(backbones) != 1:
-    raise ValueError(f'the heads of one grid share their backbone, got {sorted(backbones)}.')
+  `losses.LOSSES`), for the vmapped step; they share their `group` (backbone and training set)."""
+  groups = {s.group for s in settings}
+  if len(groups) != 1:
+    raise ValueError(f'the heads of one grid share their backbone and training set, got {sorted(groups)}.')
 
   def column(f):
     values = [getattr(s, f.name) for s in settings]
@@ -114,4 +127,6 @@ def stack(settings: list[HeadSetting]) -> HeadSetting:
       return jnp.asarray([losses.LOSSES.index(v) for v in values], jnp.int32)
     return jnp.asarray(values, jnp.int32 if _python_type(f.name) is int else jnp.float32)
 
-  return HeadSetting(**{f.name: column(f) for f in FIELDS if f.metadata['pytree_node']}, backbone=backbones.pop())
+  [backbone, train_set] = groups.pop()
+  return HeadSetting(**{f.name: column(f) for f in FIELDS if f.metadata['pytree_node']}, backbone=backbone,
+                     train_set=train_set)

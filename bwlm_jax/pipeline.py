@@ -141,12 +141,13 @@ def run_stage2(ctx: TrainContext, budget: StepBudget, trained: dict, metric: Opt
   settings = selection.candidates(config.stage2) if metric else [HeadSetting.from_config(config.stage2)]
   settings = head_grid.available(ctx, trained, settings)
   if metric:
-    print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone, chosen on '
+    print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone and training set, '
+          f'chosen on '
           f'validation ({metric}).')
   grid = head_grid.run_grid(ctx, budget, [stages.STAGE2.name] * len(settings), settings, trained, metric)
   index = grid.chosen[stages.STAGE2.name]
   chosen, state = grid.candidates[index], grid.head_state(index)
-  step = int(grid.states[chosen.setting.backbone].step)
+  step = int(grid.states[chosen.setting.group].step)
   _save_choice(ctx, state, step, chosen.setting,
                {'metric': metric, 'split': 'val', 'setting': dataclasses.asdict(chosen.setting),
                 'score': chosen.score} if metric else None)
@@ -164,7 +165,7 @@ def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: HeadS
                                        ctx.config.keep_checkpoints)
   try:
     existing = store.latest_meta()
-    if existing is not None and (existing.get('selected') or {}).get('setting') != (selected or {}).get('setting'):
+    if existing is not None and _chosen_setting(existing) != (selected or {}).get('setting'):
       raise UsageError(f'{ctx.workdir}/checkpoints/stage2 holds a stage-2 model that is not this grid\'s choice '
                        f'({head_setting.label(setting)}); it is kept as it is. Use a new --workdir.')
     if existing is None:
@@ -177,11 +178,23 @@ def _save_choice(ctx: TrainContext, state: TrainState, step: int, setting: HeadS
     store.close()
 
 
+def _chosen_setting(meta: dict) -> Optional[dict]:
+  """The setting a finished stage-2 checkpoint records as chosen on validation (None: not chosen); a field
+  added to HeadSetting after it was saved is read from its config (where the chosen setting was applied), or
+  is the default, which is what older code did."""
+  if not meta.get('selected'):
+    return None
+  saved = meta['config']['stage2']
+  return {**dataclasses.asdict(HeadSetting()), **{f: saved[f] for f in head_setting.NAMES if f in saved},
+          **meta['selected']['setting']}
+
+
 def _refuse_relabelling(config, workdir: str, run_stages) -> None:
   """Before anything is written: each finished checkpoint this run would reuse (a stage's, and stage 2's
   grids) was trained with this config's fields for its stage (else it would be relabelled)."""
   for stage in run_stages:
-    names = [stage.name] + ([stages.grid_checkpoint(b) for b in stages.BACKBONES] if stage.trains_heads else [])
+    grids = [stages.grid_checkpoint(b, t) for b in stages.BACKBONES for t in stages.HEAD_TRAIN_SETS]
+    names = [stage.name] + (grids if stage.trains_heads else [])
     for name in names:
       directory = checkpoints.stage_directory(workdir, name)
       meta = checkpoints.finished_meta(directory)

@@ -17,7 +17,7 @@ class Stage:
   name: str
   tag: int  # folded into the seed: keeps the stage's random streams apart from the others'
   # 'long_tail' (every training image), 'head_classes' (Data Balanced Review's stage-1 set) or 'review'
-  # (its stage-2 set; `stage2.train_set=long_tail` trains on the whole tail instead).
+  # (its stage-2 set: stage 2's default; each head's own is `HeadSetting.train_set`, one of HEAD_TRAIN_SETS).
   train_set: str
   # False: new heads on a frozen backbone (the grid of heads, trained with `stage2.loss` per head);
   # True: backbone and head trained together with cross-entropy.
@@ -43,6 +43,8 @@ NAMES = tuple(stage.name for stage in STAGES)
 # `model.init_from` as it comes (no stage trains it).
 BACKBONES = tuple(stage.name for stage in STAGES if stage.trains_backbone)
 PRETRAINED = 'pretrained'
+# The sets a stage-2 head can train on: Data Balanced Review's, or the whole long tail.
+HEAD_TRAIN_SETS = (STAGE2.train_set, NAIVE.train_set)
 
 
 def get(name) -> Stage:
@@ -55,6 +57,7 @@ def get(name) -> Stage:
   raise UsageError(f'unknown stage {name!r}; expected one of {", ".join(NAMES)}.')
 
 
-def grid_checkpoint(backbone: str) -> str:
-  """Checkpoint directory of the grid of stage-2 heads trained on `backbone`'s features."""
-  return 'stage2_grid' if backbone == STAGE1.name else f'stage2_grid_{backbone}'
+def grid_checkpoint(backbone: str, train_set: str = STAGE2.train_set) -> str:
+  """Checkpoint directory of the grid of stage-2 heads trained on `backbone`'s features of `train_set`."""
+  name = 'stage2_grid' if backbone == STAGE1.name else f'stage2_grid_{backbone}'
+  return name if train_set == STAGE2.train_set else f'{name}_{train_set}'

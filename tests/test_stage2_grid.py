@@ -199,3 +199,38 @@ def test_the_backbone_is_a_grid_dimension_where_both_backbones_are_trained(tfds_
 def jax_leaves(tree):
   import jax
   return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def test_the_training_set_is_a_grid_dimension_and_each_set_equals_its_own_run(tfds_dir, tmp_path):
+  """Heads on the Review set and on the whole tail in one grid: each set's heads train as their own grid
+  checkpoint, for that set's number of steps, and equal the heads of a run that trains that set alone."""
+  from helpers import small_grid
+  from bwlm_jax.data.device_pipeline import steps_per_epoch
+  from bwlm_jax.train.loop import stage_split
+  config = small_grid(tiny_config(tfds_dir, epochs=1), learning_rate=(0.1, 0.3), epochs=(1,), weight_decay=(5e-4,),
+                      alpha=(0.1,))
+  config.stages = 'stage1,stage2'
+  config.stage2.grid.backbone = ('stage1',)
+  config.stage2.grid.train_set = ('review', 'long_tail')
+  both = train_and_evaluate(config, str(tmp_path / 'both'))
+  record = both['stage2_selection']
+  assert [(c['setting']['learning_rate'], c['setting']['train_set']) for c in record['candidates']] == [
+      (0.1, 'review'), (0.1, 'long_tail'), (0.3, 'review'), (0.3, 'long_tail')]
+  assert record['chosen'] == int(np.argmax([c['score'] for c in record['candidates']]))
+  dataset = load_dataset(config.data)
+  for name, train_set in (('stage2_grid', 'review'), ('stage2_grid_long_tail', 'long_tail')):
+    meta = checkpoints.finished_meta(checkpoints.stage_directory(str(tmp_path / 'both'), name))
+    images = len(stage_split(config, dataset, 'stage2', train_set))
+    assert meta['total_steps'] == steps_per_epoch(images, config.batch_size), name
+  assert len(stage_split(config, dataset, 'stage2', 'long_tail')) == int(dataset.train_counts.sum())
+  _, chosen_meta = _head(str(tmp_path / 'both'))
+  assert chosen_meta['config']['stage2']['train_set'] == record['candidates'][record['chosen']]['setting']['train_set']
+  assert 'train_set=long_tail' in open(tmp_path / 'both' / 'stage2_selection.md').read()
+
+  config.stages, config.stage1_checkpoint = 'stage2', str(tmp_path / 'both')
+  config.stage2.train_set, config.stage2.grid.train_set = 'long_tail', None
+  train_and_evaluate(config, str(tmp_path / 'whole_tail_alone'))
+  together, _ = _head(str(tmp_path / 'both'), 'stage2_grid_long_tail')
+  alone, _ = _head(str(tmp_path / 'whole_tail_alone'), 'stage2_grid_long_tail')
+  for key in ('kernel', 'bias'):
+    np.testing.assert_allclose(together[key], alone[key], rtol=1e-5, atol=1e-6)

@@ -200,7 +200,8 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
   config.tuning.learning_rate = (0.001, 0.3)  # a grid in another order reuses every finished run
   again = run_tuning(config, str(tmp_path / 'run'))
   out = capsys.readouterr().out
-  assert out.count('naive: finished earlier') == 2 and out.count('stage2_grid_pretrained: finished earlier') == 2
+  assert out.count('naive: finished earlier') == 2 and out.count('stage2_grid_pretrained: finished earlier') == 1
+  assert out.count('stage2_grid_pretrained_long_tail: finished earlier') == 1  # cRT's heads, on the whole tail
   crt = json.load(open(tmp_path / 'run' / 'tuning' / 'cRT_frozen' / 'config.json'))['stage2']
   assert (crt['train_set'], crt['sampler'], crt['loss']) == ('long_tail', 'class_balanced', 'ce')  # cRT's own
   assert [(row.name, row.setting, row.test['all']) for row in again] == [(r.name, r.setting, r.test['all'])

@@ -1,5 +1,6 @@
 """Validation splits (carved, own, absent) and stage 2 chosen on them, never on the test split."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -94,6 +95,10 @@ def test_folder_validation_is_its_own_val_or_none(tfds_dir, tmp_path):
     ('stage2.select_metric', 'f1', "unknown stage2.select_metric='f1'"),
     ('stage2.grid.alpha', (), 'stage2.grid.alpha is empty: the grid has no candidate'),
     ('stage2.grid.epochs', (1.5,), 'stage2.grid.epochs values must be whole numbers'),
+    ('stage2.grid.train_set', ('review,long_tail',),
+     r"stage2.grid.train_set values must be one of \('review', 'long_tail'\), got \('review,long_tail',\) "
+     r"\(several values are a tuple"),
+    ('stage2.train_set', 'all', r"stage2.train_set must be one of \('review', 'long_tail'\), got 'all'"),
     ('data.val_per_class', 400, 'data.val_per_class=400 is more than any class can give: at most 296'),
 ])
 def test_bad_selection_config_fails_before_training(tfds_dir, tmp_path, field, value, message):
@@ -123,6 +128,19 @@ def test_grid_candidates_cover_every_combination_and_pin_fields():
   stage2.grid.weight_decay = None
   assert {c.weight_decay for c in selection.candidates(stage2)} == {stage2.weight_decay}
   assert len(selection.candidates(stage2, fixed=('epochs',))) == 2
+  stage2.grid.train_set = ('review', 'long_tail')  # the heads' training set multiplies the grid too
+  assert [c.train_set for c in selection.candidates(stage2)[:2]] == ['review', 'long_tail']
+  assert len(selection.candidates(stage2)) == 8
+
+
+def test_a_head_label_names_a_backbone_or_training_set_other_than_the_papers():
+  from bwlm_jax.head_setting import HeadSetting, label
+  paper = HeadSetting()
+  assert label(paper) == 'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1'
+  assert label(paper.replace(backbone='naive', train_set='long_tail')) == (
+      'lr=0.1 epochs=30 lambda=0.0005 alpha=0.1 backbone=naive train_set=long_tail')
+  written_before = {k: v for k, v in dataclasses.asdict(paper).items() if k != 'train_set'}
+  assert label(written_before) == label(paper)  # a results.json from before the field: the Review set
 
 
 def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_path, monkeypatch):

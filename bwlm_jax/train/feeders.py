@@ -51,10 +51,10 @@ def _device_arrays(ctx, name: str, split):
   return ctx.device_arrays[name]
 
 
-def train_split_name(config, stage) -> str:
-  """The key of a stage's training split: stage 2's depends on stage2.train_set, the others' do not."""
+def train_split_name(stage, head_train_set: Optional[str] = None) -> str:
+  """The key of a stage's training split: stage 2's depends on its heads' training set, the others' do not."""
   stage = stages.get(stage)
-  return f'train/{stage.name}/{config.stage2.train_set}' if stage.trains_heads else f'train/{stage.name}'
+  return f'train/{stage.name}/{head_train_set}' if stage.trains_heads else f'train/{stage.name}'
 
 
 def _cached_features(ctx, state, split):
@@ -93,7 +93,7 @@ def backbone_feed(ctx, stage, split, spec: BatchSpec, tx, loss_fn, schedule, tra
     step = make_device_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.data_sharding, ctx.replicated,
                                   train_batch_norm, mixing, tables, reweighting, members)
     return Feed(step, lambda state, total_steps: itertools.repeat(
-        _device_arrays(ctx, train_split_name(ctx.config, stage), split)))
+        _device_arrays(ctx, train_split_name(stage), split)))
   step = make_stream_train_step(ctx.model, tx, loss_fn, schedule, spec, ctx.replicated, train_batch_norm, mixing,
                                 reweighting, members)
   return Feed(step, lambda state, total_steps: _streamed(ctx, stage, split, spec, int(state.step), total_steps))
@@ -116,7 +116,7 @@ def heads_feed(ctx, split, settings: list, spec: BatchSpec, class_counts):
       return _streamed(ctx, stages.STAGE2, split, spec, int(state.step), total_steps)
     if kind == 'cached':
       return itertools.repeat(_cached_features(ctx, state, split))
-    return itertools.repeat(_device_arrays(ctx, train_split_name(config, stages.STAGE2), split))
+    return itertools.repeat(_device_arrays(ctx, train_split_name(stages.STAGE2, settings[0].train_set), split))
 
   return Feed(step, inputs), init_opt_state
 

@@ -54,19 +54,19 @@ def multi_process() -> bool:
   return jax.process_count() > 1
 
 
-def stage_split(config, dataset, stage):
-  """The training set of a stage (`Stage.train_set`); stage 2 trains on the whole tail with
-  stage2.train_set=long_tail."""
+def stage_split(config, dataset, stage, head_train_set: Optional[str] = None):
+  """The training set of a stage (`Stage.train_set`); stage 2's heads train on `head_train_set`
+  (`HeadSetting.train_set`: the Review set or the whole tail)."""
   stage = stages.get(stage)
-  train_set = config.stage2.train_set if stage.trains_heads else stage.train_set
-  return stage_train_split(dataset, stage.name if train_set != 'long_tail' else stages.NAIVE.name,
+  train_set = head_train_set if stage.trains_heads else stage.train_set
+  return stage_train_split(dataset, stage.name if train_set != stages.NAIVE.train_set else stages.NAIVE.name,
                            config.data.subset_seed)
 
 
-def _plan(ctx, stage, epochs: int):
+def _plan(ctx, stage, epochs: int, head_train_set: Optional[str] = None):
   """What both kinds of stage start from: (training split, its batch spec, steps per epoch, total steps)."""
   config, dataset = ctx.config, ctx.dataset
-  split = stage_split(config, dataset, stage)
+  split = stage_split(config, dataset, stage, head_train_set)
   steps_per_epoch = device_pipeline.steps_per_epoch(len(split), config.batch_size)
   augment = config.stage2.augment if stage.trains_heads else config.data.augment
   rand = (0, 0.0) if stage.trains_heads else (config[stage.name].randaugment_layers,
@@ -132,11 +132,12 @@ def _backbone_loss(ctx, name: str, split):
 
 def run_heads(ctx, budget: StepBudget, backbone_state: TrainState, settings: list, checkpoint_name: str
               ) -> TrainState:
-  """Stage 2: a grid of K >= 1 heads, one per `HeadSetting`, trained at once on `backbone_state`'s frozen
-  backbone (see `steps.make_heads_step`) for as many epochs as the longest, resuming from
-  WORKDIR/checkpoints/<checkpoint_name>. The state holds the K heads stacked on a leading axis."""
+  """Stage 2: a grid of K >= 1 heads, one per `HeadSetting` (all of one training set), trained at once on
+  `backbone_state`'s frozen backbone (see `steps.make_heads_step`) for as many epochs as the longest, resuming
+  from WORKDIR/checkpoints/<checkpoint_name>. The state holds the K heads stacked on a leading axis."""
   stage = stages.STAGE2
-  split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, max(s.epochs for s in settings))
+  split, spec, steps_per_epoch, total_steps = _plan(ctx, stage, max(s.epochs for s in settings),
+                                                    settings[0].train_set)
   counts = losses.loss_counts(ctx.config.stage2, ctx.dataset.train_counts, split.labels, ctx.dataset.num_classes)
   feed, init_opt_state = feeders.heads_feed(ctx, split, settings, spec, counts)
   state = initial_state(ctx, stage, None, backbone_state)

@@ -96,7 +96,8 @@ def stage2_head_source(config, stage: str) -> tuple[str, Optional[int], dict]:
   grid = re.fullmatch(r'(.+):(\d+)', head_from)
   if grid and os.path.isdir(grid.group(1)):
     directory, index = grid.group(1), int(grid.group(2))
-    on_pretrained = os.path.basename(os.path.normpath(directory)) == stages.grid_checkpoint(stages.PRETRAINED)
+    on_pretrained = os.path.basename(os.path.normpath(directory)) in {
+        stages.grid_checkpoint(stages.PRETRAINED, train_set) for train_set in stages.HEAD_TRAIN_SETS}
   else:
     directory, index = checkpoints.stage_directory(head_from, stages.STAGE2.name), None
   meta = checkpoints.finished_meta(directory) if os.path.isdir(directory) else None
