@@ -217,6 +217,16 @@ def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_di
     pipeline.train_and_evaluate(config, str(tmp_path))
 
 
+def test_a_choice_saved_before_a_head_field_existed_reads_that_field_from_its_config():
+  from bwlm_jax.head_setting import HeadSetting
+  chosen = {k: v for k, v in dataclasses.asdict(HeadSetting(backbone='naive')).items() if k != 'train_set'}
+  meta = {'selected': {'setting': chosen}, 'config': {'stage2': {**chosen, 'train_set': 'long_tail'}}}
+  assert pipeline._chosen_setting(meta) == {**chosen, 'train_set': 'long_tail'}  # the run's own training set
+  del meta['config']['stage2']['train_set']
+  assert pipeline._chosen_setting(meta)['train_set'] == 'review'  # older still: the only set there was
+  assert pipeline._chosen_setting({'config': meta['config']}) is None  # not chosen on validation
+
+
 def test_a_grid_field_set_to_none_on_the_command_line_keeps_the_stage2_value():
   from bwlm_jax.config import base_config
   from bwlm_jax.errors import UsageError
