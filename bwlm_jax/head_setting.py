@@ -1,4 +1,4 @@
-"""One stage-2 head's setting: its loss, the loss's parameters, its optimizer's, its frozen backbone and its training set.
+"""One stage-2 head's setting: its loss, the loss's parameters, its optimizer's, its frozen backbone and its images.
 
 The one place that names a head's hyper-parameters. Each field says its type, the rule its values
 follow and whether `stage2.grid` may vary it; from these the setting is built from the config

@@ -141,9 +141,8 @@ def run_stage2(ctx: TrainContext, budget: StepBudget, trained: dict, metric: Opt
   settings = selection.candidates(config.stage2) if metric else [HeadSetting.from_config(config.stage2)]
   settings = head_grid.available(ctx, trained, settings)
   if metric:
-    print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone and training set, '
-          f'chosen on '
-          f'validation ({metric}).')
+    print(f'stage 2: {len(settings)} candidate settings trained as heads of one run per backbone and training '
+          f'set, chosen on validation ({metric}).')
   grid = head_grid.run_grid(ctx, budget, [stages.STAGE2.name] * len(settings), settings, trained, metric)
   index = grid.chosen[stages.STAGE2.name]
   chosen, state = grid.candidates[index], grid.head_state(index)
