@@ -40,9 +40,11 @@ SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 DTYPE_NAMES = ('float32', 'bfloat16')
 # RandAugment's magnitude scale (naive.randaugment_magnitude, stage1's): `data/randaugment.py`.
 RANDAUGMENT_MAX_MAGNITUDE = 10
-# The backbone stages' fields launch/recipe.py may vary (config.recipe), and how it combines them: `recipes.py`.
-RECIPE_FIELDS = ('loss', 'weight_decay', 'learning_rate', 'epochs', 'label_smoothing', 'mixup_alpha',
-                 'cutmix_alpha', 'mix_prob', 'randaugment_layers', 'randaugment_magnitude', 'sampler', 'drw_epoch')
+# The fields launch/recipe.py may vary (config.recipe), and how it combines them: `recipes.py`. All but
+# RECIPE_DATA_FIELDS (config.data's) are fields of the backbone stages, naive and stage 1.
+RECIPE_FIELDS = ('loss', 'weight_decay', 'learning_rate', 'epochs', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
+                 'mix_prob', 'randaugment_layers', 'randaugment_magnitude', 'sampler', 'drw_epoch', 'image_size')
+RECIPE_DATA_FIELDS = ('image_size',)
 RECIPE_COMBINES = ('product', 'one_at_a_time')
 
 
@@ -228,8 +230,8 @@ def _tuning_config() -> ml_collections.ConfigDict:
 
 
 def _recipe_config() -> ml_collections.ConfigDict:
-  """launch/recipe.py's candidates (bwlm_jax/recipes.py): for each field of naive and stage 1, the values to
-  try (None: as configured); 'one_at_a_time' tries each value alone beside the configured recipe, 'product'
+  """launch/recipe.py's candidates (bwlm_jax/recipes.py): for each field of naive and stage 1 (and
+  data.image_size), the values to try (None: as configured); 'one_at_a_time' tries each value alone, 'product'
   every combination. Candidates that differ only in learning rate, weight decay or label smoothing train up to
   `backbones_at_once` at a time under `jax.vmap` (1: each alone; more: where the device holds K models and
   their activations)."""

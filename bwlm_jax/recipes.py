@@ -1,8 +1,9 @@
 """The backbone's training recipe chosen on validation (`launch/recipe.py`): loss, weight decay, mixing,
-augmentation, sampling and re-weighting of naive and stage 1.
+augmentation, sampling and re-weighting of naive and stage 1, and the input resolution.
 
 A candidate sets some fields of the backbone stages (`config.recipe`: each field the values to try, applied
-to naive and stage 1 alike) and is a whole run of `config.stages` in WORKDIR/recipe/<candidate>/: resumable,
+to naive and stage 1 alike; `image_size` to config.data, so the whole run, stage 2 included, sees images of
+that side) and is a whole run of `config.stages` in WORKDIR/recipe/<candidate>/: resumable,
 and a finished one is never retrained. Its score is the validation score of the run's last model (with
 stage 2, the head its own grid chose on val), compared with `selection.choose`, the choice every stage-2 grid
 makes; the test split never chooses. A candidate's folder names only the fields it changes, so grids that
@@ -27,8 +28,8 @@ import jax
 import numpy as np
 
 from bwlm_jax import checkpoints, distributed, selection, stages, stopping
-from bwlm_jax.config import RECIPE_COMBINES, RECIPE_FIELDS, parse_stages, validate_config
-from bwlm_jax.data import load_dataset
+from bwlm_jax.config import RECIPE_COMBINES, RECIPE_DATA_FIELDS, RECIPE_FIELDS, parse_stages, validate_config
+from bwlm_jax.data import load_dataset, sizes_images
 from bwlm_jax.errors import UsageError
 from bwlm_jax.evaluation import results as results_lib
 from bwlm_jax.evaluation.report import without_per_class, write_tables
@@ -46,7 +47,7 @@ DEFAULT_NAME = 'as configured'
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-  """The backbone-stage fields one candidate changes from the config, as (field, value) pairs in RECIPE_FIELDS order."""
+  """The fields one candidate changes from the config, as (field, value) pairs in RECIPE_FIELDS order."""
   changes: tuple = ()
 
   @property
@@ -62,12 +63,17 @@ def _shown(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
+def _sections(config, field: str) -> list:
+  """The config sections that hold a recipe field: config.data for RECIPE_DATA_FIELDS, else every backbone stage."""
+  return [config.data] if field in RECIPE_DATA_FIELDS else [config[stage] for stage in stages.BACKBONES]
+
+
 def candidate_config(config, candidate: Candidate):
-  """The whole run of one candidate: its changes applied to every backbone stage."""
+  """The whole run of one candidate: its changes applied where each field lives."""
   run = copy.deepcopy(config)
   for field, value in candidate.changes:
-    for stage in stages.BACKBONES:
-      run[stage][field] = value
+    for section in _sections(run, field):
+      section[field] = value
   return run
 
 
@@ -88,6 +94,10 @@ def candidates(config) -> list[Candidate]:
   if not axes:
     raise UsageError('config.recipe varies nothing: give some fields values to try, e.g. '
                      '--config.recipe.loss=ce,balanced_softmax.')
+  if 'image_size' in axes and not sizes_images(config.data):
+    raise UsageError(f'recipe.image_size: data.name={config.data.name!r} is kept in memory at its images\' own size, '
+                     'so every candidate would see the same images; it applies to folders, image lists and streamed '
+                     'data (data.pipeline=stream).')
   if recipe.combine == 'product':
     settings = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
   else:  # each value of each field alone, the others as configured
@@ -114,7 +124,7 @@ def _values(given) -> tuple:
 def _changes(config, setting: dict) -> Candidate:
   """The fields of `setting` whose value differs from the config's own (naive's, which stage 1 shares)."""
   return Candidate(tuple((field, value) for field, value in setting.items()
-                         if any(config[stage][field] != value for stage in stages.BACKBONES)))
+                         if any(section[field] != value for section in _sections(config, field))))
 
 
 def _last_stage(config) -> str:
@@ -196,16 +206,24 @@ def run_recipes(config, workdir: str) -> list[Row]:
   last = _last_stage(config)
   found = candidates(config)
   check_inputs(config, workdir)
-  dataset = load_dataset(config.data)
+  datasets = {}  # by image side: candidates' data sections differ in nothing else
+
+  def dataset_of(run):
+    if run.data.image_size not in datasets:
+      datasets[run.data.image_size] = load_dataset(run.data)
+    return datasets[run.data.image_size]
+
+  dataset = dataset_of(config)
   require_validation(dataset, 'a recipe is chosen')
   metric = config.stage2.select_metric
-  for group in together(config, found):
-    train_together(config, workdir, group, dataset)
+  for group in together(config, found):  # a group's members differ only in MEMBER_FIELDS: one image side
+    train_together(config, workdir, group, dataset_of(candidate_config(config, group[0])))
   rows = []
   for index, candidate in enumerate(found):
     run_dir = _run_dir(workdir, candidate)
     print(f'--- recipe {index + 1}/{len(found)}: {candidate.name} ({run_dir})', flush=True)
-    results = train_and_evaluate(candidate_config(config, candidate), run_dir, dataset=dataset)
+    run = candidate_config(config, candidate)
+    results = train_and_evaluate(run, run_dir, dataset=dataset_of(run))
     source = {'workdir': os.path.abspath(run_dir), 'stage': last}
     rows.append(model_row(candidate.name, {**results, 'source': source}, metric))
   chosen = selection.choose([row.score for row in rows])

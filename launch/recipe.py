@@ -1,10 +1,13 @@
 """The backbone's training recipe chosen on validation: every candidate of config.recipe (fields of naive
-and stage 1: loss, weight decay, label smoothing, mixup / CutMix, RandAugment, sampler, DRW) trained as a
-whole run of config.stages, the best validation score of its last model chosen.
+and stage 1: loss, weight decay, epochs, label smoothing, mixup / CutMix, RandAugment, sampler, DRW; and the
+image side, data.image_size) trained as a whole run of config.stages, the best validation score of its last
+model chosen.
 
   python launch/recipe.py --config=configs/tiny_imagenet_lt.py:ROOT --workdir=DIR
   python launch/recipe.py --config=... --workdir=DIR --config.recipe.combine=product \\
       --config.recipe.loss=ce,balanced_softmax --config.recipe.weight_decay=5e-4,1e-3
+  python launch/recipe.py --config=... --workdir=DIR --config.recipe.combine=product \\
+      --config.recipe.epochs=24,48 --config.recipe.image_size=32,64
 
 Trains what is missing (each candidate in DIR/recipe/<changes>/, resumable; `evaluate.py` and `predict.py`
 take that folder as their --workdir), then writes DIR/recipe/table.{md,csv,json} and DIR/recipe/chosen.json.

@@ -359,3 +359,32 @@ def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at
   config.recipe.backbones_at_once = 0
   with pytest.raises(UsageError, match='recipe.backbones_at_once must be a whole number >= 1, got 0'):
     candidates(config)
+
+
+def test_the_image_side_is_a_recipe_field_of_the_whole_run_and_needs_images_it_can_resize(tfds_dir, tmp_path):
+  import json
+  from bwlm_jax import checkpoints
+  from bwlm_jax.recipes import candidates, run_recipes
+  from test_sources import _write_folder
+  counts = {'ant': 40, 'bee': 20, 'cow': 10}
+  for split, per_class in (('train', counts), ('val', dict.fromkeys(counts, 3)), ('test', dict.fromkeys(counts, 3))):
+    _write_folder(tmp_path / 'data', split, per_class)
+  config = _recipe_config(tfds_dir)
+  config.data.name, config.data.folder, config.data.image_size = 'folder', str(tmp_path / 'data'), 16
+  config.data.imbalance_factor = config.data.max_count = None
+  config.recipe.label_smoothing = config.recipe.randaugment_layers = None
+  config.recipe.image_size = (16, 24)  # 16 is the configured side: one candidate, not two
+  found = candidates(config)
+  assert [c.folder for c in found] == ['default', 'image_size=24']
+  rows = run_recipes(config, str(tmp_path / 'run'))
+  assert [row.name for row in rows] == ['as configured', 'image_size=24', 'best on validation']
+  for candidate, side in zip(found, (16, 24)):  # each run trained on images of its own side, stage 2 included
+    run = tmp_path / 'run' / 'recipe' / candidate.folder
+    assert json.load(open(run / 'config.json'))['data']['image_size'] == side
+    assert checkpoints.finished_meta(checkpoints.stage_directory(str(run), 'naive'))['image_size'] == side
+  embedded = _recipe_config(tfds_dir)
+  embedded.recipe.image_size = (24,)
+  with pytest.raises(UsageError, match=r"recipe.image_size: data.name='embedded' is kept in memory at its images'"):
+    candidates(embedded)
+  embedded.data.pipeline = 'stream'  # streamed, the side is the crop's
+  assert 'image_size=24' in [c.folder for c in candidates(embedded)]

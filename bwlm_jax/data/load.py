@@ -124,7 +124,7 @@ def _load_tfds(cfg):
   builder = tfds_source.prepared_builder(
       embedded.NAME if cfg.name == 'embedded' else cfg.name, cfg.data_dir, cfg.download)
   names = tfds_source.class_names(builder)
-  stream = cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name in _NATURAL_TAIL)
+  stream = _streams_tfds(cfg)
   read = tfds_source.stream_split if stream else tfds_source.read_arrays
   test_split = _TEST_SPLIT.get(cfg.name, 'test')
   train, test = read(builder, 'train'), read(builder, test_split)
@@ -133,6 +133,16 @@ def _load_tfds(cfg):
   image_size = cfg.image_size if stream else int(train.images.shape[1])
   stats = _STATS.get(cfg.name) or (IMAGENET_STATS if stream else _channel_stats(train))
   return names, train, test, val, image_size, stats
+
+
+def _streams_tfds(cfg) -> bool:
+  return cfg.pipeline == 'stream' or (cfg.pipeline == 'auto' and cfg.name in _NATURAL_TAIL)
+
+
+def sizes_images(cfg) -> bool:
+  """Whether cfg.image_size sets the images' side: folders and image lists are resized (or, streamed, cropped)
+  to it, streamed tfds sources cropped; tfds sources and the embedded set kept in memory have their own size."""
+  return cfg.name in ('folder', 'lists') or _streams_tfds(cfg)
 
 
 def _load_folder(cfg):
