@@ -122,7 +122,7 @@ def _values(given) -> tuple:
 
 
 def _changes(config, setting: dict) -> Candidate:
-  """The fields of `setting` whose value differs from the config's own (naive's, which stage 1 shares)."""
+  """The fields of `setting` whose value differs from the config's own (naive's and stage 1's, or data's)."""
   return Candidate(tuple((field, value) for field, value in setting.items()
                          if any(section[field] != value for section in _sections(config, field))))
 
