@@ -213,7 +213,7 @@ def run_recipes(config, workdir: str) -> list[Row]:
       datasets[run.data.image_size] = load_dataset(run.data)
     return datasets[run.data.image_size]
 
-  dataset = dataset_of(config)
+  dataset = dataset_of(candidate_config(config, found[0]))  # a side no candidate uses is never loaded
   require_validation(dataset, 'a recipe is chosen')
   metric = config.stage2.select_metric
   for group in together(config, found):  # a group's members differ only in MEMBER_FIELDS: one image side

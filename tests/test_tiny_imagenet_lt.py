@@ -113,11 +113,12 @@ def test_the_config_schedules_differ_only_where_they_say(tmp_path):
   assert default.to_dict() == native.to_dict()
   sides_and_epochs = [(c.data.image_size, c.naive.epochs, c.stage1.epochs) for c in (native, cpu, long)]
   assert sides_and_epochs == [(64, 48, 48), (32, 24, 24), (32, 72, 72)]
+  for config in (native, cpu, long):
+    validate_config(config)
   for config in (native, long):
     config.data.image_size = 32
     for stage in ('naive', 'stage1'):
       config[stage].epochs = 24
     assert config.to_dict() == cpu.to_dict()
-    validate_config(config)
   with pytest.raises(Exception, match=r"takes ROOT\[,native\|,cpu\|,long\|,full\], got schedule 'longer'"):
     load_config_file(f'configs/tiny_imagenet_lt.py:{tmp_path},longer')
