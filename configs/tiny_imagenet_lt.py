@@ -24,8 +24,9 @@ CPU_SCHEDULES = {'native': (64, 48), 'cpu': (32, 24), 'long': (32, 72)}
 
 def get_config(arg: str = ''):
   root, _, schedule = arg.partition(',')
-  if schedule not in ('', *CPU_SCHEDULES, 'full'):
-    choices = '|'.join(f',{name}' for name in (*CPU_SCHEDULES, 'full'))
+  names = (*CPU_SCHEDULES, 'full')
+  if schedule not in ('', *names):
+    choices = '|'.join(f',{name}' for name in names)
     raise ValueError(f'configs/tiny_imagenet_lt.py takes ROOT[{choices}], got schedule {schedule!r}.')
   config = base_config()
   config.data.name = 'folder'
