@@ -122,7 +122,7 @@ def main():
   if args.max_isa and f'--xla_cpu_max_isa={args.max_isa}' not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_cpu_max_isa={args.max_isa}'.strip()
   sys.path.insert(0, ROOT)
-  from bwlm_jax import process_setup
+  from bwlm_jax.runtime import process_setup
   process_setup.start_process()  # the launch scripts' CPU settings (it restarts this process once with them)
   from bwlm_jax.models import conv
   print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': 'avx512f' in conv.cpu_flags(),

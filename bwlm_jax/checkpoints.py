@@ -13,11 +13,11 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from bwlm_jax import stopping
-from bwlm_jax.errors import MissingFileError, RunError, SaveError
-from bwlm_jax.files import FREE_SPACE_ADVICE, out_of_space, unique_path
+from bwlm_jax.runtime import stopping
+from bwlm_jax.runtime.errors import MissingFileError, RunError, SaveError
+from bwlm_jax.runtime.files import FREE_SPACE_ADVICE, out_of_space, unique_path
 from bwlm_jax.models import inference_variables
-from bwlm_jax.distributed import make_mesh, replicated
+from bwlm_jax.runtime.distributed import make_mesh, replicated
 
 
 class StageCheckpoints:

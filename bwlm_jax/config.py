@@ -13,9 +13,10 @@ import ml_collections
 from ml_collections import config_dict
 import jax
 
-from bwlm_jax import head_setting, losses, process_setup, selection
+from bwlm_jax import head_setting, losses, selection
+from bwlm_jax.runtime import process_setup
 from bwlm_jax import stages as stages_lib
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 # The names model.name and model.dtype may take (built by `models.build_model`), here so that a config is

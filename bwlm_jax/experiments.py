@@ -15,16 +15,17 @@ import hashlib
 import json
 import os
 
-from bwlm_jax import checkpoints, distributed, head_setting, selection, stages
+from bwlm_jax import checkpoints, head_setting, selection, stages
+from bwlm_jax.runtime import distributed
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, by_name, table_inputs
-from bwlm_jax.files import make_directory, unique_path, write_json
+from bwlm_jax.runtime.files import make_directory, unique_path, write_json
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.pipeline import check_inputs, selection_metric, train_and_evaluate, train_rows_and_evaluate
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 # The paper's Table 2: stage-2 losses without (CE, CB, BS, BFS) and with weight decay (…W, BWLM).
 LOSS_ROWS = (('CE', 'ce'), ('CB', 'cb_focal'), ('BS', 'balanced_softmax'), ('BFS', 'bfs'))

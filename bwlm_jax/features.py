@@ -10,10 +10,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bwlm_jax import distributed
+from bwlm_jax.runtime import distributed
 from bwlm_jax.data import device_pipeline, stream_pipeline
 from bwlm_jax.data.splits import LongTailDataset
-from bwlm_jax.errors import RunError
+from bwlm_jax.runtime.errors import RunError
 from bwlm_jax.models import DTYPES, Model, make_features_fn
 
 

@@ -17,10 +17,11 @@ import dataclasses
 import itertools
 import os
 
-from bwlm_jax import checkpoints, distributed, head_setting, selection, stages
+from bwlm_jax import checkpoints, head_setting, selection, stages
+from bwlm_jax.runtime import distributed
 from bwlm_jax.config import HEAD_INITS, validate_config
 from bwlm_jax.data import load_dataset
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation.report import write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, run_variant, run_variants_together, title_of

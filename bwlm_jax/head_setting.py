@@ -16,7 +16,7 @@ import flax
 import jax.numpy as jnp
 
 from bwlm_jax import losses, stages
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 def _field(default, rule, expected: str, *, grid: int = 0, label: str = '', static: bool = False):

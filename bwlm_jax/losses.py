@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 LOSSES = ('ce', 'cb_focal', 'balanced_softmax', 'bfs')
 

@@ -11,14 +11,15 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, distributed, head_grid, head_setting, selection, stages, stopping, weights
+from bwlm_jax import checkpoints, head_grid, head_setting, selection, stages, weights
+from bwlm_jax.runtime import distributed, stopping
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 from bwlm_jax.evaluation import metrics, results as results_lib
 from bwlm_jax.evaluation.report import results_table, selection_table
-from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
+from bwlm_jax.runtime.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.fingerprint import run_fingerprint
@@ -27,7 +28,7 @@ from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import STAGE2_FEEDS, check_backbone_samplers, stage2_feed
 from bwlm_jax.train.loop import StepBudget, run_stage
 from bwlm_jax.train.state import TrainState, stage2_head_source
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 def check_inputs(config, workdir: str) -> None:

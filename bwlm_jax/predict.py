@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from bwlm_jax.checkpoints import load_finished
-from bwlm_jax.files import read_json
+from bwlm_jax.runtime.files import read_json
 from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data import images
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
@@ -17,7 +17,7 @@ from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
 from bwlm_jax.evaluation import posthoc
 from bwlm_jax.evaluation.results import head_at
 from bwlm_jax.models import DTYPES, build_model, head_logits, make_features_fn
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 
 
 def image_paths(inputs: list[str]) -> list[str]:

@@ -27,15 +27,16 @@ from typing import Optional
 import jax
 import numpy as np
 
-from bwlm_jax import checkpoints, distributed, selection, stages, stopping
+from bwlm_jax import checkpoints, selection, stages
+from bwlm_jax.runtime import distributed, stopping
 from bwlm_jax.config import RECIPE_COMBINES, RECIPE_DATA_FIELDS, RECIPE_FIELDS, parse_stages, validate_config
 from bwlm_jax.data import load_dataset, sizes_images
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation import results as results_lib
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.experiments import model_row, title_of
-from bwlm_jax.files import make_directory, unique_path, write_json
+from bwlm_jax.runtime.files import make_directory, unique_path, write_json
 from bwlm_jax.pipeline import check_inputs, make_context, require_validation, train_and_evaluate
 from bwlm_jax.train.feeders import check_backbone_samplers
 from bwlm_jax.train.interval_metrics import finite_params

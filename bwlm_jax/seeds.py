@@ -11,11 +11,11 @@ import os
 
 import numpy as np
 
-from bwlm_jax import distributed
+from bwlm_jax.runtime import distributed
 from bwlm_jax.data import load_dataset
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation.report import ece
-from bwlm_jax.files import make_directory, unique_path, write_json, write_text
+from bwlm_jax.runtime.files import make_directory, unique_path, write_json, write_text
 from bwlm_jax.pipeline import train_and_evaluate
 
 METRICS = ('many', 'medium', 'few', 'all', 'top5', 'ece')

@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 from bwlm_jax import head_setting, stages
-from bwlm_jax.errors import RunError, UsageError
+from bwlm_jax.runtime.errors import RunError, UsageError
 from bwlm_jax.head_setting import GRID_FIELDS, HeadSetting
 
 SELECT_MODES = ('auto', 'val', 'none')

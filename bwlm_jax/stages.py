@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from bwlm_jax import distributed
+from bwlm_jax.runtime import distributed
 from bwlm_jax.data import load_dataset
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.report import markdown_table, write_tables
 from bwlm_jax.evaluation.table_rows import Row

@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import checkpoints, stages
-from bwlm_jax.errors import BwlmError, MissingFileError, UsageError
-from bwlm_jax.files import read_json, write_text, writing
+from bwlm_jax.runtime.errors import BwlmError, MissingFileError, UsageError
+from bwlm_jax.runtime.files import read_json, write_text, writing
 from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
 from bwlm_jax.models import efficientnet_lite, vit
 

@@ -11,9 +11,9 @@ import ml_collections
 
 from bwlm_jax import stages
 from bwlm_jax.config import base_config
-from bwlm_jax.errors import UsageError
-from bwlm_jax.files import make_directory, read_json, unique_path, write_text
-from bwlm_jax.workdir_lock import check_workdir_path
+from bwlm_jax.runtime.errors import UsageError
+from bwlm_jax.runtime.files import make_directory, read_json, unique_path, write_text
+from bwlm_jax.runtime.workdir_lock import check_workdir_path
 
 # Config fields that do not change a result: they may differ between a run and its resumption.
 RESULT_NEUTRAL_FIELDS = (

@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax.runtime import cli, process_setup
 
 _MODELS = flags.DEFINE_list('models', ['resnet32', 'resnext50'], 'Backbones to measure.')
 _DTYPES = flags.DEFINE_list('dtypes', None, 'Compute dtypes (default float32,bfloat16; ResNeXt/ResNet-50 on a '
@@ -94,7 +94,7 @@ def run_model(model_name: str, dtype: str, steps: int, blocks: int, heads: int, 
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bwlm_jax import distributed
+  from bwlm_jax.runtime import distributed
   from bwlm_jax.config import base_config
   from bwlm_jax.losses import cross_entropy
   from bwlm_jax.data.sampling import BatchSpec

@@ -16,7 +16,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax.runtime import cli, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional: the config the run was trained with (checked '
                                           'against WORKDIR/config.json).', lock_config=True)
@@ -34,7 +34,7 @@ def main(argv):
   from bwlm_jax.workdir import run_config
   config = run_config(_WORKDIR.value, _CONFIG.value)
   process_setup.start_process(_CPU_DEVICES.value)
-  from bwlm_jax.workdir_lock import holding
+  from bwlm_jax.runtime.workdir_lock import holding
   with holding(os.path.join(_WORKDIR.value, 'evaluation')):  # one writer of the reports at a time
     from bwlm_jax.config import validate_config
     from bwlm_jax.data import load_dataset

@@ -15,7 +15,7 @@ The file is also what `--config.model.init_from` reads back (its fc is then drop
 
 from absl import flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax.runtime import cli, process_setup
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _STAGE = flags.DEFINE_string('stage', 'stage2', 'The finished model to export: naive, stage1 or stage2.')

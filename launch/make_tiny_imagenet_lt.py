@@ -14,9 +14,9 @@ import shutil
 import sys
 import zipfile
 
-from bwlm_jax import cli
+from bwlm_jax.runtime import cli
 from bwlm_jax.data import tiny_imagenet_lt
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 class _Source:

@@ -15,8 +15,8 @@ import sys
 
 from absl import app, flags
 
-from bwlm_jax import cli, process_setup
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime import cli, process_setup
+from bwlm_jax.runtime.errors import UsageError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
@@ -30,7 +30,7 @@ flags.mark_flags_as_required(['workdir', 'images'])
 def main(argv):
   cli.no_arguments(argv)
   process_setup.start_process()
-  from bwlm_jax.files import write_csv
+  from bwlm_jax.runtime.files import write_csv
   from bwlm_jax.predict import check_stage, image_paths, predict_files
   if _STAGE.value is not None:
     check_stage(_STAGE.value)

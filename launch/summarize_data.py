@@ -8,7 +8,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, process_setup
+from bwlm_jax.runtime import cli, process_setup
 from bwlm_jax.data import long_tail_counts, load_dataset
 from bwlm_jax.data.summary import count_summary, eval_split_lines, format_summary
 

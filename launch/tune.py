@@ -11,7 +11,7 @@ DIR/tuning/table.{md,csv,json}.
 from absl import flags
 from ml_collections import config_flags
 
-from bwlm_jax import cli, distributed, process_setup
+from bwlm_jax.runtime import cli, distributed, process_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')

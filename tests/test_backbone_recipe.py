@@ -10,7 +10,7 @@ import pytest
 from bwlm_jax import losses
 from bwlm_jax.data import device_pipeline, randaugment, sampling
 from bwlm_jax.config import RECIPE_FIELDS, validate_config
-from bwlm_jax.errors import Interrupted, UsageError
+from bwlm_jax.runtime.errors import Interrupted, UsageError
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.pipeline import train_and_evaluate
 from bwlm_jax.train.mixing import Mixing, cutmix_box, mix, smoothed_targets

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bwlm_jax.data import DatasetNotPreparedError, load_dataset, tfds_source
 from bwlm_jax.data import list_source
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 from helpers import load_config_file
 
 

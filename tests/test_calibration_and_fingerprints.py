@@ -102,7 +102,7 @@ def test_two_seeds_train_in_their_own_workdirs_and_differ(tfds_dir, tmp_path):
 
 
 def test_accuracy_under_a_test_prior_and_logit_adjustment_to_it(tmp_path):
-  from bwlm_jax.errors import UsageError
+  from bwlm_jax.runtime.errors import UsageError
   from bwlm_jax.evaluation.prior_shift import prior_shift_report, class_prior
   counts = np.array([90, 10])
   labels = np.array([0, 0, 1, 1])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import build_backbone, conv
 from bwlm_jax.models.conv import MODE_VARIABLE
 

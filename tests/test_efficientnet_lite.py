@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import weights
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters, timm_name
 from bwlm_jax.pipeline import train_and_evaluate

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bwlm_jax.checkpoints import finished_meta, read_latest, stage_directory
-from bwlm_jax.errors import MissingFileError, RunError, UsageError
-from bwlm_jax.files import write_json_keeping_earlier, write_text_keeping_earlier
+from bwlm_jax.runtime.errors import MissingFileError, RunError, UsageError
+from bwlm_jax.runtime.files import write_json_keeping_earlier, write_text_keeping_earlier
 from bwlm_jax.pipeline import train_and_evaluate
 from helpers import assert_trees_equal, tiny_config
 
@@ -328,7 +328,7 @@ def test_predict_refuses_more_classes_than_the_model_has(naive_run, tmp_path):
 def test_sigterm_stops_k_heads_with_a_checkpoint_and_a_rerun_resumes(naive_run, tfds_dir, tmp_path, monkeypatch,
                                                                       capsys):
   import signal
-  from bwlm_jax.errors import Interrupted
+  from bwlm_jax.runtime.errors import Interrupted
   from bwlm_jax.pipeline import train_rows_and_evaluate
   from bwlm_jax.train.interval_metrics import IntervalMetrics
   config = _naive_config(tfds_dir)

@@ -117,9 +117,9 @@ def test_a_peer_lost_in_a_background_checkpoint_barrier_is_one_save_error_that_n
   checkpoint library raises its TimeoutError (caused by JAX's heartbeat error) from wait_until_finished and
   again from close. The run must see one SaveError whose cause chain the CLI recognises as a lost peer."""
   import jax
-  from bwlm_jax import cli
+  from bwlm_jax.runtime import cli
   from bwlm_jax.checkpoints import StageCheckpoints
-  from bwlm_jax.errors import SaveError
+  from bwlm_jax.runtime.errors import SaveError
   store = StageCheckpoints(str(tmp_path / 'checkpoints'), 2)
   heartbeat = jax.errors.JaxRuntimeError('INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: '
                                          'Task 1 heartbeat timeout. This indicates that the remote task has failed')

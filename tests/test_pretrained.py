@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from bwlm_jax import weights
 from bwlm_jax.config import base_config
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
 from bwlm_jax.pipeline import train_and_evaluate

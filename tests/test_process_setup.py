@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bwlm_jax import process_setup
+from bwlm_jax.runtime import process_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_cpu_devices_must_be_positive():
 
 SCRIPT = '''
 import os, sys
-from bwlm_jax import process_setup
+from bwlm_jax.runtime import process_setup
 print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:], flush=True)
 process_setup.start_process(2)
 import jax

@@ -107,7 +107,7 @@ def _function_level_stage_comparisons(path):
 
 
 def test_an_older_workdir_is_refused_under_the_new_backbone_grid_until_it_is_pinned(v1, tfds_dir):
-  from bwlm_jax.errors import UsageError
+  from bwlm_jax.runtime.errors import UsageError
   config = _v1_config(tfds_dir)
   config.stage2.grid.backbone = ('stage1', 'naive')
   with pytest.raises(UsageError, match=r"stage2.grid.backbone: \['stage1'\] -> \['stage1', 'naive'\]"):
@@ -140,7 +140,7 @@ def test_stage2_has_one_step_factory():
     (True, True, False, 'uniform', 'stream'), (True, True, False, 'class_balanced', None)])
 def test_how_stage2_is_fed_is_decided_in_one_place(tfds_dir, augment, cache, in_memory, sampler, feed):
   from types import SimpleNamespace
-  from bwlm_jax.errors import UsageError
+  from bwlm_jax.runtime.errors import UsageError
   from bwlm_jax.train.feeders import stage2_feed
   config = tiny_config(tfds_dir)
   config.stage2.augment, config.stage2.cache_features, config.stage2.sampler = augment, cache, sampler
@@ -153,7 +153,7 @@ def test_how_stage2_is_fed_is_decided_in_one_place(tfds_dir, augment, cache, in_
 
 
 def test_the_feed_and_an_impossible_combination_are_told_before_training(tfds_dir, tmp_path, capsys):
-  from bwlm_jax.errors import MissingFileError, UsageError
+  from bwlm_jax.runtime.errors import MissingFileError, UsageError
   config = tiny_config(tfds_dir)
   config.stages = 'stage1,stage2'
   config.data.pipeline = 'stream'

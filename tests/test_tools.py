@@ -210,7 +210,7 @@ def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, 
 def test_evaluate_skips_an_interrupted_stage_and_writes_no_training_files(tfds_dir, tmp_path):
   from bwlm_jax.evaluation.workdir_reports import finished_stages
   from bwlm_jax.pipeline import train_and_evaluate
-  from bwlm_jax.errors import Interrupted
+  from bwlm_jax.runtime.errors import Interrupted
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'naive,stage1'
   steps_per_epoch = -(-311 // 32)

@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from bwlm_jax import process_setup
+from bwlm_jax.runtime import process_setup
 from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
 from bwlm_jax.checkpoints import read_latest, stage_directory
 from bwlm_jax.pipeline import train_and_evaluate
-from bwlm_jax.errors import Interrupted, RunError, UsageError
+from bwlm_jax.runtime.errors import Interrupted, RunError, UsageError
 from helpers import assert_trees_equal, tiny_config as tiny_config_for
 
 
@@ -281,7 +281,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config, tmp_path):
 
 
 def test_non_finite_features_stop_the_evaluation(tiny_config):
-  from bwlm_jax import distributed
+  from bwlm_jax.runtime import distributed
   from bwlm_jax.data import load_dataset
   from bwlm_jax.features import SplitFeatures
   from bwlm_jax.models import build_model

@@ -10,7 +10,7 @@ from flax import traverse_util
 from bwlm_jax import losses
 from bwlm_jax.checkpoints import read_latest, stage_directory
 from bwlm_jax.config import validate_config
-from bwlm_jax.errors import Interrupted, UsageError
+from bwlm_jax.runtime.errors import Interrupted, UsageError
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import build_model
 from bwlm_jax.pipeline import make_context, train_and_evaluate
@@ -247,7 +247,7 @@ def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_d
 
 def test_lp_ft_starts_from_the_stage2_head_chosen_on_the_frozen_backbone(tmp_path):
   from bwlm_jax.checkpoints import load_finished
-  from bwlm_jax.errors import MissingFileError
+  from bwlm_jax.runtime.errors import MissingFileError
   from bwlm_jax.pipeline import check_inputs
   from test_pretrained import _config, _folder, _generated_weights
   _folder(tmp_path / 'data', [12, 6, 3])

@@ -229,7 +229,7 @@ def test_a_choice_saved_before_a_head_field_existed_reads_that_field_from_its_co
 
 def test_a_grid_field_set_to_none_on_the_command_line_keeps_the_stage2_value():
   from bwlm_jax.config import base_config
-  from bwlm_jax.errors import UsageError
+  from bwlm_jax.runtime.errors import UsageError
   stage2 = base_config().stage2
   stage2.grid.weight_decay = (None,)  # what --config.stage2.grid.weight_decay=None gives for a tuple field
   assert selection.grid_values(stage2, 'weight_decay') is None

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bwlm_jax import workdir_lock
+from bwlm_jax.runtime import workdir_lock
 from bwlm_jax.checkpoints import StageCheckpoints, stage_directory
 from bwlm_jax.data import images
-from bwlm_jax.errors import Interrupted, RunError, UsageError
+from bwlm_jax.runtime.errors import Interrupted, RunError, UsageError
 from bwlm_jax.pipeline import train_and_evaluate
 from helpers import tiny_config
 
@@ -340,9 +340,9 @@ def test_an_unwritable_result_a_damaged_checkpoint_and_a_late_sigterm_are_one_li
 
 def test_a_figure_or_a_table_that_cannot_be_written_is_one_write_error(tmp_path):
   import matplotlib.pyplot as plt
-  from bwlm_jax.errors import WriteError
+  from bwlm_jax.runtime.errors import WriteError
   from bwlm_jax.evaluation import plots
-  from bwlm_jax.files import write_json
+  from bwlm_jax.runtime.files import write_json
   (tmp_path / 'curves.png').mkdir()
   figure = plt.figure()
   with pytest.raises(WriteError, match=r'writing .*curves.png failed \(IsADirectoryError: .*nothing finished is '

@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from bwlm_jax import files
+from bwlm_jax.runtime import files
 from bwlm_jax.data import shapes
 from bwlm_jax.data.splits import ArraySplit
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from bwlm_jax import process_setup
+from bwlm_jax.runtime import process_setup
 from bwlm_jax.data import images
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 

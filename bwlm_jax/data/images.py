@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 # PIL's own default limit (about 0.27 GB as 8-bit RGB). PIL only warns between it and twice it; here any
 # image over it is refused, before its pixels are decoded.

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 
 # Counts of the published Places-LT lists (Liu et al. 2019): images, and for train classes and the
 # largest and smallest class.

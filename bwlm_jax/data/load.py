@@ -11,7 +11,7 @@ from bwlm_jax import stages
 from bwlm_jax.data import embedded, folder_source, list_source, shapes, tfds_source
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 DATASETS = ('embedded', 'cifar10', 'cifar100', 'imagenet_lt', 'i_naturalist2018', 'folder', 'lists')
 _PROFILED = ('embedded', 'cifar10', 'cifar100')  # Balanced sources made long-tailed by the profile.

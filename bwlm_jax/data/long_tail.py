@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 # Shot-group thresholds on training counts (Liu et al. 2019, used by the paper's section 4.2).
 MANY_ABOVE = 100

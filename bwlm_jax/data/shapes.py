@@ -8,7 +8,7 @@ so the task is learnable but not trivial. Everything is a pure function of the s
 from __future__ import annotations
 
 import numpy as np
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 IMAGE_SIZE = 32
 SHAPES = ('disc', 'square', 'triangle', 'ring', 'cross')

@@ -10,9 +10,9 @@ from typing import Iterator
 
 import numpy as np
 
-from bwlm_jax import process_setup
+from bwlm_jax.runtime import process_setup
 from bwlm_jax.data.splits import StreamSplit
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 RESIZE_RATIO = 256 / 224  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
 

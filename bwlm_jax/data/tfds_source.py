@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from bwlm_jax import files, process_setup
+from bwlm_jax.runtime import files, process_setup
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
-from bwlm_jax.errors import RunError, UsageError
+from bwlm_jax.runtime.errors import RunError, UsageError
 
 # Hosts that tfds downloads these datasets from; probed before a download so that a machine
 # without network fails in seconds instead of retrying for minutes.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 NAME = 'tiny-imagenet-lt'
 VAL_PER_CLASS = 20

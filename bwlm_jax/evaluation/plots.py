@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bwlm_jax.data.long_tail import FEW_BELOW, MANY_ABOVE  # noqa: E402
-from bwlm_jax.files import make_directory, writing  # noqa: E402
+from bwlm_jax.runtime.files import make_directory, writing  # noqa: E402
 
 GROUP_COLUMNS = ('all', 'many', 'medium', 'few')
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bwlm_jax.models import head_logits
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 from bwlm_jax.evaluation.metrics import per_class_accuracy
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bwlm_jax.files import make_directory, unique_path, write_csv, write_json, write_text
+from bwlm_jax.runtime.files import make_directory, unique_path, write_csv, write_json, write_text
 from bwlm_jax import head_setting
 
 COLUMNS = ('many', 'medium', 'few', 'all')

@@ -11,7 +11,7 @@ from bwlm_jax import checkpoints
 from bwlm_jax.stages import NAMES as STAGES, STAGE2
 from bwlm_jax.evaluation import calibration, metrics
 from bwlm_jax.models import head_logits
-from bwlm_jax.files import read_json
+from bwlm_jax.runtime.files import read_json
 from bwlm_jax.workdir import stage_config_differences
 
 

@@ -8,16 +8,17 @@ import os
 
 import numpy as np
 
-from bwlm_jax import checkpoints, distributed
+from bwlm_jax import checkpoints
+from bwlm_jax.runtime import distributed
 from bwlm_jax.stages import get as get_stage
 from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data.long_tail import shot_groups
 from bwlm_jax.evaluation import metrics, posthoc, prior_shift
 from bwlm_jax.evaluation.results import logit_reports
-from bwlm_jax.files import make_directory, unique_path, write_csv, write_json
+from bwlm_jax.runtime.files import make_directory, unique_path, write_csv, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, head_logits
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
 POSTHOC_METHODS = ('tau_norm', 'logit_adjustment')

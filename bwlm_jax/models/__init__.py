@@ -12,7 +12,7 @@ from bwlm_jax.models.efficientnet_lite import SCALES as EFFICIENTNET_LITE_SCALES
 from bwlm_jax.models.resnet_cifar import CifarResNet
 from bwlm_jax.models.resnet_imagenet import LAYOUTS, ImageNetResNet
 from bwlm_jax.models.vit import SPECS as VIT_SPECS, VisionTransformer
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.config import DTYPE_NAMES, MODELS
 
 DTYPES = dict(zip(DTYPE_NAMES, (jnp.float32, jnp.bfloat16)))

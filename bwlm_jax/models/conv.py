@@ -25,11 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bwlm_jax import process_setup
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime import process_setup
 
-MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
-MODES = ('auto', 'xla', 'chunked')
+MODE_VARIABLE, MODES = process_setup.CONV_MODE_VARIABLE, process_setup.CONV_MODES
 # Input bytes per chunk of images (x's share; the output gradient's is about the same): measured on the
 # AVX2-only EPYC (1 MiB L2 per core) from 64 KiB to 2 MiB: 256 KiB was fastest or within noise of it on each
 # of ResNet-32's shapes and on its whole step (docs/PERFORMANCE.md).
@@ -39,19 +37,11 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 def chunked_weight_gradient(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether convolutions traced now take the chunked weight gradient (`BWLM_CONV_WEIGHT_GRADIENT`)."""
-  mode = requested_mode(environ)
+  mode = process_setup.conv_mode(environ)
   if mode == 'auto':
     tuned = environ.get(process_setup.OPT_OUT, '1') != '0'
     return tuned and avx2_without_avx512() and jax.default_backend() == 'cpu'
   return mode == 'chunked'
-
-
-def requested_mode(environ: Mapping[str, str] = os.environ) -> str:
-  """`BWLM_CONV_WEIGHT_GRADIENT` (default `auto`), or a one-line error for a value not in MODES."""
-  mode = environ.get(MODE_VARIABLE, 'auto') or 'auto'
-  if mode not in MODES:
-    raise UsageError(f'{MODE_VARIABLE}={mode!r}: expected one of {", ".join(MODES)}.')
-  return mode
 
 
 def avx2_without_avx512(cpuinfo_path: str = '/proc/cpuinfo') -> bool:

@@ -21,7 +21,7 @@ import re
 import jax
 import numpy as np
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models.vit import is_added
 
 # Parameters holding a position embedding: resampled when the weights' grid is not the model's.

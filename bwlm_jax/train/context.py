@@ -7,7 +7,7 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import distributed
+from bwlm_jax.runtime import distributed
 from bwlm_jax.data import LongTailDataset
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import Model

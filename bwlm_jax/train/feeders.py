@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from bwlm_jax import stages
 from bwlm_jax.data import stream_pipeline
 from bwlm_jax.data.sampling import BatchSpec, class_balanced_tables, sampler_tables
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import inference_variables
 from bwlm_jax.train.mixing import Mixing, Reweighting
 from bwlm_jax.train.state import TrainState

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bwlm_jax.errors import RunError
+from bwlm_jax.runtime.errors import RunError
 
 
 @jax.jit

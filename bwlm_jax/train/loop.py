@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from bwlm_jax import checkpoints, losses, stages, stopping
+from bwlm_jax import checkpoints, losses, stages
+from bwlm_jax.runtime import stopping
 from bwlm_jax.data import device_pipeline, stage_train_split
 from bwlm_jax.data.sampling import BatchSpec
-from bwlm_jax.errors import Interrupted
+from bwlm_jax.runtime.errors import Interrupted
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import DTYPES
 from bwlm_jax.train import feeders, migration, optim, tuning

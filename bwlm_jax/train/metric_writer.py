@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 
-from bwlm_jax.files import make_directory, write_text, writing
+from bwlm_jax.runtime.files import make_directory, write_text, writing
 
 METRICS_FILE = 'metrics.jsonl'
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bwlm_jax import checkpoints, stages
-from bwlm_jax.files import unique_path
+from bwlm_jax.runtime.files import unique_path
 
 
 def _head_at_zero(tree):

@@ -14,7 +14,7 @@ import numpy as np
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.data.sampling import HEAD_INIT
 from bwlm_jax.models import LinearHead
-from bwlm_jax.errors import MissingFileError, UsageError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError
 
 # Data fields a stage-2 backbone must share with the run that uses it.
 _BACKBONE_DATA_FIELDS = ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder')

@@ -22,7 +22,7 @@ import optax
 from flax import traverse_util
 
 from bwlm_jax.config import TUNE_MODES as MODES
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import efficientnet_lite
 
 TRAIN, FROZEN = 'train', 'frozen'

@@ -25,8 +25,8 @@ from absl import flags
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bwlm_jax import workdir_lock
-from bwlm_jax.errors import RunError, UsageError
+from bwlm_jax.runtime import workdir_lock
+from bwlm_jax.runtime.errors import RunError, UsageError
 
 _ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_NUM_PROCESSES',
         'process_id': 'JAX_PROCESS_ID'}

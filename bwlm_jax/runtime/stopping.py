@@ -18,7 +18,7 @@ import threading
 
 import jax
 
-from bwlm_jax.errors import Interrupted
+from bwlm_jax.runtime.errors import Interrupted
 
 _state = {'requested': False, 'deferred': 0}
 

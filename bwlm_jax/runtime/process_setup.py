@@ -10,7 +10,7 @@ import os
 import platform as _platform
 import sys
 from collections.abc import Mapping
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 # CPU-only runtime settings, each measured on the ResNet-32 stage-1 step (batch 128, float32, 2-core CPU;
 # docs/PERFORMANCE.md). jaxlib 0.12: 154 img/s without 1, 261-278 with 1 and 2 (3 adds 3%).
@@ -32,6 +32,9 @@ MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', '
 # (every feature of tests/test_train.py's bfloat16 run non-finite, 2026-12-02).
 BF16_BROKEN_CPU_JAXLIB = ('0.11.', '0.12.')
 OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
+# How models/conv.py computes a convolution's weight gradient: read here so that a bad value fails at start.
+CONV_MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
+CONV_MODES = ('auto', 'xla', 'chunked')
 
 
 def quiet_library_logs() -> None:
@@ -130,6 +133,14 @@ def tune_cpu_runtime(reexec: bool = True) -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
+def conv_mode(environ: Mapping[str, str] = os.environ) -> str:
+  """`BWLM_CONV_WEIGHT_GRADIENT` (default `auto`), or a one-line error for a value not in CONV_MODES."""
+  mode = environ.get(CONV_MODE_VARIABLE, 'auto') or 'auto'
+  if mode not in CONV_MODES:
+    raise UsageError(f'{CONV_MODE_VARIABLE}={mode!r}: expected one of {", ".join(CONV_MODES)}.')
+  return mode
+
+
 def use_cpu_devices(count: int) -> None:
   """Split the batch over `count` JAX CPU devices (set before JAX starts; no effect on GPU/TPU runs)."""
   if count < 1:
@@ -142,8 +153,7 @@ def use_cpu_devices(count: int) -> None:
 def start_process(cpu_devices: int = 1) -> None:
   """What every launch script does before JAX runs anything: CPU settings, CPU device count, quiet logs."""
   tune_cpu_runtime()
-  from bwlm_jax.models import conv  # here: bwlm_jax.models imports config, which imports this module
-  conv.requested_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT fails here (after the restart: imported once)
+  conv_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT fails here, before anything runs
   use_cpu_devices(cpu_devices)
   quiet_library_logs()
 

@@ -17,8 +17,8 @@ from typing import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from bwlm_jax import workdir_lock
-from bwlm_jax.errors import BwlmError, Interrupted, SaveError, UsageError
+from bwlm_jax.runtime import workdir_lock
+from bwlm_jax.runtime.errors import BwlmError, Interrupted, SaveError, UsageError
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Print the full traceback of an error (for bug reports).')
 
@@ -99,7 +99,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   status 143; once `main` has returned, every result is written, so the process leaves at once with status
   0 (a scheduler's requeue would find nothing left to do). A multi-process run keeps JAX's own handler."""
   def run_main(argv: list[str]) -> None:
-    from bwlm_jax import stopping  # here: it imports JAX, which the launch scripts set up first
+    from bwlm_jax.runtime import stopping  # here: it imports JAX, which the launch scripts set up first
     ours = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if ours:
       signal.signal(signal.SIGTERM, stopping.stop_now)

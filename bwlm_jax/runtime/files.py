@@ -8,7 +8,7 @@ import errno
 import json
 import os
 
-from bwlm_jax.errors import MissingFileError, UsageError, WriteError
+from bwlm_jax.runtime.errors import MissingFileError, UsageError, WriteError
 
 # What an exhausted disk, quota or file-size limit looks like, as errno values and in the checkpoint library's
 # messages (TensorStore reports a write past the file-size limit as OUT_OF_RANGE).

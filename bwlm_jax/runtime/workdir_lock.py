@@ -21,7 +21,7 @@ import socket
 import sys
 from typing import Optional
 
-from bwlm_jax.errors import UsageError
+from bwlm_jax.runtime.errors import UsageError
 
 
 def check_workdir_path(workdir: Optional[str]) -> None:
