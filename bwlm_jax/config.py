@@ -32,7 +32,7 @@ EFFICIENTNET_LITES = tuple(f'{family}efficientnet_lite{i}' for family in ('', 't
 MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
           'resnext50') + EFFICIENTNET_LITES + VITS
 POOLS = ('token', 'avg')
-# What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/tuning.py`.
+# What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/trainable.py`.
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 # How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
 HEAD_INITS = ('random', 'class_means', 'stage2_head')
@@ -41,13 +41,6 @@ SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 DTYPE_NAMES = ('float32', 'bfloat16')
 # RandAugment's magnitude scale (naive.randaugment_magnitude, stage1's): `data/randaugment.py`.
 RANDAUGMENT_MAX_MAGNITUDE = 10
-# The fields launch/recipe.py may vary (config.recipe), and how it combines them: `recipes.py`. All but
-# RECIPE_DATA_FIELDS (config.data's) are fields of the backbone stages, naive and stage 1.
-RECIPE_FIELDS = ('loss', 'weight_decay', 'learning_rate', 'epochs', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
-                 'mix_prob', 'randaugment_layers', 'randaugment_magnitude', 'sampler', 'drw_epoch', 'image_size')
-RECIPE_DATA_FIELDS = ('image_size',)
-RECIPE_COMBINES = ('product', 'one_at_a_time')
-
 
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -87,8 +80,6 @@ def base_config() -> ml_collections.ConfigDict:
   # which the paper says it follows; stage 2 is chosen on validation (below).
   config.stage1 = _backbone_stage(epochs=310, learning_rate=0.01, weight_decay=5e-3)
   config.stage2 = _stage2_config()
-  config.tuning = _tuning_config()
-  config.recipe = _recipe_config()
   # Another run's workdir (or checkpoint directory) that holds stage 2's backbone; None = this run.
   config.stage1_checkpoint = config_dict.placeholder(str)
 
@@ -212,42 +203,10 @@ def _stage_optim(epochs: int, learning_rate: float, weight_decay: float) -> ml_c
   return stage
 
 
-def _tuning_config() -> ml_collections.ConfigDict:
-  """launch/tune.py's grid."""
-  # launch/tune.py: light fine-tuning of model.init_from compared on validation (bwlm_jax/fine_tuning.py).
-  # Every mode x loss x head start is a row; each row's learning rate and epochs are chosen on val from
-  # these. The default pretrained pipeline: LP-FT (the head starts as the frozen BWLM row's chosen head,
-  # 'stage2_head'; 'random' and 'class_means' are the other starts) with balanced softmax, BitFit or the last
-  # stage, lr 0.001, 2 epochs: what validation chose on the real EfficientNet-Lite0 ImageNet weights on
-  # Tiny-ImageNet-LT (docs/REPRODUCING.md, "Light fine-tuning on real ImageNet weights": val All 37.9 / 37.7
-  # against 34.4 for BWLM frozen; random-head tuning, CE full fine-tuning and full LP-FT far lower).
-  tuning = ml_collections.ConfigDict()
-  tuning.modes = ('bias', 'last')
-  tuning.losses = ('balanced_softmax',)
-  tuning.head_inits = ('stage2_head',)
-  tuning.learning_rate = (0.001,)
-  tuning.epochs = (2,)
-  return tuning
-
-
-def _recipe_config() -> ml_collections.ConfigDict:
-  """launch/recipe.py's candidates (bwlm_jax/recipes.py): for each field of naive and stage 1 (and
-  data.image_size), the values to try (None: as configured); 'one_at_a_time' tries each value alone, 'product'
-  every combination. Candidates that differ only in learning rate, weight decay or label smoothing train up to
-  `backbones_at_once` at a time under `jax.vmap` (1: each alone; more: where the device holds K models and
-  their activations)."""
-  recipe = ml_collections.ConfigDict({'combine': 'one_at_a_time', 'backbones_at_once': 1})
-  for field in RECIPE_FIELDS:
-    recipe[field] = config_dict.placeholder(tuple)
-  recipe.loss, recipe.label_smoothing, recipe.mixup_alpha = ('balanced_softmax',), (0.1,), (0.2,)
-  recipe.randaugment_layers, recipe.sampler = (2,), ('square_root',)
-  return recipe
-
-
 def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> ml_collections.ConfigDict:
   """A backbone stage (naive, stage 1): SGD as `_stage_optim`, what of the backbone trains, and its loss."""
   stage = _stage_optim(epochs, learning_rate, weight_decay)
-  # What of the backbone trains (train/tuning.py): 'full' (everything, the paper's stages), or light
+  # What of the backbone trains (train/trainable.py): 'full' (everything, the paper's stages), or light
   # fine-tuning of a pretrained backbone: 'bias' (BitFit), 'last' (the last stage / blocks), 'head' (a
   # linear probe end to end). BatchNorm runs in inference mode except in 'full'.
   stage.tune = 'full'

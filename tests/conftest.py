@@ -8,7 +8,7 @@ import tempfile
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One persistent compilation cache for the session and the launch scripts it starts: the many runs of the
 # same tiny networks compile each step once (about a quarter of the suite's time on 2 cores).
-# Likewise the embedded set's drawn images (bwlm_jax.data.embedded), kept out of the user's ~/.cache.
+# Likewise the embedded set's drawn images (bwlm_jax.data.synthetic.embedded), kept out of the user's ~/.cache.
 for variable, prefix in (('JAX_COMPILATION_CACHE_DIR', 'bwlm-jax-test-cache-'),
                          ('BWLM_JAX_CACHE_DIR', 'bwlm-jax-test-data-cache-')):
   if variable not in os.environ:
@@ -31,7 +31,7 @@ def tfds_dir(tmp_path_factory):
     import tensorflow_datasets as tfds
   except ImportError:
     return data_dir
-  from bwlm_jax.data import embedded_tfds  # noqa: F401  (registers the builder)
+  from bwlm_jax.data.synthetic import embedded_tfds  # noqa: F401  (registers the builder)
   tfds.builder('bwlm_shapes', data_dir=data_dir).download_and_prepare()
   return data_dir
 

@@ -9,10 +9,10 @@ import pytest
 
 from bwlm_jax import losses
 from bwlm_jax.data import device_pipeline, randaugment, sampling
-from bwlm_jax.config import RECIPE_FIELDS, validate_config
+from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import Interrupted, UsageError
 from bwlm_jax.head_setting import HeadSetting
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from bwlm_jax.train.mixing import Mixing, cutmix_box, mix, smoothed_targets
 from helpers import tiny_config
 from test_losses import COUNTS, LABELS, LOGITS, np_log_softmax
@@ -166,7 +166,7 @@ def test_deferred_reweighting_is_the_weighted_mean_from_its_start_step_on(name):
 
 
 def test_deferred_reweighting_starts_at_its_epoch_and_bad_values_are_one_error(tfds_dir):
-  from bwlm_jax.pipeline import make_context
+  from bwlm_jax.run.training_run import make_context
   from bwlm_jax.stages import NAIVE
   from bwlm_jax.train.loop import _reweighting, stage_split
   config = tiny_config(tfds_dir, epochs=3)
@@ -257,28 +257,32 @@ def test_randaugment_is_a_function_of_seed_and_step_on_both_pipelines():
 
 
 def _recipe_config(tfds_dir):
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.recipe import FIELDS, default_grid
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'naive'
-  for field in RECIPE_FIELDS:
-    config.recipe[field] = None
-  config.recipe.label_smoothing = (0.0, 0.1)  # 0.0 is the configured value: one candidate, not two
-  config.recipe.randaugment_layers = (2,)
+  grid = default_grid()
+  for field in FIELDS:
+    grid[field] = None
+  grid.label_smoothing = (0.0, 0.1)  # 0.0 is the configured value: one candidate, not two
+  grid.randaugment_layers = (2,)
   config.checkpoint_every_steps = 4
-  return config
+  return config, grid
 
 
 def test_recipes_are_chosen_on_validation_resume_and_a_rerun_trains_nothing(tfds_dir, tmp_path, capsys):
   import json
   from bwlm_jax import selection
-  from bwlm_jax.recipes import candidates, candidate_config, run_recipes
-  config = _recipe_config(tfds_dir)
-  found = candidates(config)
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.recipe import Recipe, candidate_config, candidates
+  config, grid = _recipe_config(tfds_dir)
+  found = candidates(config, grid)
   assert [c.folder for c in found] == ['default', 'label_smoothing=0.1', 'randaugment_layers=2']
   workdir = tmp_path / 'run'
   with pytest.raises(Interrupted):  # a candidate stopped part-way resumes inside the recipe run
     train_and_evaluate(candidate_config(config, found[2]), str(workdir / 'recipe' / found[2].folder),
                        stop_after_steps=4)
-  rows = run_recipes(config, str(workdir))
+  rows = run_study(Recipe(grid), config, str(workdir))
   out = capsys.readouterr().out
   assert 'naive: resuming at step 4' in out
   assert [row.name for row in rows] == ['as configured', 'label_smoothing=0.1', 'randaugment_layers=2',
@@ -286,62 +290,64 @@ def test_recipes_are_chosen_on_validation_resume_and_a_rerun_trains_nothing(tfds
   scores = [selection.score(json.load(open(workdir / 'recipe' / c.folder / 'results.json'))['models']['naive']['val'],
                             'balanced_accuracy') for c in found]
   assert [row.score for row in rows[:3]] == scores
-  chosen = json.load(open(workdir / 'recipe' / 'chosen.json'))
+  chosen = json.load(open(workdir / 'recipe' / 'best.json'))
   assert chosen['val_score'] == max(scores) and rows[-1].setting == found[int(np.argmax(scores))].name
   assert chosen['recipe'] == dict(found[int(np.argmax(scores))].changes)
   saved = json.load(open(workdir / 'recipe' / 'randaugment_layers=2' / 'config.json'))
   assert saved['naive']['randaugment_layers'] == saved['stage1']['randaugment_layers'] == 2
   assert len({row.test['all'] for row in rows[:3]}) > 1  # the candidates trained differently
-  again = run_recipes(config, str(workdir))
+  again = run_study(Recipe(grid), config, str(workdir))
   assert capsys.readouterr().out.count('naive: finished earlier') == 3
   assert [row.test for row in again] == [row.test for row in rows]
 
 
 def test_a_recipe_that_varies_nothing_or_a_bad_value_is_one_error(tfds_dir):
-  from bwlm_jax.recipes import candidates
-  config = _recipe_config(tfds_dir)
-  config.recipe.label_smoothing = ()
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.recipe import candidates
+  config, grid = _recipe_config(tfds_dir)
+  grid.label_smoothing = ()
   with pytest.raises(UsageError, match='recipe.label_smoothing is empty'):
-    candidates(config)
-  config.recipe.label_smoothing, config.recipe.randaugment_layers = None, None
-  with pytest.raises(UsageError, match='config.recipe varies nothing'):
-    candidates(config)
-  config.recipe.randaugment_magnitude = (12.0,)
+    candidates(config, grid)
+  grid.label_smoothing, grid.randaugment_layers = None, None
+  with pytest.raises(UsageError, match='the recipe grid varies nothing'):
+    candidates(config, grid)
+  grid.randaugment_magnitude = (12.0,)
   with pytest.raises(UsageError, match=r'recipe candidate randaugment_magnitude=12: naive.randaugment_layers must'):
-    candidates(config)
-  config.recipe.randaugment_magnitude = None
-  config.recipe.sampler = ('square_root,class_balanced',)  # how a flag --config.recipe.sampler=A,B arrives
-  assert [c.folder for c in candidates(config)] == ['default', 'sampler=square_root', 'sampler=class_balanced']
-  config.recipe.randaugment_magnitude, config.recipe.combine = (5.0,), 'every'
+    candidates(config, grid)
+  grid.randaugment_magnitude = None
+  grid.sampler = ('square_root,class_balanced',)  # how a flag --grid.sampler=A,B arrives
+  assert [c.folder for c in candidates(config, grid)] == ['default', 'sampler=square_root', 'sampler=class_balanced']
+  grid.randaugment_magnitude, grid.combine = (5.0,), 'every'
   with pytest.raises(UsageError, match="recipe.combine must be one of"):
-    candidates(config)
+    candidates(config, grid)
 
 
 def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at_once_as_they_would_alone(
     tfds_dir, tmp_path, capsys):
   from bwlm_jax import checkpoints
   from bwlm_jax.data import load_dataset
-  from bwlm_jax.recipes import candidate_config, candidates, run_recipes, together, train_together
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.recipe import candidate_config, candidates, Recipe, together, train_together
   from bwlm_jax.train.loop import StepBudget
-  config = _recipe_config(tfds_dir)
-  config.recipe.label_smoothing, config.recipe.randaugment_layers = (0.2,), None
+  config, grid = _recipe_config(tfds_dir)
+  grid.label_smoothing, grid.randaugment_layers = (0.2,), None
   # Below lr 0.01 these 10 steps are not chaotic: at lr 0.05, scaling the initial weights by 1 + 2^-23 moves them
   # 4e-4 by step 10 (stacked and alone differ in rounding), at 0.005 the members match alone to 6e-8.
-  config.recipe.weight_decay, config.recipe.learning_rate = (0.05,), (0.005,)
-  config.recipe.backbones_at_once = 2
-  found = candidates(config)
-  groups = together(config, found)
+  grid.weight_decay, grid.learning_rate = (0.05,), (0.005,)
+  grid.backbones_at_once = 2
+  found = candidates(config, grid)
+  groups = together(grid, found)
   assert [[c.folder for c in group] for group in groups] == [['default', 'weight_decay=0.05'],
                                                              ['learning_rate=0.005', 'label_smoothing=0.2']]
-  mixed = config.copy_and_resolve_references()
-  mixed.recipe.loss, mixed.recipe.backbones_at_once = ('balanced_softmax',), 4  # another loss never joins
-  assert [[c.folder for c in group] for group in together(mixed, candidates(mixed))] == [
+  mixed = grid.copy_and_resolve_references()
+  mixed.loss, mixed.backbones_at_once = ('balanced_softmax',), 4  # another loss never joins
+  assert [[c.folder for c in group] for group in together(mixed, candidates(config, mixed))] == [
       ['default', 'weight_decay=0.05', 'learning_rate=0.005', 'label_smoothing=0.2']]
 
   workdir = tmp_path / 'run'
   with pytest.raises(Interrupted):  # the stacked run resumes inside the recipe run (printed: 3 stacked runs)
     train_together(config, str(workdir), groups[1], load_dataset(config.data), StepBudget(4))
-  rows = run_recipes(config, str(workdir))
+  rows = run_study(Recipe(grid), config, str(workdir))
   out = capsys.readouterr().out
   assert out.count('recipes at once under vmap') == 3 and 'naive: resuming at step 4' in out
   assert out.count('naive: finished earlier') == 4  # every candidate's own run found its backbone trained
@@ -353,38 +359,39 @@ def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=candidate.folder),
                  stacked, single)
   assert len({row.test['all'] for row in rows[:4]}) > 1  # the members trained differently
-  run_recipes(config, str(workdir))
+  run_study(Recipe(grid), config, str(workdir))
   again = capsys.readouterr().out
   assert 'at once' not in again and again.count('naive: finished earlier') == 4
-  config.recipe.backbones_at_once = 0
+  grid.backbones_at_once = 0
   with pytest.raises(UsageError, match='recipe.backbones_at_once must be a whole number >= 1, got 0'):
-    candidates(config)
+    candidates(config, grid)
 
 
 def test_the_image_side_is_a_recipe_field_of_the_whole_run_and_needs_images_it_can_resize(tfds_dir, tmp_path):
   import json
   from bwlm_jax import checkpoints
-  from bwlm_jax.recipes import candidates, run_recipes
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.recipe import candidates, Recipe
   from test_sources import _write_folder
   counts = {'ant': 40, 'bee': 20, 'cow': 10}
   for split, per_class in (('train', counts), ('val', dict.fromkeys(counts, 3)), ('test', dict.fromkeys(counts, 3))):
     _write_folder(tmp_path / 'data', split, per_class)
-  config = _recipe_config(tfds_dir)
+  config, grid = _recipe_config(tfds_dir)
   config.data.name, config.data.folder, config.data.image_size = 'folder', str(tmp_path / 'data'), 16
   config.data.imbalance_factor = config.data.max_count = None
-  config.recipe.label_smoothing = config.recipe.randaugment_layers = None
-  config.recipe.image_size = (16, 24)  # 16 is the configured side: one candidate, not two
-  found = candidates(config)
+  grid.label_smoothing = grid.randaugment_layers = None
+  grid.image_size = (16, 24)  # 16 is the configured side: one candidate, not two
+  found = candidates(config, grid)
   assert [c.folder for c in found] == ['default', 'image_size=24']
-  rows = run_recipes(config, str(tmp_path / 'run'))
+  rows = run_study(Recipe(grid), config, str(tmp_path / 'run'))
   assert [row.name for row in rows] == ['as configured', 'image_size=24', 'best on validation']
   for candidate, side in zip(found, (16, 24)):  # each run trained on images of its own side, stage 2 included
     run = tmp_path / 'run' / 'recipe' / candidate.folder
     assert json.load(open(run / 'config.json'))['data']['image_size'] == side
     assert checkpoints.finished_meta(checkpoints.stage_directory(str(run), 'naive'))['image_size'] == side
-  embedded = _recipe_config(tfds_dir)
-  embedded.recipe.image_size = (24,)
+  embedded, embedded_grid = _recipe_config(tfds_dir)
+  embedded_grid.image_size = (24,)
   with pytest.raises(UsageError, match=r"recipe.image_size: data.name='embedded' is kept in memory at its images'"):
-    candidates(embedded)
+    candidates(embedded, embedded_grid)
   embedded.data.pipeline = 'stream'  # streamed, the side is the crop's
-  assert 'image_size=24' in [c.folder for c in candidates(embedded)]
+  assert 'image_size=24' in [c.folder for c in candidates(embedded, embedded_grid)]

@@ -97,7 +97,7 @@ def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeyp
   import jax
   from safetensors.numpy import save_file
   from bwlm_jax.models import LAYOUTS, build_model, torch_layout
-  from bwlm_jax.pipeline import train_and_evaluate
+  from bwlm_jax.run.training_run import train_and_evaluate
   for name in ('Places_LT_train.txt', 'Places_LT_val.txt', 'Places_LT_test.txt'):
     monkeypatch.delitem(list_source.PUBLISHED, name)
   _write_lists(tmp_path, {'train': [6, 3, 1], 'val': [2, 2, 2], 'test': [4, 4, 4]})

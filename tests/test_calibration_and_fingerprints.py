@@ -74,7 +74,7 @@ def _results(values: dict) -> dict:
 
 
 def test_mean_and_std_over_seeds_and_the_paired_difference():
-  from bwlm_jax.seeds import aggregate, seeds_table
+  from bwlm_jax.studies.seeds import aggregate, seeds_table
   per_seed = {0: _results({'naive': 0.40, 'stage2': 0.50}), 1: _results({'naive': 0.44, 'stage2': 0.50}),
               2: _results({'naive': 0.42, 'stage2': 0.56})}
   summary = aggregate(per_seed)
@@ -90,7 +90,7 @@ def test_mean_and_std_over_seeds_and_the_paired_difference():
 
 def test_two_seeds_train_in_their_own_workdirs_and_differ(tfds_dir, tmp_path):
   from helpers import tiny_config
-  from bwlm_jax.seeds import train_over_seeds
+  from bwlm_jax.studies.seeds import train_over_seeds
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'naive'
   summary = train_over_seeds(config, str(tmp_path), [0, 1])
@@ -127,7 +127,7 @@ def test_accuracy_under_a_test_prior_and_logit_adjustment_to_it(tmp_path):
 def test_table_rows_over_seeds_match_by_name_whatever_each_seed_chose(tmp_path):
   from bwlm_jax.config import base_config
   from bwlm_jax.evaluation.table_rows import Row
-  from bwlm_jax.seeds import rows_over_seeds
+  from bwlm_jax.studies.seeds import rows_over_seeds
   seen = []
 
   def run_rows(config, workdir):

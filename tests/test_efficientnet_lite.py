@@ -13,7 +13,7 @@ from bwlm_jax import weights
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.efficientnet_lite import EfficientNetLite, block_plan, round_filters, timm_name
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder, _generated_weights
 

@@ -15,7 +15,7 @@ import pytest
 from bwlm_jax.checkpoints import finished_meta, read_latest, stage_directory
 from bwlm_jax.runtime.errors import MissingFileError, RunError, UsageError
 from bwlm_jax.runtime.files import write_json_keeping_earlier, write_text_keeping_earlier
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_trees_equal, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,7 +329,7 @@ def test_sigterm_stops_k_heads_with_a_checkpoint_and_a_rerun_resumes(naive_run, 
                                                                       capsys):
   import signal
   from bwlm_jax.runtime.errors import Interrupted
-  from bwlm_jax.pipeline import train_rows_and_evaluate
+  from bwlm_jax.run.training_run import train_rows_and_evaluate
   from bwlm_jax.train.interval_metrics import IntervalMetrics
   config = _naive_config(tfds_dir)
   config.stages, config.stage2.backbone, config.stage2.augment = 'stage2', 'naive', False

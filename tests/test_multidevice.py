@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, 'tests')
 import jax
 from helpers import tiny_config
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 config = tiny_config(sys.argv[2], epochs=1)
 config.stages = 'stage1,stage2'
 config.stage1.learning_rate = 0.01  # small steps keep float reassociation differences small

@@ -17,7 +17,7 @@ from bwlm_jax.config import base_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.resnet_imagenet import ImageNetResNet
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import random_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,7 @@ def test_a_bad_weights_file_is_one_line_before_training_and_nothing_is_lost(tmp_
 
 
 def test_naive_fine_tunes_from_the_pretrained_backbone(tmp_path):
-  from bwlm_jax.pipeline import make_context
+  from bwlm_jax.run.training_run import make_context
   from bwlm_jax.stages import NAIVE
   from bwlm_jax.train import optim
   from bwlm_jax.train.state import initial_state
@@ -204,7 +204,7 @@ def test_naive_fine_tunes_from_the_pretrained_backbone(tmp_path):
 
 
 def test_the_ablation_compares_heads_on_the_pretrained_backbone_too(tmp_path):
-  from bwlm_jax.experiments import ablation_variants
+  from bwlm_jax.studies.ablation import ablation_variants
   config = _config(tmp_path, tmp_path / 'w.safetensors')
   assert 'BWLM (pretrained backbone)' not in ablation_variants(base_config())
   variants = ablation_variants(config)

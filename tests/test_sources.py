@@ -10,7 +10,7 @@ from PIL import Image
 from bwlm_jax.config import base_config
 from bwlm_jax.data import (DatasetNotPreparedError, long_tail_counts, load_dataset, shot_groups, stage_indices,
                            stage_train_split, stream_pipeline, tfds_source)
-from bwlm_jax.data import shapes
+from bwlm_jax.data.synthetic import shapes
 
 
 def _data_config(**fields):
@@ -123,7 +123,7 @@ def test_channel_statistics_counted_per_value_equal_the_float_formula(embedded_d
 
 
 def test_drawn_splits_are_cached_and_a_damaged_off_or_unwritable_cache_draws_again(tmp_path, monkeypatch):
-  from bwlm_jax.data import embedded
+  from bwlm_jax.data.synthetic import embedded
   monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / 'cache'))
   path = embedded.cache_path('test')
   images, labels = embedded.drawn('test')  # drawn, then written

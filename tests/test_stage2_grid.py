@@ -11,7 +11,7 @@ import pytest
 from bwlm_jax import checkpoints
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation.workdir_reports import report_workdir
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from bwlm_jax.workdir import run_config
 from helpers import tiny_config
 

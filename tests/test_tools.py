@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 from bwlm_jax import selection
-from bwlm_jax.data import shapes
+from bwlm_jax.data.synthetic import shapes
 from bwlm_jax.data import load_dataset
 from bwlm_jax.evaluation.workdir_reports import report_workdir
 from bwlm_jax.evaluation.table_rows import by_name
-from bwlm_jax.experiments import chosen_label, run_ablation
-from bwlm_jax.sweeps import run_sweep
+from bwlm_jax.studies.ablation import Ablation
+from bwlm_jax.studies.base import chosen_label, run_study
+from bwlm_jax.studies.sweep import Sweep
 from bwlm_jax.predict import image_paths, predict_files
 from helpers import small_grid, tiny_config
 
@@ -35,7 +36,7 @@ def ablation_run(tfds_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('ablation'))
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    rows = run_ablation(_tiny(tfds_dir), workdir)
+    rows = run_study(Ablation(), _tiny(tfds_dir), workdir)
   return workdir, rows, printed.getvalue()
 
 
@@ -125,7 +126,7 @@ def test_figures_are_written_and_not_empty(ablation_run):
 
 def test_rerun_reuses_finished_variants_and_never_overwrites(ablation_run, tfds_dir, capsys):
   workdir, rows, _ = ablation_run
-  again = run_ablation(_tiny(tfds_dir), workdir)
+  again = run_study(Ablation(), _tiny(tfds_dir), workdir)
   assert 'base models:' not in capsys.readouterr().out
   assert again == rows  # finished variants were reused, not retrained
   assert os.path.exists(os.path.join(workdir, 'ablation', 'table-2.md'))
@@ -150,13 +151,13 @@ def test_evaluate_writes_reports_confusion_and_suffixes(ablation_run, tfds_dir):
 
 def test_sweep_table_and_plot(ablation_run, tfds_dir):
   workdir, _, _ = ablation_run
-  grid = run_sweep(_tiny(tfds_dir), workdir, [0.0, 1.0], [0.01])
+  grid = run_study(Sweep([0.0, 1.0], [0.01]), _tiny(tfds_dir), workdir)
   assert [row.name for row in grid] == ['alpha=0,lambda=0.01', 'alpha=1,lambda=0.01']
   assert os.path.getsize(os.path.join(workdir, 'figures', 'alpha_sweep_lambda0.01.png')) > 5000
   with pytest.raises(ValueError, match='at least one alpha'):
-    run_sweep(_tiny(tfds_dir), workdir, [], [0.01])
+    run_study(Sweep([], [0.01]), _tiny(tfds_dir), workdir)
   with pytest.raises(ValueError, match=r'alpha values must lie in \[0, 1\]'):
-    run_sweep(_tiny(tfds_dir), workdir, [1.5], [0.01])
+    run_study(Sweep([1.5], [0.01]), _tiny(tfds_dir), workdir)
 
 
 def test_predict_on_generated_images(ablation_run, tmp_path):
@@ -209,7 +210,7 @@ def test_tools_refuse_missing_or_mismatched_checkpoints(ablation_run, tfds_dir, 
 
 def test_evaluate_skips_an_interrupted_stage_and_writes_no_training_files(tfds_dir, tmp_path):
   from bwlm_jax.evaluation.workdir_reports import finished_stages
-  from bwlm_jax.pipeline import train_and_evaluate
+  from bwlm_jax.run.training_run import train_and_evaluate
   from bwlm_jax.runtime.errors import Interrupted
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'naive,stage1'

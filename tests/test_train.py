@@ -14,7 +14,7 @@ from bwlm_jax.runtime import process_setup
 from bwlm_jax.data import long_tail_counts
 from bwlm_jax.train import optim
 from bwlm_jax.checkpoints import read_latest, stage_directory
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from bwlm_jax.runtime.errors import Interrupted, RunError, UsageError
 from helpers import assert_trees_equal, tiny_config as tiny_config_for
 
@@ -232,7 +232,7 @@ def test_cached_features_give_the_same_head_as_the_full_forward(tiny_config, uni
 @pytest.mark.parametrize('augment', [True, False])
 def test_heads_trained_together_equal_heads_trained_alone(tiny_config, uninterrupted, tmp_path, augment):
   from bwlm_jax.head_setting import HeadSetting
-  from bwlm_jax.pipeline import train_rows_and_evaluate
+  from bwlm_jax.run.training_run import train_rows_and_evaluate
   reference_dir, _ = uninterrupted
   tiny_config.stages = 'stage2'
   tiny_config.stage1_checkpoint = reference_dir
@@ -406,10 +406,11 @@ def test_logged_metrics_are_means_over_the_interval():
 
 
 def test_validate_config_runs_once_per_run(tiny_config, tmp_path, monkeypatch):
-  from bwlm_jax import config as config_lib, pipeline
+  from bwlm_jax import config as config_lib
+  from bwlm_jax.run import training_run
   calls = []
   real = config_lib.validate_config
-  monkeypatch.setattr(pipeline, 'validate_config', lambda c: calls.append(1) or real(c))
+  monkeypatch.setattr(training_run, 'validate_config', lambda c: calls.append(1) or real(c))
   tiny_config.stages = 'stage1'
   tiny_config.stage1.epochs = 1
   train_and_evaluate(tiny_config, str(tmp_path))

@@ -13,9 +13,10 @@ from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import Interrupted, UsageError
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import build_model
-from bwlm_jax.pipeline import make_context, train_and_evaluate
+from bwlm_jax.run.training_run import make_context, train_and_evaluate
 from bwlm_jax.stages import NAIVE
-from bwlm_jax.train import optim, tuning
+from bwlm_jax.train import optim
+from bwlm_jax.train import trainable
 from bwlm_jax.train.loop import _backbone_loss, stage_split
 from bwlm_jax.train.state import initial_state
 from helpers import assert_trees_equal, tiny_config
@@ -27,7 +28,7 @@ def _trained(mode, name, image_size=32):
   backbone, _ = jax.eval_shape(lambda k: model.init_backbone(k, (image_size, image_size, 3)), jax.random.key(0))
   head = jax.eval_shape(lambda k: model.init_head(k, model.feature_dim((image_size, image_size, 3))),
                         jax.random.key(0))
-  labels = tuning.labels(mode, name, {'backbone': backbone, 'head': head})
+  labels = trainable.labels(mode, name, {'backbone': backbone, 'head': head})
   summary = {}
   for module, tree in labels['backbone'].items():
     values = set(jax.tree.leaves(tree))
@@ -47,7 +48,7 @@ def test_each_mode_trains_its_parameters():
   # Lite0's last two stages (4 blocks of 192 channels, 1 of 320) and its head convolution.
   assert sorted(m for m, v in lite.items() if v == 'train') == [f'_blocks_{i}' for i in range(11, 16)] + [
       '_bn1', '_conv_head']
-  bias = tuning.labels('bias', 'vit_tiny_patch16', {'backbone': jax.eval_shape(
+  bias = trainable.labels('bias', 'vit_tiny_patch16', {'backbone': jax.eval_shape(
       lambda k: build_model({'name': 'vit_tiny_patch16', 'dtype': 'float32'}, 5).init_backbone(k, (32, 32, 3)),
       jax.random.key(0))[0], 'head': {}})
   flat = traverse_util.flatten_dict(bias['backbone'])
@@ -67,7 +68,7 @@ def test_a_tuned_stage_leaves_the_rest_bit_for_bit_and_resumes_equal_to_an_unint
   start_params, start_stats = jax.device_get(start.params), jax.device_get(start.batch_stats)
   reference = train_and_evaluate(config, str(tmp_path / 'reference'))
   state, _ = read_latest(stage_directory(str(tmp_path / 'reference'), 'naive'))
-  labels = traverse_util.flatten_dict(tuning.labels('last', 'resnet8', start_params))
+  labels = traverse_util.flatten_dict(trainable.labels('last', 'resnet8', start_params))
   before, after = traverse_util.flatten_dict(start_params), traverse_util.flatten_dict(state['params'])
   moved = {path: not np.array_equal(before[path], after[path]) for path in before}
   assert all(moved[path] for path, label in labels.items() if label == 'train')
@@ -172,14 +173,16 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
   import json
   import os
   from bwlm_jax import selection
-  from bwlm_jax.fine_tuning import run_tuning
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.tune import Tune, default_grid
   from test_pretrained import _config, _folder, _generated_weights
   _folder(tmp_path / 'data', [12, 6, 3])
   _generated_weights(tmp_path / 'r18.safetensors')
   config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
-  config.tuning.modes, config.tuning.losses, config.tuning.head_inits = ('bias',), ('balanced_softmax',), ('stage2_head',)
-  config.tuning.learning_rate, config.tuning.epochs = (0.3, 0.001), (1,)
-  rows = run_tuning(config, str(tmp_path / 'run'))
+  grid = default_grid()
+  grid.modes, grid.losses, grid.head_inits = ('bias',), ('balanced_softmax',), ('stage2_head',)
+  grid.learning_rate, grid.epochs = (0.3, 0.001), (1,)
+  rows = run_study(Tune(grid), config, str(tmp_path / 'run'))
   assert [row.name for row in rows] == ['BWLM (frozen)', 'CE linear probe (frozen)', 'cRT (frozen)',
                                         'bias + balanced_softmax (LP-FT)', 'best on validation']
   scores = {}
@@ -197,8 +200,8 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
   assert rows[-1].setting == max(rows[:-1], key=lambda row: row.score).name
   assert os.path.exists(tmp_path / 'run' / 'tuning' / 'table.md')
   capsys.readouterr()
-  config.tuning.learning_rate = (0.001, 0.3)  # a grid in another order reuses every finished run
-  again = run_tuning(config, str(tmp_path / 'run'))
+  grid.learning_rate = (0.001, 0.3)  # a grid in another order reuses every finished run
+  again = run_study(Tune(grid), config, str(tmp_path / 'run'))
   out = capsys.readouterr().out
   assert out.count('naive: finished earlier') == 2 and out.count('stage2_grid_pretrained: finished earlier') == 1
   assert out.count('stage2_grid_pretrained_long_tail: finished earlier') == 1  # cRT's heads, on the whole tail
@@ -210,20 +213,22 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
 
 
 def test_tuning_without_weights_or_with_an_empty_grid_is_one_error(tmp_path):
-  from bwlm_jax.fine_tuning import run_tuning
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.tune import Tune, default_grid
   from test_pretrained import _config
   config = _config(tmp_path, tmp_path / 'r18.safetensors')
   config.model.init_from = None
   config.stage2.backbone = 'stage1'
   with pytest.raises(UsageError, match=r'tuning compares ways of fine-tuning pretrained weights: set '
                                        r'--config.model.init_from'):
-    run_tuning(config, str(tmp_path / 'run'))
-  config.model.init_from, config.tuning.losses = str(tmp_path / 'r18.safetensors'), ()
+    run_study(Tune(), config, str(tmp_path / 'run'))
+  grid = default_grid()
+  config.model.init_from, grid.losses = str(tmp_path / 'r18.safetensors'), ()
   with pytest.raises(UsageError, match=r'tuning.losses is empty'):
-    run_tuning(config, str(tmp_path / 'run'))
-  config.tuning.losses, config.tuning.modes = ('ce',), ('lora',)
+    run_study(Tune(grid), config, str(tmp_path / 'run'))
+  grid.losses, grid.modes = ('ce',), ('lora',)
   with pytest.raises(UsageError, match=r"naive.tune='lora' tunes a ViT's attention or MLPs; resnet18 has none"):
-    run_tuning(config, str(tmp_path / 'run'))
+    run_study(Tune(grid), config, str(tmp_path / 'run'))
 
 
 def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_dir, tmp_path):
@@ -248,7 +253,7 @@ def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_d
 def test_lp_ft_starts_from_the_stage2_head_chosen_on_the_frozen_backbone(tmp_path):
   from bwlm_jax.checkpoints import load_finished
   from bwlm_jax.runtime.errors import MissingFileError
-  from bwlm_jax.pipeline import check_inputs
+  from bwlm_jax.run.training_run import check_inputs
   from test_pretrained import _config, _folder, _generated_weights
   _folder(tmp_path / 'data', [12, 6, 3])
   _generated_weights(tmp_path / 'r18.safetensors')

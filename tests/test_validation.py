@@ -14,7 +14,7 @@ from bwlm_jax import selection
 from bwlm_jax.data import load_dataset, long_tail_counts
 from bwlm_jax.data.load import validation_indices
 from bwlm_jax.data.summary import eval_split_lines
-from bwlm_jax import pipeline
+from bwlm_jax.run import training_run
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.checkpoints import read_latest
 from helpers import small_grid, tiny_config
@@ -86,7 +86,7 @@ def test_folder_validation_is_its_own_val_or_none(tfds_dir, tmp_path):
   assert eval_split_lines(dataset, 20)[-1].startswith('val: none (no ROOT/val/')
   config.stage2.select = 'val'
   with pytest.raises(ValueError, match='stage2.select=val: this dataset has no validation split'):
-    pipeline.train_and_evaluate(config, str(tmp_path / 'run'))
+    training_run.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')  # refused before any training
 
 
@@ -109,7 +109,7 @@ def test_bad_selection_config_fails_before_training(tfds_dir, tmp_path, field, v
     target = target[part]
   target[name] = value
   with pytest.raises(ValueError, match=message):
-    pipeline.train_and_evaluate(config, str(tmp_path))
+    training_run.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
@@ -164,7 +164,7 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
 
   monkeypatch.setattr(SplitFeatures, '__call__', logged_split_features)
   monkeypatch.setattr(selection, 'choose', logged_choose)
-  results = pipeline.train_and_evaluate(config, str(tmp_path))
+  results = training_run.train_and_evaluate(config, str(tmp_path))
   assert 'test' in reads and reads.index('test') > reads.index('chosen')
 
   record = results['stage2_selection']
@@ -189,7 +189,7 @@ def test_selection_picks_the_head_with_the_best_validation_score(tfds_dir, tmp_p
   curves = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert any('val_accuracy' in row for row in curves) and not any('test_accuracy' in row for row in curves)
   # A rerun reuses the finished grid and the chosen head.
-  again = pipeline.train_and_evaluate(config, str(tmp_path))
+  again = training_run.train_and_evaluate(config, str(tmp_path))
   assert again['models'] == results['models'] and again['stage2_selection'] == record
   assert not os.path.exists(tmp_path / 'stage2_selection-2.md')  # the same table is not written twice
 
@@ -199,7 +199,7 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
   config.data.val_per_class = 0
   config.stage2.select = 'auto'
   config.stages = 'stage1,stage2'
-  results = pipeline.train_and_evaluate(config, str(tmp_path))
+  results = training_run.train_and_evaluate(config, str(tmp_path))
   assert 'stage2_selection' not in results and set(results['models']['stage2']) == {'test'}
   assert 'stage 2: no selection on validation (this dataset has no validation split' in capsys.readouterr().out
   grid, _ = read_latest(str(tmp_path / 'checkpoints' / 'stage2_grid'))  # a grid of one head: the configured one
@@ -209,22 +209,22 @@ def test_auto_selection_without_validation_trains_the_configured_setting(tfds_di
 def test_a_stage2_model_that_is_not_the_grids_choice_is_never_relabelled(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, epochs=1)
   config.stages = 'stage1,stage2'
-  pipeline.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
+  training_run.train_and_evaluate(config, str(tmp_path))  # stage 2 without selection
   small_grid(config, learning_rate=(0.05, 0.1))
   config.allow_config_change = True
   with pytest.raises(ValueError, match='stage2: the finished checkpoint .* was trained with another config '
                                        ".*stage2.select: 'none' -> 'val'.*not relabelled"):
-    pipeline.train_and_evaluate(config, str(tmp_path))
+    training_run.train_and_evaluate(config, str(tmp_path))
 
 
 def test_a_choice_saved_before_a_head_field_existed_reads_that_field_from_its_config():
   from bwlm_jax.head_setting import HeadSetting
   chosen = {k: v for k, v in dataclasses.asdict(HeadSetting(backbone='naive')).items() if k != 'train_set'}
   meta = {'selected': {'setting': chosen}, 'config': {'stage2': {**chosen, 'train_set': 'long_tail'}}}
-  assert pipeline._chosen_setting(meta) == {**chosen, 'train_set': 'long_tail'}  # the run's own training set
+  assert training_run._chosen_setting(meta) == {**chosen, 'train_set': 'long_tail'}  # the run's own training set
   del meta['config']['stage2']['train_set']
-  assert pipeline._chosen_setting(meta)['train_set'] == 'review'  # older still: the only set there was
-  assert pipeline._chosen_setting({'config': meta['config']}) is None  # not chosen on validation
+  assert training_run._chosen_setting(meta)['train_set'] == 'review'  # older still: the only set there was
+  assert training_run._chosen_setting({'config': meta['config']}) is None  # not chosen on validation
 
 
 def test_a_grid_field_set_to_none_on_the_command_line_keeps_the_stage2_value():

@@ -16,7 +16,7 @@ from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder
 

@@ -23,7 +23,8 @@ def _launch(*args):
 
 def test_the_embedded_set_drawn_in_memory_is_its_tfds_builder_example_for_example(tfds_dir):
   import tensorflow_datasets as tfds
-  from bwlm_jax.data import embedded, shapes, tfds_source
+  from bwlm_jax.data import tfds_source
+  from bwlm_jax.data.synthetic import embedded, shapes
   builder = tfds.builder(embedded.NAME, data_dir=tfds_dir)
   assert tfds_source.class_names(builder) == shapes.class_names()
   for split in ('train', 'test'):
@@ -46,7 +47,7 @@ def test_train_evaluate_and_predict_without_tensorflow_give_the_results_with_it(
   evaluated = _launch('launch/evaluate.py', f'--workdir={workdir}')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   from PIL import Image
-  from bwlm_jax.data import embedded
+  from bwlm_jax.data.synthetic import embedded
   Image.fromarray(np.asarray(embedded.split_arrays('test').images[0])).save(tmp_path / 'shape.png')
   predicted = _launch('launch/predict.py', f'--workdir={workdir}', f'--images={tmp_path / "shape.png"}',
                       '--stage=stage2', f'--output={tmp_path / "p.csv"}')

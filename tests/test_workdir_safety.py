@@ -21,7 +21,7 @@ from bwlm_jax.runtime import workdir_lock
 from bwlm_jax.checkpoints import StageCheckpoints, stage_directory
 from bwlm_jax.data import images
 from bwlm_jax.runtime.errors import Interrupted, RunError, UsageError
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,11 +227,12 @@ def _sigterm():
 
 def test_sigterm_at_a_checkpoint_step_between_stages_and_in_evaluation_ends_in_143_and_resumes(tfds_dir, tmp_path,
                                                                                              monkeypatch):
-  from bwlm_jax import features, pipeline
+  from bwlm_jax import features
+  from bwlm_jax.run import training_run
   config = _stop_config(tfds_dir)
   reference = train_and_evaluate(config, str(tmp_path / 'reference'))
   workdir = str(tmp_path / 'run')
-  real_save, real_stage2, real_features = StageCheckpoints.save, pipeline.run_stage2, features.SplitFeatures.__call__
+  real_save, real_stage2, real_features = StageCheckpoints.save, training_run.run_stage2, features.SplitFeatures.__call__
 
   def save_then_stop(self, step, state, meta):
     real_save(self, step, state, meta)
@@ -244,10 +245,10 @@ def test_sigterm_at_a_checkpoint_step_between_stages_and_in_evaluation_ends_in_1
   assert stop.value.exit_status == 143 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
   assert sorted(os.listdir(stage_directory(workdir, 'stage1'))) == ['4']
   monkeypatch.setattr(StageCheckpoints, 'save', real_save)
-  monkeypatch.setattr(pipeline, 'run_stage2', lambda *a, **k: (_sigterm(), real_stage2(*a, **k))[1])
+  monkeypatch.setattr(training_run, 'run_stage2', lambda *a, **k: (_sigterm(), real_stage2(*a, **k))[1])
   with pytest.raises(Interrupted, match='stopped on SIGTERM before anything unfinished was written'):
     train_and_evaluate(config, workdir)  # stage 1 resumes and finishes; the stop lands before stage 2
-  monkeypatch.setattr(pipeline, 'run_stage2', real_stage2)
+  monkeypatch.setattr(training_run, 'run_stage2', real_stage2)
   monkeypatch.setattr(features.SplitFeatures, '__call__', lambda *a: (_sigterm(), real_features(*a))[1])
   with pytest.raises(Interrupted):
     train_and_evaluate(config, workdir)  # stage 2 trains; the stop lands in the evaluation

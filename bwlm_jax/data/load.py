@@ -8,7 +8,8 @@ from typing import Optional
 import numpy as np
 
 from bwlm_jax import stages
-from bwlm_jax.data import embedded, folder_source, list_source, shapes, tfds_source
+from bwlm_jax.data import folder_source, list_source, tfds_source
+from bwlm_jax.data.synthetic import embedded, shapes
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
 from bwlm_jax.runtime.errors import UsageError
@@ -112,7 +113,7 @@ def _load_embedded(cfg):
   """(class names, train, test, val, image size, stats) of the embedded set: drawn in memory, or read through
   its tfds builder when streamed (the same examples in the same order)."""
   if cfg.pipeline == 'stream':
-    from bwlm_jax.data import embedded_tfds  # noqa: F401  (registers the builder)
+    from bwlm_jax.data.synthetic import embedded_tfds  # noqa: F401  (registers the builder)
     return _load_tfds(cfg)
   train = embedded.split_arrays('train')
   return tuple(shapes.class_names()), train, embedded.split_arrays('test'), None, shapes.IMAGE_SIZE, \

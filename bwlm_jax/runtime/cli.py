@@ -7,6 +7,8 @@ traceback unless --verbose is given. Errors that are bugs (anything else) keep t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -16,8 +18,9 @@ from typing import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
-from bwlm_jax.runtime import workdir_lock
+from bwlm_jax.runtime import distributed, process_setup, workdir_lock
 from bwlm_jax.runtime.errors import BwlmError, Interrupted, SaveError, UsageError
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Print the full traceback of an error (for bug reports).')
@@ -221,11 +224,45 @@ def whole_numbers(text: str, flag: str) -> list[int]:
   return [int(v) for v in values]
 
 
-def define_seed_flags(what: str):
-  """The --seeds and --seeds_vary_subset flags of train.py, ablation.py and sweep.py."""
+@dataclasses.dataclass
+class RunFlags:
+  """The flags every training tool shares (`define_run_flags`)."""
+  config: object
+  workdir: object
+  seeds: object
+  vary_subset: object
+  cpu_devices: object
+  distributed: dict
+
+  def seed_list(self):
+    """--seeds as whole numbers, or None (one run)."""
+    return whole_numbers(self.seeds.value, 'seeds') if self.seeds.value is not None else None
+
+
+def define_run_flags(what: str, workdir_help: str = 'Directory for checkpoints, logs and results.') -> RunFlags:
+  """--config, --workdir, --seeds (`what` once per seed), --seeds_vary_subset, --cpu_devices and the
+  multi-process flags: what train.py and every study's script take."""
+  config = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, workdir_help)
   seeds = flags.DEFINE_string('seeds', None, f'Comma-separated seeds, e.g. 0,1,2: {what} once per seed in '
                               'WORKDIR/seed-<s>/, then mean ± std over seeds and paired differences '
                               '(WORKDIR/seeds.{json,md}).')
   vary_subset = flags.DEFINE_bool('seeds_vary_subset', False, 'With --seeds: each seed also picks which images the '
                                   'long tail keeps (data.subset_seed).')
-  return seeds, vary_subset
+  run_flags = RunFlags(config, workdir, seeds, vary_subset, process_setup.define_cpu_devices_flag(),
+                       distributed.define_flags())
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return run_flags
+
+
+@contextlib.contextmanager
+def started(run_flags: RunFlags, argv: list[str]):
+  """A training tool's opening: its flags checked, the process set up before JAX runs (CPU settings,
+  devices, the processes of a multi-process run), and the workdir held by this run alone; yields the seeds
+  (None: one run)."""
+  no_arguments(argv)
+  seeds = run_flags.seed_list()
+  process_setup.start_process(run_flags.cpu_devices.value)
+  distributed.start({name: flag.value for name, flag in run_flags.distributed.items()})
+  with distributed.workdir_writer(run_flags.workdir.value):  # one run writes into a workdir at a time
+    yield seeds

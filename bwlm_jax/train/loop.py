@@ -16,7 +16,8 @@ from bwlm_jax.data.sampling import BatchSpec
 from bwlm_jax.runtime.errors import Interrupted
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import DTYPES
-from bwlm_jax.train import feeders, migration, optim, tuning
+from bwlm_jax.train import feeders, migration, optim
+from bwlm_jax.train import trainable
 from bwlm_jax.train.interval_metrics import IntervalMetrics, NonFiniteWatch, finite_params
 from bwlm_jax.train.metric_writer import stage_writer
 from bwlm_jax.train.mixing import Mixing, Reweighting
@@ -90,7 +91,7 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
 
   def optimizer(learning_rate=None, weight_decay=None):
     tx, schedule = optim.stage_optimizer(stage_cfg, total_steps, steps_per_epoch, learning_rate, weight_decay)
-    return tuning.masked(tx, stage_cfg.tune, ctx.config.model.name), schedule
+    return trainable.masked(tx, stage_cfg.tune, ctx.config.model.name), schedule
 
   tx, schedule = optimizer()
   state = initial_state(ctx, stage, tx, split=split)
@@ -102,7 +103,7 @@ def run_stage(ctx, stage, budget: StepBudget, on_eval: Optional[EvalCallback] = 
                              for name in ('params', 'batch_stats', 'opt_state')})
   state = jax.device_put(state, ctx.replicated)
   feed = feeders.backbone_feed(ctx, stage, split, spec, tx, _backbone_loss(ctx, stage_cfg.loss, split), schedule,
-                               tuning.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg),
+                               trainable.trains_batch_norm(stage_cfg.tune), Mixing.from_config(stage_cfg),
                                _reweighting(ctx, stage_cfg, split, steps_per_epoch), stacked)
   return _resume_and_train(ctx, stage, stage.name, state, feed, budget, total_steps, steps_per_epoch,
                            None if members else on_eval, stacked=bool(members))

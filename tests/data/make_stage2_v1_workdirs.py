@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from helpers import tiny_config  # noqa: E402
 
 from bwlm_jax.data import embedded_tfds  # noqa: E402,F401  (registers the builder)
-from bwlm_jax.runtime.errors import Interrupted  # noqa: E402
+from bwlm_jax.errors import Interrupted  # noqa: E402
 from bwlm_jax.pipeline import train_and_evaluate  # noqa: E402
 
 

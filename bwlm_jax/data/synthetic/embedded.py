@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from bwlm_jax.runtime import files
-from bwlm_jax.data import shapes
+from bwlm_jax.data.synthetic import shapes
 from bwlm_jax.data.splits import ArraySplit
 
 NAME = 'bwlm_shapes'

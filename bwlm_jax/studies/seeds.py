@@ -1,4 +1,4 @@
-"""One configuration trained once per seed, reported as mean ± std over seeds, with paired differences.
+"""A run or any study once per seed, reported as mean ± std over seeds, with paired differences.
 
 Each seed trains in WORKDIR/seed-<s>/ (resumable and reused like any run). With `vary_subset`, the seed
 also picks which images the long tail keeps (`data.subset_seed`), so the spread includes the subset.
@@ -16,7 +16,8 @@ from bwlm_jax.data import load_dataset
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation.report import ece
 from bwlm_jax.runtime.files import make_directory, unique_path, write_json, write_text
-from bwlm_jax.pipeline import train_and_evaluate
+from bwlm_jax.run.training_run import train_and_evaluate
+from bwlm_jax.studies.base import Study, run_study
 
 METRICS = ('many', 'medium', 'few', 'all', 'top5', 'ece')
 
@@ -117,8 +118,13 @@ def train_over_seeds(config, workdir: str, seeds: list[int], vary_subset: bool =
   return _write_summary(workdir, per_seed, vary_subset)
 
 
+def study_over_seeds(study: Study, config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
+  """`study` (`base.run_study`) once per seed in WORKDIR/seed-<s>/; its rows' mean ± std (`rows_over_seeds`)."""
+  return rows_over_seeds(lambda seeded, folder: run_study(study, seeded, folder), config, workdir, seeds, vary_subset)
+
+
 def rows_over_seeds(run_rows, config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
-  """`run_rows(config, workdir) -> [Row]` (the ablation, a sweep) once per seed in WORKDIR/seed-<s>/; mean ±
+  """`run_rows(config, workdir) -> [Row]` (a study) once per seed in WORKDIR/seed-<s>/; mean ±
   std of every row over seeds (rows matched by name, whatever each seed chose) and paired differences to
   the first row, in WORKDIR/seeds.{json,md}."""
   _check_seeds(seeds)
@@ -128,3 +134,10 @@ def rows_over_seeds(run_rows, config, workdir: str, seeds: list[int], vary_subse
     rows = run_rows(_seeded(config, seed, vary_subset), os.path.join(workdir, f'seed-{seed}'))
     per_seed[seed] = {'models': {row.name: {'test': row.test} for row in rows}}
   return _write_summary(workdir, per_seed, vary_subset)
+
+
+def run(study: Study, config, workdir: str, seeds=None, vary_subset: bool = False):
+  """`study` once (`base.run_study`: its rows), or once per seed (`study_over_seeds`: the summary)."""
+  if seeds is None:
+    return run_study(study, config, workdir)
+  return study_over_seeds(study, config, workdir, seeds, vary_subset)

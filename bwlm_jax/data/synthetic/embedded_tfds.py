@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from bwlm_jax.data import embedded, shapes
+from bwlm_jax.data.synthetic import embedded, shapes
 
 
 class BwlmShapes(tfds.core.GeneratorBasedBuilder):

@@ -11,7 +11,8 @@ from typing import Optional
 
 import jax
 
-from bwlm_jax import checkpoints, head_grid, head_setting, selection, stages, weights
+from bwlm_jax import checkpoints, head_setting, selection, stages, weights
+from bwlm_jax.run import head_grid
 from bwlm_jax.runtime import distributed, stopping
 from bwlm_jax import workdir as workdir_lib
 from bwlm_jax.config import parse_stages, validate_config

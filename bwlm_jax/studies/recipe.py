@@ -1,7 +1,7 @@
 """The backbone's training recipe chosen on validation (`launch/recipe.py`): loss, weight decay, mixing,
 augmentation, sampling and re-weighting of naive and stage 1, and the input resolution.
 
-A candidate sets some fields of the backbone stages (`config.recipe`: each field the values to try, applied
+A candidate sets some fields of the backbone stages (the grid, `default_grid`: each field the values to try, applied
 to naive and stage 1 alike; `image_size` to config.data, so the whole run, stage 2 included, sees images of
 that side) and is a whole run of `config.stages` in WORKDIR/recipe/<candidate>/: resumable,
 and a finished one is never retrained. Its score is the validation score of the run's last model (with
@@ -27,28 +27,50 @@ from typing import Optional
 import jax
 import numpy as np
 
-from bwlm_jax import checkpoints, selection, stages
-from bwlm_jax.runtime import distributed, stopping
-from bwlm_jax.config import RECIPE_COMBINES, RECIPE_DATA_FIELDS, RECIPE_FIELDS, parse_stages, validate_config
+import ml_collections
+from ml_collections import config_dict
+
+from bwlm_jax import checkpoints, stages
+from bwlm_jax.config import parse_stages, validate_config
 from bwlm_jax.data import load_dataset, sizes_images
-from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.evaluation import results as results_lib
-from bwlm_jax.evaluation.report import without_per_class, write_tables
-from bwlm_jax.evaluation.table_rows import Row, table_inputs
-from bwlm_jax.experiments import model_row, title_of
-from bwlm_jax.runtime.files import make_directory, unique_path, write_json
-from bwlm_jax.pipeline import check_inputs, make_context, require_validation, train_and_evaluate
+from bwlm_jax.evaluation.table_rows import Row
+from bwlm_jax.run.training_run import make_context
+from bwlm_jax.runtime import distributed, stopping
+from bwlm_jax.runtime.errors import UsageError
+from bwlm_jax.runtime.files import make_directory, write_json
+from bwlm_jax.studies.base import Study, StudyRun, grid_values, title_of, train_candidate
 from bwlm_jax.train.feeders import check_backbone_samplers
 from bwlm_jax.train.interval_metrics import finite_params
 from bwlm_jax.train.loop import StepBudget, run_stage
 from bwlm_jax.train.steps import MEMBER_FIELDS
 
 DEFAULT_NAME = 'as configured'
+# The fields a recipe may vary, and how it combines them. All but DATA_FIELDS (config.data's) are fields of
+# the backbone stages, naive and stage 1.
+FIELDS = ('loss', 'weight_decay', 'learning_rate', 'epochs', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
+          'mix_prob', 'randaugment_layers', 'randaugment_magnitude', 'sampler', 'drw_epoch', 'image_size')
+DATA_FIELDS = ('image_size',)
+COMBINES = ('product', 'one_at_a_time')
+
+
+def default_grid() -> ml_collections.ConfigDict:
+  """The study's candidates (`--recipe.FIELD=v1,v2` on the command line): for each field of naive and stage 1
+  (and data.image_size), the values to try (None: as configured); 'one_at_a_time' tries each value alone,
+  'product' every combination. Candidates that differ only in learning rate, weight decay or label smoothing
+  train up to `backbones_at_once` at a time under `jax.vmap` (1: each alone; more: where the device holds K
+  models and their activations)."""
+  grid = ml_collections.ConfigDict({'combine': 'one_at_a_time', 'backbones_at_once': 1})
+  for field in FIELDS:
+    grid[field] = config_dict.placeholder(tuple)
+  grid.loss, grid.label_smoothing, grid.mixup_alpha = ('balanced_softmax',), (0.1,), (0.2,)
+  grid.randaugment_layers, grid.sampler = (2,), ('square_root',)
+  return grid
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-  """The fields one candidate changes from the config, as (field, value) pairs in RECIPE_FIELDS order."""
+  """The fields one candidate changes from the config, as (field, value) pairs in FIELDS order."""
   changes: tuple = ()
 
   @property
@@ -65,8 +87,8 @@ def _shown(value) -> str:
 
 
 def _sections(config, field: str) -> list:
-  """The config sections that hold a recipe field: config.data for RECIPE_DATA_FIELDS, else every backbone stage."""
-  return [config.data] if field in RECIPE_DATA_FIELDS else [config[stage] for stage in stages.BACKBONES]
+  """The config sections that hold a recipe field: config.data for DATA_FIELDS, else every backbone stage."""
+  return [config.data] if field in DATA_FIELDS else [config[stage] for stage in stages.BACKBONES]
 
 
 def candidate_config(config, candidate: Candidate):
@@ -78,28 +100,25 @@ def candidate_config(config, candidate: Candidate):
   return run
 
 
-def candidates(config) -> list[Candidate]:
-  """Every candidate of config.recipe, the configured recipe first (ties keep it); duplicates once."""
-  recipe = config.recipe
-  unknown = sorted(set(recipe.keys()) - set(RECIPE_FIELDS) - {'combine', 'backbones_at_once'})
+def candidates(config, grid) -> list[Candidate]:
+  """Every candidate of `grid` (`default_grid`), the configured recipe first (ties keep it); duplicates once;
+  each candidate's whole run checked (an error names the candidate and the field)."""
+  unknown = sorted(set(grid.keys()) - set(FIELDS) - {'combine', 'backbones_at_once'})
   if unknown:
-    raise UsageError(f'recipe.{unknown[0]} is not a field a recipe varies; expected one of {RECIPE_FIELDS}.')
-  if recipe.combine not in RECIPE_COMBINES:
-    raise UsageError(f'recipe.combine must be one of {RECIPE_COMBINES}, got {recipe.combine!r}.')
-  if not isinstance(recipe.backbones_at_once, int) or recipe.backbones_at_once < 1:
-    raise UsageError(f'recipe.backbones_at_once must be a whole number >= 1, got {recipe.backbones_at_once!r}.')
-  axes = {field: _values(recipe[field]) for field in RECIPE_FIELDS if recipe[field] is not None}
-  empty = [field for field, values in axes.items() if not values]
-  if empty:
-    raise UsageError(f'recipe.{empty[0]} is empty: give at least one value, or leave it None.')
+    raise UsageError(f'recipe.{unknown[0]} is not a field a recipe varies; expected one of {FIELDS}.')
+  if grid.combine not in COMBINES:
+    raise UsageError(f'recipe.combine must be one of {COMBINES}, got {grid.combine!r}.')
+  if not isinstance(grid.backbones_at_once, int) or grid.backbones_at_once < 1:
+    raise UsageError(f'recipe.backbones_at_once must be a whole number >= 1, got {grid.backbones_at_once!r}.')
+  axes = {field: grid_values(grid, field, 'recipe') for field in FIELDS if grid[field] is not None}
   if not axes:
-    raise UsageError('config.recipe varies nothing: give some fields values to try, e.g. '
-                     '--config.recipe.loss=ce,balanced_softmax.')
+    raise UsageError('the recipe grid varies nothing: give some fields values to try, e.g. '
+                     '--recipe.loss=ce,balanced_softmax.')
   if 'image_size' in axes and not sizes_images(config.data):
     raise UsageError(f'recipe.image_size: data.name={config.data.name!r} is kept in memory at its images\' own size, '
                      'so every candidate would see the same images; it applies to folders, image lists and streamed '
                      'data (data.pipeline=stream).')
-  if recipe.combine == 'product':
+  if grid.combine == 'product':
     settings = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
   else:  # each value of each field alone, the others as configured
     settings = [{}] + [{field: value} for field, values in axes.items() for value in values]
@@ -111,15 +130,6 @@ def candidates(config) -> list[Candidate]:
     except UsageError as error:
       raise UsageError(f'recipe candidate {candidate.name}: {error}') from None
   return ordered
-
-
-def _values(given) -> tuple:
-  """A field's values; text as a flag gives it ('ce,balanced_softmax', ml_collections keeps it whole) split at
-  the commas."""
-  values = []
-  for value in given:
-    values += [part.strip() for part in value.split(',') if part.strip()] if isinstance(value, str) else [value]
-  return tuple(values)
 
 
 def _changes(config, setting: dict) -> Candidate:
@@ -137,10 +147,10 @@ def _last_stage(config) -> str:
   return run[-1].name
 
 
-def together(config, found: list[Candidate]) -> list[list[Candidate]]:
+def together(grid, found: list[Candidate]) -> list[list[Candidate]]:
   """The candidates whose backbones train at once, up to `recipe.backbones_at_once` a group: those whose runs
   differ only in MEMBER_FIELDS, in candidate order (a group of one is left to its own run)."""
-  size = config.recipe.backbones_at_once
+  size = grid.backbones_at_once
   by_rest = {}
   for candidate in found:
     rest = tuple(change for change in candidate.changes if change[0] not in MEMBER_FIELDS)
@@ -201,43 +211,42 @@ def _save_member(ctx, stage, state, k: int, run, run_dir: str) -> None:
     store.close()
 
 
-def run_recipes(config, workdir: str) -> list[Row]:
-  """Every candidate of config.recipe trained (or reused) and chosen on validation; writes
-  WORKDIR/recipe/table.{md,csv,json} and WORKDIR/recipe/chosen.json (the chosen candidate's run)."""
-  last = _last_stage(config)
-  found = candidates(config)
-  check_inputs(config, workdir)
-  datasets = {}  # by image side: candidates' data sections differ in nothing else
+class Recipe(Study):
+  """Every candidate of `grid` (`default_grid`) trained (or reused) as a whole run of config.stages in
+  WORKDIR/recipe/<changes>/, its last model's validation score compared; best.json also names the recipe."""
+  folder = 'recipe'
+  row_label = 'recipe'
 
-  def dataset_of(run):
-    if run.data.image_size not in datasets:
-      datasets[run.data.image_size] = load_dataset(run.data)
-    return datasets[run.data.image_size]
+  def __init__(self, grid=None):
+    self.grid = default_grid() if grid is None else grid
+    self.datasets = {}  # by image side: candidates' data sections differ in nothing else
 
-  dataset = dataset_of(candidate_config(config, found[0]))  # a side no candidate uses is never loaded
-  require_validation(dataset, 'a recipe is chosen')
-  metric = config.stage2.select_metric
-  for group in together(config, found):  # a group's members differ only in MEMBER_FIELDS: one image side
-    train_together(config, workdir, group, dataset_of(candidate_config(config, group[0])))
-  rows = []
-  for index, candidate in enumerate(found):
-    run_dir = _run_dir(workdir, candidate)
-    print(f'--- recipe {index + 1}/{len(found)}: {candidate.name} ({run_dir})', flush=True)
-    run = candidate_config(config, candidate)
-    results = train_and_evaluate(run, run_dir, dataset=dataset_of(run))
-    source = {'workdir': os.path.abspath(run_dir), 'stage': last}
-    rows.append(model_row(candidate.name, {**results, 'source': source}, metric))
-  chosen = selection.choose([row.score for row in rows])
-  best = rows[chosen]
-  summary = {'recipe': dict(found[chosen].changes), 'candidate': best.name, 'metric': metric, 'val_score': best.score,
-             'source': best.source, 'test': without_per_class(best.test),
-             'candidates': [{'recipe': dict(c.changes), 'val_score': r.score} for c, r in zip(found, rows)]}
-  rows.append(Row('best on validation', 'best', best.test, setting=best.name))
-  if distributed.is_writer():
-    folder = os.path.join(workdir, 'recipe')
-    make_directory(folder)
-    write_json(unique_path(os.path.join(folder, 'chosen.json')), summary)
-    reports, notes = table_inputs(rows, True)
-    print(write_tables(folder, reports, f'{title_of(dataset, config)}, backbone recipes ({last} model)', 'recipe',
-                       ('many', 'medium', 'few', 'all', 'top5'), notes))
-  return rows
+  def check(self, config) -> None:
+    self.last = _last_stage(config)
+    self.found = candidates(config, self.grid)
+
+  def load(self, config):
+    return self.dataset_of(candidate_config(config, self.found[0]))  # a side no candidate uses is never loaded
+
+  def dataset_of(self, run):
+    if run.data.image_size not in self.datasets:
+      self.datasets[run.data.image_size] = load_dataset(run.data)
+    return self.datasets[run.data.image_size]
+
+  def rows(self, run: StudyRun) -> list[Row]:
+    for group in together(self.grid, self.found):  # a group's members differ only in MEMBER_FIELDS: one side
+      train_together(run.config, run.workdir, group, self.dataset_of(candidate_config(run.config, group[0])))
+    rows = []
+    for index, candidate in enumerate(self.found):
+      run_dir = _run_dir(run.workdir, candidate)
+      print(f'--- recipe {index + 1}/{len(self.found)}: {candidate.name} ({run_dir})', flush=True)
+      config = candidate_config(run.config, candidate)
+      rows.append(train_candidate(config, run_dir, self.dataset_of(config), candidate.name, self.last, run.metric))
+    return rows
+
+  def record(self, best: Row, rows: list[Row], run: StudyRun) -> dict:
+    return {'recipe': dict(self.found[rows.index(best)].changes),
+            'candidates': [{'recipe': dict(c.changes), 'val_score': r.score} for c, r in zip(self.found, rows)]}
+
+  def title(self, run: StudyRun) -> str:
+    return f'{title_of(run.dataset, run.config)}, backbone recipes ({self.last} model)'
