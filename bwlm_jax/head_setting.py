@@ -51,8 +51,8 @@ class HeadSetting:
   backbone: str = _field(stages.STAGE1.name, lambda v: v in stages.BACKBONES + (stages.PRETRAINED,),
                          f'one of {stages.BACKBONES + (stages.PRETRAINED,)}', grid=5, static=True)
   # The images the head trains on: 'review' (Data Balanced Review's stage-2 set, the paper's) or 'long_tail'
-  # (every training image). On the 72-epoch Tiny-ImageNet-LT backbone 'long_tail' leads on val (+0.96 / +0.62,
-  # two seeds) and on test All, and trails on test Few (docs/REPRODUCING.md, "On the 72-epoch backbone").
+  # (every training image). The Review set stays the default: the whole tail leads on val and test All but
+  # trails on Few (docs/REPRODUCING.md, "On the 72-epoch backbone").
   train_set: str = _field(stages.STAGE2.train_set, lambda v: v in stages.HEAD_TRAIN_SETS,
                           f'one of {stages.HEAD_TRAIN_SETS}', grid=6, static=True)
 

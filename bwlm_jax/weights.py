@@ -27,14 +27,10 @@ from safetensors.numpy import load_file, save_file
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.runtime.errors import BwlmError, MissingFileError, UsageError
 from bwlm_jax.runtime.files import read_json, write_text, writing
-from bwlm_jax.models import LAYOUTS, inference_variables, torch_layout
-from bwlm_jax.models import efficientnet_lite, vit
+from bwlm_jax.models import family_of, inference_variables, registry, torch_layout
+from bwlm_jax.models.family import IMAGENET_MEAN, IMAGENET_STD
 
-# The preprocessing ImageNet weights expect (torchvision's and timm's ResNets): [0, 1] pixels normalised so.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt', '.bin')  # .bin: PyTorch's, as the hub names them
-WEIGHT_MODELS = tuple(LAYOUTS) + tuple(efficientnet_lite.SCALES) + tuple(vit.SPECS)
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
             "s.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, 'OUT.safetensors')\"")
 
@@ -53,11 +49,7 @@ def input_statistics(model_name: str, weights_file: str | None = None) -> tuple[
         found = _statistics_in(path, keys, model_name)
         if found:
           return found + (path,)
-  if model_name in efficientnet_lite.SCALES:
-    return efficientnet_lite.INPUTS[efficientnet_lite.family(model_name)] + (f'{model_name} convention',)
-  if model_name in vit.SPECS:
-    return vit.SPECS[model_name].mean, vit.SPECS[model_name].std, f'{model_name} convention'
-  return IMAGENET_MEAN, IMAGENET_STD, f'{model_name} convention'
+  return family_of(model_name).input_statistics(model_name) + (f'{model_name} convention',)
 
 
 def _statistics_in(path: str, keys: tuple, model_name: str):
@@ -67,10 +59,9 @@ def _statistics_in(path: str, keys: tuple, model_name: str):
   named = meta.get('architecture') or meta.get('model')
   if isinstance(named, str) and re.sub(r'^tf_|(_\d+)?(\..*)?$', '', named) != model_name:
     raise UsageError(f'{path} says the weights beside it are a {named}, not model.name={model_name}.')
-  quick = meta.get('model_cfg', {}).get('quick_gelu') if isinstance(meta.get('model_cfg'), dict) else None
-  if quick is not None and model_name in vit.SPECS and bool(quick) != vit.SPECS[model_name].quick_gelu:
-    raise UsageError(f'{path} says the weights use {"QuickGELU" if quick else "GELU"}: model.name should be '
-                     f'{model_name.removesuffix("_quickgelu") + ("_quickgelu" if quick else "")}.')
+  check = family_of(model_name).check_metadata
+  if check is not None:
+    check(model_name, meta, path)
   for key in keys:
     meta = meta.get(key) if isinstance(meta.get(key), dict) else {}
   mean, std = meta.get('mean'), meta.get('std')
@@ -83,19 +74,11 @@ def _statistics_in(path: str, keys: tuple, model_name: str):
 
 def torch_layout_of(model_name: str, backbone: dict) -> torch_layout.Layout:
   """How `backbone` (variables or their shapes) of `model_name` is named in its source's state dicts."""
-  if model_name in LAYOUTS:
-    return torch_layout.resnet_layout(backbone, *LAYOUTS[model_name])
-  if model_name in efficientnet_lite.SCALES:
-    layers = torch_layout.named_layers(backbone)
-    if not efficientnet_lite.family(model_name):
-      return torch_layout.Layout(layers, head='_fc')
-    plan = efficientnet_lite.block_plan(efficientnet_lite.STAGES, *efficientnet_lite.SCALES[model_name])
-    return torch_layout.Layout([(efficientnet_lite.timm_name(name, plan), path, kind) for name, path, kind in layers],
-                               head='classifier')
-  if model_name in vit.SPECS:
-    return torch_layout.vit_layout(backbone, vit.SPECS[model_name])
-  raise UsageError(f'model.name={model_name} has no weights layout: weights files are read and written for the '
-                   'ImageNet ResNets, EfficientNet-Lite, the ViTs and CLIP (config.MODELS but resnet8/20/32).')
+  layout = family_of(model_name).layout
+  if layout is None:
+    raise UsageError(f'model.name={model_name} has no weights layout: weights files are read and written for '
+                     f'{"; ".join(registry.with_weights_layout())}.')
+  return layout(model_name, backbone)
 
 
 def split_source(init_from: str) -> tuple[str, str | None]:
@@ -228,22 +211,5 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
 
 def _reference_class(config_model: dict, num_classes: int, image_size: int) -> str:
   """The PyTorch model that loads an export with strict=True."""
-  model_name = config_model['name']
-  if model_name in efficientnet_lite.SCALES:
-    if efficientnet_lite.family(model_name):
-      return f"timm.create_model('{model_name.removeprefix('timm_')}', num_classes={num_classes})"
-    return (f"efficientnet_lite_pytorch.EfficientNet.from_name('{model_name.replace('_', '-')}', "
-            f"num_classes={num_classes})")
-  if model_name in vit.SPECS:
-    spec = vit.SPECS[model_name]
-    if spec.family == 'clip':
-      name = {16: 'ViT-B-16', 32: 'ViT-B-32', 14: 'ViT-L-14'}[spec.patch] + ('-quickgelu' if spec.quick_gelu else '')
-      features = spec.embed if config_model.get('projection', True) else spec.width
-      return (f"open_clip.create_model('{name}', force_image_size={image_size}).visual for the visual.* tensors "
-              f"(without the prefix) and torch.nn.Linear({features}, {num_classes}) for head.*"
-              + ('' if config_model.get('projection', True) else ' (the features before proj: set visual.proj=None)'))
-    timm_name = model_name if 'dinov2' in model_name else f'{model_name}_224'
-    pool = ", global_pool='avg'" if config_model.get('pool', 'token') == 'avg' else ''
-    return f"timm.create_model('{timm_name}', num_classes={num_classes}, img_size={image_size}{pool})"
-  torchvision_name = 'resnext50_32x4d' if model_name == 'resnext50' else model_name
-  return f'torchvision.models.{torchvision_name}(num_classes={num_classes})'
+  name = config_model['name']
+  return family_of(name).reference_class(name, config_model, num_classes, image_size)

@@ -188,3 +188,17 @@ def test_the_plumbing_imports_nothing_above_it_and_studies_stand_side_by_side():
     if module.startswith('bwlm_jax.studies.') and module not in shared and module != 'bwlm_jax.studies.seeds':
       studies = {t for t in targets if t.startswith('bwlm_jax.studies.')} - shared
       assert not studies, f'{module} imports another study: {studies}'
+
+
+def test_model_families_are_read_through_their_records():
+  """Outside models/, nothing imports a family's model file (to test a name against its list): the family
+  record (`models.family_of`) is the one place a model's properties are read."""
+  family_files = {'bwlm_jax.models.vit', 'bwlm_jax.models.efficientnet_lite', 'bwlm_jax.models.resnet_cifar',
+                  'bwlm_jax.models.resnet_imagenet'}
+  for module, targets in _graph().items():
+    if not module.startswith('bwlm_jax.models'):
+      assert not targets & family_files, f'{module} imports {sorted(targets & family_files)}'
+  from bwlm_jax.models import registry
+  assert {f'bwlm_jax.models.{m}' for m in ('vit', 'efficientnet_lite', 'resnet_cifar', 'resnet_imagenet')} == (
+      family_files)
+  assert len(registry.MODEL_NAMES) == len(set(registry.MODEL_NAMES)) == 46

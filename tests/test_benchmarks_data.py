@@ -96,7 +96,7 @@ def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeyp
   possible here) in torchvision's layout, BWLM's grid of heads on the frozen pretrained backbone."""
   import jax
   from safetensors.numpy import save_file
-  from bwlm_jax.models import LAYOUTS, build_model, torch_layout
+  from bwlm_jax.models import build_model, family_of, torch_layout
   from bwlm_jax.run.training_run import train_and_evaluate
   for name in ('Places_LT_train.txt', 'Places_LT_val.txt', 'Places_LT_test.txt'):
     monkeypatch.delitem(list_source.PUBLISHED, name)
@@ -107,7 +107,7 @@ def test_places_lt_protocol_runs_from_a_resnet152_weights_file(tmp_path, monkeyp
   params, stats = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
   stats = jax.tree_util.tree_map_with_path(lambda path, v: np.abs(v) + 1 if path[-1].key == 'var' else v, stats)
   backbone = {'params': params, 'batch_stats': stats}
-  save_file(torch_layout.to_torch(backbone, None, torch_layout.resnet_layout(backbone, *LAYOUTS['resnet152'])),
+  save_file(torch_layout.to_torch(backbone, None, family_of('resnet152').layout('resnet152', backbone)),
             str(tmp_path / 'resnet152.safetensors'))
   config = load_config_file(f'configs/places_lt.py:{tmp_path},{tmp_path / "resnet152.safetensors"}')
   assert (config.model.name, config.batch_size, config.naive.epochs) == ('resnet152', 128, 30)

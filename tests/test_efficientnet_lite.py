@@ -135,6 +135,6 @@ def test_the_folder_config_starts_from_the_weights_with_their_input():
 def test_a_network_without_a_weights_layout_is_one_error(tmp_path):
   _lite_weights(tmp_path / 'lite0.safetensors')
   cifar = build_model({'name': 'resnet32', 'dtype': 'float32'}, 7)
-  with pytest.raises(UsageError, match=r'model.name=resnet32 has no weights layout: .* ImageNet '
-                                       r'ResNets, EfficientNet-Lite, the ViTs and CLIP'):
+  with pytest.raises(UsageError, match=r"model.name=resnet32 has no weights layout: .* ImageNet "
+                                       r"ResNet; EfficientNet-Lite; timm's ViT, DeiT and DINOv2; CLIP's image tower"):
     weights.pretrained_backbone(str(tmp_path / 'lite0.safetensors'), cifar, (32, 32, 3), 'resnet32')

@@ -15,11 +15,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bwlm_jax.config import RANDAUGMENT_MAX_MAGNITUDE as MAX_MAGNITUDE
 
 OPS = ('identity', 'autocontrast', 'equalize', 'rotate', 'solarize', 'color', 'posterize', 'contrast',
        'brightness', 'sharpness', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
 FILL = 128.0
+MAX_MAGNITUDE = 10  # the magnitude scale (naive.randaugment_magnitude in [0, MAX_MAGNITUDE]), timm's and PaCo's
 
 
 def _grey(image):

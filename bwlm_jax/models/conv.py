@@ -1,13 +1,12 @@
 """The convolution the models use: XLA's, with the weight gradient computed in chunks of images where XLA:CPU
 is slow at it (AVX2-only x86 CPUs).
 
-On a 2-core AVX2-only AMD EPYC, XLA:CPU's weight gradient of a 3x3 convolution at 16 channels and 32x32
-(ResNet-32's first stage, batch 128) takes 100-140 ms against 10 ms for the forward pass; on AVX-512 CPUs it
-takes 4 ms. Written as a forward convolution of the transposed input with the output gradient as its kernel,
-per chunk of images small enough to stay in the core's cache, it takes 16-20 ms there, summed over the
-chunks (docs/PERFORMANCE.md, `benchmarks/conv_shapes.py`). The forward pass and the input gradient stay
-XLA's (a depthwise convolution's input gradient taken one image at a time, 3-48x faster there), and so does
-everything on other CPUs and on accelerators.
+On AVX2-only CPUs XLA:CPU's weight gradient of a small 3x3 convolution is an order of magnitude slower than
+its forward pass (not so with AVX-512). Written as a forward convolution of the transposed input with the
+output gradient as its kernel, per chunk of images small enough to stay in the core's cache, it is several
+times faster there (figures: docs/PERFORMANCE.md, "AVX2-only CPUs", and `benchmarks/conv_shapes.py`). The
+forward pass and the input gradient stay XLA's (a depthwise convolution's input gradient taken one image at a
+time, faster there), and so does everything on other CPUs and on accelerators.
 
 `BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
 AVX-512, unless `BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D,
@@ -28,9 +27,8 @@ from jax import lax
 from bwlm_jax.runtime import process_setup
 
 MODE_VARIABLE, MODES = process_setup.CONV_MODE_VARIABLE, process_setup.CONV_MODES
-# Input bytes per chunk of images (x's share; the output gradient's is about the same): measured on the
-# AVX2-only EPYC (1 MiB L2 per core) from 64 KiB to 2 MiB: 256 KiB was fastest or within noise of it on each
-# of ResNet-32's shapes and on its whole step (docs/PERFORMANCE.md).
+# Input bytes per chunk of images (x's share; the output gradient's is about the same): the fastest of 64 KiB
+# to 2 MiB on an AVX2-only CPU with 1 MiB L2 per core (docs/PERFORMANCE.md, "AVX2-only CPUs").
 CHUNK_BYTES = 256 * 1024
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 

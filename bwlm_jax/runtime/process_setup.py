@@ -12,24 +12,21 @@ import sys
 from collections.abc import Mapping
 from bwlm_jax.runtime.errors import UsageError
 
-# CPU-only runtime settings, each measured on the ResNet-32 stage-1 step (batch 128, float32, 2-core CPU;
-# docs/PERFORMANCE.md). jaxlib 0.12: 154 img/s without 1, 261-278 with 1 and 2 (3 adds 3%).
-# jaxlib 0.10: 106 img/s without them, 196 with 1 and 2, 266 with 3 as well.
-# 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend. Without it the
+# CPU-only runtime settings, each chosen by its measured effect on the training step (figures per jaxlib in
+# docs/PERFORMANCE.md, "JAX 0.12 ... against PyTorch" and "What the profile showed").
+# 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend: without it the
 #    weight-gradient convolutions wait on transposes that re-compute whole BatchNorm/ReLU/residual chains.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 YNN_FUSIONS = 'dot,eltwise,reduce,individual_convolution,individual_dot'
 YNN_TESTED_JAXLIB = ('0.10.', '0.12.')  # experimental: an XLA that does not know the flag aborts at start
 # 2. glibc malloc keeps freed memory and backs it with huge pages: by default every step maps and unmaps its
-#    buffers and takes ~190,000 page faults (~750 MB of zeroed pages) per step.
+#    buffers (hundreds of thousands of page faults a step).
 MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
                    'glibc.malloc.trim_threshold': str(2**40)}
-# 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices. With jaxlib 0.10 (most
-#    ops of one device on one thread) N = 2 trained 35% faster on 2 cores but hung in 3 of 20 runs; with
-#    jaxlib 0.12 one device already keeps both cores busy and N = 2 adds 3% (docs/PERFORMANCE.md).
-# jaxlib 0.12's XLA:CPU returns NaN for part of a trained ResNet's jitted inference features in bfloat16, a
-# different part each run (not in float32, not with jaxlib 0.10.2): refused before training. jaxlib 0.11.2 too
-# (every feature of tests/test_train.py's bfloat16 run non-finite, 2026-12-02).
+# 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (faster on jaxlib 0.10,
+#    which hung in some runs; little gain on jaxlib 0.12: docs/PERFORMANCE.md).
+# jaxlib 0.11 and 0.12's XLA:CPU return NaN for part of a trained ResNet's jitted bfloat16 features (not in
+# float32, not with jaxlib 0.10.2): refused before training (docs/PERFORMANCE.md).
 BF16_BROKEN_CPU_JAXLIB = ('0.11.', '0.12.')
 OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
 # How models/conv.py computes a convolution's weight gradient: read here so that a bad value fails at start.

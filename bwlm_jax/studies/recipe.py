@@ -188,9 +188,8 @@ def train_together(config, workdir: str, group: list[Candidate], dataset, budget
     print(f'--- {stage.name} of {len(todo)} recipes at once under vmap ({folder}): '
           f'{"; ".join(c.name for c in todo)}', flush=True)
     if jax.default_backend() == 'cpu':
-      print('note: on a CPU XLA runs the vmapped convolutions as grouped ones, slower than one model at a time '
-            '(ResNet-8, batch 128, 32x32, K=2: 1.64 s a step against 0.33 s alone; launch/benchmark.py); '
-            'recipe.backbones_at_once=1 trains these faster here.', flush=True)
+      print('note: on a CPU XLA runs the vmapped convolutions as grouped ones, several times slower than one model '
+            'at a time (docs/REPRODUCING.md); recipe.backbones_at_once=1 trains these faster here.', flush=True)
     state = run_stage(ctx, stage, budget, members=[{f: run[stage.name][f] for f in MEMBER_FIELDS} for run in runs])
     finite = np.atleast_1d(jax.device_get(finite_params(state.params, stacked=True)))
     for k, (candidate, run) in enumerate(zip(todo, runs)):

@@ -16,14 +16,12 @@ pretrained network's, which a small or rebalanced training set would otherwise p
 
 from __future__ import annotations
 
-import re
-
 import optax
 from flax import traverse_util
 
 from bwlm_jax.config import TUNE_MODES as MODES
 from bwlm_jax.runtime.errors import UsageError
-from bwlm_jax.models import efficientnet_lite
+from bwlm_jax.models import family_of
 
 TRAIN, FROZEN = 'train', 'frozen'
 
@@ -32,39 +30,12 @@ def trains_batch_norm(mode: str) -> bool:
   return mode == 'full'
 
 
-def _last_modules(model_name: str, backbone_params: dict) -> tuple[str, ...]:
-  """Names of the top-level backbone modules (or parameters) that `last` trains."""
-  names = list(backbone_params)
-  if model_name.startswith(('vit_', 'deit_', 'clip_')):
-    blocks = sorted((n for n in names if re.fullmatch(r'(res)?blocks_\d+', n)), key=lambda n: int(n.split('_')[-1]))
-    return tuple(blocks[-max(1, len(blocks) // 4):]) + tuple(n for n in ('norm', 'fc_norm', 'ln_post', 'proj')
-                                                            if n in names)
-  if 'efficientnet' in model_name:
-    scales = efficientnet_lite.SCALES[model_name]
-    stages = [b[5] for b in efficientnet_lite.block_plan(efficientnet_lite.STAGES, *scales)]
-    last_two = [f'_blocks_{i}' for i, stage in enumerate(stages) if stage >= len(efficientnet_lite.STAGES) - 2]
-    return tuple(last_two) + ('_conv_head', '_bn1')
-  # ResNets: the blocks of the last stage (the highest-numbered blocks until the width changes).
-  blocks = sorted((n for n in names if re.fullmatch(r'(BasicBlockA?|Bottleneck)_\d+', n)),
-                  key=lambda n: int(n.split('_')[-1]))
-  if not blocks:
-    raise UsageError(f'tune=last: {model_name} has no blocks this mode knows.')
-  width = _block_width(backbone_params[blocks[-1]])
-  last = [b for b in blocks if _block_width(backbone_params[b]) == width]
-  return tuple(last)
-
-
-def _block_width(block: dict) -> int:
-  kernels = [leaf.shape[-1] for path, leaf in traverse_util.flatten_dict(block).items() if path[-1] == 'kernel']
-  return max(kernels)
-
-
 def labels(mode: str, model_name: str, params: dict) -> dict:
   """'train' or 'frozen' for every leaf of `params` ({'backbone', 'head'}) under tuning `mode`."""
   if mode not in MODES:
     raise UsageError(f'tune must be one of {MODES}, got {mode!r}.')
   backbone = params['backbone']
-  last = _last_modules(model_name, backbone) if mode == 'last' else ()
+  last = family_of(model_name).last_modules(model_name, backbone) if mode == 'last' else ()
 
   def label(path, _):
     if path[0] == 'head' or mode == 'full':
