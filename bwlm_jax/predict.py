@@ -49,21 +49,31 @@ def load_image(path: str, size: int, center_crop: bool) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def best_model(workdir: str) -> dict:
-  """The model `ablation.py` named best on validation: the newest WORKDIR/ablation/best*.json."""
-  folder = os.path.join(workdir, 'ablation')
-  found = [os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
-           if f.startswith('best') and f.endswith('.json')]
+def best_model(workdir: str, study: str = '') -> dict:
+  """The model a study named best on validation: the newest best*.json of WORKDIR/<study>/ (an ablation, a
+  tuning table, a recipe search); without `study`, of the one study folder the workdir holds."""
+  folders = [study] if study else sorted(f for f in (os.listdir(workdir) if os.path.isdir(workdir) else [])
+                                         if _choices(os.path.join(workdir, f)))
+  found = _choices(os.path.join(workdir, folders[0])) if len(folders) == 1 else []
+  if len(folders) > 1:
+    raise UsageError(f'{workdir} holds several studies\' choices ({", ".join(folders)}): say which with '
+                     f'--stage=best:{folders[0]}.')
   if not found:
-    raise MissingFileError(f'{workdir} has no ablation/best.json: run launch/ablation.py on it first (it names '
-                            'the best model on the validation split).')
-  return read_json(max(found, key=os.path.getmtime), 'the model ablation.py chose on validation',
-                   'Rerun launch/ablation.py on the workdir (its finished runs are reused) to write it anew.')
+    where = f'{study}/best.json' if study else 'study with a best.json'
+    raise MissingFileError(f'{workdir} has no {where}: run a study on it first (launch/ablation.py, tune.py or '
+                           'recipe.py name the best model on the validation split).')
+  return read_json(max(found, key=os.path.getmtime), 'the model a study chose on validation',
+                   'Rerun the study on the workdir (its finished runs are reused) to write it anew.')
+
+
+def _choices(folder: str) -> list[str]:
+  return [os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+          if f.startswith('best') and f.endswith('.json')]
 
 
 def check_stage(stage: str, allow_best: bool = True) -> None:
-  allowed = STAGES + (('best',) if allow_best else ())
-  if stage not in allowed:
+  allowed = STAGES + (('best', 'best:STUDY') if allow_best else ())
+  if stage not in allowed and not (allow_best and stage.startswith('best:') and stage[len('best:'):]):
     raise UsageError(f'--stage={stage}: expected one of {", ".join(allowed)}.')
 
 
@@ -71,13 +81,13 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   """([(path, [(class name, probability), ...])] for each readable file, best class first;
   [(path, why)] for each file that could not be read as an image): one bad file costs only itself.
 
-  `stage` 'best' uses the model that `ablation.py` chose on validation in `workdir` (a head of a
-  K-head run, or the naive model with a post-hoc correction included).
+  `stage` 'best' (or 'best:STUDY') uses the model a study chose on validation in `workdir` (a head of a
+  K-head run, a candidate's run, or the naive model with a post-hoc correction included).
   """
   check_stage(stage)
   head_index, posthoc_spec, train_counts, checkpoint = None, None, None, None
-  if stage == 'best':
-    best = best_model(workdir)
+  if stage.startswith('best'):
+    best = best_model(workdir, stage.partition(':')[2])
     source = best['source']
     workdir, stage = source['workdir'], source['stage']
     head_index, posthoc_spec, train_counts = source.get('head'), source.get('posthoc'), best['train_counts']

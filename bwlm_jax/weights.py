@@ -108,7 +108,19 @@ def check_source(init_from: str) -> None:
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """{name: array} of a weights file; a damaged or unreadable file is one clear error naming it."""
+  """{name: array} of a weights file, every tensor finite; a damaged or unreadable file, or a tensor with a
+  NaN or an Inf, is one clear error naming the file (and the tensor)."""
+  state = _read_state_dict(path)
+  for name, value in state.items():
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+      bad = int(value.size - np.isfinite(value).sum())
+      raise UsageError(f'{path}: tensor {name} holds {bad} non-finite value(s) (NaN or Inf): the weights are damaged '
+                       'or come from a diverged run, and would train a model on garbage features.')
+  return state
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     if path.endswith('.safetensors'):
       return load_file(path)
@@ -195,18 +207,37 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
   layout = torch_layout_of(model_name, backbone)
   if not path.endswith('.safetensors'):
     raise UsageError(f'--output={path!r}: the export is a .safetensors file.')
-  if os.path.exists(path):
-    raise UsageError(f'{path} exists: nothing is overwritten, choose another --output.')
+  for target in (path, path + '.json'):
+    if os.path.lexists(target):
+      raise UsageError(f'{target} exists: nothing is overwritten, choose another --output'
+                       + (' (an export is the .safetensors and its .json sidecar).' if target != path else '.'))
   state = torch_layout.to_torch(backbone, jax.device_get(variables['head']), layout)
   config_model = meta['config']['model']
   sidecar = {'model': model_name, 'pytorch': _reference_class(config_model, len(meta['class_names']),
                                                                meta['image_size']),
              'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
              'std': meta['std']}
-  with writing(path, also=(SafetensorError,)):
-    save_file(state, path, metadata={'bwlm_jax': json.dumps(sidecar)})
-  write_text(path + '.json', json.dumps(sidecar, indent=2))
+  _write_pair(path, state, sidecar)
   return sidecar
+
+
+def _write_pair(path: str, state: dict, sidecar: dict) -> None:
+  """The weights and their sidecar written whole or not at all: the weights to PATH.partial, the sidecar (itself
+  atomic), then the weights renamed into place; a failure removes what this export wrote, so the corrected rerun
+  finds nothing in its way (a PATH.partial left by a killed export is simply written over)."""
+  partial, written = path + '.partial', []
+  try:
+    with writing(path, also=(SafetensorError,)):
+      save_file(state, partial, metadata={'bwlm_jax': json.dumps(sidecar)})
+    write_text(path + '.json', json.dumps(sidecar, indent=2))
+    written.append(path + '.json')
+    with writing(path):
+      os.replace(partial, path)
+  except BaseException:
+    for leftover in [partial] + written:
+      if os.path.lexists(leftover):
+        os.remove(leftover)
+    raise
 
 
 def _reference_class(config_model: dict, num_classes: int, image_size: int) -> str:

@@ -312,7 +312,7 @@ def test_a_recipe_that_varies_nothing_or_a_bad_value_is_one_error(tfds_dir):
   with pytest.raises(UsageError, match='the recipe grid varies nothing'):
     candidates(config, grid)
   grid.randaugment_magnitude = (12.0,)
-  with pytest.raises(UsageError, match=r'recipe candidate randaugment_magnitude=12: naive.randaugment_layers must'):
+  with pytest.raises(UsageError, match=r'recipe candidate randaugment_magnitude=12 \(recipe.randaugment_magnitude\): naive.randaugment_layers must'):
     candidates(config, grid)
   grid.randaugment_magnitude = None
   grid.sampler = ('square_root,class_balanced',)  # how a flag --grid.sampler=A,B arrives

@@ -164,6 +164,25 @@ def test_bwlm_on_a_frozen_pretrained_backbone_and_the_export_reads_back(tmp_path
                           f'--output={tmp_path / "bwlm.safetensors"}'], capture_output=True, text=True, timeout=300)
   assert again.returncode == 2 and again.stderr.strip().endswith('exists: nothing is overwritten, choose another '
                                                                   '--output.')
+  # An export is written whole or not at all: its sidecar blocked, nothing of it stays; the rerun then writes both.
+  from bwlm_jax.runtime.errors import WriteError
+  second = tmp_path / 'second.safetensors'
+  (tmp_path / 'second.safetensors.json.tmp').mkdir()  # the sidecar's atomic write cannot open its file
+  with pytest.raises(WriteError, match=r'second.safetensors.json failed'):
+    weights.export_model(variables, 'resnet18', meta, str(second))
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('second')) == ['second.safetensors.json.tmp']
+  (tmp_path / 'second.safetensors.json.tmp').rmdir()
+  weights.export_model(variables, 'resnet18', meta, str(second))
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('second')) == [
+      'second.safetensors', 'second.safetensors.json']
+  assert json.load(open(tmp_path / 'second.safetensors.json')) == sidecar
+  for key, value in load_file(str(second)).items():
+    np.testing.assert_array_equal(value, state[key])
+  (tmp_path / 'third.safetensors.json').write_text('{}')  # a sidecar in the way is never overwritten
+  with pytest.raises(UsageError, match=r'third.safetensors.json exists: nothing is overwritten, choose another '
+                                       r'--output \(an export is the .safetensors and its .json sidecar\)'):
+    weights.export_model(variables, 'resnet18', meta, str(tmp_path / 'third.safetensors'))
+  assert not (tmp_path / 'third.safetensors').exists()
 
 
 def test_a_bad_weights_file_is_one_line_before_training_and_nothing_is_lost(tmp_path):
@@ -210,3 +229,32 @@ def test_the_ablation_compares_heads_on_the_pretrained_backbone_too(tmp_path):
   variants = ablation_variants(config)
   assert variants['BWLM (pretrained backbone)']['backbone'] == 'pretrained'
   assert {**variants['cRT'], 'backbone': 'pretrained'} == variants['cRT (pretrained backbone)']
+
+
+def test_a_weights_file_with_a_nan_or_an_inf_is_one_line_naming_the_tensor_before_training(tmp_path):
+  _folder(tmp_path / 'data', [6, 3])
+  _generated_weights(tmp_path / 'good.safetensors')
+  state = load_file(str(tmp_path / 'good.safetensors'))
+  state['layer2.0.bn1.running_var'] = state['layer2.0.bn1.running_var'].copy()
+  state['layer2.0.bn1.running_var'][3] = np.inf  # one garbage channel: it trained to exit 0 before
+  save_file(state, str(tmp_path / 'inf.safetensors'))
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'keep.txt').write_text('earlier work')
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'train.py'), f'--config={ROOT}/configs/image_folder.py:'
+       f'{tmp_path / "data"}', f'--workdir={workdir}', '--config.model.name=resnet18',
+       f'--config.model.init_from={tmp_path / "inf.safetensors"}', '--config.stages=naive'],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines == [f'error: {tmp_path / "inf.safetensors"}: tensor layer2.0.bn1.running_var holds 1 non-finite '
+                   'value(s) (NaN or Inf): the weights are damaged or come from a diverged run, and would train a '
+                   'model on garbage features.']
+  assert sorted(os.listdir(workdir)) == ['keep.txt']  # nothing trained or written
+  kernel = state['conv1.weight'].copy()
+  kernel[0, 0, 0, :2] = np.nan
+  save_file({**load_file(str(tmp_path / 'good.safetensors')), 'conv1.weight': kernel}, str(tmp_path / 'nan.safetensors'))
+  with pytest.raises(UsageError, match=r'nan.safetensors: tensor conv1.weight holds 2 non-finite value'):
+    weights.read_state_dict(str(tmp_path / 'nan.safetensors'))
+  assert len(weights.read_state_dict(str(tmp_path / 'good.safetensors'))) == len(state)

@@ -210,6 +210,14 @@ def test_tuning_rows_are_chosen_on_validation_and_a_rerun_trains_nothing(tmp_pat
   assert [(row.name, row.setting, row.test['all']) for row in again] == [(r.name, r.setting, r.test['all'])
                                                                          for r in rows] or (
       scores['lr0.3_epochs1'] == scores['lr0.001_epochs1'])  # a tie keeps the earlier candidate
+  # predict.py --stage=best reads the tuning study's choice (not only an ablation's).
+  from bwlm_jax.predict import best_model, predict_files
+  best = json.load(open(tmp_path / 'run' / 'tuning' / 'best.json'))
+  assert best['method'] == rows[-1].setting and best_model(str(tmp_path / 'run'))['method'] == again[-1].setting
+  image = str(tmp_path / 'data' / 'test' / 'c0' / '0.png')
+  predicted, unreadable = predict_files(str(tmp_path / 'run'), 'best', [image], 2)
+  assert not unreadable and [path for path, _ in predicted] == [image] and len(predicted[0][1]) == 2
+  assert predict_files(str(tmp_path / 'run'), 'best:tuning', [image], 2)[0] == predicted
 
 
 def test_tuning_without_weights_or_with_an_empty_grid_is_one_error(tmp_path):

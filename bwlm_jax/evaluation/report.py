@@ -46,7 +46,7 @@ def markdown_table(rows: dict, title: str) -> str:
   """Rows = {method: report}; columns Many / Medium / Few / All in %, as the paper's Table 2."""
   lines = [f'| {title} | Many | Medium | Few | All |', '|---|---|---|---|---|']
   for method, report in rows.items():
-    cells = [format_cell(report[c]).strip() for c in COLUMNS]
+    cells = [format_cell(report.get(c)).strip() for c in COLUMNS]
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -79,7 +79,7 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
   lines = [f'| {title} | ' + ' | '.join(c.capitalize() for c in COLUMNS) + ' | ECE'
            + ''.join(f' | {e}' for e in extra) + ' |', '|---' * (2 + len(COLUMNS) + len(extra)) + '|']
   for name, report in rows.items():
-    cells = [format_cell(report[c]).strip() for c in (*COLUMNS,)] + [format_cell(ece(report)).strip()]
+    cells = [format_cell(report.get(c)).strip() for c in (*COLUMNS,)] + [format_cell(ece(report)).strip()]
     if notes:
       note = notes.get(name, {})
       cells += [format_cell(note.get('val')).strip(), note.get('chosen', '')]
@@ -88,7 +88,7 @@ def write_tables(out_dir: str, rows: dict, title: str, row_label: str, csv_colum
   write_text(unique_path(os.path.join(out_dir, 'table.md')), table + '\n')
   write_csv(unique_path(os.path.join(out_dir, 'table.csv')),
             [row_label, *csv_columns, 'ece', *(['val', 'chosen'] if notes else [])],
-            [[name, *(report[column] for column in csv_columns), ece(report),
+            [[name, *(report.get(column) for column in csv_columns), ece(report),
               *([notes.get(name, {}).get('val'), notes.get(name, {}).get('chosen', '')] if notes else [])]
              for name, report in rows.items()])
   write_json(unique_path(os.path.join(out_dir, 'table.json')),

@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-KINDS = ('model', 'posthoc', 'best')
+KINDS = ('model', 'posthoc', 'best', 'failed')
 
 
 @dataclasses.dataclass
 class Row:
   name: str  # '+BWLM', 'cRT', 'naive+tau-norm', 'best on validation', 'alpha=0.1,lambda=0.01', ...
-  kind: str  # 'model' (a trained model), 'posthoc' (a correction of the naive model), 'best' (repeats a row)
-  test: dict  # the report on the test split
-  setting: str = ''  # what validation chose for it ('' when nothing was chosen); for 'best', the row's name
+  kind: str  # 'model' (a trained model), 'posthoc' (a correction of the naive model), 'best' (repeats a row),
+  # 'failed' (a candidate that diverged or could not run: no report, never chosen)
+  test: dict  # the report on the test split ({} for a failed candidate)
+  setting: str = ''  # what validation chose for it ('' when nothing was chosen); for 'best', the row's name;
+  # for 'failed', why
   val: Optional[dict] = None  # the report on the validation split
   score: Optional[float] = None  # the validation score the choice compared
   source: dict = dataclasses.field(default_factory=dict)  # where the model is saved (predict.py --stage=best)

@@ -33,6 +33,12 @@ class WriteError(RunError):
   """A result file could not be written (a permission, a read-only mount, a full disk). Exit status 1."""
 
 
+class CandidatesFailed(BwlmError):
+  """A study finished, but some of its candidates diverged or could not run: they are in its table as failed,
+  never chosen, and the others were compared and chosen as usual. Exit status 3."""
+  exit_status = 3
+
+
 class Interrupted(BaseException):
   """The step budget (or a SIGTERM) ended a run early, with nothing unfinished written; a rerun resumes.
 

@@ -58,6 +58,7 @@ class Ablation(Study):
   folder = 'ablation'
 
   def __init__(self, vectorized: bool = True):
+    super().__init__()
     self.vectorized = vectorized
 
   def check(self, config) -> None:

@@ -20,10 +20,13 @@ from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
 from bwlm_jax.run.training_run import check_inputs, require_validation, train_and_evaluate
 from bwlm_jax.runtime import distributed
-from bwlm_jax.runtime.errors import UsageError
-from bwlm_jax.runtime.files import make_directory, unique_path, write_json
+from bwlm_jax.runtime.cli import one_line
+from bwlm_jax.runtime.errors import RunError, SaveError, UsageError, WriteError
+from bwlm_jax.runtime.files import make_directory, read_json, unique_path, write_json
+from bwlm_jax.workdir import config_differences
 
 COLUMNS = ('many', 'medium', 'few', 'all', 'top5')  # the columns of a study's table.csv
+FAILED_FILE = 'failed.json'  # in a candidate's run folder: why it failed, so a rerun does not train it again
 
 
 @dataclasses.dataclass
@@ -45,6 +48,9 @@ class Study:
   row_label = 'method'  # the first column of table.csv
   columns = COLUMNS
   chooses = True  # a 'best on validation' row and best.json, where there is a metric
+
+  def __init__(self):
+    self.failed = []  # the candidates that failed in this study's runs (every seed's), by name
 
   def check(self, config) -> None:
     """Every check of the study's grid, before anything is read or trained (a bad value is one error naming
@@ -80,6 +86,7 @@ def run_study(study: Study, config, workdir: str) -> list[Row]:
   dataset = study.load(config)
   run = StudyRun(config, workdir, dataset, study.metric(config, dataset))
   rows = study.rows(run)
+  study.failed += [row.name for row in rows if row.kind == 'failed']
   if study.chooses and run.metric is not None:
     rows.append(best_row(study, rows, run))
   elif study.chooses:
@@ -111,14 +118,40 @@ def best_of(rows: list[Row]) -> Row:
 
 def train_candidate(config, run_dir: str, dataset, name: str, stage: str, metric: Optional[str],
                     setting: str = '') -> Row:
-  """One candidate: `config`'s run trained (or resumed, or reused) in `run_dir`; its row is `stage`'s model."""
-  results = train_and_evaluate(config, run_dir, dataset=dataset)
+  """One candidate: `config`'s run trained (or resumed, or reused) in `run_dir`; its row is `stage`'s model,
+  or a failed row where it diverged or could not run (`run_or_failure`)."""
+  results = run_or_failure(config, run_dir, dataset)
   row = model_row(name, {**results, 'source': {'workdir': os.path.abspath(run_dir), 'stage': stage}}, metric)
-  return dataclasses.replace(row, setting=setting) if setting else row
+  return dataclasses.replace(row, setting=setting) if setting and row.kind != 'failed' else row
+
+
+def run_or_failure(config, run_dir: str, dataset) -> dict:
+  """`train_and_evaluate`'s results of `config` in `run_dir`, or {'failed': why} where the run diverged or could
+  not go on. The reason is kept in RUN_DIR/failed.json with the config, so a rerun of the same candidate
+  reports it again without training it (delete the file to try again); a failed save or write still stops."""
+  path = os.path.join(run_dir, FAILED_FILE)
+  if os.path.isfile(path):
+    earlier = read_json(path, 'the record of a failed candidate', f'Delete {path} to train the candidate again.')
+    if not config_differences(earlier.get('config', {}), config.to_dict()):
+      print(f'{run_dir}: failed earlier ({earlier["error"]}); not trained again (delete {path} to retry).', flush=True)
+      return {'failed': earlier['error']}
+  try:
+    return train_and_evaluate(config, run_dir, dataset=dataset)
+  except (SaveError, WriteError):
+    raise
+  except RunError as error:
+    reason = one_line(error)
+    print(f'{run_dir}: this candidate failed ({reason}); the study goes on without it.', flush=True)
+    if distributed.is_writer():
+      make_directory(run_dir)
+      write_json(path, {'error': reason, 'config': config.to_dict()})
+    return {'failed': reason}
 
 
 def model_row(name: str, results: dict, metric: Optional[str]) -> Row:
-  """The row of a trained model (`train_and_evaluate`'s results with a 'source')."""
+  """The row of a trained model (`train_and_evaluate`'s results with a 'source'), or of a failed one."""
+  if 'failed' in results:
+    return Row(name, 'failed', {}, setting=f'failed: {results["failed"]}', source=results.get('source', {}))
   stage = results['source']['stage']
   report = results['models'][stage]
   return Row(name, 'model', report['test'], setting=chosen_label(results, stage), val=report.get('val'),
@@ -145,13 +178,21 @@ def title_of(dataset, config) -> str:
   return f'{dataset.name}' + (f' IF {imbalance:g}' if imbalance else '')
 
 
-def grid_values(grid, field: str, study: str) -> tuple:
-  """A study's grid field as a tuple of values, read one way for every study: a value the command line gives
-  as text ('ce,balanced_softmax': ml_collections keeps it whole) is split at its commas; an empty one is an
-  error naming `study.field`."""
+def grid_values(grid, field: str, study: str, none_keeps: bool = False) -> Optional[tuple]:
+  """A study's grid field as a tuple of values, read one way for every study: on the command line
+  `--STUDY.FIELD=v1,v2` (ml_collections keeps text whole: 'ce,balanced_softmax' is split at its commas here;
+  numbers arrive as a tuple). With `none_keeps`, None (`--STUDY.FIELD=None`) means "as configured" and gives
+  None; an empty field, or None where a field needs values, is an error naming `study.field`."""
   given = grid[field]
+  given = given if isinstance(given, (tuple, list)) else (given,)
+  if all(value is None for value in given) and given:
+    if none_keeps:
+      return None
+    raise UsageError(f'{study}.{field}=None: this field needs values, e.g. --{study}.{field}=V1,V2.')
+  if any(value is None for value in given):
+    raise UsageError(f'{study}.{field}={tuple(given)} mixes None with values: give the values, or None alone.')
   values = []
-  for value in (given if isinstance(given, (tuple, list)) else (given,)):
+  for value in given:
     values += [part.strip() for part in value.split(',') if part.strip()] if isinstance(value, str) else [value]
   if not values:
     raise UsageError(f'{study}.{field} is empty: give at least one value.')

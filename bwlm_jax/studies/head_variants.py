@@ -13,6 +13,7 @@ import os
 from bwlm_jax import checkpoints, head_setting, selection
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.run.training_run import train_and_evaluate, train_rows_and_evaluate
+from bwlm_jax.studies.base import run_or_failure
 
 # A variant's keys that a grid of heads can train: the head's fields, and 'grid.X' (the values tried for X).
 HEAD_FIELDS = frozenset(head_setting.NAMES) | {f'grid.{f}' for f in head_setting.GRID_FIELDS}
@@ -55,10 +56,11 @@ def slug(name: str) -> str:
 
 
 def run_variant(config, workdir: str, kind: str, name: str, overrides: dict, dataset) -> dict:
-  """One stage-2 variant trained alone in WORKDIR/kind/<name> (chosen on validation where there is one)."""
+  """One stage-2 variant trained alone in WORKDIR/kind/<name> (chosen on validation where there is one);
+  {'failed': why} where it diverged or could not run (`base.run_or_failure`)."""
   print(f'--- {kind} {name}: {overrides}')
   variant_dir = os.path.join(workdir, kind, slug(name))
-  results = train_and_evaluate(variant_config(config, workdir, overrides), variant_dir, dataset=dataset)
+  results = run_or_failure(variant_config(config, workdir, overrides), variant_dir, dataset)
   return {**results, 'source': {'workdir': variant_dir, 'stage': 'stage2'}}
 
 

@@ -110,7 +110,8 @@ def candidates(config, grid) -> list[Candidate]:
     raise UsageError(f'recipe.combine must be one of {COMBINES}, got {grid.combine!r}.')
   if not isinstance(grid.backbones_at_once, int) or grid.backbones_at_once < 1:
     raise UsageError(f'recipe.backbones_at_once must be a whole number >= 1, got {grid.backbones_at_once!r}.')
-  axes = {field: grid_values(grid, field, 'recipe') for field in FIELDS if grid[field] is not None}
+  axes = {field: grid_values(grid, field, 'recipe', none_keeps=True) for field in FIELDS if grid[field] is not None}
+  axes = {field: values for field, values in axes.items() if values is not None}
   if not axes:
     raise UsageError('the recipe grid varies nothing: give some fields values to try, e.g. '
                      '--recipe.loss=ce,balanced_softmax.')
@@ -128,7 +129,8 @@ def candidates(config, grid) -> list[Candidate]:
     try:
       validate_config(candidate_config(config, candidate))
     except UsageError as error:
-      raise UsageError(f'recipe candidate {candidate.name}: {error}') from None
+      fields = ', '.join(f'recipe.{field}' for field, _ in candidate.changes)
+      raise UsageError(f'recipe candidate {candidate.name} ({fields}): {error}') from None
   return ordered
 
 
@@ -217,6 +219,7 @@ class Recipe(Study):
   row_label = 'recipe'
 
   def __init__(self, grid=None):
+    super().__init__()
     self.grid = default_grid() if grid is None else grid
     self.datasets = {}  # by image side: candidates' data sections differ in nothing else
 

@@ -13,11 +13,11 @@ import numpy as np
 
 from bwlm_jax.runtime import distributed
 from bwlm_jax.data import load_dataset
-from bwlm_jax.runtime.errors import UsageError
+from bwlm_jax.runtime.errors import CandidatesFailed, UsageError
 from bwlm_jax.evaluation.report import ece
 from bwlm_jax.runtime.files import make_directory, unique_path, write_json, write_text
 from bwlm_jax.run.training_run import train_and_evaluate
-from bwlm_jax.studies.base import Study, run_study
+from bwlm_jax.studies.base import FAILED_FILE, Study, run_study
 
 METRICS = ('many', 'medium', 'few', 'all', 'top5', 'ece')
 
@@ -137,7 +137,14 @@ def rows_over_seeds(run_rows, config, workdir: str, seeds: list[int], vary_subse
 
 
 def run(study: Study, config, workdir: str, seeds=None, vary_subset: bool = False):
-  """`study` once (`base.run_study`: its rows), or once per seed (`study_over_seeds`: the summary)."""
-  if seeds is None:
-    return run_study(study, config, workdir)
-  return study_over_seeds(study, config, workdir, seeds, vary_subset)
+  """`study` once (`base.run_study`: its rows), or once per seed (`study_over_seeds`: the summary), as the
+  tools run it: where some candidates failed, `CandidatesFailed` (exit status 3) after every table is written."""
+  found = run_study(study, config, workdir) if seeds is None else study_over_seeds(study, config, workdir, seeds,
+                                                                                   vary_subset)
+  if study.failed:
+    names = ', '.join(dict.fromkeys(study.failed))
+    raise CandidatesFailed(f'{len(study.failed)} candidate(s) of the {study.folder} study failed ({names}): they are '
+                           f'in {os.path.join(workdir, study.folder)}/table.md as failed and never chosen; the others '
+                           f'were compared and chosen as usual. A rerun does not train them again (delete a '
+                           f"candidate's {FAILED_FILE} to retry).")
+  return found

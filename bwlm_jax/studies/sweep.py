@@ -11,7 +11,7 @@ from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.report import markdown_table
 from bwlm_jax.evaluation.table_rows import Row
 from bwlm_jax.runtime.errors import UsageError
-from bwlm_jax.studies.base import Study, StudyRun
+from bwlm_jax.studies.base import Study, StudyRun, model_row
 from bwlm_jax.studies.head_variants import run_base, run_variant, run_variants_together
 
 
@@ -28,6 +28,7 @@ class Sweep(Study):
   chooses = False
 
   def __init__(self, alphas: list[float], lambdas: list[float], vectorized: bool = True):
+    super().__init__()
     self.alphas, self.lambdas, self.vectorized = list(alphas), list(lambdas), vectorized
 
   def check(self, config) -> None:
@@ -49,20 +50,20 @@ class Sweep(Study):
     else:
       finished = {name: run_variant(run.config, run.workdir, self.folder, name, {**v, 'select': 'none'}, run.dataset)
                   for name, v in variants.items()}
-    return [Row(name, 'model', results['models']['stage2']['test'], source=results['source'])
-            for name, results in finished.items()]
+    return [model_row(name, results, None) for name, results in finished.items()]
 
   def finish(self, rows: list[Row], run: StudyRun) -> None:
-    grid, title = {row.name: row.test for row in rows}, self.title(run)
+    grid, title = {row.name: row.test for row in rows}, self.title(run)  # a failed pair's report is {}
     figures = os.path.join(run.workdir, 'figures')
     for decay in self.lambdas:
       reports = [grid[_name(a, decay)] for a in self.alphas]
       print(markdown_table({f'alpha={a:g}': r for a, r in zip(self.alphas, reports)}, f'{title}, lambda={decay:g}'))
-      if len(self.alphas) > 1:
+      if len(self.alphas) > 1 and all(reports):
         plots.save(plots.accuracy_vs_parameter(np.asarray(self.alphas), reports, 'alpha', f'{title}, lambda={decay:g}'),
                    figures, f'alpha_sweep_lambda{decay:g}')
     if len(self.alphas) == 1 and len(self.lambdas) > 1:
       alpha = self.alphas[0]
       reports = [grid[_name(alpha, d)] for d in self.lambdas]
-      plots.save(plots.accuracy_vs_parameter(np.asarray(self.lambdas), reports, 'lambda', f'{title}, alpha={alpha:g}'),
-                 figures, f'lambda_sweep_alpha{alpha:g}')
+      if all(reports):
+        plots.save(plots.accuracy_vs_parameter(np.asarray(self.lambdas), reports, 'lambda',
+                                               f'{title}, alpha={alpha:g}'), figures, f'lambda_sweep_alpha{alpha:g}')

@@ -18,8 +18,8 @@ import os
 
 import ml_collections
 
-from bwlm_jax import checkpoints, stages
-from bwlm_jax.config import HEAD_INITS, validate_config
+from bwlm_jax import checkpoints, losses, stages
+from bwlm_jax.config import HEAD_INITS, TUNE_MODES, validate_config
 from bwlm_jax.evaluation.table_rows import Row
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.studies.base import Study, StudyRun, best_of, grid_values, model_row, title_of, train_candidate
@@ -86,6 +86,7 @@ class Tune(Study):
   folder = 'tuning'
 
   def __init__(self, grid=None):
+    super().__init__()
     self.grid = default_grid() if grid is None else grid
 
   def values(self, field: str) -> tuple:
@@ -100,15 +101,21 @@ class Tune(Study):
     return list(itertools.product(self.values('learning_rate'), self.values('epochs')))
 
   def check(self, config) -> None:
+    """Every value of the grid, then every candidate's whole run, before the first one trains."""
     if not config.model.init_from:
       raise UsageError('tuning compares ways of fine-tuning pretrained weights: set --config.model.init_from.')
     unknown = sorted(set(self.grid.keys()) - set(GRID_FIELDS))
     if unknown:
       raise UsageError(f'tuning.{unknown[0]} is not a field of the tuning grid; expected one of {GRID_FIELDS}.')
-    starts = self.values('head_inits')
-    if any(start not in HEAD_INITS for start in starts):
-      raise UsageError(f'tuning.head_inits: {next(s for s in starts if s not in HEAD_INITS)!r} is not one of '
-                       f'{HEAD_INITS}.')
+    for field, allowed in (('head_inits', HEAD_INITS), ('modes', TUNE_MODES), ('losses', losses.LOSSES)):
+      bad = [value for value in self.values(field) if value not in allowed]
+      if bad:
+        raise UsageError(f'tuning.{field}: {bad[0]!r} is not one of {allowed}.')
+    for field, rule, ok in (('learning_rate', '> 0', lambda v: isinstance(v, (int, float)) and v > 0),
+                            ('epochs', 'a whole number >= 1', lambda v: isinstance(v, int) and v >= 1)):
+      bad = [value for value in self.values(field) if not ok(value)]
+      if bad:
+        raise UsageError(f'tuning.{field}: {bad[0]!r} is not {rule}; every value of the grid must be.')
     for candidate in self.candidates('the frozen BWLM row'):
       for learning_rate, epochs in self.settings():
         try:
@@ -122,8 +129,12 @@ class Tune(Study):
     frozen_config.stage2.select = 'val'
     frozen = run_variants(frozen_config, run.workdir, self.folder, FROZEN_ROWS, run.dataset, run.metric)
     rows = [model_row(name, frozen[name], run.metric) for name in FROZEN_ROWS]
-    for candidate in self.candidates(_head_from(frozen['BWLM (frozen)']['source'])):
-      rows.append(self.tuned_row(run, candidate))
+    bwlm = frozen['BWLM (frozen)']
+    for candidate in self.candidates('' if 'failed' in bwlm else _head_from(bwlm['source'])):
+      if candidate.head_init == 'stage2_head' and not candidate.head_from:  # LP-FT without its start
+        rows.append(model_row(candidate.name, {'failed': 'the frozen BWLM row it starts from failed'}, run.metric))
+      else:
+        rows.append(self.tuned_row(run, candidate))
     return rows
 
   def tuned_row(self, run: StudyRun, candidate: Candidate) -> Row:

@@ -4,8 +4,9 @@
   python launch/predict.py --workdir=... --images=photos/ --output=preds.csv
 
 The model's architecture, classes and preprocessing come from its checkpoint. --stage picks the model
-(default: stage2 if the workdir has one, else naive); --stage=best takes the model that ablation.py chose
-on the validation split (WORKDIR/ablation/best.json), post-hoc correction included. A file that cannot be
+(default: stage2 if the workdir has one, else naive); --stage=best takes the model a study chose on the
+validation split (WORKDIR/<study>/best.json of ablation.py, tune.py or recipe.py; --stage=best:tuning names the
+study where a workdir holds several), post-hoc correction included. A file that cannot be
 read as an image (damaged, not an image, a decompression bomb) is reported by name and costs only itself;
 the exit status is then non-zero.
 """
@@ -20,8 +21,8 @@ from bwlm_jax.runtime.errors import UsageError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _IMAGES = flags.DEFINE_list('images', None, 'Image files and/or folders.')
-_STAGE = flags.DEFINE_string('stage', None, 'naive, stage1, stage2, or best (the best on validation in '
-                             'ablation/best.json).')
+_STAGE = flags.DEFINE_string('stage', None, 'naive, stage1, stage2, or best (the best on validation of the '
+                             "workdir's study: WORKDIR/<study>/best.json), or best:STUDY (ablation, tuning, recipe).")
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write (refuses to overwrite).')
 flags.mark_flags_as_required(['workdir', 'images'])

@@ -1,0 +1,85 @@
+"""What every study shares (studies/base.py): the whole grid checked before anything trains, list values read
+one way from the command line, a failed candidate reported and never chosen while the others are, and a rerun
+that neither retrains what finished nor loops on what failed."""
+
+import json
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from bwlm_jax.runtime.errors import CandidatesFailed, UsageError
+from bwlm_jax.studies import recipe, seeds, tune
+from bwlm_jax.studies.base import FAILED_FILE, run_study
+from helpers import tiny_config
+
+
+def _grids(argv):
+  """The tuning and recipe grids as the tools parse `argv` (`--tuning.*`, `--recipe.*`)."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('tuning', tune.default_grid(), flag_values=values, lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_dict('recipe', recipe.default_grid(), flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.tuning, values.recipe
+
+
+def test_every_study_reads_list_values_from_the_command_line_one_way(tfds_dir):
+  tuning, grid = _grids(['prog', '--tuning.modes=bias,last', '--tuning.learning_rate=0.001,0.01',
+                         '--recipe.loss=ce,balanced_softmax', '--recipe.epochs=1,3', '--recipe.label_smoothing=None',
+                         '--recipe.mixup_alpha=None', '--recipe.randaugment_layers=None', '--recipe.sampler=None'])
+  study = tune.Tune(tuning)
+  assert study.values('modes') == ('bias', 'last') and study.values('learning_rate') == (0.001, 0.01)
+  assert [c.name for c in study.candidates('W:0')] == ['bias + balanced_softmax (LP-FT)', 'last + balanced_softmax (LP-FT)']
+  config = tiny_config(tfds_dir)
+  found = recipe.candidates(config, grid)  # None keeps the configured value: no candidate for those fields
+  assert [c.folder for c in found] == ['default', 'loss=balanced_softmax', 'epochs=1', 'epochs=3']  # ce, 2: as configured
+  tuning, _ = _grids(['prog', '--tuning.modes=None'])
+  with pytest.raises(UsageError, match=r'tuning.modes=None: this field needs values, e.g. --tuning.modes=V1,V2'):
+    tune.Tune(tuning).values('modes')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--tuning.learning_rate=0.001,-0.01'], r'tuning.learning_rate: -0.01 is not > 0; every value of the grid'),
+    (['--tuning.epochs=2,0'], r'tuning.epochs: 0 is not a whole number >= 1'),
+    (['--tuning.modes=bias,lora'], r"tuning candidate lora \+ balanced_softmax \(LP-FT\), lr=0.001 epochs=2: "
+                                   r"naive.tune='lora' tunes a ViT's attention or MLPs"),
+    (['--tuning.losses=balanced_softmax,focal'], r"tuning.losses: 'focal' is not one of"),
+])
+def test_the_whole_tuning_grid_is_checked_before_the_first_candidate_trains(tmp_path, argv, message):
+  from test_pretrained import _config
+  tuning, _ = _grids(['prog', *argv])
+  config = _config(tmp_path / 'data', tmp_path / 'r18.safetensors')
+  with pytest.raises(UsageError, match=message):
+    run_study(tune.Tune(tuning), config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'data').exists()  # nothing read, nothing written
+
+
+def test_a_diverging_candidate_is_reported_never_chosen_and_not_retrained(tfds_dir, tmp_path, capsys):
+  config = tiny_config(tfds_dir, epochs=1)
+  config.stages = 'naive'
+  grid = recipe.default_grid()
+  for field in recipe.FIELDS:
+    grid[field] = None
+  grid.learning_rate = (0.05, 1e6)  # the second diverges (non-finite loss) within its epoch
+  study = recipe.Recipe(grid)
+  with pytest.raises(CandidatesFailed, match=r'1 candidate\(s\) of the recipe study failed \(learning_rate=1e\+06\)'
+                                            r'.* never chosen; the others were compared and chosen as usual'):
+    seeds.run(study, config, str(tmp_path / 'run'))
+  assert CandidatesFailed.exit_status == 3
+  table = open(tmp_path / 'run' / 'recipe' / 'table.md').read()
+  assert '| learning_rate=1e+06 | - | - | - | - | - | - | failed: naive: the loss became non-finite' in table
+  best = json.load(open(tmp_path / 'run' / 'recipe' / 'best.json'))
+  assert best['recipe'] in ({}, {'learning_rate': 0.05}) and best['val_score'] is not None
+  assert [c['val_score'] is None for c in best['candidates']] == [False, False, True]
+  failed = tmp_path / 'run' / 'recipe' / 'learning_rate=1e+06' / FAILED_FILE
+  assert 'non-finite' in json.load(open(failed))['error']
+  capsys.readouterr()
+  rows = run_study(recipe.Recipe(grid), config, str(tmp_path / 'run'))  # the rerun: nothing trains again
+  out = capsys.readouterr().out
+  assert out.count('naive: finished earlier') == 2 and 'failed earlier' in out
+  assert [row.kind for row in rows] == ['model', 'model', 'failed', 'best']
+  os.remove(failed)  # deleting the record retries the candidate (and it diverges again)
+  rows = run_study(recipe.Recipe(grid), config, str(tmp_path / 'run'))
+  assert 'this candidate failed' in capsys.readouterr().out and rows[2].kind == 'failed'
