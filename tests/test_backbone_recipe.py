@@ -333,8 +333,8 @@ def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at
   grid.label_smoothing, grid.randaugment_layers = (0.2,), None
   # Below lr 0.01 these 10 steps are not chaotic: at lr 0.05, scaling the initial weights by 1 + 2^-23 moves them
   # 4e-4 by step 10 (stacked and alone differ in rounding), at 0.005 the members match alone to 6e-8 on an AMD
-  # EPYC (Zen 4) and to 2.4e-6 on an Intel Xeon (AVX-512, 2026-12-07; other convolution kernels), against
-  # parameters of about 1e-3: a member trained with another member's settings differs by that much.
+  # EPYC (Zen 4) and to 1.1e-5 on an Intel Xeon (AVX-512, other convolution kernels), against parameters of up to
+  # about 0.2 that the members' different settings move by far more.
   grid.weight_decay, grid.learning_rate = (0.05,), (0.005,)
   grid.backbones_at_once = 2
   found = candidates(config, grid)
@@ -358,7 +358,7 @@ def test_recipes_that_differ_in_learning_rate_weight_decay_or_smoothing_train_at
     train_and_evaluate(candidate_config(config, candidate), str(alone))
     stacked, single = [checkpoints.restore_finished(checkpoints.stage_directory(d, 'naive'))[0]['params']
                        for d in (workdir / 'recipe' / candidate.folder, alone)]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=candidate.folder),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5, err_msg=candidate.folder),
                  stacked, single)
   assert len({row.test['all'] for row in rows[:4]}) > 1  # the members trained differently
   run_study(Recipe(grid), config, str(workdir))

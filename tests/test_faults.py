@@ -297,7 +297,7 @@ def _cli(script, *args):
     ('sweep.py', ['--config=configs/quickstart.py', '--workdir=W', '--alphas=0.1,high'], 2,
      "--alphas=0.1,high: 'high' is not a number; expected e.g. --alphas=0,0.1,0.5."),
     ('predict.py', ['--workdir=W', '--images=x.png', '--stage=stage3'], 2,
-     '--stage=stage3: expected one of naive, stage1, stage2, best.'),
+     '--stage=stage3: expected one of naive, stage1, stage2, best, best:STUDY.'),
     ('evaluate.py', ['--workdir=W'], 2, "'W' holds no training run (no config.json)"),
 ])
 def test_user_errors_are_one_line_without_traceback(script, args, status, message, tmp_path):

@@ -137,7 +137,7 @@ def test_damaged_results_best_and_list_files_are_named(tmp_path):
     with_earlier_results(base_config(), str(tmp_path), {'models': {}})
   (tmp_path / 'ablation').mkdir()
   (tmp_path / 'ablation' / 'best.json').write_text('"stage2"')
-  with pytest.raises(UsageError, match='best.json .* holds a JSON str, not a JSON object. Rerun launch/ablation.py'):
+  with pytest.raises(UsageError, match='best.json .* holds a JSON str, not a JSON object. Rerun the study on the workdir'):
     best_model(str(tmp_path))
   (tmp_path / 'train.txt').write_bytes(b'train/a.jpg 0\n\xff\xd8\xff binary\n')
   with pytest.raises(UsageError, match="list file '.*train.txt' cannot be read as text"):
