@@ -185,17 +185,22 @@ def test_bwlm_on_a_frozen_pretrained_backbone_and_the_export_reads_back(tmp_path
   assert not (tmp_path / 'third.safetensors').exists()
 
 
-def test_a_bad_weights_file_is_one_line_before_training_and_nothing_is_lost(tmp_path):
-  _folder(tmp_path / 'data', [6, 3])
-  (tmp_path / 'bad.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}')
+def _naive_from(tmp_path, weights_file):
+  """launch/train.py's naive ResNet-18 on TMP/data from `weights_file`, in a workdir that holds earlier work."""
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'keep.txt').write_text('earlier work')
-  result = subprocess.run(
+  return workdir, subprocess.run(
       [sys.executable, os.path.join(ROOT, 'launch', 'train.py'), f'--config={ROOT}/configs/image_folder.py:'
        f'{tmp_path / "data"}', f'--workdir={workdir}', '--config.model.name=resnet18',
-       f'--config.model.init_from={tmp_path / "bad.safetensors"}', '--config.stages=naive'],
-      capture_output=True, text=True, timeout=300)
+       f'--config.model.init_from={weights_file}', '--config.stages=naive'], capture_output=True, text=True,
+      timeout=300)
+
+
+def test_a_bad_weights_file_is_one_line_before_training_and_nothing_is_lost(tmp_path):
+  _folder(tmp_path / 'data', [6, 3])
+  (tmp_path / 'bad.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}')
+  workdir, result = _naive_from(tmp_path, tmp_path / 'bad.safetensors')
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and 'bad.safetensors cannot be read as weights' in lines[0]
@@ -238,14 +243,7 @@ def test_a_weights_file_with_a_nan_or_an_inf_is_one_line_naming_the_tensor_befor
   state['layer2.0.bn1.running_var'] = state['layer2.0.bn1.running_var'].copy()
   state['layer2.0.bn1.running_var'][3] = np.inf  # one garbage channel: it trained to exit 0 before
   save_file(state, str(tmp_path / 'inf.safetensors'))
-  workdir = tmp_path / 'run'
-  workdir.mkdir()
-  (workdir / 'keep.txt').write_text('earlier work')
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch', 'train.py'), f'--config={ROOT}/configs/image_folder.py:'
-       f'{tmp_path / "data"}', f'--workdir={workdir}', '--config.model.name=resnet18',
-       f'--config.model.init_from={tmp_path / "inf.safetensors"}', '--config.stages=naive'],
-      capture_output=True, text=True, timeout=300)
+  workdir, result = _naive_from(tmp_path, tmp_path / 'inf.safetensors')
   assert result.returncode == 2, result.stderr
   lines = result.stderr.strip().splitlines()
   assert lines == [f'error: {tmp_path / "inf.safetensors"}: tensor layer2.0.bn1.running_var holds 1 non-finite '

@@ -83,3 +83,13 @@ def test_a_diverging_candidate_is_reported_never_chosen_and_not_retrained(tfds_d
   os.remove(failed)  # deleting the record retries the candidate (and it diverges again)
   rows = run_study(recipe.Recipe(grid), config, str(tmp_path / 'run'))
   assert 'this candidate failed' in capsys.readouterr().out and rows[2].kind == 'failed'
+
+
+def test_the_ablation_reads_a_grid_of_none_as_the_command_line_gives_it(tfds_dir):
+  from bwlm_jax.studies.ablation import ablation_variants
+  config = tiny_config(tfds_dir)
+  config.stage2.weight_decay, config.stage2.grid.weight_decay = 0.0, (None,)  # --config.stage2.grid.weight_decay=None
+  with pytest.raises(UsageError, match=r'the ablation compares lambda = 0 with lambda > 0'):  # a TypeError before
+    ablation_variants(config)
+  config.stage2.weight_decay = 0.01
+  assert ablation_variants(config)['+BWLM']['weight_decay'] == 0.01

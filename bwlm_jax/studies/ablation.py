@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from bwlm_jax import stages
+from bwlm_jax import selection, stages
 from bwlm_jax.evaluation import plots
 from bwlm_jax.evaluation.table_rows import Row, by_name
 from bwlm_jax.evaluation.workdir_reports import posthoc_reports, saved_model_features
@@ -27,7 +27,7 @@ DECAYED_NAMES = {'CE': 'CEW', 'CB': 'CBW', 'BS': 'BSW', 'BFS': 'BWLM'}
 def ablation_variants(config) -> dict[str, dict]:
   """Row name -> stage-2 overrides (`head_variants.variant_config`), in the paper's order, then the
   comparison methods. The decayed rows try the grid's positive lambdas."""
-  grid = config.stage2.grid.weight_decay
+  grid = selection.grid_values(config.stage2, 'weight_decay')  # None also as --config...weight_decay=None gives it
   positive = tuple(v for v in (grid if grid is not None else ()) if v > 0)
   decay = config.stage2.weight_decay if config.stage2.weight_decay > 0 else (positive or (0.0,))[0]
   if decay <= 0:

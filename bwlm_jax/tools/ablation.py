@@ -10,15 +10,17 @@ writes WORKDIR/ablation/table.{md,csv,json}, best.json and figures in WORKDIR/fi
 from absl import flags
 
 from bwlm_jax.runtime import cli
+from bwlm_jax.tools import study_main
 
 _RUN = cli.define_run_flags('the whole table', 'Base run directory.')
 _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that differ only in the head\'s loss and '
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
 
 
-def main(argv):
-  with cli.started(_RUN, argv) as seeds:
-    from bwlm_jax.studies import ablation, seeds as seeds_lib
-    seeds_lib.run(ablation.Ablation(_VECTORIZED.value), _RUN.config.value, _RUN.workdir.value, seeds,
-                  _RUN.vary_subset.value)
+def _study():
+  from bwlm_jax.studies.ablation import Ablation
+  return Ablation(_VECTORIZED.value)
+
+
+main = study_main(_RUN, _study)
 

@@ -16,6 +16,7 @@ take that folder as their --workdir), then writes DIR/recipe/table.{md,csv,json}
 from ml_collections import config_flags
 
 from bwlm_jax.runtime import cli
+from bwlm_jax.tools import study_main
 from bwlm_jax.studies.recipe import default_grid
 
 _RUN = cli.define_run_flags('the whole recipe search', 'Run directory.')
@@ -23,8 +24,10 @@ _GRID = config_flags.DEFINE_config_dict('recipe', default_grid(), 'The recipe gr
                                         lock_config=True)
 
 
-def main(argv):
-  with cli.started(_RUN, argv) as seeds:
-    from bwlm_jax.studies import recipe, seeds as seeds_lib
-    seeds_lib.run(recipe.Recipe(_GRID.value), _RUN.config.value, _RUN.workdir.value, seeds, _RUN.vary_subset.value)
+def _study():
+  from bwlm_jax.studies.recipe import Recipe
+  return Recipe(_GRID.value)
+
+
+main = study_main(_RUN, _study)
 

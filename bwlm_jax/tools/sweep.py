@@ -9,6 +9,7 @@ Writes WORKDIR/sweep/table.{md,csv,json} and WORKDIR/figures/alpha_sweep_*.{png,
 from absl import flags
 
 from bwlm_jax.runtime import cli
+from bwlm_jax.tools import study_main
 
 _RUN = cli.define_run_flags('the whole sweep', 'Base run directory.')
 _ALPHAS = flags.DEFINE_string('alphas', '0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1', 'Comma-separated alphas.')
@@ -17,12 +18,12 @@ _VECTORIZED = flags.DEFINE_bool('vectorized', True, 'Train the variants that dif
                                   'hyper-parameters as heads of one run (shared features, one jitted step).')
 
 
-def main(argv):
+def _study():
   alphas = cli.number_list(_ALPHAS.value, 'alphas')
   lambdas = (cli.number_list(_LAMBDAS.value, 'lambdas') if _LAMBDAS.value is not None
              else [_RUN.config.value.stage2.weight_decay])
-  with cli.started(_RUN, argv) as seeds:
-    from bwlm_jax.studies import seeds as seeds_lib, sweep
-    seeds_lib.run(sweep.Sweep(alphas, lambdas, _VECTORIZED.value), _RUN.config.value, _RUN.workdir.value, seeds,
-                  _RUN.vary_subset.value)
+  from bwlm_jax.studies.sweep import Sweep
+  return Sweep(alphas, lambdas, _VECTORIZED.value)
 
+
+main = study_main(_RUN, _study)

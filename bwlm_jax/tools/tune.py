@@ -12,6 +12,7 @@ DIR/tuning/table.{md,csv,json} and best.json.
 from ml_collections import config_flags
 
 from bwlm_jax.runtime import cli
+from bwlm_jax.tools import study_main
 from bwlm_jax.studies.tune import default_grid
 
 _RUN = cli.define_run_flags('the whole tuning table', 'Run directory.')
@@ -19,8 +20,10 @@ _GRID = config_flags.DEFINE_config_dict('tuning', default_grid(), 'The tuning gr
                                         lock_config=True)
 
 
-def main(argv):
-  with cli.started(_RUN, argv) as seeds:
-    from bwlm_jax.studies import seeds as seeds_lib, tune
-    seeds_lib.run(tune.Tune(_GRID.value), _RUN.config.value, _RUN.workdir.value, seeds, _RUN.vary_subset.value)
+def _study():
+  from bwlm_jax.studies.tune import Tune
+  return Tune(_GRID.value)
+
+
+main = study_main(_RUN, _study)
 
