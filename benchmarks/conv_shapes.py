@@ -31,6 +31,13 @@ IMAGENET_SHAPES = (('resnet50_stem', 16, 224, 3, 64, 7, 2, 1), ('resnet50_layer1
                    ('resnet50_layer1_1x1', 16, 56, 64, 256, 1, 1, 1), ('resnet50_layer2_3x3_down', 16, 56, 128, 128, 3, 2, 1),
                    ('resnext50_layer1_grouped', 16, 56, 128, 128, 3, 1, 32),
                    ('efficientnet_depthwise', 16, 112, 96, 96, 3, 2, 96), ('vit_b16_patches', 16, 224, 3, 768, 16, 16, 1))
+# EfficientNet-Lite0's depthwise convolutions at 64x64 inputs, batch 64 (the LP-FT setting of issue 47), and the
+# issue's [64, 32, 32, 96] 3x3: XLA's against the shifted multiply-adds bwlm_jax.models.conv takes on CPUs.
+DEPTHWISE_SHAPES = (('lite0_dw32_k3', 64, 32, 32, 32, 3, 1, 32), ('issue47_dw96_k3', 64, 32, 96, 96, 3, 1, 96),
+                    ('lite0_dw96_k3_s2', 64, 32, 96, 96, 3, 2, 96), ('lite0_dw144_k3', 64, 16, 144, 144, 3, 1, 144),
+                    ('lite0_dw144_k5_s2', 64, 16, 144, 144, 5, 2, 144), ('lite0_dw240_k5', 64, 8, 240, 240, 5, 1, 240),
+                    ('lite0_dw480_k3', 64, 4, 480, 480, 3, 1, 480), ('lite0_dw672_k5', 64, 4, 672, 672, 5, 1, 672),
+                    ('lite0_dw1152_k5', 64, 2, 1152, 1152, 5, 1, 1152))
 
 
 def _timed_ms(fn, args, repeats: int) -> tuple[float, float]:
@@ -93,6 +100,14 @@ def measure(shapes, repeats: int) -> None:
         'weight_gradient_chunked': (jax.jit(lambda x, dy: conv_module.weight_gradient(
             x, dy, w.shape, (stride, stride), pads, groups)), (x, dy)),
     }
+    if groups == inputs > 1:  # depthwise: as shifted multiply-adds (bwlm_jax.models.conv on CPUs), each pass
+      def shifted(x, w):
+        return conv_module.depthwise_multiply_adds(x, w, (stride, stride), pads)
+      passes['forward_shifted'] = (jax.jit(shifted), (x, w))
+      passes['input_gradient_shifted'] = (jax.jit(lambda x, w, dy: jax.vjp(lambda x: shifted(x, w), x)[1](dy)[0]),
+                                          (x, w, dy))
+      passes['weight_gradient_shifted'] = (jax.jit(lambda x, w, dy: jax.vjp(lambda w: shifted(x, w), w)[1](dy)[0]),
+                                           (x, w, dy))
     if groups == inputs:  # depthwise: the input gradient as bwlm_jax.models.conv takes it on AVX2-only CPUs
       passes['input_gradient_per_image'] = (jax.jit(lambda x, w, dy: jax.lax.map(
           lambda pair: jax.vjp(lambda x: conv(x, w), pair[0][None])[1](pair[1][None])[0][0], (x, dy))), (x, w, dy))
@@ -105,8 +120,10 @@ def measure(shapes, repeats: int) -> None:
       record = {'shape': name, 'batch': batch, 'side': side, 'in': inputs, 'out': outputs, 'kernel': kernel,
                 'stride': stride, 'groups': groups, 'pass': kind, 'ms_best': round(best, 2),
                 'ms_median': round(median, 2), 'gflops_median': round(flops / median / 1e6, 1)}
-      if kind.startswith('weight_gradient_') or kind == 'input_gradient_per_image':
-        expected = reference if kind.startswith('weight') else passes['input_gradient'][0](x, w, dy)
+      base = next(b for b in ('forward', 'input_gradient', 'weight_gradient') if kind.startswith(b))
+      if kind != base:  # another way to compute XLA's pass: its difference to it
+        expected = {'forward': lambda: passes['forward'][0](x, w), 'weight_gradient': lambda: reference,
+                    'input_gradient': lambda: passes['input_gradient'][0](x, w, dy)}[base]()
         record['max_relative_difference_to_xla'] = float(jnp.max(jnp.abs(fn(*args) - expected)) /
                                                          jnp.max(jnp.abs(expected)))
       print(json.dumps(record), flush=True)
@@ -115,8 +132,9 @@ def measure(shapes, repeats: int) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--repeats', type=int, default=15)
-  parser.add_argument('--shapes', default='cifar', choices=('cifar', 'imagenet', 'all'),
-                      help="ResNet-32's convolutions, the 224x224 networks' kinds, or both")
+  parser.add_argument('--shapes', default='cifar', choices=('cifar', 'imagenet', 'depthwise', 'all'),
+                      help="ResNet-32's convolutions, the 224x224 networks' kinds, EfficientNet-Lite0's depthwise "
+                           'ones at 64x64, or all')
   parser.add_argument('--max_isa', default=None, help="XLA's --xla_cpu_max_isa (e.g. AVX2)")
   args = parser.parse_args()
   if args.max_isa and f'--xla_cpu_max_isa={args.max_isa}' not in os.environ.get('XLA_FLAGS', ''):
@@ -127,7 +145,8 @@ def main():
   from bwlm_jax.models import conv
   print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': 'avx512f' in conv.cpu_flags(),
                     'cpu_flags_avx2': 'avx2' in conv.cpu_flags()}), flush=True)
-  shapes = {'cifar': CIFAR_SHAPES, 'imagenet': IMAGENET_SHAPES, 'all': CIFAR_SHAPES + IMAGENET_SHAPES}
+  shapes = {'cifar': CIFAR_SHAPES, 'imagenet': IMAGENET_SHAPES, 'depthwise': DEPTHWISE_SHAPES,
+            'all': CIFAR_SHAPES + IMAGENET_SHAPES + DEPTHWISE_SHAPES}
   measure(shapes[args.shapes], args.repeats)
 
 

@@ -1,16 +1,21 @@
 """The PyTorch side of `launch/benchmark.py --torch_python=...` and `benchmarks/gpu_check.sh`: one plain
-training step of the same network.
+training step (or the evaluation forward pass, --kind=eval) of the same network, in the reference class the
+project's exports load into.
 
 ResNet-32 is bwlm_jax.models.resnet_cifar's network (16/32/64 channels, 5 basic blocks a stage, option-A
-shortcuts); ResNet-50 and ResNeXt-50 are torchvision's (needs torchvision). BatchNorm in training mode, SGD with
-momentum and weight decay, cross-entropy, a batch already on the device, float32 or bfloat16 autocast
-(--dtype), channels-last or not (--channels_last), eager or `torch.compile` (--compile), PyTorch's default
-threads on a CPU. Prints one JSON record like the JAX measurements. Needs only torch; not imported by the package.
+shortcuts); the ImageNet ResNets and ResNeXt-50 are torchvision's, EfficientNet-Lite efficientnet-lite-pytorch's,
+the ViTs, DeiT and DINOv2 timm's. Training: BatchNorm in training mode, SGD with momentum and weight decay,
+cross-entropy, every parameter; evaluation: inference mode under `torch.no_grad`. A batch already on the device,
+float32 or bfloat16 autocast (--dtype), channels-last or not (--channels_last), eager or `torch.compile`
+(--compile), --threads on a CPU (default PyTorch's). Prints one JSON record like the JAX measurements, with the
+process's peak resident memory. Needs torch (and the package of the network's class); not imported by the
+package.
 """
 
 import argparse
 import json
 import platform
+import resource
 import time
 
 import torch
@@ -54,17 +59,28 @@ class ResNet32(nn.Module):
     return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def _network(name: str, classes: int):
+def _network(name: str, classes: int, image_size: int):
+  """The reference class of bwlm-jax's `name` (the one its export names)."""
   if name == 'resnet32':
     return ResNet32(classes)
+  if 'efficientnet_lite' in name:
+    if name.startswith(('tf_', 'timm_')):
+      import timm
+      return timm.create_model(name.removeprefix('timm_'), num_classes=classes)
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name(name.replace('_', '-'), num_classes=classes)
+  if name.startswith(('vit_', 'deit_')):
+    import timm
+    return timm.create_model(name if 'dinov2' in name else f'{name}_224', num_classes=classes, img_size=image_size)
   import torchvision
-  return {'resnet50': torchvision.models.resnet50, 'resnext50': torchvision.models.resnext50_32x4d}[name](
-      num_classes=classes)
+  return getattr(torchvision.models, 'resnext50_32x4d' if name == 'resnext50' else name)(num_classes=classes)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--model', default='resnet32', choices=('resnet32', 'resnet50', 'resnext50'))
+  parser.add_argument('--model', default='resnet32')
+  parser.add_argument('--kind', default='train', choices=('train', 'eval'))
+  parser.add_argument('--threads', type=int, default=0)
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--image_size', type=int, default=32)
   parser.add_argument('--classes', type=int, default=100)
@@ -76,8 +92,10 @@ def main():
   parser.add_argument('--compile', action='store_true')
   args = parser.parse_args()
   torch.manual_seed(0)
+  if args.threads:
+    torch.set_num_threads(args.threads)
   device = torch.device(args.device)
-  model = _network(args.model, args.classes).to(device).train()
+  model = _network(args.model, args.classes, args.image_size).to(device).train(args.kind == 'train')
   images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
   labels = torch.randint(0, args.classes, (args.batch,), device=device)
   if args.channels_last:
@@ -87,6 +105,9 @@ def main():
   forward = torch.compile(model) if args.compile else model
 
   def step():
+    if args.kind == 'eval':
+      with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16'):
+        return forward(images)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16'):
       loss = F.cross_entropy(forward(images), labels)
@@ -110,11 +131,13 @@ def main():
     synchronize()
     best = min(best, (time.perf_counter() - start) / args.steps)
   name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or 'cpu')
-  print(json.dumps({'measurement': 'stage1_train_pytorch', 'model': args.model, 'batch': args.batch,
+  measurement = 'stage1_train_pytorch' if args.kind == 'train' else 'eval_forward_pytorch'
+  print(json.dumps({'measurement': measurement, 'model': args.model, 'batch': args.batch,
                     'image_size': args.image_size, 'dtype': args.dtype, 'device': name,
                     'torch': torch.__version__, 'threads': torch.get_num_threads(),
                     'channels_last': args.channels_last, 'compiled': args.compile, 'warmup_s': round(warmup_s, 2),
-                    'step_s': round(best, 5), 'images_per_s': round(args.batch / best, 1)}), flush=True)
+                    'step_s': round(best, 5), 'images_per_s': round(args.batch / best, 1),
+                    'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}), flush=True)
 
 
 if __name__ == '__main__':

@@ -30,10 +30,11 @@ class SplitFeatures:
   def _batches(self, split):
     dataset = self.dataset
     if dataset.in_memory:
-      return device_pipeline.eval_batches(split, self.batch_size)
+      return device_pipeline.eval_batches(split, self.batch_size, jax.device_count())
     return stream_pipeline.eval_batches(split, batch_size=self.batch_size // jax.process_count(),
                                         image_size=dataset.image_size, mean=dataset.mean, std=dataset.std,
-                                        process_index=jax.process_index(), process_count=jax.process_count())
+                                        process_index=jax.process_index(), process_count=jax.process_count(),
+                                        multiple=jax.local_device_count())
 
   def __call__(self, variables: dict, split) -> tuple[np.ndarray, np.ndarray]:
     in_memory = self.dataset.in_memory

@@ -1,4 +1,11 @@
-"""Throughput benchmarks on synthetic inputs (no dataset needed); one JSON object per measurement.
+"""Throughput and memory benchmarks on synthetic inputs (no dataset needed); one JSON object per measurement.
+
+  python launch/benchmark.py --models=efficientnet_lite0,vit_small_patch16 --image_size=64 --batch=64 \
+      --torch_python=/path/to/venv-with-torch/bin/python
+                                        # any model.name: the full training step and the evaluation forward
+                                        # pass, each in a process of its own (its peak resident memory), then
+                                        # the reference PyTorch class's (torchvision, timm, efficientnet-lite-
+                                        # pytorch) in the same run, and the JAX / PyTorch ratios
 
   python launch/benchmark.py            # ResNet-32 (batch 128, 32x32): every measurement, float32 and bfloat16;
                                         # ResNeXt-50 (batch 64, 224x224): on a CPU its forward pass in float32 only,
@@ -15,6 +22,7 @@ and the achieved fraction of the device's peak where the peak is known.
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -49,6 +57,11 @@ _STAGE2 = flags.DEFINE_bool('stage2', True, 'Also time stage 2 (uncached, cached
                             'the evaluation forward pass after each training step.')
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
+FAMILY_SHAPE = (64, 64, 1000)  # every other model.name: batch, side, classes (the issue's LP-FT setting)
+_ONLY = flags.DEFINE_enum('only', None, ['train', 'eval'], 'Internal: measure one model\'s training step or '
+                          'evaluation forward pass in this process (the parent reads its peak memory).')
+_THREADS = flags.DEFINE_integer('torch_threads', 2, 'PyTorch\'s CPU threads in the family comparison (the cores '
+                                'JAX uses here).')
 # Dense peak FLOP/s by device kind and dtype (vendor figures, without sparsity).
 PEAK_FLOPS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989e12, ('NVIDIA H100 80GB HBM3', 'float32'): 67e12,
               ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 67e12}
@@ -82,6 +95,7 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
   record = {'measurement': name, **extra, 'device': device.device_kind, 'devices': jax.device_count(),
             'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
             'images_per_s': round(images_per_step / best, 1),
+            'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # this process's so far
             'flops_per_step': flops, 'peak_fraction': round(flops / best / peak, 4) if flops and peak else None}
   print(json.dumps(record), flush=True)
   return record, state
@@ -206,8 +220,9 @@ def compare_with_torch(jax_record: dict, python: str, blocks: int, steps: int) -
                         'torch_step.py')
   env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
   device = 'cpu' if jax_record['device'] == 'cpu' else 'cuda'  # JAX's device_kind: 'cpu' or the GPU's name
-  done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--blocks={blocks}', f'--steps={steps}',
-                         f'--device={device}'], capture_output=True, text=True, env=env)
+  done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--image_size={jax_record["image_size"]}',
+                         f'--blocks={blocks}', f'--steps={steps}', f'--device={device}', f'--threads={_THREADS.value}'],
+                        capture_output=True, text=True, env=env)
   if done.returncode:
     raise app.UsageError(f'--torch_python={python}: the PyTorch step failed: {done.stderr.strip()[-300:]}')
   torch_record = json.loads(done.stdout.strip().splitlines()[-1])
@@ -217,26 +232,66 @@ def compare_with_torch(jax_record: dict, python: str, blocks: int, steps: int) -
                     'ratio': round(jax_record['images_per_s'] / torch_record['images_per_s'], 3)}), flush=True)
 
 
+def family_comparison(model_name: str, dtype: str, shape: tuple, steps: int, blocks: int, torch_python) -> None:
+  """`model_name`'s training step and evaluation forward pass, each in a process of its own (this script with
+  --only; its peak resident memory from the kernel), then the reference PyTorch class's, and the ratios."""
+  batch, size, classes = shape
+  common = [f'--models={model_name}', f'--dtypes={dtype}', f'--batch={batch}', f'--image_size={size}',
+            f'--steps={steps}', f'--blocks={blocks}', f'--cpu_devices={_CPU_DEVICES.value}']
+  for kind in ('train', 'eval'):
+    jax_record = _child([sys.executable, os.path.abspath(__file__), f'--only={kind}', *common])
+    if not torch_python:
+      continue
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'torch_step.py')
+    env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
+    torch_record = _child([torch_python, script, f'--model={model_name}', f'--kind={kind}', f'--batch={batch}',
+                           f'--image_size={size}', f'--classes={classes}', f'--steps={steps}', f'--blocks={blocks}',
+                           f'--threads={_THREADS.value}', f'--dtype={dtype}'], env)
+    print(json.dumps({'measurement': f'{kind}_jax_over_pytorch', 'model': model_name, 'image_size': size,
+                      'batch': batch, 'jax_images_per_s': jax_record['images_per_s'],
+                      'pytorch_images_per_s': torch_record['images_per_s'],
+                      'ratio': round(jax_record['images_per_s'] / torch_record['images_per_s'], 3),
+                      'jax_peak_rss_mb': jax_record['peak_rss_mb'],
+                      'pytorch_peak_rss_mb': torch_record['peak_rss_mb']}), flush=True)
+
+
+def _child(command: list, env=None) -> dict:
+  """The last JSON record `command` prints (with its process's peak resident memory), printed here too."""
+  done = subprocess.run(command, capture_output=True, text=True, env=env)
+  if done.returncode:
+    raise app.UsageError(f'{os.path.basename(command[1])} failed: {done.stderr.strip()[-400:]}')
+  record = json.loads(done.stdout.strip().splitlines()[-1])
+  print(json.dumps(record), flush=True)
+  return record
+
+
 def main(argv):
   cli.no_arguments(argv)
   process_setup.start_process(_CPU_DEVICES.value)
   import jax
+  from bwlm_jax.models import MODEL_NAMES
   on_cpu = jax.default_backend() == 'cpu'
   for model_name in _MODELS.value:
-    if model_name not in _SHAPES:
-      raise app.UsageError(f'unknown model {model_name!r}; expected one of {tuple(_SHAPES)}.')
-    default_batch, default_size, classes = _SHAPES[model_name]
+    if model_name not in MODEL_NAMES:
+      raise app.UsageError(f'unknown model {model_name!r}; expected one of {MODEL_NAMES}.')
+    default_batch, default_size, classes = _SHAPES.get(model_name, FAMILY_SHAPE)
     shape = (_BATCH.value or default_batch, _IMAGE_SIZE.value or default_size, classes)
-    small = default_size == 32
+    small = shape[1] <= 64
     steps = _STEPS.value or (10 if small else (1 if on_cpu else 5))
     blocks = _BLOCKS.value if small or not on_cpu else 1
     dtypes = _DTYPES.value or (['float32', 'bfloat16'] if small or not on_cpu else ['float32'])
-    train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
+    torch_python = _TORCH_PYTHON.value or (sys.executable if importlib.util.find_spec('torch') else None)
+    torch_python = None if torch_python == 'none' else torch_python
     for dtype in dtypes:
+      if _ONLY.value:  # one measurement of a family comparison, in its own process
+        record = run_model(model_name, dtype, steps, blocks, 0, False, _ONLY.value == 'train', shape, False, 0)
+        continue
+      if model_name not in _SHAPES:
+        family_comparison(model_name, dtype, shape, steps, blocks, torch_python)
+        continue
+      train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
       record = run_model(model_name, dtype, steps, blocks, _HEADS.value, _REAL_DATA.value and small, train, shape,
                          _STAGE2.value, _BACKBONES.value)
-      torch_python = _TORCH_PYTHON.value or (sys.executable if importlib.util.find_spec('torch') else None)
-      torch_python = None if torch_python == 'none' else torch_python
       if model_name == 'resnet32' and dtype == 'float32' and torch_python and record:
         compare_with_torch(record, torch_python, blocks, steps)
 

@@ -144,3 +144,63 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
     cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
     assert conv.avx2_without_avx512(str(cpuinfo)) is expected
   assert conv.avx2_without_avx512(str(tmp_path / 'missing')) is False
+
+
+DEPTHWISE = {kind: shape for kind, shape in MODEL_CONVOLUTIONS.items() if shape[7] == shape[2] > 1}
+
+
+@pytest.mark.parametrize('kind', DEPTHWISE)
+def test_depthwise_multiply_adds_equal_xla_forward_and_both_gradients(kind, monkeypatch):
+  batch, side, inputs, outputs, kernel, stride, padding, groups = DEPTHWISE[kind]
+  x, w = _inputs(batch, side, inputs, outputs, kernel, groups, seed=3)
+
+  def forward(x, w):
+    return jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=NHWC,
+                                                          feature_group_count=groups))(x, w)
+
+  monkeypatch.setenv(conv.process_setup.DEPTHWISE_VARIABLE, 'xla')
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  reference, reference_gradients = forward(x, w), _gradients(x, w, stride, padding, groups)
+  monkeypatch.setenv(conv.process_setup.DEPTHWISE_VARIABLE, 'shifted')
+  shifted, gradients = forward(x, w), _gradients(x, w, stride, padding, groups)
+  assert shifted.shape == reference.shape
+  np.testing.assert_allclose(shifted, reference, rtol=1e-5, atol=1e-5)
+  for ours, xla in zip(gradients, reference_gradients):
+    np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla))))
+  # A hand computation of one output: the sum over the kernel's offsets, channel by channel.
+  pads = jax.lax.padtype_to_pads((side, side), (kernel, kernel), (stride, stride), padding) if isinstance(
+      padding, str) else padding
+  padded = np.pad(np.asarray(x), ((0, 0), *pads, (0, 0)))
+  n, h, w_, c = 1, 1, 2, 4
+  expected = sum(padded[n, stride * h + i, stride * w_ + j, c] * np.asarray(w)[i, j, 0, c]
+                 for i in range(kernel) for j in range(kernel))
+  np.testing.assert_allclose(shifted[n, h, w_, c], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_depthwise_form_is_chosen_in_one_place(monkeypatch):
+  monkeypatch.setenv(conv.process_setup.DEPTHWISE_VARIABLE, 'auto')
+  assert conv.shifted_depthwise() == (jax.default_backend() == 'cpu')
+  assert not conv.shifted_depthwise({conv.process_setup.DEPTHWISE_VARIABLE: 'xla'})
+  with pytest.raises(UsageError, match=r"BWLM_DEPTHWISE_CONV='fast': expected one of auto, xla, shifted"):
+    conv.shifted_depthwise({conv.process_setup.DEPTHWISE_VARIABLE: 'fast'})
+
+
+@pytest.mark.parametrize('kind', ['resnet_1x1', 'resnet_1x1_stride2'])
+def test_a_pointwise_convolution_as_a_matrix_product_equals_xla(kind):
+  batch, side, inputs, outputs, kernel, stride, padding, groups = MODEL_CONVOLUTIONS[kind]
+  x, w = _inputs(batch, side, inputs, outputs, kernel, groups, seed=5)
+
+  def loss(conv_fn, x, w):
+    y = conv_fn(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size), y
+
+  (_, ours), ours_grads = jax.value_and_grad(lambda x, w: loss(conv.conv_general_dilated, x, w), (0, 1),
+                                             has_aux=True)(x, w)
+  (_, xla), xla_grads = jax.value_and_grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1),
+                                           has_aux=True)(x, w)
+  np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(ours_grads, xla_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  lowered = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding,
+                                                           dimension_numbers=NHWC)).lower(x, w).as_text()
+  assert ('dot_general' in lowered) == (stride == 1) and ('convolution' in lowered) == (stride != 1)

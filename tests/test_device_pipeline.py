@@ -56,4 +56,13 @@ def test_eval_batches_pad_and_mask_the_last_batch():
   assert [int(m.sum()) for _, _, m in batches] == [3, 3, 1]
   labels = np.concatenate([l[m] for _, l, m in batches])
   np.testing.assert_array_equal(labels, np.arange(7))
-  assert batches[-1][0].shape == (3, 2, 2, 3)
+  assert batches[-1][0].shape == (1, 2, 2, 3)  # the last batch holds 1 example: padded to 1, not to 3
+
+
+def test_a_last_batch_is_padded_to_a_few_shapes_never_far_beyond_its_examples():
+  assert [device_pipeline.padded_size(n, 100) for n in (1, 18, 32, 33, 64, 65, 99, 100)] == [
+      1, 32, 32, 64, 64, 100, 100, 100]
+  assert [device_pipeline.padded_size(n, 96, 4) for n in (1, 5, 18, 40, 90)] == [4, 8, 32, 64, 96]  # 4 devices
+  split = ArraySplit(np.zeros((118, 2, 2, 3), np.uint8), np.arange(118))
+  shapes = [images.shape[0] for images, _, _ in device_pipeline.eval_batches(split, 100, 2)]
+  assert shapes == [100, 32]  # 18 left over: 32 places, not 100

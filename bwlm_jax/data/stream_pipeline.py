@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from bwlm_jax.runtime import process_setup
+from bwlm_jax.data.device_pipeline import padded_size
 from bwlm_jax.data.splits import StreamSplit
 from bwlm_jax.runtime.errors import UsageError
 
@@ -102,7 +103,7 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
 
 
 def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, std, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 process_count: int = 1, multiple: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """(images, labels, mask) over this process's shard once; the last batch padded and masked.
 
   Every process yields the same number of batches (shards differ by at most one example), padding with
@@ -122,8 +123,10 @@ def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, 
   batches = 0
   for images, labels, mask in dataset.as_numpy_iterator():
     count = images.shape[0]
-    if count < batch_size:
-      pad = batch_size - count
+    # One process pads its last batch only as far as `padded_size` says; several keep one shape in lockstep.
+    size = batch_size if process_count > 1 else padded_size(count, batch_size, multiple)
+    if count < size:
+      pad = size - count
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,), bool)])

@@ -8,6 +8,14 @@ times faster there (figures: docs/PERFORMANCE.md, "AVX2-only CPUs", and `benchma
 forward pass and the input gradient stay XLA's (a depthwise convolution's input gradient taken one image at a
 time, faster there), and so does everything on other CPUs and on accelerators.
 
+A 1x1 convolution of stride 1 (EfficientNet-Lite's expansions and projections, the ResNets' bottlenecks) is the
+matrix product it is, everywhere: XLA:CPU's convolution is several times slower at it, forward and backward.
+A depthwise convolution (EfficientNet-Lite's: one kernel per channel) is, on CPUs, computed as KH x KW shifted,
+per-channel multiply-adds of the padded input: element-wise work XLA fuses, forward and both gradients, where
+XLA:CPU's grouped convolution with one channel per group is many times slower (docs/PERFORMANCE.md,
+"Depthwise convolutions"). `BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator),
+`xla` or `shifted`.
+
 `BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
 AVX-512, unless `BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D,
 NHWC/HWIO, no dilation; for tests and benchmarks).
@@ -58,13 +66,28 @@ def cpu_flags(cpuinfo_path: str = '/proc/cpuinfo') -> frozenset[str]:
     return frozenset()
 
 
+def shifted_depthwise(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether depthwise convolutions traced now take the shifted multiply-adds (`BWLM_DEPTHWISE_CONV`)."""
+  mode = process_setup.conv_mode(environ, process_setup.DEPTHWISE_VARIABLE)
+  if mode == 'auto':
+    return jax.default_backend() == 'cpu'
+  return mode == 'shifted'
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-  """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), with the
-  chunked weight gradient where `chunked_weight_gradient()` and the shape allow it."""
+  """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), in the form this
+  module chooses: a depthwise one as shifted multiply-adds where `shifted_depthwise()`, a 1x1 one of stride 1 as a
+  matrix product, the chunked weight gradient where `chunked_weight_gradient()` and the shape allow it, else XLA's."""
   pads = _chunkable_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                          batch_group_count, precision, preferred_element_type)
+  depthwise = pads is not None and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
+  if depthwise and feature_group_count > 1 and shifted_depthwise():
+    return _depthwise(lhs, rhs, tuple(window_strides), pads)
+  if (pads is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and feature_group_count == 1
+      and not any(map(any, pads))):  # a 1x1 convolution is a matrix product: XLA:CPU's dot is far faster
+    return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
   if pads is None or not chunked_weight_gradient():
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
@@ -159,6 +182,52 @@ def weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Se
   if whole < batch:
     total = total + chunk_gradient(x[whole:], output_gradient[whole:])
   return total
+
+
+def depthwise_multiply_adds(x, kernel, strides: tuple[int, int], pads):
+  """A depthwise NHWC convolution (kernel [KH, KW, 1, C]) as the sum over the kernel's offsets of the strided
+  slice of the padded input at that offset times that offset's per-channel weights; accumulated in float32."""
+  kernel_h, kernel_w = kernel.shape[:2]
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  out_h = (padded.shape[1] - kernel_h) // strides[0] + 1
+  out_w = (padded.shape[2] - kernel_w) // strides[1] + 1
+  total = None
+  for i in range(kernel_h):
+    for j in range(kernel_w):
+      window = lax.slice(padded, (0, i, j, 0),
+                         (padded.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1,
+                          padded.shape[3]), (1, *strides, 1))
+      term = window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+      total = term if total is None else total + term
+  return total.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x, kernel, strides, pads):
+  """A depthwise convolution in the form fastest on CPUs, pass by pass (docs/PERFORMANCE.md, "Depthwise
+  convolutions"): forward and kernel gradient as shifted multiply-adds, input gradient XLA's one image at a
+  time (the multiply-adds' transpose of a strided slice is slow at stride 2)."""
+  return depthwise_multiply_adds(x, kernel, strides, pads)
+
+
+def _depthwise_forward(x, kernel, strides, pads):
+  return depthwise_multiply_adds(x, kernel, strides, pads), (x, kernel)
+
+
+def _depthwise_backward(strides, pads, residuals, output_gradient):
+  x, kernel = residuals
+
+  def image_input_gradient(pair):
+    image, gradient = pair
+    convolve = lambda one: _xla_conv(one, kernel, strides, pads, x.shape[-1])  # noqa: E731
+    return jax.vjp(convolve, image[None])[1](gradient[None])[0][0]
+
+  input_gradient = lax.map(image_input_gradient, (x, output_gradient))
+  kernel_gradient = jax.vjp(lambda k: depthwise_multiply_adds(x, k, strides, pads), kernel)[1](output_gradient)[0]
+  return input_gradient, kernel_gradient
+
+
+_depthwise.defvjp(_depthwise_forward, _depthwise_backward)
 
 
 # flax's convolution layer with this module's convolution; parameters and names are nn.Conv's.

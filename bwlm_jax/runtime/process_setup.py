@@ -32,6 +32,9 @@ OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures i
 # How models/conv.py computes a convolution's weight gradient: read here so that a bad value fails at start.
 CONV_MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
 CONV_MODES = ('auto', 'xla', 'chunked')
+# How models/conv.py computes a depthwise convolution: XLA's, or as shifted multiply-adds.
+DEPTHWISE_VARIABLE = 'BWLM_DEPTHWISE_CONV'
+DEPTHWISE_MODES = ('auto', 'xla', 'shifted')
 
 
 def quiet_library_logs() -> None:
@@ -130,11 +133,13 @@ def tune_cpu_runtime(reexec: bool = True) -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
-def conv_mode(environ: Mapping[str, str] = os.environ) -> str:
-  """`BWLM_CONV_WEIGHT_GRADIENT` (default `auto`), or a one-line error for a value not in CONV_MODES."""
-  mode = environ.get(CONV_MODE_VARIABLE, 'auto') or 'auto'
-  if mode not in CONV_MODES:
-    raise UsageError(f'{CONV_MODE_VARIABLE}={mode!r}: expected one of {", ".join(CONV_MODES)}.')
+def conv_mode(environ: Mapping[str, str] = os.environ, variable: str = CONV_MODE_VARIABLE) -> str:
+  """`BWLM_CONV_WEIGHT_GRADIENT` (or `BWLM_DEPTHWISE_CONV`; default `auto`), or a one-line error for a value
+  that is not one of its modes."""
+  modes = DEPTHWISE_MODES if variable == DEPTHWISE_VARIABLE else CONV_MODES
+  mode = environ.get(variable, 'auto') or 'auto'
+  if mode not in modes:
+    raise UsageError(f'{variable}={mode!r}: expected one of {", ".join(modes)}.')
   return mode
 
 
@@ -150,7 +155,8 @@ def use_cpu_devices(count: int) -> None:
 def start_process(cpu_devices: int = 1) -> None:
   """What every launch script does before JAX runs anything: CPU settings, CPU device count, quiet logs."""
   tune_cpu_runtime()
-  conv_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT fails here, before anything runs
+  conv_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT or BWLM_DEPTHWISE_CONV fails here, before anything runs
+  conv_mode(variable=DEPTHWISE_VARIABLE)
   use_cpu_devices(cpu_devices)
   quiet_library_logs()
 
