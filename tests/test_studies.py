@@ -93,3 +93,22 @@ def test_the_ablation_reads_a_grid_of_none_as_the_command_line_gives_it(tfds_dir
     ablation_variants(config)
   config.stage2.weight_decay = 0.01
   assert ablation_variants(config)['+BWLM']['weight_decay'] == 0.01
+
+
+def test_a_tuning_row_whose_every_setting_failed_is_a_failed_row_not_the_end_of_the_study(monkeypatch):
+  from bwlm_jax.evaluation.table_rows import Row
+  grid = tune.default_grid()
+  grid.learning_rate = (1e3, 1e4)
+  trained = []
+
+  def failing(config, run_dir, dataset, name, stage, metric, setting=''):
+    trained.append(setting)
+    return Row(name, 'failed', {}, setting='failed: naive: the loss became non-finite')
+
+  monkeypatch.setattr(tune, 'train_candidate', failing)
+  study = tune.Tune(grid)
+  run = type('Run', (), {'workdir': '/nowhere', 'config': None, 'dataset': None, 'metric': 'balanced_accuracy'})()
+  monkeypatch.setattr(tune, 'candidate_config', lambda *args: None)
+  row = study.tuned_row(run, study.candidates('W:0')[0])
+  assert row.kind == 'failed' and row.name == 'bias + balanced_softmax (LP-FT)' and trained == [
+      'lr=1000 epochs=2', 'lr=10000 epochs=2']

@@ -146,6 +146,8 @@ class Tune(Study):
       print(f'--- tuning {candidate.name}: {setting}')
       trained.append(train_candidate(candidate_config(run.config, candidate, learning_rate, epochs), run_dir,
                                      run.dataset, candidate.name, stages.NAIVE.name, run.metric, setting))
+    if all(row.kind == 'failed' for row in trained):  # the row failed: the study goes on without it
+      return trained[0]
     return best_of(trained)
 
   def title(self, run: StudyRun) -> str:
