@@ -124,19 +124,22 @@ def _conv_forward(lhs, rhs, strides, pads, groups):
   return _xla_conv(lhs, rhs, strides, pads, groups), (lhs, rhs)
 
 
+def _xla_input_gradient(x, kernel, output_gradient, strides, pads, groups):
+  return jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads, groups), x)[1](output_gradient)[0]
+
+
+def _xla_input_gradient_per_image(x, kernel, output_gradient, strides, pads, groups):
+  """XLA's input gradient of a depthwise convolution one image at a time: XLA:CPU's of a whole batch is 3-48x
+  slower (EfficientNet-Lite's shapes; grouped and dense ones are faster whole)."""
+  return lax.map(lambda pair: _xla_input_gradient(pair[0][None], kernel, pair[1][None], strides, pads, groups)[0],
+                 (x, output_gradient))
+
+
 def _conv_backward(strides, pads, groups, residuals, output_gradient):
   lhs, rhs = residuals
-
-  def xla_input_gradient(x, dy):
-    return jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads, groups), x)[1](dy)[0]
-
-  if groups > 1 and rhs.shape[2] == 1:
-    # Depthwise: XLA:CPU's input gradient of a whole batch is 3-48x slower than one image at a time on the
-    # AVX2-only EPYC (EfficientNet-Lite's shapes; grouped and dense ones are faster whole).
-    input_gradient = lax.map(lambda pair: xla_input_gradient(pair[0][None], pair[1][None])[0],
-                             (lhs, output_gradient))
-  else:
-    input_gradient = xla_input_gradient(lhs, output_gradient)
+  depthwise = groups > 1 and rhs.shape[2] == 1
+  input_gradient = (_xla_input_gradient_per_image if depthwise else _xla_input_gradient)(
+      lhs, rhs, output_gradient, strides, pads, groups)
   return input_gradient, weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups).astype(rhs.dtype)
 
 
@@ -216,13 +219,7 @@ def _depthwise_forward(x, kernel, strides, pads):
 
 def _depthwise_backward(strides, pads, residuals, output_gradient):
   x, kernel = residuals
-
-  def image_input_gradient(pair):
-    image, gradient = pair
-    convolve = lambda one: _xla_conv(one, kernel, strides, pads, x.shape[-1])  # noqa: E731
-    return jax.vjp(convolve, image[None])[1](gradient[None])[0][0]
-
-  input_gradient = lax.map(image_input_gradient, (x, output_gradient))
+  input_gradient = _xla_input_gradient_per_image(x, kernel, output_gradient, strides, pads, x.shape[-1])
   kernel_gradient = jax.vjp(lambda k: depthwise_multiply_adds(x, k, strides, pads), kernel)[1](output_gradient)[0]
   return input_gradient, kernel_gradient
 
