@@ -112,3 +112,17 @@ def test_a_tuning_row_whose_every_setting_failed_is_a_failed_row_not_the_end_of_
   row = study.tuned_row(run, study.candidates('W:0')[0])
   assert row.kind == 'failed' and row.name == 'bias + balanced_softmax (LP-FT)' and trained == [
       'lr=1000 epochs=2', 'lr=10000 epochs=2']
+
+
+def test_a_grid_field_that_does_not_exist_or_a_value_of_the_wrong_type_is_one_line(tfds_dir):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, os.path.join(root, 'launch', 'tune.py'),
+                         f'--config={root}/configs/quickstart.py', '--workdir=/nonexistent/w', '--tuning.loss=ce'],
+                        capture_output=True, text=True, timeout=300)  # read as the tool is imported: a traceback before
+  assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+      'error: --tuning.loss=ce: no config field \'loss\'. Did you mean "losses" instead of "loss"?']
+  _, grid = _grids(['prog', '--recipe.epochs=abc'])
+  with pytest.raises(UsageError, match=r"recipe candidate epochs=abc \(recipe.epochs\): Could not override field"):
+    recipe.candidates(tiny_config(tfds_dir), grid)

@@ -255,6 +255,17 @@ def define_run_flags(what: str, workdir_help: str = 'Directory for checkpoints, 
   return run_flags
 
 
+def define_grid_flag(name: str, grid, help_text: str):
+  """A study's grid as `--NAME.FIELD=...` flags. ml_collections reads those overrides when the flag is defined,
+  as the tool is imported and before `run`'s handling: a field the grid lacks is one error line here too."""
+  try:
+    return config_flags.DEFINE_config_dict(name, grid, help_text, lock_config=True)
+  except (AttributeError, KeyError) as err:
+    if '--verbose' in sys.argv:
+      raise
+    fail(_flag_error_message(err, sys.argv), 2)
+
+
 @contextlib.contextmanager
 def started(run_flags: RunFlags, argv: list[str]):
   """A training tool's opening: its flags checked, the process set up before JAX runs (CPU settings,

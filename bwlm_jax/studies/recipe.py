@@ -128,7 +128,7 @@ def candidates(config, grid) -> list[Candidate]:
   for candidate in ordered:
     try:
       validate_config(candidate_config(config, candidate))
-    except UsageError as error:
+    except (UsageError, TypeError) as error:  # TypeError: a value of another type than the field's ('abc' epochs)
       fields = ', '.join(f'recipe.{field}' for field, _ in candidate.changes)
       raise UsageError(f'recipe candidate {candidate.name} ({fields}): {error}') from None
   return ordered

@@ -13,21 +13,13 @@ Trains what is missing (each candidate in DIR/recipe/<changes>/, resumable; `eva
 take that folder as their --workdir), then writes DIR/recipe/table.{md,csv,json} and DIR/recipe/best.json.
 """
 
-from ml_collections import config_flags
-
 from bwlm_jax.runtime import cli
 from bwlm_jax.tools import study_main
-from bwlm_jax.studies.recipe import default_grid
+from bwlm_jax.studies.recipe import Recipe, default_grid
 
 _RUN = cli.define_run_flags('the whole recipe search', 'Run directory.')
-_GRID = config_flags.DEFINE_config_dict('recipe', default_grid(), 'The recipe grid: --recipe.FIELD=V1,V2.',
-                                        lock_config=True)
+_GRID = cli.define_grid_flag('recipe', default_grid(), 'The recipe grid: --recipe.FIELD=V1,V2.')
 
 
-def _study():
-  from bwlm_jax.studies.recipe import Recipe
-  return Recipe(_GRID.value)
-
-
-main = study_main(_RUN, _study)
+main = study_main(_RUN, lambda: Recipe(_GRID.value))
 

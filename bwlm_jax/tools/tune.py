@@ -9,21 +9,13 @@ Trains what is missing (every candidate in DIR/tuning/<mode>-<loss>/<setting>/, 
 DIR/tuning/table.{md,csv,json} and best.json.
 """
 
-from ml_collections import config_flags
-
 from bwlm_jax.runtime import cli
 from bwlm_jax.tools import study_main
-from bwlm_jax.studies.tune import default_grid
+from bwlm_jax.studies.tune import Tune, default_grid
 
 _RUN = cli.define_run_flags('the whole tuning table', 'Run directory.')
-_GRID = config_flags.DEFINE_config_dict('tuning', default_grid(), 'The tuning grid: --tuning.FIELD=V1,V2.',
-                                        lock_config=True)
+_GRID = cli.define_grid_flag('tuning', default_grid(), 'The tuning grid: --tuning.FIELD=V1,V2.')
 
 
-def _study():
-  from bwlm_jax.studies.tune import Tune
-  return Tune(_GRID.value)
-
-
-main = study_main(_RUN, _study)
+main = study_main(_RUN, lambda: Tune(_GRID.value))
 
