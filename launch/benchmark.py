@@ -62,6 +62,7 @@ _ONLY = flags.DEFINE_enum('only', None, ['train', 'eval'], 'Internal: measure on
                           'evaluation forward pass in this process (the parent reads its peak memory).')
 _THREADS = flags.DEFINE_integer('torch_threads', 2, 'PyTorch\'s CPU threads in the family comparison (the cores '
                                 'JAX uses here).')
+_RUNTIME = []  # the CPU settings this process runs with (process_setup.CPU_RUNTIMES), recorded in each figure
 # Dense peak FLOP/s by device kind and dtype (vendor figures, without sparsity).
 PEAK_FLOPS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989e12, ('NVIDIA H100 80GB HBM3', 'float32'): 67e12,
               ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 67e12}
@@ -93,6 +94,7 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
   flops = _flops(compiled)
   peak = PEAK_FLOPS.get((device.device_kind, extra['dtype']))
   record = {'measurement': name, **extra, 'device': device.device_kind, 'devices': jax.device_count(),
+            'cpu_runtime': _RUNTIME[0] if _RUNTIME else None,
             'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
             'images_per_s': round(images_per_step / best, 1),
             'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # this process's so far
@@ -267,7 +269,11 @@ def _child(command: list, env=None) -> dict:
 
 def main(argv):
   cli.no_arguments(argv)
-  process_setup.start_process(_CPU_DEVICES.value)
+  from bwlm_jax.models.registry import cpu_runtime
+  in_process = [name for name in _MODELS.value if name in _SHAPES or _ONLY.value] or _MODELS.value
+  runtime = cpu_runtime(in_process[0])  # the families compared with PyTorch each run in processes of their own
+  process_setup.start_process(_CPU_DEVICES.value, runtime)
+  _RUNTIME.append(process_setup.cpu_runtime(runtime) if process_setup.runs_on_cpu() else None)
   import jax
   from bwlm_jax.models import MODEL_NAMES
   on_cpu = jax.default_backend() == 'cpu'

@@ -32,6 +32,35 @@ def test_tuned_environ_keeps_what_the_user_set():
   assert tunables['glibc.malloc.mmap_max'] == '0'
 
 
+@pytest.mark.parametrize('runtime,ynnpack,malloc', [
+    ('ynnpack+malloc', True, True), ('malloc', False, True), ('plain', False, False)])
+def test_each_cpu_runtime_adds_its_own_settings(runtime, ynnpack, malloc):
+  env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, '0.12.0.1', runtime)
+  assert (process_setup.YNN_FLAG in env.get('XLA_FLAGS', '')) == ynnpack
+  assert ('GLIBC_TUNABLES' in env) == malloc
+
+
+@pytest.mark.parametrize('value,chosen', [
+    (None, 'malloc'), ('auto', 'malloc'), ('1', 'malloc'), ('0', 'plain'), ('plain', 'plain'),
+    ('ynnpack+malloc', 'ynnpack+malloc')])
+def test_cpu_runtime_is_the_familys_unless_the_variable_names_one(value, chosen):
+  environ = {} if value is None else {process_setup.OPT_OUT: value}
+  assert process_setup.cpu_runtime('malloc', environ) == chosen
+
+
+def test_unknown_cpu_runtime_is_one_line():
+  with pytest.raises(process_setup.UsageError, match=r"BWLM_CPU_TUNING='fast': expected auto, 0 or one of"):
+    process_setup.cpu_runtime('plain', {process_setup.OPT_OUT: 'fast'})
+
+
+def test_every_family_names_a_cpu_runtime():
+  from bwlm_jax.models import registry
+  assert all(family.cpu_runtime in process_setup.CPU_RUNTIMES for family in registry.FAMILIES)
+  # Measured (docs/PERFORMANCE.md, "CPU settings per family"): YNNPACK doubles a ResNet's step and slows the others.
+  assert registry.cpu_runtime('resnet32') == registry.cpu_runtime('resnet50') == 'ynnpack+malloc'
+  assert registry.cpu_runtime('vit_small_patch16') == registry.cpu_runtime('clip_vit_b16') == 'plain'
+
+
 def test_experimental_xla_flag_only_for_the_tested_jaxlib():
   # An XLA that does not know a flag in XLA_FLAGS aborts, so an untested jaxlib does not get it.
   for untested in ('0.11.0', '0.13.0'):
@@ -68,9 +97,9 @@ SCRIPT = '''
 import os, sys
 from bwlm_jax.runtime import process_setup
 print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:], flush=True)
-process_setup.start_process(2)
+process_setup.start_process(2, os.environ.get('FAMILY_RUNTIME', 'ynnpack+malloc'))
 import jax
-print('running', os.getpid(), os.environ['GLIBC_TUNABLES'], os.environ.get('XLA_FLAGS', '-'), sys.argv[1:],
+print('running', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), os.environ.get('XLA_FLAGS', '-'), sys.argv[1:],
       jax.device_count())
 '''
 
@@ -92,3 +121,14 @@ def test_start_process_restarts_once_with_the_settings(tmp_path):
   assert (process_setup.YNN_FLAG in running[0][1]) == measured  # the flag only on the jaxlibs it was measured on
   assert "['an-arg', '--a-flag=1']" in running[0][1]
   assert running[0][1].endswith(' 2')  # --cpu_devices=2
+
+
+def test_a_family_without_malloc_settings_starts_once_without_the_flag():
+  env = {key: value for key, value in os.environ.items()
+         if key not in ('GLIBC_TUNABLES', 'XLA_FLAGS', 'JAX_PLATFORMS', 'JAX_NUM_CPU_DEVICES', process_setup.OPT_OUT)}
+  result = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True,
+                          env={**env, 'FAMILY_RUNTIME': 'plain'}, cwd=ROOT, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [line.split(' ') for line in result.stdout.splitlines()]
+  assert [words[0] for words in lines] == ['start', 'running'] and lines[0][1] == lines[1][1]  # no restart
+  assert lines[1][2] == '-' and process_setup.YNN_FLAG not in result.stdout

@@ -2,7 +2,7 @@
 library asks of them (building, weights layouts in and out, the input the usual weights expect, the reference
 class an export loads into, which light-tuning modes and pools it takes, its patch size). Each model file
 declares its family once; `registry.py` lists them, and config checks, building, weights and the tuning masks
-read the record instead of testing a model name against a list."""
+read the record instead of testing a model name against a list; the launch scripts set the CPU runtime it names."""
 
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ class Family:
   added_modules: tuple[str, ...] = ()  # config.model fields that add modules to it (lora_rank, adapter_dim)
   patch_size: Callable[[str], int] = no_patches
   check_metadata: Optional[Callable[[str, dict, str], None]] = None  # (name, metadata beside weights, its path)
+  # The CPU settings its steps and feature passes run fastest with in the least memory, measured per family
+  # (a runtime.process_setup.CPU_RUNTIMES name; docs/PERFORMANCE.md, "CPU settings per family").
+  cpu_runtime: str = 'plain'
 
 
 def last_stage_blocks(backbone_params: dict) -> tuple[str, ...]:

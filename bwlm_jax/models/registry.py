@@ -21,6 +21,11 @@ def family_of(model_name: str) -> Family:
   return _BY_NAME[model_name]
 
 
+def cpu_runtime(model_name: str) -> str:
+  """The CPU settings `model_name`'s family runs with (process_setup.CPU_RUNTIMES), for start_process."""
+  return family_of(model_name).cpu_runtime
+
+
 def with_weights_layout() -> tuple[str, ...]:
   """The families whose weights are read and written in a source's layout, by name."""
   return tuple(family.name for family in FAMILIES if family.layout is not None)

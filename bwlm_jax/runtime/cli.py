@@ -267,13 +267,13 @@ def define_grid_flag(name: str, grid, help_text: str):
 
 
 @contextlib.contextmanager
-def started(run_flags: RunFlags, argv: list[str]):
-  """A training tool's opening: its flags checked, the process set up before JAX runs (CPU settings,
-  devices, the processes of a multi-process run), and the workdir held by this run alone; yields the seeds
-  (None: one run)."""
+def started(run_flags: RunFlags, argv: list[str], cpu_runtime: Callable[[str], str]):
+  """A training tool's opening: its flags checked, the process set up before JAX runs (the CPU settings
+  `cpu_runtime(config.model.name)` names, devices, the processes of a multi-process run), and the workdir held
+  by this run alone; yields the seeds (None: one run)."""
   no_arguments(argv)
   seeds = run_flags.seed_list()
-  process_setup.start_process(run_flags.cpu_devices.value)
+  process_setup.start_process(run_flags.cpu_devices.value, cpu_runtime(run_flags.config.value.model.name))
   distributed.start({name: flag.value for name, flag in run_flags.distributed.items()})
   with distributed.workdir_writer(run_flags.workdir.value):  # one run writes into a workdir at a time
     yield seeds

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Mapping
 from bwlm_jax.runtime.errors import UsageError
 
-# CPU-only runtime settings, each chosen by its measured effect on the training step (figures per jaxlib in
-# docs/PERFORMANCE.md, "JAX 0.12 ... against PyTorch" and "What the profile showed").
-# 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend: without it the
-#    weight-gradient convolutions wait on transposes that re-compute whole BatchNorm/ReLU/residual chains.
+# CPU-only runtime settings, each chosen by its measured effect on the training step and the evaluation forward
+# pass, per model family (figures per CPU and jaxlib in docs/PERFORMANCE.md, "CPU settings per family").
+# 1. XLA:CPU hands convolutions, dots, element-wise ops and reductions to its YNNPACK backend: without it a
+#    ResNet's weight-gradient convolutions wait on transposes that re-compute whole BatchNorm/ReLU/residual
+#    chains. It slows EfficientNet-Lite and the ViTs and multiplies their memory.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 YNN_FUSIONS = 'dot,eltwise,reduce,individual_convolution,individual_dot'
 YNN_TESTED_JAXLIB = ('0.10.', '0.12.')  # experimental: an XLA that does not know the flag aborts at start
@@ -23,12 +24,16 @@ YNN_TESTED_JAXLIB = ('0.10.', '0.12.')  # experimental: an XLA that does not kno
 #    buffers (hundreds of thousands of page faults a step).
 MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
                    'glibc.malloc.trim_threshold': str(2**40)}
+# The sets of them a process can take, by name: (YNNPACK fusions, malloc settings). A model family names its
+# own (`models.family.Family.cpu_runtime`); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
+CPU_RUNTIMES = {'ynnpack+malloc': (True, True), 'malloc': (False, True), 'plain': (False, False)}
+DEFAULT_CPU_RUNTIME = 'ynnpack+malloc'  # where no model is known (notebooks, tools without a config)
 # 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (faster on jaxlib 0.10,
 #    which hung in some runs; little gain on jaxlib 0.12: docs/PERFORMANCE.md).
 # jaxlib 0.11 and 0.12's XLA:CPU return NaN for part of a trained ResNet's jitted bfloat16 features (not in
 # float32, not with jaxlib 0.10.2): refused before training (docs/PERFORMANCE.md).
 BF16_BROKEN_CPU_JAXLIB = ('0.11.', '0.12.')
-OPT_OUT = 'BWLM_CPU_TUNING'  # set to 0 to leave the runtime as JAX configures it
+OPT_OUT = 'BWLM_CPU_TUNING'  # auto (the model family's settings), 0 (none, no CPU choices), or a CPU_RUNTIMES name
 # How models/conv.py computes a convolution's weight gradient: read here so that a bad value fails at start.
 CONV_MODE_VARIABLE = 'BWLM_CONV_WEIGHT_GRADIENT'
 CONV_MODES = ('auto', 'xla', 'chunked')
@@ -79,20 +84,36 @@ def tensorflow_datasets(needed_for: str):
   return tfds
 
 
-def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str) -> dict[str, str]:
-  """`environ` plus the CPU settings above; a value the user set already is kept."""
+def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str, runtime: str = DEFAULT_CPU_RUNTIME
+                      ) -> dict[str, str]:
+  """`environ` plus the settings of CPU runtime `runtime` (a CPU_RUNTIMES name); a value the user set is kept."""
+  ynnpack, malloc = CPU_RUNTIMES[runtime]
   env = dict(environ)
   xla_flags = env.get('XLA_FLAGS', '')
-  if YNN_FLAG not in xla_flags and jaxlib_version.startswith(YNN_TESTED_JAXLIB):
+  if ynnpack and YNN_FLAG not in xla_flags and jaxlib_version.startswith(YNN_TESTED_JAXLIB):
     env['XLA_FLAGS'] = f'{xla_flags} {YNN_FLAG}={YNN_FUSIONS}'.strip()
-  user_tunables = dict(item.split('=', 1) for item in env.get('GLIBC_TUNABLES', '').split(':') if '=' in item)
-  env['GLIBC_TUNABLES'] = ':'.join(f'{key}={value}' for key, value in {**MALLOC_TUNABLES, **user_tunables}.items())
+  if malloc:
+    user_tunables = dict(item.split('=', 1) for item in env.get('GLIBC_TUNABLES', '').split(':') if '=' in item)
+    env['GLIBC_TUNABLES'] = ':'.join(f'{key}={value}' for key, value in {**MALLOC_TUNABLES, **user_tunables}.items())
   return env
+
+
+def cpu_runtime(family_runtime: str = DEFAULT_CPU_RUNTIME, environ: Mapping[str, str] = os.environ) -> str:
+  """The CPU_RUNTIMES name this process takes: BWLM_CPU_TUNING's (0: plain), else `family_runtime` (auto, 1 or
+  unset); a one-line error for another value."""
+  value = environ.get(OPT_OUT, 'auto') or 'auto'
+  if value in ('auto', '1'):
+    return family_runtime
+  if value == '0':
+    return 'plain'
+  if value not in CPU_RUNTIMES:
+    raise UsageError(f'{OPT_OUT}={value!r}: expected auto, 0 or one of {", ".join(CPU_RUNTIMES)}.')
+  return value
 
 
 def cpu_tuning_applies(environ: Mapping[str, str] = os.environ) -> bool:
   """False when opted out or when JAX will run on an accelerator (a GPU/TPU plugin is installed)."""
-  return environ.get(OPT_OUT, '1') != '0' and runs_on_cpu(environ)
+  return environ.get(OPT_OUT, 'auto') != '0' and runs_on_cpu(environ)
 
 
 def check_compute_dtype(dtype: str, environ: Mapping[str, str] = os.environ, jaxlib_version: str | None = None):
@@ -113,20 +134,22 @@ def runs_on_cpu(environ: Mapping[str, str] = os.environ) -> bool:
   return not any(importlib.util.find_spec(name) for name in plugins)
 
 
-def tune_cpu_runtime(reexec: bool = True) -> None:
-  """Apply the CPU settings above; call before JAX starts (first thing in a launch script's main).
+def tune_cpu_runtime(reexec: bool = True, family_runtime: str = DEFAULT_CPU_RUNTIME) -> None:
+  """Apply the settings of the CPU runtime this process takes (`cpu_runtime`); call before JAX starts (first
+  thing in a launch script's main).
 
   glibc reads its malloc settings only at process start, so with `reexec` the script restarts itself once
   (same PID, arguments and environment plus the settings). Without it (e.g. in a notebook) only the XLA
   flags are set.
   """
+  runtime = cpu_runtime(family_runtime)
   if not cpu_tuning_applies():
     return
-  tuned = cpu_tuned_environ(os.environ, importlib.metadata.version('jaxlib'))
+  tuned = cpu_tuned_environ(os.environ, importlib.metadata.version('jaxlib'), runtime)
   if 'XLA_FLAGS' in tuned:
     os.environ['XLA_FLAGS'] = tuned['XLA_FLAGS']
   glibc = _platform.system() == 'Linux' and _platform.libc_ver()[0] == 'glibc'
-  if reexec and glibc and sys.executable and tuned['GLIBC_TUNABLES'] != os.environ.get('GLIBC_TUNABLES'):
+  if reexec and glibc and sys.executable and tuned.get('GLIBC_TUNABLES') != os.environ.get('GLIBC_TUNABLES'):
     os.environ['GLIBC_TUNABLES'] = tuned['GLIBC_TUNABLES']
     sys.stdout.flush()
     sys.stderr.flush()
@@ -152,9 +175,10 @@ def use_cpu_devices(count: int) -> None:
     jax.config.update('jax_num_cpu_devices', count)
 
 
-def start_process(cpu_devices: int = 1) -> None:
-  """What every launch script does before JAX runs anything: CPU settings, CPU device count, quiet logs."""
-  tune_cpu_runtime()
+def start_process(cpu_devices: int = 1, family_runtime: str = DEFAULT_CPU_RUNTIME) -> None:
+  """What every launch script does before JAX runs anything: CPU settings (those `family_runtime` names, the
+  model family's), CPU device count, quiet logs."""
+  tune_cpu_runtime(family_runtime=family_runtime)
   conv_mode()  # a bad BWLM_CONV_WEIGHT_GRADIENT or BWLM_DEPTHWISE_CONV fails here, before anything runs
   conv_mode(variable=DEPTHWISE_VARIABLE)
   use_cpu_devices(cpu_devices)

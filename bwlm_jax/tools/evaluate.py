@@ -31,9 +31,10 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   cli.no_arguments(argv)
+  from bwlm_jax.models.registry import cpu_runtime  # importing the model files starts no JAX backend
   from bwlm_jax.workdir import run_config
   config = run_config(_WORKDIR.value, _CONFIG.value)
-  process_setup.start_process(_CPU_DEVICES.value)
+  process_setup.start_process(_CPU_DEVICES.value, cpu_runtime(config.model.name))
   from bwlm_jax.runtime.workdir_lock import holding
   with holding(os.path.join(_WORKDIR.value, 'evaluation')):  # one writer of the reports at a time
     from bwlm_jax.config import validate_config

@@ -30,7 +30,9 @@ flags.mark_flags_as_required(['workdir', 'images'])
 
 def main(argv):
   cli.no_arguments(argv)
-  process_setup.start_process()
+  from bwlm_jax.models.registry import cpu_runtime  # importing the model files starts no JAX backend
+  from bwlm_jax.workdir import run_config
+  process_setup.start_process(family_runtime=cpu_runtime(run_config(_WORKDIR.value, None).model.name))
   from bwlm_jax.runtime.files import write_csv
   from bwlm_jax.predict import check_stage, image_paths, predict_files
   if _STAGE.value is not None:

@@ -11,7 +11,8 @@ _RUN = cli.define_run_flags('the configured stages')
 
 
 def main(argv):
-  with cli.started(_RUN, argv) as seeds:
+  from bwlm_jax.models.registry import cpu_runtime  # importing the model files starts no JAX backend
+  with cli.started(_RUN, argv, cpu_runtime) as seeds:
     import jax
     from bwlm_jax.studies.seeds import train_over_seeds
     from bwlm_jax.run.training_run import train_and_evaluate
