@@ -110,11 +110,13 @@ def _projection(x, features: int, name: str, lora_rank: int, dtype):
 
 class Attention(nn.Module):
   """Multi-head self-attention with one input projection for q, k and v (timm's qkv, torch's in_proj);
-  with `lora_rank`, a LoRA update beside both projections."""
+  with `lora_rank`, a LoRA update beside both projections; `causal`: each token sees those before it (CLIP's
+  text tower)."""
   heads: int
   names: tuple  # (input projection, output projection)
   dtype: Any = jnp.float32
   lora_rank: int = 0
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -122,7 +124,7 @@ class Attention(nn.Module):
     qkv = _projection(x, 3 * width, self.names[0], self.lora_rank, self.dtype)
     qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    y = jax.nn.dot_product_attention(q, k, v).reshape(batch, tokens, width)
+    y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal).reshape(batch, tokens, width)
     return _projection(y, width, self.names[1], self.lora_rank, self.dtype)
 
 
@@ -165,11 +167,12 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   lora_rank: int = 0
   adapter_dim: int = 0
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x):
     norm1, attn, qkv, proj, ls1, norm2, mlp, fc1, fc2, ls2 = BLOCK_NAMES[self.spec.family]
-    y = Attention(self.spec.heads, (qkv, proj), self.dtype, self.lora_rank, name=attn)(
+    y = Attention(self.spec.heads, (qkv, proj), self.dtype, self.lora_rank, self.causal, name=attn)(
         nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm1)(x))
     x = x + (LayerScale(name=ls1)(y) if self.spec.layer_scale else y)
     normed = nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x)
