@@ -17,13 +17,14 @@ from bwlm_jax import stages as stages_lib
 from bwlm_jax.data.randaugment import MAX_MAGNITUDE as RANDAUGMENT_MAX_MAGNITUDE
 from bwlm_jax.models.registry import DTYPE_NAMES, MODEL_NAMES, family_of
 from bwlm_jax.runtime.errors import UsageError
+from bwlm_jax.text import zero_shot
 
 
 POOLS = ('token', 'avg')  # model.pool: a family says which it takes (`models/family.py`)
 # What a backbone stage trains of its backbone (naive.tune, stage1.tune): `train/trainable.py`.
 TUNE_MODES = ('full', 'bias', 'last', 'head', 'lora', 'adapter')
 # How a backbone stage's head starts (naive.head_init, stage1.head_init): `train/state.py`.
-HEAD_INITS = ('random', 'class_means', 'stage2_head')
+HEAD_INITS = ('random', 'class_means', 'stage2_head', 'text')
 # Who draws a backbone stage's batches (naive.sampler, stage1.sampler): `data/sampling.sampler_tables`.
 SAMPLERS = ('uniform', 'square_root', 'class_balanced', 'progressive')
 
@@ -54,6 +55,13 @@ def base_config() -> ml_collections.ConfigDict:
   # open_clip, efficientnet-lite-pytorch; .safetensors, .npz; .pth/.pt with PyTorch) or a finished workdir
   # (WORKDIR = its naive backbone, WORKDIR:stage1). None = random init.
   config.model.init_from = config_dict.placeholder(str)
+  # CLIP's text side (head_init='text': the head starts as the zero-shot classifier, text/zero_shot.py): the whole
+  # CLIP file whose text tower is read (None: model.init_from), its tokenizer (None: the
+  # bpe_simple_vocab_16e6.txt.gz or tokenizer.json beside that file), and the prompts: one template with {}
+  # (LIFT's single template by default) or a .txt file of templates, one a line, whose embeddings are averaged.
+  config.model.text_from = config_dict.placeholder(str)
+  config.model.tokenizer = config_dict.placeholder(str)
+  config.model.prompts = 'a photo of a {}.'
 
   config.batch_size = 64  # Paper section 4.2.
   config.eval_batch_size = 500
@@ -105,6 +113,10 @@ def _data_config() -> ml_collections.ConfigDict:
   # std for the ResNets, DeiT and DINOv2, [-1, 1] for timm's ViTs and EfficientNet-Lite, CLIP's own for
   # CLIP; `weights.input_statistics`), else dataset.
   data.normalize = 'auto'
+  # What the classes are called in words, for CLIP's text tower: None = the source's label names (folder names,
+  # CIFAR's and tfds's names), or a file mapping them to words (`LABEL<TAB>WORDS` lines as ImageNet's words.txt,
+  # or a JSON object; text/classes.py), which ImageNet-LT's and Tiny-ImageNet's WordNet ids need.
+  data.class_names_file = config_dict.placeholder(str)
   return data
 
 
@@ -200,9 +212,11 @@ def _backbone_stage(epochs: int, learning_rate: float, weight_decay: float) -> m
   stage.loss = 'ce'
   # The head's start: 'random' (Flax's lecun-normal Dense, the paper's stages), 'class_means' (each
   # class's mean feature of the stage's training set through the starting backbone, L2-normalised; bias 0:
-  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone) or 'stage2_head' (LP-FT, Kumar
+  # a nearest-class-mean classifier to fine-tune from, for a pretrained backbone), 'stage2_head' (LP-FT, Kumar
   # et al. 2022: the balanced head stage 2 trained on the frozen features of model.init_from, read from
-  # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K').
+  # head_from: a workdir's finished stage 2, or head K of a grid checkpoint as 'DIRECTORY:K') or 'text' (CLIP:
+  # the zero-shot classifier of the classes' prompts, LIFT's semantic initialisation; model.text_from,
+  # model.tokenizer, model.prompts, data.class_names_file).
   stage.head_init = 'random'
   stage.head_from = ''
   # Who draws the batches: 'uniform' (each example once per epoch, the paper's), 'square_root',
@@ -281,6 +295,8 @@ def _validate_backbone_stage(config, stage: str) -> None:
     raise UsageError(f"{stage}.head_init='stage2_head' reads its head from {stage}.head_from (a workdir with a "
                      f'finished stage 2 on model.init_from): give both or neither; got head_init='
                      f'{cfg.head_init!r}, head_from={cfg.head_from!r}.')
+  if cfg.head_init == 'text':
+    zero_shot.check(config.model, config.data.class_names_file)
   if cfg.head_from and not config.model.init_from:
     raise UsageError(f'{stage}.head_from is a head trained on the frozen features of model.init_from, which '
                      'is not set.')

@@ -109,3 +109,101 @@ def test_every_clip_model_has_its_text_tower():
   assert all(clip_text.TEXT_SPECS[n].quick_gelu == vit.SPECS[n].quick_gelu for n in clip_text.TEXT_SPECS)
   with pytest.raises(UsageError, match="model.name='vit_base_patch16' has no text tower"):
     clip_text.text_spec('vit_base_patch16')
+
+
+@pytest.fixture
+def small_clip(fixture, monkeypatch, tmp_path):
+  """config.model of the fixture's CLIP under a CLIP model.name (its text tower's shape swapped in), the
+  fixture's two templates in a file."""
+  info, _, spec = fixture
+  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
+  templates = tmp_path / 'templates.txt'
+  templates.write_text('\n'.join(info['templates']) + '\n')
+  return {'name': 'clip_vit_b16', 'text_from': os.path.join(FIXTURE, 'clip.safetensors'), 'tokenizer': MERGES,
+          'prompts': str(templates), 'init_from': None}
+
+
+def test_zero_shot_classifier_equals_open_clips(fixture, small_clip):
+  from bwlm_jax.text import zero_shot
+  info, expected, _ = fixture
+  embeddings, scale = zero_shot.class_embeddings(small_clip, info['classes'])
+  np.testing.assert_allclose(embeddings, expected['zero_shot_classifier'].T, atol=2e-6)
+  logits = zero_shot.zero_shot_logits(expected['images'], embeddings, scale)
+  np.testing.assert_allclose(logits, expected['zero_shot_logits'], rtol=1e-5, atol=1e-5)
+
+
+def test_one_template_is_one_embedding_per_class(fixture, small_clip):
+  from bwlm_jax.text import zero_shot
+  info, expected, spec = fixture
+  one = dict(small_clip, prompts='a photo of a {}.')
+  embeddings, _ = zero_shot.class_embeddings(one, info['classes'][:2])
+  params, _ = clip_text.from_state_dict(load_file(small_clip['text_from']), spec, 'fixture')
+  tokens = ClipTokenizer.from_file(MERGES)(['a photo of a goldfish.', 'a photo of a great white shark.'])
+  direct = np.asarray(clip_text.TextTransformer(spec).apply({'params': params}, tokens))
+  np.testing.assert_allclose(embeddings, direct / np.linalg.norm(direct, axis=1, keepdims=True), atol=2e-6)
+
+
+@pytest.mark.parametrize('projected', [True, False])
+def test_the_text_head_is_the_zero_shot_classifier(fixture, small_clip, projected):
+  # Same predictions image for image; the same logits for an image whose embedding has the mean norm.
+  from bwlm_jax.text import zero_shot
+  info, _, _ = fixture
+  embeddings, scale = zero_shot.class_embeddings(small_clip, info['classes'])
+  rng = np.random.default_rng(0)
+  projection = None if projected else rng.normal(size=(24, 16))
+  features = rng.normal(size=(40, 16 if projected else 24)) * rng.uniform(0.5, 3.0, size=(40, 1))
+  head = zero_shot.text_head(embeddings, scale, features, projection)
+  logits = features @ np.asarray(head['dense']['kernel'], np.float64) + np.asarray(head['dense']['bias'])
+  embedded = features if projected else features @ projection
+  reference = zero_shot.zero_shot_logits(embedded, embeddings, scale)
+  np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
+  norms = np.linalg.norm(embedded, axis=1, keepdims=True)
+  np.testing.assert_allclose(logits, reference * norms / norms.mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_class_words_from_a_names_file(tmp_path):
+  from bwlm_jax.text import classes
+  tsv = tmp_path / 'words.txt'
+  tsv.write_text('n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n')
+  assert classes.class_words(['n01629819', 'n01443537'], str(tsv)) == ['European fire salamander', 'goldfish']
+  as_json = tmp_path / 'names.json'
+  as_json.write_text(json.dumps({'0': 'apple', '1': 'aquarium_fish'}))
+  assert classes.class_words(['1', '0'], str(as_json)) == ['aquarium fish', 'apple']
+  assert classes.class_words(['sea_lion', 'tree  frog']) == ['sea lion', 'tree frog']
+  with pytest.raises(UsageError, match=r"names 1 of the 2 classes; missing: n09999999"):
+    classes.class_words(['n01443537', 'n09999999'], str(tsv))
+  bad = tmp_path / 'bad.txt'
+  bad.write_text('n01443537 goldfish\n')
+  with pytest.raises(UsageError, match=r"bad.txt' line 1: expected LABEL<TAB>WORDS"):
+    classes.class_words(['n01443537'], str(bad))
+
+
+@pytest.mark.parametrize('prompts,message', [
+    ('a photo', 'every template holds {} once'), ('{} and {}', 'every template holds {} once'),
+    ('missing_templates.txt', 'no such file of templates')])
+def test_bad_prompts_are_one_line(prompts, message):
+  from bwlm_jax.text import classes
+  with pytest.raises(UsageError, match=message):
+    classes.templates(prompts)
+
+
+def test_a_text_head_start_is_checked_before_anything_runs(tmp_path):
+  from bwlm_jax.config import base_config, validate_config
+  config = base_config()
+  config.naive.head_init = 'text'
+  with pytest.raises(UsageError, match="model.name='resnet32' has no text tower"):
+    validate_config(config)
+  config.model.name, config.data.image_size = 'clip_vit_b16', 32
+  with pytest.raises(UsageError, match='set model.text_from'):
+    validate_config(config)
+  clip_file = tmp_path / 'clip.safetensors'
+  clip_file.write_bytes(open(os.path.join(FIXTURE, 'clip.safetensors'), 'rb').read())
+  config.model.init_from = str(clip_file)
+  with pytest.raises(UsageError, match='holds no bpe_simple_vocab_16e6.txt.gz or tokenizer.json'):
+    validate_config(config)
+  (tmp_path / 'bpe_simple_vocab_16e6.txt.gz').write_bytes(open(MERGES, 'rb').read())  # found beside the file
+  config.model.prompts = 'a photo'
+  with pytest.raises(UsageError, match='every template holds'):
+    validate_config(config)
+  config.model.prompts = 'a photo of a {}.'
+  validate_config(config)

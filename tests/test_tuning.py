@@ -298,3 +298,9 @@ def test_lp_ft_starts_from_the_stage2_head_chosen_on_the_frozen_backbone(tmp_pat
     with pytest.raises(error, match=message):
       check_inputs(changed, str(tmp_path / 'lp'))
   assert not (tmp_path / 'lp').exists()
+
+
+def test_every_head_start_has_a_row_name():
+  from bwlm_jax.config import HEAD_INITS
+  from bwlm_jax.studies.tune import HEAD_START_NAMES
+  assert set(HEAD_START_NAMES) == set(HEAD_INITS)

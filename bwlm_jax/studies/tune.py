@@ -33,7 +33,8 @@ FROZEN_ROWS = {
                      'sampler': 'class_balanced'},
 }
 # How each head start (`config.HEAD_INITS`) is named in the table.
-HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2_head': ' (LP-FT)'}
+HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2_head': ' (LP-FT)',
+                    'text': ' (text: zero-shot start)'}
 GRID_FIELDS = ('modes', 'losses', 'head_inits', 'learning_rate', 'epochs')
 
 

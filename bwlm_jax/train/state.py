@@ -15,6 +15,7 @@ from bwlm_jax import checkpoints, stages
 from bwlm_jax.data.sampling import HEAD_INIT
 from bwlm_jax.models import LinearHead
 from bwlm_jax.runtime.errors import MissingFileError, UsageError
+from bwlm_jax.text import zero_shot
 
 # Data fields a stage-2 backbone must share with the run that uses it.
 _BACKBONE_DATA_FIELDS = ('name', 'imbalance_factor', 'max_count', 'subset_seed', 'folder')
@@ -66,6 +67,8 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None)
     head = ctx.model.init_head(head_key, feature_dim)
     if ctx.config[stage.name].head_init == 'class_means':
       head = class_means_head(ctx, {'backbone': backbone_params, 'batch_stats': batch_stats}, split)
+    elif ctx.config[stage.name].head_init == 'text':
+      head = text_head(ctx, {'backbone': backbone_params, 'batch_stats': batch_stats}, split)
     elif ctx.config[stage.name].head_init == 'stage2_head':
       head = stage2_head(ctx.config, stage.name, num_classes, feature_dim)
     params = {'backbone': backbone_params, 'head': head}
@@ -85,6 +88,16 @@ def class_means_head(ctx, backbone: dict, split) -> dict:
   means = sums / np.maximum(np.bincount(labels, minlength=num_classes), 1)[:, None]
   kernel = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
   return {'dense': {'kernel': jnp.asarray(kernel.T, jnp.float32), 'bias': jnp.zeros((num_classes,), jnp.float32)}}
+
+
+def text_head(ctx, backbone: dict, split) -> dict:
+  """The linear head that is CLIP's zero-shot classifier of the dataset's classes on `backbone`'s features
+  (`text.zero_shot.text_head`; its scale from `split`'s images)."""
+  embeddings, scale = zero_shot.class_embeddings(ctx.config.model, ctx.dataset.class_names,
+                                                 ctx.config.data.class_names_file or '')
+  features, _ = ctx.split_features(backbone, split)
+  projection = None if ctx.config.model.projection else backbone['backbone']['proj']
+  return zero_shot.text_head(embeddings, scale, features, projection)
 
 
 def stage2_head_source(config, stage: str) -> tuple[str, Optional[int], dict]:

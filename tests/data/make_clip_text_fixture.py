@@ -28,6 +28,8 @@ WORDS = ('goldfish great white shark tiger shark hammerhead electric ray stingra
 TEXTS = ([f'a photo of a {w}.' for w in WORDS] + [f'a blurry photo of the {w}s' for w in WORDS[:8]]
          + ["It's 42 Café &amp; naïve   don't", 'ÆØÅ ñ 東京 🙂 x', 'shark ' * 90, '', 'THE   Eagle\tOwl'])
 MERGES = 400
+CLASSES = ('goldfish', 'great_white_shark', 'tiger shark', 'robin', 'bald eagle', 'tree frog')  # folder-like names
+TEMPLATES = ('a photo of a {}.', 'a blurry photo of the {}.')
 
 
 def learn_merges(words, count):
@@ -81,11 +83,20 @@ def main():
   tokens = tokenizer(TEXTS)
   with torch.no_grad():
     embeddings = model.encode_text(tokens)
+  # open_clip's zero-shot classifier of CLASSES (underscores read as spaces, as text/classes.py reads them) over
+  # TEMPLATES, and the zero-shot logits of a few image embeddings.
+  from open_clip.zero_shot_classifier import build_zero_shot_classifier
+  words = [name.replace('_', ' ') for name in CLASSES]
+  classifier = build_zero_shot_classifier(model, tokenizer, words, TEMPLATES, num_classes_per_batch=None)
+  images = torch.randn(5, 16)
+  zero_shot_logits = model.logit_scale.exp() * torch.nn.functional.normalize(images, dim=-1) @ classifier
   state = {k: v.contiguous() for k, v in model.state_dict().items()}
   safetensors.torch.save_file(state, os.path.join(OUT, 'clip.safetensors'))
-  np.savez(os.path.join(OUT, 'expected.npz'), tokens=tokens.numpy().astype(np.int32), embeddings=embeddings.numpy())
+  np.savez(os.path.join(OUT, 'expected.npz'), tokens=tokens.numpy().astype(np.int32), embeddings=embeddings.numpy(),
+           zero_shot_classifier=classifier.numpy(), images=images.numpy(),
+           zero_shot_logits=zero_shot_logits.detach().numpy())
   with open(os.path.join(OUT, 'texts.json'), 'w') as file:
-    json.dump({'texts': TEXTS, 'vocab_size': tokenizer.vocab_size, 'width': 32, 'depth': 2, 'heads': 2, 'embed': 16,
+    json.dump({'texts': TEXTS, 'classes': CLASSES, 'templates': TEMPLATES, 'vocab_size': tokenizer.vocab_size, 'width': 32, 'depth': 2, 'heads': 2, 'embed': 16,
                'open_clip': open_clip.__version__, 'torch': torch.__version__}, file, ensure_ascii=False, indent=1)
   print(f'{OUT}: {len(merges)} merges, vocabulary {tokenizer.vocab_size}, {len(TEXTS)} texts')
 
