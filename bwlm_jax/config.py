@@ -308,15 +308,19 @@ def _validate_backbone_stage(config, stage: str) -> None:
   if not 0 <= cfg.mix_prob <= 1 or not 0 <= cfg.label_smoothing < 1:
     raise UsageError(f'{stage}: mix_prob must be in [0, 1] and label_smoothing in [0, 1); got {cfg.mix_prob}, '
                      f'{cfg.label_smoothing}.')
-  if cfg.epochs < 1 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
-    raise UsageError(f'{stage}: epochs must be >= 1, learning_rate > 0 and weight_decay >= 0; got '
-                     f'{cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
+  # 0 epochs: the stage's model is its start, untrained (zero-shot CLIP, nearest class mean, the linear probe).
+  if cfg.epochs == 0 and cfg.head_init == 'random':
+    raise UsageError(f'{stage}.epochs=0 keeps the starting model untrained, which with head_init=random is a random '
+                     f"head: give epochs >= 1, or a head start ('text', 'class_means', 'stage2_head').")
+  if not isinstance(cfg.epochs, int) or cfg.epochs < 0 or cfg.learning_rate <= 0 or cfg.weight_decay < 0:
+    raise UsageError(f'{stage}: epochs must be a whole number >= 1 (0 with a head start), learning_rate > 0 and '
+                     f'weight_decay >= 0; got {cfg.epochs}, {cfg.learning_rate}, {cfg.weight_decay}.')
   if (not isinstance(cfg.randaugment_layers, int) or cfg.randaugment_layers < 0
       or not 0 <= cfg.randaugment_magnitude <= RANDAUGMENT_MAX_MAGNITUDE):
     raise UsageError(f'{stage}.randaugment_layers must be a whole number >= 0 (0 = off) and randaugment_magnitude '
                      f'in [0, {RANDAUGMENT_MAX_MAGNITUDE}]; got {cfg.randaugment_layers!r}, '
                      f'{cfg.randaugment_magnitude!r}.')
-  if not isinstance(cfg.drw_epoch, int) or not 0 <= cfg.drw_epoch < cfg.epochs or not 0 < cfg.drw_beta < 1:
+  if not isinstance(cfg.drw_epoch, int) or not 0 <= cfg.drw_epoch < max(cfg.epochs, 1) or not 0 < cfg.drw_beta < 1:
     raise UsageError(f'{stage}.drw_epoch must be a whole number in [0, {stage}.epochs) (0 = off) and drw_beta '
                      f'in (0, 1); got {cfg.drw_epoch!r}, {cfg.drw_beta!r}.')
 

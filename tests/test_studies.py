@@ -42,7 +42,10 @@ def test_every_study_reads_list_values_from_the_command_line_one_way(tfds_dir):
 
 @pytest.mark.parametrize('argv,message', [
     (['--tuning.learning_rate=0.001,-0.01'], r'tuning.learning_rate: -0.01 is not > 0; every value of the grid'),
-    (['--tuning.epochs=2,0'], r'tuning.epochs: 0 is not a whole number >= 1'),
+    (['--tuning.epochs=2,-1'], r'tuning.epochs: -1 is not a whole number >= 0 \(0: the start itself\)'),
+    (['--tuning.epochs=2,0', '--tuning.head_inits=random'],
+     r"tuning candidate bias \+ balanced_softmax, lr=0.001 epochs=0: naive.epochs=0 keeps the starting model "
+     r"untrained, which with head_init=random is a random head"),
     (['--tuning.modes=bias,lora'], r"tuning candidate lora \+ balanced_softmax \(LP-FT\), lr=0.001 epochs=2: "
                                    r"naive.tune='lora' tunes a ViT's attention or MLPs"),
     (['--tuning.losses=balanced_softmax,focal'], r"tuning.losses: 'focal' is not one of"),

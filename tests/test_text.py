@@ -207,3 +207,42 @@ def test_a_text_head_start_is_checked_before_anything_runs(tmp_path):
     validate_config(config)
   config.model.prompts = 'a photo of a {}.'
   validate_config(config)
+
+
+def test_zero_shot_clip_is_a_model_of_its_own(fixture, monkeypatch, tmp_path):
+  # The fixture's whole small CLIP (open_clip's) under a CLIP model.name, its image tower's shape swapped in too:
+  # head_init='text' with 0 epochs is a finished model whose predictions are zero-shot CLIP's, image for image.
+  from bwlm_jax.checkpoints import load_finished
+  from bwlm_jax.config import base_config
+  from bwlm_jax.models import vit
+  from bwlm_jax.run.training_run import make_context, train_and_evaluate
+  from bwlm_jax.text import zero_shot
+  from test_pretrained import _folder
+  _, _, spec = fixture
+  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
+  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
+  _folder(tmp_path / 'data', [8, 4, 2], size=20)
+  names = tmp_path / 'names.txt'
+  names.write_text('c0\tgoldfish\nc1\ttiger shark, Galeocerdo cuvieri\nc2\ttree frog\n')
+  config = base_config()
+  config.data.name, config.data.folder, config.data.image_size = 'folder', str(tmp_path / 'data'), 16
+  config.data.class_names_file = str(names)
+  config.model.name, config.model.init_from = 'clip_vit_b16', os.path.join(FIXTURE, 'clip.safetensors')
+  config.model.tokenizer = MERGES
+  config.batch_size, config.eval_batch_size = 8, 16
+  config.stages, config.naive.epochs, config.naive.head_init, config.naive.tune = 'naive', 0, 'text', 'head'
+  results = train_and_evaluate(config, str(tmp_path / 'run'))
+  variables, meta = load_finished(str(tmp_path / 'run'), 'naive')
+  assert meta['step'] == 0 and meta['finished']
+  ctx = make_context(config, str(tmp_path / 'fresh'))
+  features, labels = ctx.split_features(variables, ctx.dataset.eval_splits()['test'])
+  embeddings, scale = zero_shot.class_embeddings(config.model, ['c0', 'c1', 'c2'], str(names))
+  reference = zero_shot.zero_shot_logits(features, embeddings, scale)
+  predicted = np.argmax(reference, axis=1)
+  head = np.asarray(features, np.float64) @ np.asarray(variables['head']['dense']['kernel'], np.float64)
+  np.testing.assert_array_equal(head.argmax(axis=1), predicted)
+  train_features, _ = ctx.split_features(variables, ctx.dataset.train)  # the naive stage's training split
+  mean_norm = np.linalg.norm(np.asarray(train_features, np.float64), axis=1).mean()
+  norms = np.linalg.norm(np.asarray(features, np.float64), axis=1, keepdims=True)
+  np.testing.assert_allclose(head, reference * norms / mean_norm, rtol=1e-4, atol=1e-4)
+  assert results['models']['naive']['test']['all'] == pytest.approx(float((predicted == labels).mean()))

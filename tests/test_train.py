@@ -135,7 +135,8 @@ def test_stage1_checkpoint_of_other_data_is_refused(tiny_config, uninterrupted, 
     ('stage2.loss', 'focal', "stage2.loss must be one of .*, got 'focal'"),
     ('stage2.alpha', 1.5, 'stage2.alpha must be in'),
     ('stages', 'stage3', 'config.stages='),
-    ('stage1.epochs', 0, 'epochs must be >= 1'),
+    ('stage1.epochs', 0, 'stage1.epochs=0 keeps the starting model untrained'),
+    ('stage1.epochs', -2, 'epochs must be a whole number >= 1'),
     ('model.name', 'vgg', "unknown model.name='vgg'"),
 ])
 def test_bad_config_fails_before_training(tiny_config, tmp_path, field, value, message):

@@ -2,6 +2,8 @@
 the rest bit for bit as it came, BatchNorm statistics kept outside `full`, resume equal to an uninterrupted
 run, and a backbone stage's balanced loss."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -253,8 +255,30 @@ def test_the_head_can_start_from_the_class_means_of_the_starting_backbone(tfds_d
                                rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(state.params['head']['dense']['bias'], 0.0)
   config.naive.head_init = 'mean'
-  with pytest.raises(UsageError, match=r"naive.head_init must be one of \('random', 'class_means', 'stage2_head'\), "
-                                      r"got 'mean'"):
+  with pytest.raises(UsageError, match=r"naive.head_init must be one of \('random', 'class_means', 'stage2_head', "
+                                      r"'text'\), got 'mean'"):
+    validate_config(config)
+
+
+def test_a_stage_of_0_epochs_is_its_starting_model(tfds_dir, tmp_path):
+  # The nearest-class-mean classifier (and so zero-shot CLIP with head_init='text') as a model of its own: a finished
+  # checkpoint at step 0 holding the start, evaluated like any other.
+  from bwlm_jax.checkpoints import load_finished
+  config = tiny_config(tfds_dir)
+  config.stages, config.naive.epochs, config.naive.head_init = 'naive', 0, 'class_means'
+  train_and_evaluate(config, str(tmp_path / 'run'))
+  variables, meta = load_finished(str(tmp_path / 'run'), 'naive')
+  assert meta['step'] == 0 and meta['finished']
+  ctx = make_context(config, str(tmp_path / 'fresh'))
+  split = stage_split(config, ctx.dataset, NAIVE)
+  start = initial_state(ctx, NAIVE, optim.sgd(lambda step: 0.1, 0.0, 0.9, False), split=split)
+  assert_trees_equal({'backbone': start.params['backbone'], 'head': start.params['head']},
+                     {'backbone': variables['backbone'], 'head': variables['head']})
+  with open(tmp_path / 'run' / 'results.json') as file:
+    assert 'naive' in json.load(file)['models']
+  config.naive.head_init = 'random'
+  with pytest.raises(UsageError, match=r'naive.epochs=0 keeps the starting model untrained, which with '
+                                       r'head_init=random is a random head'):
     validate_config(config)
 
 

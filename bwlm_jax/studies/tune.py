@@ -113,7 +113,8 @@ class Tune(Study):
       if bad:
         raise UsageError(f'tuning.{field}: {bad[0]!r} is not one of {allowed}.')
     for field, rule, ok in (('learning_rate', '> 0', lambda v: isinstance(v, (int, float)) and v > 0),
-                            ('epochs', 'a whole number >= 1', lambda v: isinstance(v, int) and v >= 1)):
+                            ('epochs', 'a whole number >= 0 (0: the start itself)',
+                             lambda v: isinstance(v, int) and v >= 0)):
       bad = [value for value in self.values(field) if not ok(value)]
       if bad:
         raise UsageError(f'tuning.{field}: {bad[0]!r} is not {rule}; every value of the grid must be.')
