@@ -84,3 +84,13 @@ def random_backbone(model, image_shape=(32, 32, 3), seed: int = 1) -> dict:
 
   params, batch_stats = jax.tree_util.tree_map_with_path(value, shapes)
   return {'params': params, 'batch_stats': batch_stats}
+
+
+def cpu_model() -> str:
+  """This machine's CPU as /proc/cpuinfo names it (vendor / family / model / name): float results made on another
+  can differ in their last bits."""
+  with open('/proc/cpuinfo') as cpuinfo:
+    fields = dict(line.split(':', 1) for line in cpuinfo if ':' in line and line.split(':')[0].strip() in (
+        'vendor_id', 'cpu family', 'model', 'model name'))
+  return ' / '.join(' '.join(value.split()) for value in fields.values())
+

@@ -30,17 +30,19 @@ flags.mark_flags_as_required(['workdir', 'images'])
 
 def main(argv):
   cli.no_arguments(argv)
-  from bwlm_jax.models.registry import cpu_runtime  # importing the model files starts no JAX backend
-  from bwlm_jax.workdir import run_config
-  process_setup.start_process(family_runtime=cpu_runtime(run_config(_WORKDIR.value, None).model.name))
-  from bwlm_jax.runtime.files import write_csv
+  # The arguments first, then the workdir's model, whose family names the CPU settings (none of these imports
+  # starts a JAX backend).
+  from bwlm_jax.models.registry import cpu_runtime
   from bwlm_jax.predict import check_stage, image_paths, predict_files
+  from bwlm_jax.runtime.files import write_csv
+  from bwlm_jax.workdir import run_config
   if _STAGE.value is not None:
     check_stage(_STAGE.value)
   if _TOP_K.value < 1:
     raise app.UsageError('--top_k must be >= 1.')
   if _OUTPUT.value and os.path.exists(_OUTPUT.value):
     raise app.UsageError(f'{_OUTPUT.value} exists; choose another --output (results are never overwritten).')
+  process_setup.start_process(family_runtime=cpu_runtime(run_config(_WORKDIR.value, None).model.name))
   stage = _STAGE.value or ('stage2' if os.path.isdir(os.path.join(_WORKDIR.value, 'checkpoints', 'stage2'))
                            else 'naive')
   paths = image_paths(_IMAGES.value)

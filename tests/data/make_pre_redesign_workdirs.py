@@ -6,6 +6,8 @@ that the new code evaluates, reuses and resumes them.
 
 OUT/finished: naive and stage 2 (select=none, cached features, on the naive backbone) of the tests' tiny run.
 OUT/interrupted: the same run stopped after 5 of naive's 20 steps.
+OUT/cpu.txt: the CPU that computed them (vendor / family / model / name): a resume is bit-equal to an uninterrupted
+run on that CPU only.
 """
 
 import os
@@ -16,7 +18,7 @@ import tempfile
 import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from helpers import tiny_config  # noqa: E402
+from helpers import cpu_model, tiny_config  # noqa: E402
 
 from bwlm_jax.data import embedded_tfds  # noqa: E402,F401  (registers the builder)
 from bwlm_jax.errors import Interrupted  # noqa: E402
@@ -43,6 +45,8 @@ def main(out: str) -> None:
     print(stop)
   for workdir in ('finished', 'interrupted'):
     shutil.rmtree(os.path.join(out, workdir, 'tensorboard'), ignore_errors=True)
+  with open(os.path.join(out, 'cpu.txt'), 'w') as file:
+    file.write(cpu_model() + '\n')
   shutil.rmtree(data_dir)
 
 
