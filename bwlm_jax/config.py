@@ -15,6 +15,8 @@ from bwlm_jax import head_setting, losses, selection
 from bwlm_jax.runtime import process_setup
 from bwlm_jax import stages as stages_lib
 from bwlm_jax.data.randaugment import MAX_MAGNITUDE as RANDAUGMENT_MAX_MAGNITUDE
+from bwlm_jax.models.bundle import TEST_VIEWS
+from bwlm_jax.models.head import HEAD_KINDS
 from bwlm_jax.models.registry import DTYPE_NAMES, MODEL_NAMES, family_of
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.text import zero_shot
@@ -50,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
   # every attention projection and the width of an AdaptFormer bottleneck beside every MLP; 0 = none.
   config.model.lora_rank = 0
   config.model.adapter_dim = 0
+  # The classifier head: 'linear' (the paper's), or 'cosine' (LIFT's: normalised features and class weights,
+  # logits scaled by head_scale, 25 as LIFT; weight decay then only shrinks the weights' norms: models/head.py).
+  config.model.head = 'linear'
+  config.model.head_scale = 25.0
   # Start the backbone of naive and stage 1 from pretrained weights, and offer it frozen to stage 2
   # (stage2.backbone=pretrained): a weights file of model.name in its source's layout (torchvision/timm,
   # open_clip, efficientnet-lite-pytorch; .safetensors, .npz; .pth/.pt with PyTorch) or a finished workdir
@@ -117,6 +123,10 @@ def _data_config() -> ml_collections.ConfigDict:
   # CIFAR's and tfds's names), or a file mapping them to words (`LABEL<TAB>WORDS` lines as ImageNet's words.txt,
   # or a JSON object; text/classes.py), which ImageNet-LT's and Tiny-ImageNet's WordNet ids need.
   data.class_names_file = config_dict.placeholder(str)
+  # Test-time ensembling on the evaluation splits (val, test; prediction too): 'none', 'flip' (the image and its
+  # mirror), 'five_crop' (LIFT's: resized to 248/224 of its side, four corner and the centre crop), 'ten_crop'
+  # (those and their mirrors); the views' logits averaged. Training images are never ensembled.
+  data.test_views = 'none'
   return data
 
 
@@ -271,6 +281,10 @@ def _validate_model(config) -> None:
     lower = config.data.image_size // patch * patch
     raise UsageError(f'data.image_size={config.data.image_size} is not a multiple of {config.model.name}\'s patch '
                      f'size {patch}: use {lower or patch} or {lower + patch}.')
+  if config.model.head not in HEAD_KINDS:
+    raise UsageError(f'model.head must be one of {HEAD_KINDS}, got {config.model.head!r}.')
+  if not isinstance(config.model.head_scale, (int, float)) or not config.model.head_scale > 0:
+    raise UsageError(f'model.head_scale must be > 0 (the cosine head\'s logit scale), got {config.model.head_scale!r}.')
   if config.model.dtype not in DTYPE_NAMES:
     raise UsageError(f'model.dtype must be one of {DTYPE_NAMES}, got {config.model.dtype!r}.')
 
@@ -331,6 +345,8 @@ def validate_config(config) -> None:
   _validate_model(config)
   process_setup.check_compute_dtype(config.model.dtype)
   stage2 = config.stage2
+  if config.data.test_views not in TEST_VIEWS:
+    raise UsageError(f'data.test_views must be one of {TEST_VIEWS}, got {config.data.test_views!r}.')
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):
     raise UsageError(f"data.normalize must be 'auto', 'dataset' or 'imagenet', got {config.data.normalize!r}.")
   for field, allowed in (('sampler', ('uniform', 'class_balanced')), ('head_bias_init', ('zeros', 'cb_prior')),

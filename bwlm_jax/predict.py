@@ -100,7 +100,8 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   if top_k > len(names):
     raise UsageError(f'--top_k={top_k} is more than the {len(names)} classes of the {stage} model.')
   model = build_model(config['model'], len(names))
-  features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']])
+  features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']],
+                                 config['data'].get('test_views', 'none'))  # the views the model was evaluated with
   loaded, unreadable = [], []
   for path in paths:
     try:

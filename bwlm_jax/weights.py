@@ -29,6 +29,7 @@ from bwlm_jax.runtime.errors import BwlmError, MissingFileError, UsageError
 from bwlm_jax.runtime.files import read_json, write_text, writing
 from bwlm_jax.models import family_of, inference_variables, registry, torch_layout
 from bwlm_jax.models.family import IMAGENET_MEAN, IMAGENET_STD
+from bwlm_jax.models.head import kind_of
 
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt', '.bin')  # .bin: PyTorch's, as the hub names them
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
@@ -202,6 +203,10 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
   """Write a trained model (inference variables: backbone and head) as a state dict of its PyTorch layout
   (`torch_layout_of`) in `path` (.safetensors, never overwritten) with what inference needs beside it
   (PATH.json); returns the sidecar's content."""
+  if kind_of(variables['head']) != 'linear':
+    raise UsageError(f'{path}: this model has a {kind_of(variables["head"])} head (model.head), whose logits need '
+                     'the features normalised first: the reference classes exports load into take a linear head. '
+                     'Predict with launch/predict.py, or train with model.head=linear to export.')
   backbone = {'params': merged_lora(jax.device_get(variables['backbone'])),
               'batch_stats': jax.device_get(variables['batch_stats'])}
   layout = torch_layout_of(model_name, backbone)
@@ -216,7 +221,7 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
   sidecar = {'model': model_name, 'pytorch': _reference_class(config_model, len(meta['class_names']),
                                                                meta['image_size']),
              'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
-             'std': meta['std']}
+             'std': meta['std'], 'test_views': meta['config']['data'].get('test_views', 'none')}
   _write_pair(path, state, sidecar)
   return sidecar
 

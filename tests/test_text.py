@@ -246,3 +246,14 @@ def test_zero_shot_clip_is_a_model_of_its_own(fixture, monkeypatch, tmp_path):
   norms = np.linalg.norm(np.asarray(features, np.float64), axis=1, keepdims=True)
   np.testing.assert_allclose(head, reference * norms / mean_norm, rtol=1e-4, atol=1e-4)
   assert results['models']['naive']['test']['all'] == pytest.approx(float((predicted == labels).mean()))
+
+
+def test_a_cosine_text_head_is_zero_shot_at_its_own_scale(fixture, small_clip):
+  from bwlm_jax.models.head import apply_head
+  from bwlm_jax.text import zero_shot
+  info, _, _ = fixture
+  embeddings, scale = zero_shot.class_embeddings(small_clip, info['classes'])
+  features = np.random.default_rng(3).normal(size=(30, 16))
+  head = zero_shot.text_head(embeddings, scale, features, kind='cosine', head_scale=25.0)
+  np.testing.assert_allclose(apply_head(head, features), zero_shot.zero_shot_logits(features, embeddings, 25.0),
+                             rtol=1e-5, atol=1e-5)

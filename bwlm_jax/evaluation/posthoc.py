@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bwlm_jax.models import head_logits
+from bwlm_jax.models.head import head_kernel, with_weights
 from bwlm_jax.runtime.errors import UsageError
 
 
@@ -22,11 +23,12 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def tau_normalized_head(head_params: dict, tau: float) -> dict:
-  """Kang et al.'s tau-normalised classifier as head parameters: w_c / ||w_c||^tau, bias dropped."""
-  kernel = np.asarray(head_params['dense']['kernel'], np.float32)
+  """Kang et al.'s tau-normalised classifier as head parameters: w_c / ||w_c||^tau, bias dropped (a cosine head
+  keeps its kind: its logits then lose only the bias)."""
+  kernel = np.asarray(head_kernel(head_params), np.float32)
   norms = np.linalg.norm(kernel, axis=0, keepdims=True)
-  return {'dense': {'kernel': kernel / np.power(np.maximum(norms, 1e-12), tau),
-                    'bias': np.zeros(kernel.shape[-1], np.float32)}}
+  return with_weights(head_params, kernel / np.power(np.maximum(norms, 1e-12), tau),
+                      np.zeros(kernel.shape[-1], np.float32))
 
 
 def tau_normalized_logits(features: np.ndarray, head_params: dict, tau: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from bwlm_jax import checkpoints
 from bwlm_jax.stages import NAMES as STAGES, STAGE2
 from bwlm_jax.evaluation import calibration, metrics
 from bwlm_jax.models import head_logits
+from bwlm_jax.models.head import head_kernel
 from bwlm_jax.runtime.files import read_json
 from bwlm_jax.workdir import stage_config_differences
 
@@ -48,15 +49,16 @@ def stacked_head_reports(split_features, variables: dict, split, train_counts, w
   on one split; the features once."""
   features, labels = split_features(variables, split)
   heads = jax.device_get(variables['head'])
-  which = range(int(np.shape(heads['dense']['kernel'])[0])) if which is None else which
+  which = range(int(np.shape(head_kernel(heads))[0])) if which is None else which
   return [metrics.head_report(features, labels, head_at(heads, k), train_counts) for k in which]
 
 
-def run_results(dataset, models: dict, split_features) -> dict:
-  """The results.json payload of a run: dataset, counts, groups and, per model (stage name -> inference
-  variables), its report on every evaluation split and its classifier weight norms."""
+def run_results(dataset, models: dict, split_features, test_views: str = 'none') -> dict:
+  """The results.json payload of a run: dataset, counts, groups, the test-time views and, per model (stage name ->
+  inference variables), its report on every evaluation split and its classifier weight norms."""
   results = {
       'dataset': dataset.name,
+      'test_views': test_views,
       'class_names': list(dataset.class_names),
       'train_counts': dataset.train_counts.tolist(),
       'shot_groups': metrics.shot_groups(dataset.train_counts).tolist(),
@@ -65,7 +67,7 @@ def run_results(dataset, models: dict, split_features) -> dict:
   }
   for stage, variables in models.items():
     results['models'][stage] = split_reports(split_features, variables, dataset)
-    results['weight_norms'][stage] = metrics.weight_norms(jax.device_get(variables['head']['dense']['kernel']))
+    results['weight_norms'][stage] = metrics.weight_norms(jax.device_get(head_kernel(variables['head'])))
   return results
 
 

@@ -18,6 +18,7 @@ from bwlm_jax.evaluation.results import logit_reports
 from bwlm_jax.runtime.files import make_directory, unique_path, write_csv, write_json
 from bwlm_jax.features import SplitFeatures
 from bwlm_jax.models import build_model, head_logits
+from bwlm_jax.models.head import head_kernel
 from bwlm_jax.runtime.errors import UsageError
 
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
@@ -56,7 +57,7 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
   """The head of a finished stage of `workdir` and {split: (features, labels)} of its backbone."""
   variables, meta = checkpoints.load_finished(workdir, stage)
-  num_classes = variables['head']['dense']['kernel'].shape[-1]
+  num_classes = head_kernel(variables['head']).shape[-1]
   saved = meta['config']['data']['name']
   if saved != config.data.name or num_classes != dataset.num_classes:
     raise UsageError(f'the {stage} checkpoint in {workdir} was trained on {saved} with {num_classes} classes; '
@@ -64,7 +65,8 @@ def saved_model_features(config, workdir: str, stage: str, dataset) -> dict:
   # The normalisation the model was trained with (ImageNet's for pretrained weights), from its checkpoint.
   normalized = dataclasses.replace(dataset, mean=tuple(meta['mean']), std=tuple(meta['std']))
   split_features = SplitFeatures(build_model(meta['config']['model'], num_classes), normalized, distributed.make_mesh(),
-                                 config.eval_batch_size, meta['config']['model']['dtype'])
+                                 config.eval_batch_size, meta['config']['model']['dtype'],
+                                 meta['config']['data'].get('test_views', 'none'))
   outputs = {name: split_features(variables, split) for name, split in dataset.eval_splits().items()}
   return {'head': variables['head'], 'outputs': outputs}
 
@@ -81,7 +83,7 @@ def posthoc_reports(outputs: dict, head: dict, train_counts) -> dict:
   Each temperature is chosen on the 'val' split by balanced (mean per-class) accuracy when there is
   one, else it is the method's published default (1 for both); the test split never chooses.
   """
-  num_classes = int(np.shape(head['dense']['kernel'])[-1])
+  num_classes = int(np.shape(head_kernel(head))[-1])
   reports = {split: {} for split in outputs}
   for method in POSTHOC_METHODS:
     def logits(split, tau):
@@ -110,7 +112,7 @@ def report_workdir(config, workdir: str, dataset, stages=None, test_prior: str |
   for stage in stages:
     model = saved_model_features(config, workdir, stage, dataset)
     head = model['head']
-    norms = metrics.weight_norms(np.asarray(head['dense']['kernel']))
+    norms = metrics.weight_norms(np.asarray(head_kernel(head)))
     out_dir = os.path.join(workdir, 'evaluation', stage)
     make_directory(out_dir)
     stage_summary = {}

@@ -1,4 +1,4 @@
-"""Backbones (features) and linear classifier heads, built by name through the family registry, and the Model
+"""Backbones (features) and classifier heads (linear, cosine), built by name through the family registry, and the Model
 bundle of both."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import flax.linen as nn
 
 from bwlm_jax.models.bundle import Model, head_logits, inference_variables, make_features_fn  # noqa: F401
 from bwlm_jax.models.family import DTYPES, Options
-from bwlm_jax.models.head import LinearHead  # noqa: F401
+from bwlm_jax.models.head import COSINE_SCALE, LinearHead, make_head  # noqa: F401
 from bwlm_jax.models.registry import DTYPE_NAMES, MODEL_NAMES, family_of  # noqa: F401
 from bwlm_jax.runtime.errors import UsageError
 
@@ -27,4 +27,5 @@ def build_model(model_cfg, num_classes: int) -> Model:
   backbone = build_backbone(model_cfg['name'], model_cfg['dtype'], model_cfg.get('pool', 'token'),
                             model_cfg.get('projection', True), model_cfg.get('lora_rank', 0),
                             model_cfg.get('adapter_dim', 0))
-  return Model(backbone, LinearHead(num_classes))
+  return Model(backbone, make_head(model_cfg.get('head', 'linear'), num_classes,
+                                   model_cfg.get('head_scale', COSINE_SCALE)))

@@ -1,4 +1,4 @@
-"""The model of a run: a backbone and a linear head, with the functions inference needs."""
+"""The model of a run: a backbone and a classifier head (linear or cosine), with the functions inference needs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from bwlm_jax import stages
 from bwlm_jax.data import device_pipeline
-from bwlm_jax.models.head import LinearHead
+from bwlm_jax.models.head import head_kernel, kind_of, make_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +67,10 @@ def inference_variables(stage: str, state) -> dict:
   return {'backbone': params['backbone'], 'batch_stats': get('batch_stats'), 'head': params['head']}
 
 
-def make_features_fn(model: Model, mean, std, dtype):
-  """features(variables, images) -> float32 features [B, D]; uint8 images are normalised first.
+def make_features_fn(model: Model, mean, std, dtype, views: str = 'none'):
+  """features(variables, images) -> float32 features [B, D]; uint8 images are normalised first. With `views`
+  (`test_views`: flip, five_crop, ten_crop), [B, V, D]: the features of each view of each image, one view at a
+  time through the backbone (the memory of one plain batch).
 
   `variables` are inference variables (`inference_variables`); only the backbone's are used, and
   BatchNorm runs in inference mode.
@@ -79,8 +81,14 @@ def make_features_fn(model: Model, mean, std, dtype):
       x = device_pipeline.normalize(images, mean, std, dtype)
     else:
       x = images.astype(dtype)
-    out, _ = model.features(backbone['backbone'], backbone['batch_stats'], x, train=False)
-    return out.astype(jnp.float32)
+
+    def one(view):
+      out, _ = model.features(backbone['backbone'], backbone['batch_stats'], view, train=False)
+      return out.astype(jnp.float32)
+
+    if views == 'none':
+      return one(x)
+    return jnp.moveaxis(jax.lax.map(one, test_views(x, views)), 0, 1)
 
   def features(variables, images):
     return backbone_features({'backbone': variables['backbone'], 'batch_stats': variables['batch_stats']}, images)
@@ -88,12 +96,38 @@ def make_features_fn(model: Model, mean, std, dtype):
   return features
 
 
+# Test-time views of an image (`data.test_views`); five_crop and ten_crop follow LIFT (Shi et al. 2024): the
+# image resized to 248/224 of its side (224 -> 248), the four corner crops and the centre crop of its side.
+TEST_VIEWS = ('none', 'flip', 'five_crop', 'ten_crop')
+CROP_RESIZE = 248 / 224
+
+
+def test_views(images, kind: str):
+  """[V, B, S, S, C] views of images [B, S, S, C] (normalised, float): `kind` in TEST_VIEWS."""
+  if kind == 'none':
+    return images[None]
+  flipped = images[:, :, ::-1]
+  if kind == 'flip':
+    return jnp.stack([images, flipped])
+  batch, side, _, channels = images.shape
+  big = int(round(side * CROP_RESIZE))
+  resized = jax.image.resize(images, (batch, big, big, channels), 'bilinear').astype(images.dtype)
+  far, middle = big - side, int(round((big - side) / 2))
+  crops = [resized[:, top:top + side, left:left + side]
+           for top, left in ((0, 0), (0, far), (far, 0), (far, far), (middle, middle))]
+  if kind == 'ten_crop':
+    crops += [crop[:, :, ::-1] for crop in crops]
+  return jnp.stack(crops)
+
+
 @functools.lru_cache(maxsize=None)
-def _jitted_head(num_classes: int):
-  return jax.jit(lambda params, features: LinearHead(num_classes).apply({'params': params}, features))
+def _jitted_head(num_classes: int, kind: str):
+  return jax.jit(lambda params, features: make_head(kind, num_classes).apply({'params': params}, features))
 
 
 def head_logits(head_params: dict, features) -> np.ndarray:
-  """Logits [N, C] of the model's linear head (`LinearHead`) on features [N, D], as float32 NumPy."""
-  num_classes = int(np.shape(head_params['dense']['kernel'])[-1])
-  return np.asarray(_jitted_head(num_classes)(head_params, jnp.asarray(features, jnp.float32)))
+  """Logits [N, C] of a model's head (its kind read off its parameters) on features [N, D], as float32 NumPy;
+  features of several views of each image [N, V, D] give the mean of the views' logits."""
+  num_classes = int(np.shape(head_kernel(head_params))[-1])
+  logits = np.asarray(_jitted_head(num_classes, kind_of(head_params))(head_params, jnp.asarray(features, jnp.float32)))
+  return logits.mean(axis=1) if logits.ndim == 3 else logits

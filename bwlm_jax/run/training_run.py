@@ -25,6 +25,7 @@ from bwlm_jax.features import SplitFeatures
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.fingerprint import run_fingerprint
 from bwlm_jax.models import build_model, inference_variables
+from bwlm_jax.models.head import head_kernel
 from bwlm_jax.train.context import TrainContext
 from bwlm_jax.train.feeders import STAGE2_FEEDS, check_backbone_samplers, stage2_feed
 from bwlm_jax.train.loop import StepBudget, run_stage
@@ -79,7 +80,8 @@ def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None
   pretrained = (weights.pretrained_backbone(config.model.init_from, model, image_shape, config.model.name)
                 if config.model.init_from else None)
   return TrainContext(config, workdir, dataset, model, mesh,
-                      SplitFeatures(model, dataset, mesh, config.eval_batch_size, config.model.dtype),
+                      SplitFeatures(model, dataset, mesh, config.eval_batch_size, config.model.dtype,
+                                    config.data.test_views),
                       fingerprint=run_fingerprint(config, dataset, model), pretrained=pretrained)
 
 
@@ -228,7 +230,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after_steps: Optional[int] 
       trained[stage.name], grid = run_stage2(ctx, budget, trained, metric)
 
   results = results_lib.run_results(ctx.dataset, {stage: inference_variables(stage, state)
-                                                  for stage, state in trained.items()}, ctx.split_features)
+                                                  for stage, state in trained.items()}, ctx.split_features,
+                                    ctx.config.data.test_views)
   results['fingerprint'] = ctx.fingerprint
   if grid is not None and grid.metric:
     results['stage2_selection'] = head_grid.selection_with_test(ctx, grid, stages.STAGE2.name)
@@ -269,7 +272,7 @@ def train_rows_and_evaluate(config, workdir: str, rows: dict, metric: Optional[s
   for name, i in zip(rows, chosen):
     head = jax.device_get(grid.head_state(i).params['head'])
     finished[name] = {'models': {stages.STAGE2.name: {split: reports[i] for split, reports in by_split.items()}},
-                      'weight_norms': {stages.STAGE2.name: metrics.weight_norms(head['dense']['kernel'])},
+                      'weight_norms': {stages.STAGE2.name: metrics.weight_norms(head_kernel(head))},
                       'stage2_selection': grid.record(name) if metric else None,
                       'source': {'workdir': os.path.abspath(workdir), **grid.source(i)}}
   if jax.process_index() == 0:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bwlm_jax.models import clip_text
+from bwlm_jax.models.head import COSINE_SCALE, head_params
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.text import classes
 from bwlm_jax.text.tokenizer import ClipTokenizer
@@ -87,15 +88,19 @@ def zero_shot_logits(image_embeddings, class_embeddings_, scale: float) -> np.nd
   return scale * images @ np.asarray(class_embeddings_, np.float64).T
 
 
-def text_head(class_embeddings_, scale: float, features, projection=None) -> dict:
-  """A linear head ({'dense': {'kernel' [D, C], 'bias'}}) that is the zero-shot classifier on `features` [N, D]
-  (the head's training images); `projection` [D, embed]: the image tower's proj, when the features are before it."""
+def text_head(class_embeddings_, scale: float, features, projection=None, kind: str = 'linear',
+              head_scale: float = COSINE_SCALE) -> dict:
+  """The head of `kind` that starts as the zero-shot classifier on `features` [N, D] (the head's training images);
+  `projection` [D, embed]: the image tower's proj, when the features are before it. A linear head's weights are
+  the class embeddings times logit_scale / (the mean embedding norm); a cosine head's are the class embeddings
+  (mapped through proj), with its own scale `head_scale` (LIFT's 25): the same predictions as zero-shot CLIP on
+  projected features."""
   directions = np.asarray(class_embeddings_, np.float64).T
   embedded = np.asarray(features, np.float64)
   if projection is not None:
     embedded = embedded @ np.asarray(projection, np.float64)
     directions = np.asarray(projection, np.float64) @ directions
+  if kind == 'cosine':
+    return head_params('cosine', directions, np.zeros(directions.shape[1]), head_scale)
   mean_norm = float(np.linalg.norm(embedded, axis=1).mean())
-  kernel = directions * (scale / max(mean_norm, 1e-12))
-  return {'dense': {'kernel': jnp.asarray(kernel, jnp.float32),
-                    'bias': jnp.zeros((kernel.shape[1],), jnp.float32)}}
+  return head_params('linear', directions * (scale / max(mean_norm, 1e-12)), np.zeros(directions.shape[1]))

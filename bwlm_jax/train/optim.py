@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bwlm_jax.models.head import is_fixed
+
 
 def cosine_decay(init_value, decay_steps) -> optax.Schedule:
   """`init_value * (1 + cos(pi * min(t, T) / T)) / 2`, the arithmetic of optax's cosine_decay_schedule.
@@ -40,13 +42,22 @@ def sgd(schedule: optax.Schedule, weight_decay, momentum: float, nesterov: bool)
   """PyTorch-style SGD: g + wd * p, then momentum, then -lr.
 
   `weight_decay` is therefore PyTorch's `weight_decay` (the gradient of (wd / 2) * ||p||^2), on every
-  trainable parameter. In stage 2 those are the new head's alone: the frozen backbone lives outside
-  the trained parameters (`TrainState.frozen`), so it can neither move nor decay.
+  trainable parameter but a constant held among them (a cosine head's scale: `models.head.is_fixed`). In stage 2
+  those are the new head's alone: the frozen backbone lives outside the trained parameters
+  (`TrainState.frozen`), so it can neither move nor decay.
   """
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
+      decayed_weights(weight_decay),
       optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov),
   )
+
+
+def decayed_weights(weight_decay) -> optax.GradientTransformation:
+  """optax.add_decayed_weights (g + wd * p, the same state), skipping the constants `is_fixed` names."""
+  def update(updates, state, params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, g, p: g if is_fixed(path) else g + weight_decay * p, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def stage_optimizer(stage_cfg, total_steps, steps_per_epoch: int, learning_rate=None, weight_decay=None):

@@ -13,7 +13,7 @@ import numpy as np
 
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.data.sampling import HEAD_INIT
-from bwlm_jax.models import LinearHead
+from bwlm_jax.models.head import head_kernel, head_params, kind_of
 from bwlm_jax.runtime.errors import MissingFileError, UsageError
 from bwlm_jax.text import zero_shot
 
@@ -57,7 +57,7 @@ def initial_state(ctx, stage, tx, backbone_state: TrainState = None, split=None)
     frozen = jax.tree.map(jnp.copy, {'params': backbone_state.params['backbone'],
                                      'batch_stats': backbone_state.batch_stats})
     bias = -float(np.log(num_classes - 1)) if ctx.config.stage2.head_bias_init == 'cb_prior' else 0.0
-    head = LinearHead(num_classes, bias_init_value=bias).init(head_key, jnp.zeros((1, feature_dim)))['params']
+    head = ctx.model.head.clone(bias_init_value=bias).init(head_key, jnp.zeros((1, feature_dim)))['params']
     params, batch_stats, opt_state = {'head': head}, {}, None
   else:
     if ctx.pretrained is not None:  # copied: the steps donate their state
@@ -87,7 +87,7 @@ def class_means_head(ctx, backbone: dict, split) -> dict:
   np.add.at(sums, labels, features)
   means = sums / np.maximum(np.bincount(labels, minlength=num_classes), 1)[:, None]
   kernel = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-  return {'dense': {'kernel': jnp.asarray(kernel.T, jnp.float32), 'bias': jnp.zeros((num_classes,), jnp.float32)}}
+  return head_params(ctx.config.model.head, kernel.T, np.zeros(num_classes), ctx.config.model.head_scale)
 
 
 def text_head(ctx, backbone: dict, split) -> dict:
@@ -97,7 +97,8 @@ def text_head(ctx, backbone: dict, split) -> dict:
                                                  ctx.config.data.class_names_file or '')
   features, _ = ctx.split_features(backbone, split)
   projection = None if ctx.config.model.projection else backbone['backbone']['proj']
-  return zero_shot.text_head(embeddings, scale, features, projection)
+  return zero_shot.text_head(embeddings, scale, features, projection, ctx.config.model.head,
+                             ctx.config.model.head_scale)
 
 
 def stage2_head_source(config, stage: str) -> tuple[str, Optional[int], dict]:
@@ -137,16 +138,20 @@ def stage2_head(config, stage: str, num_classes: int, feature_dim: int) -> dict:
   directory, index, _ = stage2_head_source(config, stage)
   head = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32),
                       checkpoints.restore_finished(directory)[0]['params']['head'])
-  stacked = head['dense']['kernel'].ndim == 3
-  if (index is not None) != stacked or (stacked and index >= head['dense']['kernel'].shape[0]):
+  kernel = head_kernel(head)
+  stacked = kernel.ndim == 3
+  if (index is not None) != stacked or (stacked and index >= kernel.shape[0]):
     raise UsageError(f'{stage}.head_from={config[stage].head_from!r}: {directory} holds '
-                     f'{head["dense"]["kernel"].shape[0] if stacked else "one"} head(s); '
+                     f'{kernel.shape[0] if stacked else "one"} head(s); '
                      + ('give one as DIRECTORY:K with K below that.' if stacked else 'give the workdir alone.'))
   if stacked:
     head = jax.tree.map(lambda leaf: leaf[index], head)
-  if head['dense']['kernel'].shape != (feature_dim, num_classes):
+  if head_kernel(head).shape != (feature_dim, num_classes):
     raise UsageError(f'{stage}.head_from={config[stage].head_from!r}: that head maps {feature_dim} features to '
-                     f'{head["dense"]["kernel"].shape[1]} classes, not {num_classes}.')
+                     f'{head_kernel(head).shape[1]} classes, not {num_classes}.')
+  if kind_of(head) != config.model.head:
+    raise UsageError(f'{stage}.head_from={config[stage].head_from!r}: that head is a {kind_of(head)} head; this '
+                     f'run\'s model.head is {config.model.head!r}.')
   return head
 
 

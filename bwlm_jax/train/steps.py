@@ -21,6 +21,7 @@ from bwlm_jax.data.randaugment import augmented_stream_batch
 from bwlm_jax.data.sampling import MIXING, BatchSpec, cached_batch, device_batch, randaugment_key
 from bwlm_jax.head_setting import HeadSetting
 from bwlm_jax.models import Model
+from bwlm_jax.models.head import head_kernel, with_weights
 from bwlm_jax.train import optim
 from bwlm_jax.train.mixing import Mixing, Reweighting, mix, reweighted
 from bwlm_jax.train.state import TrainState
@@ -30,10 +31,9 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 def cap_class_norms(head_params, max_norm: float):
   """MaxNorm (Alshammari et al. 2022): project each class's weight vector into the ball of radius max_norm."""
-  kernel = head_params['dense']['kernel']
+  kernel = head_kernel(head_params)
   norms = jnp.linalg.norm(kernel, axis=0, keepdims=True)
-  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12))
-  return {**head_params, 'dense': {**head_params['dense'], 'kernel': kernel * scale}}
+  return with_weights(head_params, kernel * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12)))
 
 
 def _apply_gradients(tx, grads, opt_state, params, max_norm: Optional[float]):
