@@ -257,3 +257,45 @@ def test_a_cosine_text_head_is_zero_shot_at_its_own_scale(fixture, small_clip):
   head = zero_shot.text_head(embeddings, scale, features, kind='cosine', head_scale=25.0)
   np.testing.assert_allclose(apply_head(head, features), zero_shot.zero_shot_logits(features, embeddings, 25.0),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('source,data_name,width,epochs', [
+    ('imagenet_lt', 'imagenet_lt', 32, 10), ('places_lt=/data/places', 'lists', 8, 10),
+    ('inaturalist2018', 'i_naturalist2018', 256, 20), ('cifar100', 'cifar100', 4, 10)])
+def test_lifts_recipe_as_a_config(source, data_name, width, epochs):
+  # The values of LIFT's paper and code (configs/lift.py); the bottleneck width 2^floor(log2(C / 24)).
+  from helpers import load_config_file
+  config = load_config_file(f'configs/lift.py:{source},/w/clip.safetensors')
+  assert (config.data.name, config.model.adapter_dim, config.naive.epochs) == (data_name, width, epochs)
+  assert (config.model.name, config.model.head, config.model.head_scale) == ('clip_vit_b16', 'cosine', 25.0)
+  assert (config.naive.tune, config.naive.loss, config.naive.head_init) == ('adapter', 'balanced_softmax', 'text')
+  assert (config.naive.learning_rate, config.naive.weight_decay, config.naive.momentum) == (0.01, 5e-4, 0.9)
+  assert (config.batch_size, config.data.test_views, config.stages) == (128, 'five_crop', 'naive')
+  assert config.model.prompts == 'a photo of a {}.' and config.data.pipeline == 'stream'
+
+
+def test_lift_on_a_folder_runs_end_to_end(fixture, monkeypatch, tmp_path):
+  # The recipe on a folder with the fixture's small CLIP (its towers' shapes swapped in): adapters and the cosine
+  # head train from the text start, evaluation on five crops.
+  from bwlm_jax.checkpoints import load_finished
+  from bwlm_jax.models import vit
+  from bwlm_jax.run.training_run import train_and_evaluate
+  from helpers import load_config_file
+  from test_pretrained import _folder
+  _, _, spec = fixture
+  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
+  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
+  _folder(tmp_path / 'data', [12, 6, 3], size=20)
+  config = load_config_file(f'configs/lift.py:{tmp_path / "data"},{os.path.join(FIXTURE, "clip.safetensors")}')
+  assert config.model.adapter_dim == 1  # 3 classes
+  config.model.adapter_dim = 4  # one hidden unit can be dead for every token of so small a network
+  config.model.tokenizer, config.data.image_size, config.data.pipeline = MERGES, 16, 'device'
+  config.batch_size, config.eval_batch_size, config.naive.epochs = 8, 16, 2
+  results = train_and_evaluate(config, str(tmp_path / 'run'))
+  variables, meta = load_finished(str(tmp_path / 'run'), 'naive')
+  assert meta['finished'] and results['test_views'] == 'five_crop'
+  assert float(variables['head']['cosine']['scale']) == 25.0
+  adapters = [block['adapter']['up']['kernel'] for name, block in variables['backbone'].items()
+              if name.startswith('resblocks_')]
+  assert adapters and all(np.abs(np.asarray(k)).max() > 0 for k in adapters)  # zero at the start, trained
+  assert 0.0 <= results['models']['naive']['test']['all'] <= 1.0
