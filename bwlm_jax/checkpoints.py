@@ -6,6 +6,7 @@ Training saves through `StageCheckpoints`; evaluation and prediction load a fini
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Optional
 
@@ -132,6 +133,7 @@ def checkpoint_meta(stage: str, step: int, total_steps: int, finished: bool, con
   return {'stage': stage, 'step': step, 'total_steps': total_steps, 'finished': finished, 'config': config_dict,
           'class_names': list(dataset.class_names), 'image_size': dataset.image_size,
           'mean': list(dataset.mean), 'std': list(dataset.std), 'center_crop': not dataset.in_memory,
+          'eval_transform': dataclasses.asdict(dataset.eval_transform) if dataset.eval_transform else None,
           'fingerprint': fingerprint or {}}
 
 

@@ -19,6 +19,8 @@ from bwlm_jax.models.bundle import TEST_VIEWS
 from bwlm_jax.models.head import HEAD_KINDS
 from bwlm_jax.models.registry import DTYPE_NAMES, MODEL_NAMES, family_of
 from bwlm_jax.runtime.errors import UsageError
+from bwlm_jax import weights
+from bwlm_jax.data.load import sizes_images
 from bwlm_jax.text import zero_shot
 
 
@@ -127,6 +129,11 @@ def _data_config() -> ml_collections.ConfigDict:
   # mirror), 'five_crop' (LIFT's: resized to 248/224 of its side, four corner and the centre crop), 'ten_crop'
   # (those and their mirrors); the views' logits averaged. Training images are never ensembled.
   data.test_views = 'none'
+  # How a val or test image becomes the model's input (data/eval_transform.py): 'resize' (the pipeline's own: the
+  # whole image resized to image_size in memory; streamed, the shorter side to 256/224 of it and the centre
+  # crop), 'source' (what the weights' source evaluates with, from the metadata beside model.init_from: timm's
+  # interpolation and crop_pct, open_clip's), or INTERPOLATION:CROP_PCT (bilinear|bicubic, e.g. bicubic:0.9).
+  data.eval_transform = 'resize'
   return data
 
 
@@ -345,6 +352,12 @@ def validate_config(config) -> None:
   _validate_model(config)
   process_setup.check_compute_dtype(config.model.dtype)
   stage2 = config.stage2
+  if config.data.eval_transform != 'resize':
+    if not sizes_images(config.data):
+      raise UsageError(f'data.eval_transform={config.data.eval_transform!r} applies to images resized to '
+                       f'data.image_size (folders, image lists, streamed data); {config.data.name} is kept at its '
+                       'own size.')
+    weights.eval_transform_of(config)  # parsed, or the metadata beside the weights read
   if config.data.test_views not in TEST_VIEWS:
     raise UsageError(f'data.test_views must be one of {TEST_VIEWS}, got {config.data.test_views!r}.')
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):

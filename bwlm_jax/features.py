@@ -38,7 +38,7 @@ class SplitFeatures:
     return stream_pipeline.eval_batches(split, batch_size=self.batch_size // jax.process_count(),
                                         image_size=dataset.image_size, mean=dataset.mean, std=dataset.std,
                                         process_index=jax.process_index(), process_count=jax.process_count(),
-                                        multiple=jax.local_device_count())
+                                        multiple=jax.local_device_count(), transform=dataset.eval_transform)
 
   def __call__(self, variables: dict, split) -> tuple[np.ndarray, np.ndarray]:
     in_memory = self.dataset.in_memory

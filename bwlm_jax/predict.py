@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import jax
 import numpy as np
-from PIL import Image
 
 from bwlm_jax.checkpoints import load_finished
 from bwlm_jax.runtime.files import read_json
 from bwlm_jax.stages import NAMES as STAGES
 from bwlm_jax.data import images
 from bwlm_jax.data.folder_source import IMAGE_EXTENSIONS
-from bwlm_jax.data.stream_pipeline import RESIZE_RATIO
+from bwlm_jax.data.eval_transform import EvalTransform, from_record, image_view
 from bwlm_jax.evaluation import posthoc
 from bwlm_jax.evaluation.results import head_at
 from bwlm_jax.models import DTYPES, build_model, head_logits, make_features_fn
@@ -36,17 +36,10 @@ def image_paths(inputs: list[str]) -> list[str]:
   return paths
 
 
-def load_image(path: str, size: int, center_crop: bool) -> np.ndarray:
-  """uint8 [size, size, 3], preprocessed as the model's evaluation split was; an unreadable file is an error."""
-  image = images.open_rgb(path)
-  if center_crop:
-    scale = size * RESIZE_RATIO / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-  else:
-    image = image.resize((size, size), Image.BILINEAR)
-  return np.asarray(image, np.uint8)
+def load_image(path: str, size: int, center_crop: bool, transform: Optional[EvalTransform] = None) -> np.ndarray:
+  """uint8 [size, size, 3], preprocessed as the model's evaluation split was (`transform`, data.eval_transform;
+  else the pipeline's own: `center_crop` for a streamed one); an unreadable file is an error."""
+  return image_view(images.open_rgb(path), size, transform, streamed=center_crop)
 
 
 def best_model(workdir: str, study: str = '') -> dict:
@@ -105,7 +98,8 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   loaded, unreadable = [], []
   for path in paths:
     try:
-      loaded.append((path, load_image(path, meta['image_size'], meta['center_crop'])))
+      loaded.append((path, load_image(path, meta['image_size'], meta['center_crop'],
+                                      from_record(meta.get('eval_transform')))))
     except UsageError as err:
       unreadable.append((path, str(err)))
   if not loaded:

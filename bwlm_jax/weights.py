@@ -17,6 +17,7 @@ import json
 import os
 import re
 import zipfile
+from typing import Optional
 
 import jax
 import numpy as np
@@ -30,6 +31,8 @@ from bwlm_jax.runtime.files import read_json, write_text, writing
 from bwlm_jax.models import family_of, inference_variables, registry, torch_layout
 from bwlm_jax.models.family import IMAGENET_MEAN, IMAGENET_STD
 from bwlm_jax.models.head import kind_of
+from bwlm_jax.data import eval_transform
+from bwlm_jax.data.eval_transform import EvalTransform
 
 WEIGHT_SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt', '.bin')  # .bin: PyTorch's, as the hub names them
 _CONVERT = ("python -c \"import torch, safetensors.torch as s; d = torch.load('IN.pth', map_location='cpu'); "
@@ -71,6 +74,60 @@ def _statistics_in(path: str, keys: tuple, model_name: str):
   if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
     raise UsageError(f'{path}: mean and std must be three numbers each (std > 0), got {mean} and {std}.')
   return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def eval_transform_of(config) -> Optional[EvalTransform]:
+  """`data.eval_transform` resolved: None for 'resize' (the pipeline's own), the one the metadata beside
+  model.init_from gives for 'source' (`transform_in_metadata`), else the one given; one-line errors."""
+  value = config.data.eval_transform
+  if value != 'source':
+    return eval_transform.parse(value)
+  weights_file = config.model.init_from
+  if not weights_file or split_source(weights_file)[1] is not None:
+    raise UsageError("data.eval_transform=source reads how the weights' source evaluates from the metadata beside "
+                     'model.init_from, which is not a weights file here; give INTERPOLATION:CROP_PCT (e.g. bicubic:0.9).')
+  found = transform_in_metadata(weights_file)
+  if found is None:
+    raise UsageError(f"data.eval_transform=source: nothing beside {weights_file} says how its source evaluates "
+                     "(timm's config.json, open_clip's open_clip_config.json, an export's sidecar); give "
+                     'INTERPOLATION:CROP_PCT (e.g. bicubic:0.9 for timm\'s ViTs).')
+  return found
+
+
+def transform_in_metadata(weights_file: str) -> Optional[EvalTransform]:
+  """The evaluation transform the metadata beside `weights_file` gives: an export's sidecar (`eval_transform`),
+  timm's config.json (`pretrained_cfg.interpolation`, `crop_pct`), open_clip's open_clip_config.json
+  (`preprocess_cfg.interpolation`; the shorter side resized to the input, crop_pct 1); None without any."""
+  folder = os.path.dirname(weights_file)
+  sidecar, timm_file, clip_file = (weights_file + '.json', os.path.join(folder, 'config.json'),
+                                   os.path.join(folder, 'open_clip_config.json'))
+  def read(path):
+    return read_json(path, 'the metadata beside model.init_from', 'Fix or move it: it says how the weights expect '
+                     'their input.')
+
+  if os.path.isfile(sidecar) and isinstance(read(sidecar).get('eval_transform'), dict):
+    record = read(sidecar)['eval_transform']
+    if record.get('crop_pct') is not None:
+      return _checked(record.get('interpolation'), record['crop_pct'], sidecar)
+  if os.path.isfile(timm_file):
+    cfg = read(timm_file).get('pretrained_cfg')
+    if isinstance(cfg, dict) and 'crop_pct' in cfg:
+      return _checked(cfg.get('interpolation', 'bicubic'), cfg['crop_pct'], timm_file)
+  if os.path.isfile(clip_file):
+    cfg = read(clip_file).get('preprocess_cfg')
+    if isinstance(cfg, dict):
+      if cfg.get('resize_mode', 'shortest') != 'shortest':
+        raise UsageError(f"{clip_file}: resize_mode {cfg['resize_mode']!r} is not one bwlm-jax makes (the shorter "
+                         'side resized, the centre cropped): give data.eval_transform=INTERPOLATION:CROP_PCT.')
+      return _checked(cfg.get('interpolation', 'bicubic'), 1.0, clip_file)
+  return None
+
+
+def _checked(interpolation, crop_pct, path: str) -> EvalTransform:
+  try:
+    return eval_transform.parse(f'{interpolation}:{float(crop_pct)}', path)
+  except (TypeError, ValueError):
+    raise UsageError(f'{path}: crop_pct {crop_pct!r} is not a number.') from None
 
 
 def torch_layout_of(model_name: str, backbone: dict) -> torch_layout.Layout:
@@ -221,9 +278,17 @@ def export_model(variables: dict, model_name: str, meta: dict, path: str) -> dic
   sidecar = {'model': model_name, 'pytorch': _reference_class(config_model, len(meta['class_names']),
                                                                meta['image_size']),
              'class_names': meta['class_names'], 'image_size': meta['image_size'], 'mean': meta['mean'],
-             'std': meta['std'], 'test_views': meta['config']['data'].get('test_views', 'none')}
+             'std': meta['std'], 'test_views': meta['config']['data'].get('test_views', 'none'),
+             'eval_transform': meta.get('eval_transform') or _pipeline_transform(meta)}
   _write_pair(path, state, sidecar)
   return sidecar
+
+
+def _pipeline_transform(meta: dict) -> dict:
+  """The evaluation transform of a run without data.eval_transform: its pipeline's own (crop_pct None: the
+  whole image resized to image_size)."""
+  streamed = meta.get('center_crop', False)
+  return {'interpolation': 'bilinear', 'crop_pct': 1 / eval_transform.STREAM_RESIZE_RATIO if streamed else None}
 
 
 def _write_pair(path: str, state: dict, sidecar: dict) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
-from PIL import Image
 
 from bwlm_jax.runtime import process_setup
 from bwlm_jax.data import images
+from bwlm_jax.data.eval_transform import EvalTransform, image_view
 from bwlm_jax.data.splits import ArraySplit, StreamSplit
 from bwlm_jax.runtime.errors import MissingFileError, UsageError
 
@@ -61,14 +62,13 @@ def _files_under(class_dir: str) -> list[str]:
   return found
 
 
-def read_arrays(paths: list[str], labels: np.ndarray, image_size: int) -> ArraySplit:
-  """Decode every image, resized to image_size x image_size; an unreadable file is an error."""
+def read_arrays(paths: list[str], labels: np.ndarray, image_size: int,
+                transform: Optional[EvalTransform] = None) -> ArraySplit:
+  """Decode every image, resized to image_size x image_size (an evaluation split's: by `transform` when given);
+  an unreadable file is an error."""
   arrays = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
   for i, path in enumerate(paths):
-    image = images.open_rgb(path)
-    if image.size != (image_size, image_size):
-      image = image.resize((image_size, image_size), Image.BILINEAR)
-    arrays[i] = np.asarray(image)
+    arrays[i] = image_view(images.open_rgb(path), image_size, transform, streamed=False)
   return ArraySplit(arrays, labels)
 
 

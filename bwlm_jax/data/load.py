@@ -9,6 +9,7 @@ import numpy as np
 
 from bwlm_jax import stages
 from bwlm_jax.data import folder_source, list_source, tfds_source
+from bwlm_jax.data.eval_transform import EvalTransform
 from bwlm_jax.data.synthetic import embedded, shapes
 from bwlm_jax.data.long_tail import balanced_review_counts, long_tail_counts, subsample_per_class
 from bwlm_jax.data.splits import ArraySplit, LongTailDataset, Split
@@ -146,8 +147,9 @@ def sizes_images(cfg) -> bool:
   return cfg.name in ('folder', 'lists') or _streams_tfds(cfg)
 
 
-def _load_folder(cfg):
-  """(class names, train, test, val, image size, stats) of an image folder or of image lists."""
+def _load_folder(cfg, transform: Optional[EvalTransform]):
+  """(class names, train, test, val, image size, stats) of an image folder or of image lists; the evaluation
+  splits kept in memory decoded by `transform` (data.eval_transform; None: resized whole)."""
   if cfg.name == 'lists':
     names, lists = list_source.list_splits(cfg)
   else:
@@ -163,13 +165,15 @@ def _load_folder(cfg):
     splits = {k: folder_source.stream_split(*v) for k, v in lists.items()}
     stats = IMAGENET_STATS
   else:
-    splits = {k: folder_source.read_arrays(*v, cfg.image_size) for k, v in lists.items()}
+    splits = {k: folder_source.read_arrays(*v, cfg.image_size, None if k == 'train' else transform)
+              for k, v in lists.items()}
     stats = _channel_stats(splits['train'])
   return names, splits['train'], splits['test'], splits.get('val'), cfg.image_size, stats
 
 
-def load_dataset(cfg) -> LongTailDataset:
-  """The long-tailed dataset that `cfg` (a `config.data` section) describes.
+def load_dataset(cfg, eval_transform: Optional[EvalTransform] = None) -> LongTailDataset:
+  """The long-tailed dataset that `cfg` (a `config.data` section) describes, its evaluation images made by
+  `eval_transform` (`weights.eval_transform_of(config)`: data.eval_transform resolved; None: the pipeline's own).
 
   CIFAR and the embedded set are made long-tailed at `cfg.imbalance_factor`; ImageNet-LT keeps
   its own long tail; a folder keeps its natural distribution unless an imbalance factor is set.
@@ -180,7 +184,7 @@ def load_dataset(cfg) -> LongTailDataset:
   """
   _validate(cfg)
   if cfg.name in ('folder', 'lists'):
-    names, train, test, val, image_size, stats = _load_folder(cfg)
+    names, train, test, val, image_size, stats = _load_folder(cfg, eval_transform)
   elif cfg.name == 'embedded':
     names, train, test, val, image_size, stats = _load_embedded(cfg)
   else:
@@ -197,7 +201,7 @@ def load_dataset(cfg) -> LongTailDataset:
     if split is not None:
       _check_eval_classes(train, split, split_name, names)
   return LongTailDataset(cfg.name, tuple(names), train, test, val, int(image_size),
-                         tuple(stats[0]), tuple(stats[1]), val_source, kept)
+                         tuple(stats[0]), tuple(stats[1]), val_source, kept, eval_transform)
 
 
 def stage_indices(labels: np.ndarray, num_classes: int, stage, seed: int) -> np.ndarray:

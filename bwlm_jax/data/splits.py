@@ -7,6 +7,8 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from bwlm_jax.data.eval_transform import EvalTransform
+
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
@@ -67,6 +69,7 @@ class LongTailDataset:
   std: tuple[float, float, float]
   val_source: Optional[str] = None
   train_indices: Optional[np.ndarray] = None
+  eval_transform: Optional[EvalTransform] = None  # data.eval_transform; None: the pipeline's own
 
   @property
   def num_classes(self) -> int:

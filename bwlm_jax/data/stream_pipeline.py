@@ -6,16 +6,17 @@ a resumed run skips the batches already seen, so it sees what an uninterrupted r
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from bwlm_jax.runtime import process_setup
 from bwlm_jax.data.device_pipeline import padded_size
+from bwlm_jax.data.eval_transform import STREAM_RESIZE_RATIO, EvalTransform
 from bwlm_jax.data.splits import StreamSplit
 from bwlm_jax.runtime.errors import UsageError
 
-RESIZE_RATIO = 256 / 224  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
+RESIZE_RATIO = STREAM_RESIZE_RATIO  # Eval: resize the shorter side to size * 256 / 224, then centre-crop.
 
 
 def _tf():
@@ -61,11 +62,14 @@ def _train_view(image, seed, size: int):
   return tf.image.stateless_random_flip_left_right(crop, seed=seed + 1)
 
 
-def _eval_view(image, size: int):
+def _eval_view(image, size: int, transform: Optional[EvalTransform] = None):
+  """The shorter side resized to size / crop_pct (the pipeline's own: 256 / 224, bilinear), the centre cropped."""
   tf = _tf()
+  ratio, method = (RESIZE_RATIO, 'bilinear') if transform is None else (1 / transform.crop_pct,
+                                                                         transform.interpolation)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size * RESIZE_RATIO / tf.reduce_min(shape)
-  resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method='bilinear')
+  scale = size * ratio / tf.reduce_min(shape)
+  resized = tf.image.resize(image, tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size), method=method)
   return tf.image.resize_with_crop_or_pad(resized, size, size)
 
 
@@ -103,7 +107,8 @@ def train_batches(split: StreamSplit, *, global_batch: int, image_size: int, mea
 
 
 def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, std, process_index: int = 0,
-                 process_count: int = 1, multiple: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 process_count: int = 1, multiple: int = 1, transform: Optional[EvalTransform] = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """(images, labels, mask) over this process's shard once; the last batch padded and masked.
 
   Every process yields the same number of batches (shards differ by at most one example), padding with
@@ -114,7 +119,7 @@ def eval_batches(split: StreamSplit, *, batch_size: int, image_size: int, mean, 
 
   def prepare(index, example):
     del index
-    view = _eval_view(_decode(example['image']), image_size)
+    view = _eval_view(_decode(example['image']), image_size, transform)
     return _normalize(view, mean, std), tf.cast(example['label'], tf.int32), True
 
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

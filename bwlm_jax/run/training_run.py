@@ -70,7 +70,10 @@ def _normalized(config, dataset: LongTailDataset) -> LongTailDataset:
 def make_context(config, workdir: str, dataset: Optional[LongTailDataset] = None) -> TrainContext:
   """Load `config`'s dataset (unless given; its summary is printed) and build the model and mesh."""
   if dataset is None:
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, weights.eval_transform_of(config))
+    if dataset.eval_transform is not None:
+      print(f'evaluation images: the shorter side resized to image_size / {dataset.eval_transform.crop_pct:g} '
+            f'({dataset.eval_transform.interpolation}), the centre cropped (data.eval_transform)')
     print(format_summary(dataset.name, count_summary(dataset.train_counts),
                          eval_split_lines(dataset, config.data.val_per_class)))
   dataset = _normalized(config, dataset)

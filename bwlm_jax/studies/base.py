@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 from bwlm_jax import head_setting, selection, stages
+from bwlm_jax.weights import eval_transform_of
 from bwlm_jax.data import LongTailDataset, load_dataset
 from bwlm_jax.evaluation.report import without_per_class, write_tables
 from bwlm_jax.evaluation.table_rows import Row, table_inputs
@@ -57,7 +58,7 @@ class Study:
     the study's own field)."""
 
   def load(self, config) -> LongTailDataset:
-    return load_dataset(config.data)
+    return load_dataset(config.data, eval_transform_of(config))
 
   def metric(self, config, dataset: LongTailDataset) -> Optional[str]:
     """The validation metric the study chooses by; the default requires a validation split."""

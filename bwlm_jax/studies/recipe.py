@@ -32,6 +32,7 @@ from ml_collections import config_dict
 
 from bwlm_jax import checkpoints, stages
 from bwlm_jax.config import parse_stages, validate_config
+from bwlm_jax.weights import eval_transform_of
 from bwlm_jax.data import load_dataset, sizes_images
 from bwlm_jax.evaluation import results as results_lib
 from bwlm_jax.evaluation.table_rows import Row
@@ -232,7 +233,7 @@ class Recipe(Study):
 
   def dataset_of(self, run):
     if run.data.image_size not in self.datasets:
-      self.datasets[run.data.image_size] = load_dataset(run.data)
+      self.datasets[run.data.image_size] = load_dataset(run.data, eval_transform_of(run))
     return self.datasets[run.data.image_size]
 
   def rows(self, run: StudyRun) -> list[Row]:

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from bwlm_jax.runtime import distributed
+from bwlm_jax.weights import eval_transform_of
 from bwlm_jax.data import load_dataset
 from bwlm_jax.runtime.errors import CandidatesFailed, UsageError
 from bwlm_jax.evaluation.report import ece
@@ -109,7 +110,7 @@ def _write_summary(workdir: str, per_seed: dict, vary_subset: bool) -> dict:
 def train_over_seeds(config, workdir: str, seeds: list[int], vary_subset: bool = False) -> dict:
   """Train `config` once per seed in WORKDIR/seed-<s>/, then write WORKDIR/seeds.{json,md}; returns the summary."""
   _check_seeds(seeds)
-  dataset = None if vary_subset else load_dataset(config.data)
+  dataset = None if vary_subset else load_dataset(config.data, eval_transform_of(config))
   per_seed = {}
   for seed in seeds:
     print(f'--- seed {seed}')

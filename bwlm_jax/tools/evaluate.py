@@ -43,7 +43,9 @@ def main(argv):
     from bwlm_jax.evaluation.workdir_reports import evaluable_stages, report_workdir
     validate_config(config)
     stages = evaluable_stages(_WORKDIR.value, _STAGES.value)
-    summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data), stages, _TEST_PRIOR.value)
+    from bwlm_jax.weights import eval_transform_of
+    summary = report_workdir(config, _WORKDIR.value, load_dataset(config.data, eval_transform_of(config)), stages,
+                             _TEST_PRIOR.value)
     models = {stage: {split: info['report'] for split, info in s['splits'].items()} for stage, s in summary.items()}
     for split, extra in summary.get('naive', {}).get('splits', {}).items():
       for method, report in extra['posthoc'].items():
