@@ -17,9 +17,10 @@ def test_the_shorter_side_to_side_over_crop_pct_then_the_centre():
   pixels = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)  # height 50, width 80
   image = Image.fromarray(pixels)
   view = EvalTransform('bicubic', 0.875).apply(image, 32)
-  # by hand: 32 / 0.875 = 36.57 -> the shorter side (50) to 37, the width to round(80 * 36.57 / 50) = 59
-  resized = image.resize((59, 37), Image.BICUBIC)
-  np.testing.assert_array_equal(view, np.asarray(resized.crop((14, 2, 46, 34))))  # round(27 / 2) = 14, round(2.5) = 2
+  # by hand, as timm and torchvision: the shorter side (50) to floor(32 / 0.875) = 36, the width to
+  # int(36 * 80 / 50) = 57; the crop at round(25 / 2) = 12 (Python rounds half to even), round(4 / 2) = 2
+  resized = image.resize((57, 36), Image.BICUBIC)
+  np.testing.assert_array_equal(view, np.asarray(resized.crop((12, 2, 44, 34))))
   whole = EvalTransform('bilinear', 1.0).apply(Image.fromarray(pixels[:, :50]), 50)
   np.testing.assert_array_equal(whole, pixels[:, :50])  # a square image at its own side: itself
 

@@ -14,6 +14,7 @@ Training images are not touched. Checkpoints and exports record the transform; `
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import numpy as np
@@ -27,16 +28,22 @@ STREAM_RESIZE_RATIO = 256 / 224  # the streamed pipeline's own: the shorter side
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-  """The shorter side resized to side / crop_pct with `interpolation`, then the centre side x side cropped."""
+  """The shorter side resized to side / crop_pct with `interpolation`, then the centre side x side cropped, with
+  timm's and torchvision's arithmetic: the shorter side floor(side / crop_pct), the longer int(shorter * long /
+  short), the crop's corner round((size - side) / 2)."""
   interpolation: str
   crop_pct: float
 
   def apply(self, image: Image.Image, side: int) -> np.ndarray:
     """uint8 [side, side, 3] of an RGB PIL image."""
-    scale = side / self.crop_pct / min(image.size)
-    width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
-    image = image.resize((width, height), INTERPOLATIONS[self.interpolation])
-    left, top = int(round((width - side) / 2)), int(round((height - side) / 2))
+    short = math.floor(side / self.crop_pct)
+    if image.width <= image.height:
+      width, height = short, int(short * image.height / image.width)
+    else:
+      width, height = int(short * image.width / image.height), short
+    if (width, height) != image.size:
+      image = image.resize((width, height), INTERPOLATIONS[self.interpolation])
+    left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
     return np.asarray(image.crop((left, top, left + side, top + side)), np.uint8)
 
   def describe(self) -> str:
