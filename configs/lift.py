@@ -4,9 +4,10 @@ classes' text embeddings (zero-shot CLIP) as a cosine classifier, trained with t
 with five crops.
 
   python launch/train.py --config=configs/lift.py:SOURCE,CLIP_FILE[,MODEL] --workdir=DIR
-  python launch/tune.py  --config=configs/lift.py:SOURCE,CLIP_FILE --workdir=DIR \
-      --tuning.modes=adapter --tuning.losses=balanced_softmax --tuning.head_inits=text \
-      --tuning.learning_rate=0.01 --tuning.epochs=0,10     # beside BWLM's frozen heads; 0 epochs: zero-shot CLIP
+  python launch/tune.py  --config=configs/lift.py:SOURCE,CLIP_FILE --workdir=DIR --tuning.zero_shot=True \
+      --tuning.modes=adapter --tuning.losses=balanced_softmax --tuning.head_inits=text,stage2_head \
+      --tuning.learning_rate=0.01 --tuning.epochs=10
+      # rows: BWLM's frozen heads, the CE probe, cRT, zero-shot CLIP, LIFT (text start), LP-FT; chosen on val
 
 SOURCE: an image folder ROOT (ROOT/train/<class>/, ROOT/test/<class>/, optional ROOT/val/<class>/), or
 imagenet_lt, places_lt=ROOT (the Places-LT lists and images under ROOT, configs/places_lt.py), inaturalist2018,

@@ -299,3 +299,34 @@ def test_lift_on_a_folder_runs_end_to_end(fixture, monkeypatch, tmp_path):
               if name.startswith('resblocks_')]
   assert adapters and all(np.abs(np.asarray(k)).max() > 0 for k in adapters)  # zero at the start, trained
   assert 0.0 <= results['models']['naive']['test']['all'] <= 1.0
+
+
+def test_the_tuning_study_puts_zero_shot_beside_the_frozen_heads_and_lift(fixture, monkeypatch, tmp_path):
+  # launch/tune.py with a whole CLIP file: zero-shot CLIP, BWLM's frozen heads, and LIFT's recipe (adapters, the
+  # text-started cosine head), each a row chosen on validation.
+  from bwlm_jax.models import vit
+  from bwlm_jax.studies.base import run_study
+  from bwlm_jax.studies.tune import Tune, default_grid
+  from helpers import load_config_file
+  from test_pretrained import _folder
+  _, _, spec = fixture
+  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
+  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
+  _folder(tmp_path / 'data', [12, 6, 3], size=20)
+  config = load_config_file(f'configs/lift.py:{tmp_path / "data"},{os.path.join(FIXTURE, "clip.safetensors")}')
+  config.model.tokenizer, config.data.image_size, config.data.pipeline = MERGES, 16, 'device'
+  config.batch_size, config.eval_batch_size, config.model.adapter_dim = 8, 16, 4
+  config.stage2.epochs, config.stage2.select = 2, 'none'
+  grid = default_grid()
+  grid.modes, grid.losses, grid.head_inits = ('adapter',), ('balanced_softmax',), ('text',)
+  grid.learning_rate, grid.epochs, grid.zero_shot = (0.01,), (1,), True
+  rows = run_study(Tune(grid), config, str(tmp_path / 'run'))
+  assert [row.name for row in rows] == ['BWLM (frozen)', 'CE linear probe (frozen)', 'cRT (frozen)', 'zero-shot CLIP',
+                                        'adapter + balanced_softmax (text: zero-shot start)', 'best on validation']
+  zero_shot = json.load(open(tmp_path / 'run' / 'tuning' / 'zero-shot' / 'config.json'))['naive']
+  assert (zero_shot['epochs'], zero_shot['head_init']) == (0, 'text')
+  assert all(row.kind != 'failed' for row in rows)
+  config.model.tokenizer = str(tmp_path / 'missing.txt.gz')  # checked with the whole grid, before anything runs
+  with pytest.raises(UsageError, match=r'tuning.*tokenizer file .*missing.txt.gz does not exist'):
+    run_study(Tune(grid), config, str(tmp_path / 'run2'))
+  assert not (tmp_path / 'run2').exists()

@@ -35,16 +35,19 @@ FROZEN_ROWS = {
 # How each head start (`config.HEAD_INITS`) is named in the table.
 HEAD_START_NAMES = {'random': '', 'class_means': ' (class means)', 'stage2_head': ' (LP-FT)',
                     'text': ' (text: zero-shot start)'}
-GRID_FIELDS = ('modes', 'losses', 'head_inits', 'learning_rate', 'epochs')
+GRID_FIELDS = ('modes', 'losses', 'head_inits', 'learning_rate', 'epochs', 'zero_shot')
+ZERO_SHOT = 'zero-shot CLIP'  # the row tuning.zero_shot=True adds: CLIP's text head, untrained
 
 
 def default_grid() -> ml_collections.ConfigDict:
   """The study's grid (`--tuning.FIELD=v1,v2` on the command line): every mode x loss x head start is a row;
-  each row's learning rate and epochs are chosen on val from these. The default: LP-FT with balanced softmax,
+  each row's learning rate and epochs are chosen on val from these; `zero_shot=True` adds zero-shot CLIP's row
+  (a whole CLIP file: its text head, untrained). The default: LP-FT with balanced softmax,
   BitFit or the last stage, lr 0.001, 2 epochs, which validation chose on the real EfficientNet-Lite0 ImageNet
   weights (docs/REPRODUCING.md, "Light fine-tuning on real ImageNet weights")."""
   return ml_collections.ConfigDict({'modes': ('bias', 'last'), 'losses': ('balanced_softmax',),
-                                    'head_inits': ('stage2_head',), 'learning_rate': (0.001,), 'epochs': (2,)})
+                                    'head_inits': ('stage2_head',), 'learning_rate': (0.001,), 'epochs': (2,),
+                                    'zero_shot': False})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,11 @@ def candidate_config(config, candidate: Candidate, learning_rate: float, epochs:
   run.naive.head_init, run.naive.head_from = candidate.head_init, candidate.head_from
   run.naive.learning_rate, run.naive.epochs = learning_rate, epochs
   return run
+
+
+def _zero_shot_config(config):
+  """Zero-shot CLIP as a run: the naive stage's text head, 0 epochs (config.py: the start itself)."""
+  return candidate_config(config, Candidate('head', 'ce', 'text'), config.naive.learning_rate, 0)
 
 
 def _head_from(source: dict) -> str:
@@ -125,12 +133,20 @@ class Tune(Study):
         except UsageError as error:
           raise UsageError(f'tuning candidate {candidate.name}, lr={learning_rate:g} epochs={epochs}: '
                            f'{error}') from None
+    if self.grid.zero_shot:
+      try:
+        validate_config(_zero_shot_config(config))
+      except UsageError as error:
+        raise UsageError(f'tuning.zero_shot: {error}') from None
 
   def rows(self, run: StudyRun) -> list[Row]:
     frozen_config = copy.deepcopy(run.config)
     frozen_config.stage2.select = 'val'
     frozen = run_variants(frozen_config, run.workdir, self.folder, FROZEN_ROWS, run.dataset, run.metric)
     rows = [model_row(name, frozen[name], run.metric) for name in FROZEN_ROWS]
+    if self.grid.zero_shot:
+      rows.append(train_candidate(_zero_shot_config(run.config), os.path.join(run.workdir, self.folder, 'zero-shot'),
+                                  run.dataset, ZERO_SHOT, stages.NAIVE.name, run.metric, 'text head, 0 epochs'))
     bwlm = frozen['BWLM (frozen)']
     for candidate in self.candidates('' if 'failed' in bwlm else _head_from(bwlm['source'])):
       if candidate.head_init == 'stage2_head' and not candidate.head_from:  # LP-FT without its start
