@@ -68,6 +68,16 @@ PEAK_FLOPS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989e12, ('NVIDIA H100 80GB 
               ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 67e12}
 
 
+def _peak_rss_mb() -> int:
+  """This process's peak resident memory since it started (the kernel's VmHWM: ru_maxrss would carry the memory of
+  a parent it was forked from), else ru_maxrss."""
+  try:
+    with open('/proc/self/status') as status:
+      return round(next(int(line.split()[1]) for line in status if line.startswith('VmHWM:')) / 1024)
+  except (OSError, StopIteration):
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _flops(compiled) -> float | None:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
@@ -97,7 +107,7 @@ def measure(name, jitted, state, args, images_per_step, steps, blocks, extra):
             'cpu_runtime': _RUNTIME[0] if _RUNTIME else None,
             'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
             'images_per_s': round(images_per_step / best, 1),
-            'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # this process's so far
+            'peak_rss_mb': _peak_rss_mb(),  # this process's so far
             'flops_per_step': flops, 'peak_fraction': round(flops / best / peak, 4) if flops and peak else None}
   print(json.dumps(record), flush=True)
   return record, state
