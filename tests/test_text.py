@@ -123,6 +123,14 @@ def small_clip(fixture, monkeypatch, tmp_path):
           'prompts': str(templates), 'init_from': None}
 
 
+@pytest.fixture
+def small_clip_towers(fixture, monkeypatch):
+  """The fixture's whole small CLIP as model.name clip_vit_b16: both towers' shapes swapped in."""
+  from bwlm_jax.models import vit
+  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', fixture[2])
+  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
+
+
 def test_zero_shot_classifier_equals_open_clips(fixture, small_clip):
   from bwlm_jax.text import zero_shot
   info, expected, _ = fixture
@@ -209,18 +217,14 @@ def test_a_text_head_start_is_checked_before_anything_runs(tmp_path):
   validate_config(config)
 
 
-def test_zero_shot_clip_is_a_model_of_its_own(fixture, monkeypatch, tmp_path):
+def test_zero_shot_clip_is_a_model_of_its_own(small_clip_towers, tmp_path):
   # The fixture's whole small CLIP (open_clip's) under a CLIP model.name, its image tower's shape swapped in too:
   # head_init='text' with 0 epochs is a finished model whose predictions are zero-shot CLIP's, image for image.
   from bwlm_jax.checkpoints import load_finished
   from bwlm_jax.config import base_config
-  from bwlm_jax.models import vit
   from bwlm_jax.run.training_run import make_context, train_and_evaluate
   from bwlm_jax.text import zero_shot
   from test_pretrained import _folder
-  _, _, spec = fixture
-  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
-  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
   _folder(tmp_path / 'data', [8, 4, 2], size=20)
   names = tmp_path / 'names.txt'
   names.write_text('c0\tgoldfish\nc1\ttiger shark, Galeocerdo cuvieri\nc2\ttree frog\n')
@@ -274,23 +278,25 @@ def test_lifts_recipe_as_a_config(source, data_name, width, epochs):
   assert config.model.prompts == 'a photo of a {}.' and config.data.pipeline == 'stream'
 
 
-def test_lift_on_a_folder_runs_end_to_end(fixture, monkeypatch, tmp_path):
-  # The recipe on a folder with the fixture's small CLIP (its towers' shapes swapped in): adapters and the cosine
-  # head train from the text start, evaluation on five crops.
-  from bwlm_jax.checkpoints import load_finished
-  from bwlm_jax.models import vit
-  from bwlm_jax.run.training_run import train_and_evaluate
+def _lift_config(tmp_path):
+  """configs/lift.py on a 3-class folder with the small CLIP: 16 px, batch 8, adapters of width 4."""
   from helpers import load_config_file
   from test_pretrained import _folder
-  _, _, spec = fixture
-  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
-  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
   _folder(tmp_path / 'data', [12, 6, 3], size=20)
   config = load_config_file(f'configs/lift.py:{tmp_path / "data"},{os.path.join(FIXTURE, "clip.safetensors")}')
-  assert config.model.adapter_dim == 1  # 3 classes
+  assert config.model.adapter_dim == 1  # LIFT's width for 3 classes
   config.model.adapter_dim = 4  # one hidden unit can be dead for every token of so small a network
   config.model.tokenizer, config.data.image_size, config.data.pipeline = MERGES, 16, 'device'
-  config.batch_size, config.eval_batch_size, config.naive.epochs = 8, 16, 2
+  config.batch_size, config.eval_batch_size = 8, 16
+  return config
+
+
+def test_lift_on_a_folder_runs_end_to_end(small_clip_towers, tmp_path):
+  # The recipe: adapters and the cosine head train from the text start, evaluation on five crops.
+  from bwlm_jax.checkpoints import load_finished
+  from bwlm_jax.run.training_run import train_and_evaluate
+  config = _lift_config(tmp_path)
+  config.naive.epochs = 2
   results = train_and_evaluate(config, str(tmp_path / 'run'))
   variables, meta = load_finished(str(tmp_path / 'run'), 'naive')
   assert meta['finished'] and results['test_views'] == 'five_crop'
@@ -301,21 +307,12 @@ def test_lift_on_a_folder_runs_end_to_end(fixture, monkeypatch, tmp_path):
   assert 0.0 <= results['models']['naive']['test']['all'] <= 1.0
 
 
-def test_the_tuning_study_puts_zero_shot_beside_the_frozen_heads_and_lift(fixture, monkeypatch, tmp_path):
+def test_the_tuning_study_puts_zero_shot_beside_the_frozen_heads_and_lift(small_clip_towers, tmp_path):
   # launch/tune.py with a whole CLIP file: zero-shot CLIP, BWLM's frozen heads, and LIFT's recipe (adapters, the
   # text-started cosine head), each a row chosen on validation.
-  from bwlm_jax.models import vit
   from bwlm_jax.studies.base import run_study
   from bwlm_jax.studies.tune import Tune, default_grid
-  from helpers import load_config_file
-  from test_pretrained import _folder
-  _, _, spec = fixture
-  monkeypatch.setitem(clip_text.TEXT_SPECS, 'clip_vit_b16', spec)
-  monkeypatch.setitem(vit.SPECS, 'clip_vit_b16', vit.Spec('clip', 8, 32, 1, 2, embed=16, **vit.CLIP))
-  _folder(tmp_path / 'data', [12, 6, 3], size=20)
-  config = load_config_file(f'configs/lift.py:{tmp_path / "data"},{os.path.join(FIXTURE, "clip.safetensors")}')
-  config.model.tokenizer, config.data.image_size, config.data.pipeline = MERGES, 16, 'device'
-  config.batch_size, config.eval_batch_size, config.model.adapter_dim = 8, 16, 4
+  config = _lift_config(tmp_path)
   config.stage2.epochs, config.stage2.select = 2, 'none'
   grid = default_grid()
   grid.modes, grid.losses, grid.head_inits = ('adapter',), ('balanced_softmax',), ('text',)
