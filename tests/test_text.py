@@ -327,3 +327,14 @@ def test_the_tuning_study_puts_zero_shot_beside_the_frozen_heads_and_lift(small_
   with pytest.raises(UsageError, match=r'tuning.*tokenizer file .*missing.txt.gz does not exist'):
     run_study(Tune(grid), config, str(tmp_path / 'run2'))
   assert not (tmp_path / 'run2').exists()
+
+
+def test_a_tokenizer_of_another_vocabulary_is_one_line(fixture, small_clip, tmp_path):
+  from bwlm_jax.text import zero_shot
+  with gzip.open(MERGES, 'rt', encoding='utf-8') as file:
+    lines = file.read().split('\n')
+  shorter = tmp_path / 'merges.txt'
+  shorter.write_text('\n'.join(lines[:101]))  # the header and 100 merges: a vocabulary of 614, not 757
+  with pytest.raises(UsageError, match=r'merges.txt has 614 tokens; the text tower of .* reads 757: a tokenizer '
+                                       r'of another model'):
+    zero_shot.class_embeddings(dict(small_clip, tokenizer=str(shorter)), fixture[0]['classes'])
