@@ -95,11 +95,11 @@ def predict_files(workdir: str, stage: str, paths: list[str], top_k: int = 5, ba
   model = build_model(config['model'], len(names))
   features_fn = make_features_fn(model, tuple(meta['mean']), tuple(meta['std']), DTYPES[config['model']['dtype']],
                                  config['data'].get('test_views', 'none'))  # the views the model was evaluated with
+  transform = from_record(meta.get('eval_transform'))
   loaded, unreadable = [], []
   for path in paths:
     try:
-      loaded.append((path, load_image(path, meta['image_size'], meta['center_crop'],
-                                      from_record(meta.get('eval_transform')))))
+      loaded.append((path, load_image(path, meta['image_size'], meta['center_crop'], transform)))
     except UsageError as err:
       unreadable.append((path, str(err)))
   if not loaded:

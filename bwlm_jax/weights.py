@@ -46,28 +46,39 @@ def input_statistics(model_name: str, weights_file: str | None = None) -> tuple[
   convention (ImageNet's statistics for the ResNets, DeiT and DINOv2, [-1, 1] for timm's ViTs and
   EfficientNet-Lite, CLIP's own)."""
   if weights_file:
-    folder = os.path.dirname(weights_file)
-    for path, keys in ((weights_file + '.json', ()), (os.path.join(folder, 'config.json'), ('pretrained_cfg',)),
-                       (os.path.join(folder, 'open_clip_config.json'), ('preprocess_cfg',))):
-      if os.path.isfile(path):
-        found = _statistics_in(path, keys, model_name)
-        if found:
-          return found + (path,)
+    for path, section in _metadata_beside(weights_file):
+      found = _statistics_in(path, section, model_name)
+      if found:
+        return found + (path,)
   return family_of(model_name).input_statistics(model_name) + (f'{model_name} convention',)
 
 
-def _statistics_in(path: str, keys: tuple, model_name: str):
-  """(mean, std) a metadata file gives, or None; one that names another network is an error."""
-  meta = read_json(path, 'the metadata beside model.init_from', 'Fix or move it: it says what input the weights '
+def _metadata_beside(weights_file: str) -> list[tuple[str, str]]:
+  """(path, section) of each metadata file beside `weights_file`, in the order they are read: an export's
+  sidecar PATH.json (its top level), timm's config.json (`pretrained_cfg`), open_clip's open_clip_config.json
+  (`preprocess_cfg`), as the Hugging Face hub stores them; only those that exist."""
+  folder = os.path.dirname(weights_file)
+  files = ((weights_file + '.json', ''), (os.path.join(folder, 'config.json'), 'pretrained_cfg'),
+           (os.path.join(folder, 'open_clip_config.json'), 'preprocess_cfg'))
+  return [(path, section) for path, section in files if os.path.isfile(path)]
+
+
+def _read_metadata(path: str) -> dict:
+  return read_json(path, 'the metadata beside model.init_from', 'Fix or move it: it says what input the weights '
                    'expect.')
+
+
+def _statistics_in(path: str, section: str, model_name: str):
+  """(mean, std) a metadata file gives, or None; one that names another network is an error."""
+  meta = _read_metadata(path)
   named = meta.get('architecture') or meta.get('model')
   if isinstance(named, str) and re.sub(r'^tf_|(_\d+)?(\..*)?$', '', named) != model_name:
     raise UsageError(f'{path} says the weights beside it are a {named}, not model.name={model_name}.')
   check = family_of(model_name).check_metadata
   if check is not None:
     check(model_name, meta, path)
-  for key in keys:
-    meta = meta.get(key) if isinstance(meta.get(key), dict) else {}
+  if section:
+    meta = meta.get(section) if isinstance(meta.get(section), dict) else {}
   mean, std = meta.get('mean'), meta.get('std')
   if mean is None or std is None:
     return None
@@ -95,31 +106,23 @@ def eval_transform_of(config) -> Optional[EvalTransform]:
 
 
 def transform_in_metadata(weights_file: str) -> Optional[EvalTransform]:
-  """The evaluation transform the metadata beside `weights_file` gives: an export's sidecar (`eval_transform`),
-  timm's config.json (`pretrained_cfg.interpolation`, `crop_pct`), open_clip's open_clip_config.json
-  (`preprocess_cfg.interpolation`; the shorter side resized to the input, crop_pct 1); None without any."""
-  folder = os.path.dirname(weights_file)
-  sidecar, timm_file, clip_file = (weights_file + '.json', os.path.join(folder, 'config.json'),
-                                   os.path.join(folder, 'open_clip_config.json'))
-  def read(path):
-    return read_json(path, 'the metadata beside model.init_from', 'Fix or move it: it says how the weights expect '
-                     'their input.')
-
-  if os.path.isfile(sidecar) and isinstance(read(sidecar).get('eval_transform'), dict):
-    record = read(sidecar)['eval_transform']
-    if record.get('crop_pct') is not None:
-      return _checked(record.get('interpolation'), record['crop_pct'], sidecar)
-  if os.path.isfile(timm_file):
-    cfg = read(timm_file).get('pretrained_cfg')
-    if isinstance(cfg, dict) and 'crop_pct' in cfg:
-      return _checked(cfg.get('interpolation', 'bicubic'), cfg['crop_pct'], timm_file)
-  if os.path.isfile(clip_file):
-    cfg = read(clip_file).get('preprocess_cfg')
-    if isinstance(cfg, dict):
+  """The evaluation transform the metadata beside `weights_file` gives (`_metadata_beside`): an export's sidecar
+  (`eval_transform`), timm's config.json (`pretrained_cfg.interpolation`, `crop_pct`), open_clip's
+  open_clip_config.json (`preprocess_cfg.interpolation`; the shorter side resized to the input, crop_pct 1); None
+  without any."""
+  for path, section in _metadata_beside(weights_file):
+    cfg = _read_metadata(path).get(section or 'eval_transform')
+    if not isinstance(cfg, dict):
+      continue
+    if not section and cfg.get('crop_pct') is not None:
+      return _checked(cfg.get('interpolation'), cfg['crop_pct'], path)
+    if section == 'pretrained_cfg' and 'crop_pct' in cfg:
+      return _checked(cfg.get('interpolation', 'bicubic'), cfg['crop_pct'], path)
+    if section == 'preprocess_cfg':
       if cfg.get('resize_mode', 'shortest') != 'shortest':
-        raise UsageError(f"{clip_file}: resize_mode {cfg['resize_mode']!r} is not one bwlm-jax makes (the shorter "
+        raise UsageError(f"{path}: resize_mode {cfg['resize_mode']!r} is not one bwlm-jax makes (the shorter "
                          'side resized, the centre cropped): give data.eval_transform=INTERPOLATION:CROP_PCT.')
-      return _checked(cfg.get('interpolation', 'bicubic'), 1.0, clip_file)
+      return _checked(cfg.get('interpolation', 'bicubic'), 1.0, path)
   return None
 
 

@@ -46,9 +46,6 @@ class EvalTransform:
     left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
     return np.asarray(image.crop((left, top, left + side, top + side)), np.uint8)
 
-  def describe(self) -> str:
-    return f'{self.interpolation}:{self.crop_pct:g}'
-
 
 def parse(value: str, field: str = 'data.eval_transform') -> Optional[EvalTransform]:
   """`INTERPOLATION:CROP_PCT` as an EvalTransform; 'resize' as None (the pipeline's own); a one-line error."""

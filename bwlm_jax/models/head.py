@@ -68,14 +68,19 @@ def kind_of(head_params: dict) -> str:
   return 'cosine' if 'cosine' in head_params else 'linear'
 
 
+def _layer_name(head_params: dict) -> str:
+  """The module holding a head's weights: `dense` (linear) or `cosine`."""
+  return 'cosine' if kind_of(head_params) == 'cosine' else 'dense'
+
+
 def head_kernel(head_params: dict):
   """W [D, C] of a head of either kind (stacked heads: [K, D, C])."""
-  return head_params['cosine' if 'cosine' in head_params else 'dense']['kernel']
+  return head_params[_layer_name(head_params)]['kernel']
 
 
 def with_weights(head_params: dict, kernel, bias=None) -> dict:
   """`head_params` of the same kind (and scale) with this kernel (and bias)."""
-  key = 'cosine' if 'cosine' in head_params else 'dense'
+  key = _layer_name(head_params)
   layer = dict(head_params[key], kernel=kernel)
   if bias is not None:
     layer['bias'] = bias
@@ -94,7 +99,7 @@ def head_params(kind: str, kernel, bias, scale: Optional[float] = None) -> dict:
 def apply_head(head_params: dict, features):
   """Logits [N, C] (float32) of one head of either kind on features [N, D]."""
   features = features.astype(jnp.float32)
-  if 'cosine' in head_params:
+  if kind_of(head_params) == 'cosine':
     layer = head_params['cosine']
     directions = layer['kernel'] / jnp.maximum(jnp.linalg.norm(layer['kernel'], axis=0, keepdims=True), 1e-12)
     unit = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)

@@ -91,8 +91,8 @@ def class_means_head(ctx, backbone: dict, split) -> dict:
 
 
 def text_head(ctx, backbone: dict, split) -> dict:
-  """The linear head that is CLIP's zero-shot classifier of the dataset's classes on `backbone`'s features
-  (`text.zero_shot.text_head`; its scale from `split`'s images)."""
+  """The head (of model.head's kind) that starts as CLIP's zero-shot classifier of the dataset's classes on
+  `backbone`'s features (`text.zero_shot.text_head`; a linear head's scale from `split`'s images)."""
   embeddings, scale = zero_shot.class_embeddings(ctx.config.model, ctx.dataset.class_names,
                                                  ctx.config.data.class_names_file or '')
   features, _ = ctx.split_features(backbone, split)
