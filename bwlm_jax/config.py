@@ -134,6 +134,11 @@ def _data_config() -> ml_collections.ConfigDict:
   # crop), 'source' (what the weights' source evaluates with, from the metadata beside model.init_from: timm's
   # interpolation and crop_pct, open_clip's), or INTERPOLATION:CROP_PCT (bilinear|bicubic, e.g. bicubic:0.9).
   data.eval_transform = 'resize'
+  # Whether val and test may hold classes with no training image (a folder's test/ or val/ class folders absent
+  # from train/): False = refused in one line (a misspelt folder is the usual cause); True = every class of any
+  # split is a class of the model, reported apart as 'unseen'. Zero-shot CLIP and a head started from the text
+  # (head_init='text') score such classes; a head trained on the images alone has nothing to learn them from.
+  data.unseen_classes = False
   return data
 
 
@@ -358,6 +363,8 @@ def validate_config(config) -> None:
                        f'data.image_size (folders, image lists, streamed data); {config.data.name} is kept at its '
                        'own size.')
     weights.eval_transform_of(config)  # parsed, or the metadata beside the weights read
+  if not isinstance(config.data.unseen_classes, bool):
+    raise UsageError(f'data.unseen_classes must be True or False, got {config.data.unseen_classes!r}.')
   if config.data.test_views not in TEST_VIEWS:
     raise UsageError(f'data.test_views must be one of {TEST_VIEWS}, got {config.data.test_views!r}.')
   if config.data.normalize not in ('auto', 'dataset', 'imagenet'):

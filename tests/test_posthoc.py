@@ -38,6 +38,13 @@ def test_logit_adjustment_matches_formula():
   np.testing.assert_allclose(posthoc.logit_adjusted(logits, counts, 0.7), expected, rtol=1e-5)
 
 
+def test_an_unseen_class_is_adjusted_as_one_image():
+  # Without the floor, log(0) would lift a class without training images above every other.
+  logits = RNG.normal(size=(5, 3))
+  np.testing.assert_allclose(posthoc.logit_adjusted(logits, np.array([100, 10, 0]), 1.0),
+                             posthoc.logit_adjusted(logits, np.array([100, 10, 1]), 1.0))
+
+
 def test_top_k_orders_best_first():
   logits = np.array([[0.1, 0.9, 0.5, 0.3], [4.0, 3.0, 2.0, 1.0]])
   np.testing.assert_array_equal(posthoc.top_k(logits, 3), [[1, 2, 3], [0, 1, 2]])
@@ -59,6 +66,17 @@ def test_accuracy_report_on_hand_made_predictions():
   assert (report['many'], report['medium'], report['few']) == (0.5, 1.0, 0.0)
   assert report['top5'] == pytest.approx(5 / 6)
   assert report['per_class'] == [0.5, 1.0, 0.0]
+  assert 'unseen' not in report  # every class has training images
+
+
+def test_classes_without_training_images_are_reported_apart():
+  train_counts = np.array([200, 0, 5, 0])  # many, unseen (few), few, unseen (few)
+  labels = np.array([0, 1, 1, 2, 3, 3, 3])
+  top = np.array([[0], [1], [0], [0], [3], [3], [2]])
+  report = metrics.accuracy_report(top, labels, train_counts)
+  assert report['unseen'] == pytest.approx((1 / 2 + 2 / 3) / 2)
+  assert report['few'] == pytest.approx((1 / 2 + 0 + 2 / 3) / 3) and report['many'] == 1.0
+  assert metrics.accuracy_report(top[:4], labels[:4], np.array([200, 1, 5, 0]))['unseen'] is None  # none tested
 
 
 def test_empty_group_is_none_and_missing_class_is_skipped():

@@ -261,6 +261,26 @@ def test_folder_test_classes_missing_from_train(tmp_path):
     load_dataset(_data_config(name='folder', folder=str(tmp_path)))
 
 
+def test_classes_without_training_images_are_classes_of_the_model(tmp_path, capsys):
+  # data.unseen_classes: the union of every split's class folders, in sorted order; the unseen class has count 0,
+  # its test images keep their label, and the summary says how many such classes there are.
+  from bwlm_jax.data.summary import count_summary, format_summary
+  _write_folder(tmp_path, 'train', {'cat': 3, 'dog': 2})
+  _write_folder(tmp_path, 'val', {'bee': 1, 'dog': 1})
+  _write_folder(tmp_path, 'test', {'cat': 1, 'owl': 2})
+  with pytest.raises(ValueError, match=r"\['owl'\]; --config.data.unseen_classes=True"):
+    load_dataset(_data_config(name='folder', folder=str(tmp_path)))
+  dataset = load_dataset(_data_config(name='folder', folder=str(tmp_path), unseen_classes=True))
+  assert dataset.class_names == ('bee', 'cat', 'dog', 'owl')
+  assert dataset.train_counts.tolist() == [0, 3, 2, 0]
+  assert sorted(dataset.test.labels.tolist()) == [1, 3, 3] and sorted(dataset.val.labels.tolist()) == [0, 2]
+  summary = count_summary(dataset.train_counts)
+  assert summary['unseen_classes'] == 2 and summary['classes_per_group']['few'] == 4
+  assert 'classes without a training image (unseen; counted as few too): 2' in format_summary('f', summary)
+  with pytest.raises(ValueError, match=r"imbalance_factor .* 2 classes have no training image .*\['bee', 'owl'\]"):
+    load_dataset(_data_config(name='folder', folder=str(tmp_path), unseen_classes=True, imbalance_factor=2.0))
+
+
 def test_tfds_test_classes_missing_from_train(tmp_path, reachable):
   # Mocked CIFAR-10 at IF 1e6 with max_count 1: the profile keeps 0 images of the last classes.
   cfg = _data_config(name='cifar10', imbalance_factor=1e6, max_count=1, data_dir=str(tmp_path), download=True)

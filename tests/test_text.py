@@ -252,6 +252,43 @@ def test_zero_shot_clip_is_a_model_of_its_own(small_clip_towers, tmp_path):
   assert results['models']['naive']['test']['all'] == pytest.approx(float((predicted == labels).mean()))
 
 
+def test_zero_shot_scores_classes_without_training_images(small_clip_towers, tmp_path):
+  # A class that only val and test hold (data.unseen_classes): zero-shot CLIP scores it from its words; the
+  # results report it apart ('unseen', and within Few); BWLM's stages then train on the seen classes and keep it.
+  import shutil
+  from bwlm_jax.config import base_config
+  from bwlm_jax.run.training_run import make_context, train_and_evaluate
+  from bwlm_jax.text import zero_shot
+  from test_pretrained import _folder
+  _folder(tmp_path / 'data', [8, 6, 4, 1], size=20)
+  shutil.rmtree(tmp_path / 'data' / 'train' / 'c3')
+  names = tmp_path / 'names.txt'
+  names.write_text('c0\tgoldfish\nc1\ttiger shark\nc2\ttree frog\nc3\tbald eagle\n')
+  config = base_config()
+  config.data.name, config.data.folder, config.data.image_size = 'folder', str(tmp_path / 'data'), 16
+  config.data.class_names_file, config.data.unseen_classes = str(names), True
+  config.model.name, config.model.init_from = 'clip_vit_b16', os.path.join(FIXTURE, 'clip.safetensors')
+  config.model.tokenizer = MERGES
+  config.batch_size, config.eval_batch_size = 8, 16
+  config.naive.epochs, config.naive.head_init, config.naive.tune = 0, 'text', 'head'
+  config.stage1.epochs, config.stage2.epochs = 1, 1
+  results = train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['train_counts'] == [8, 6, 4, 0]
+  ctx = make_context(config, str(tmp_path / 'fresh'))
+  from bwlm_jax.checkpoints import load_finished
+  variables, _ = load_finished(str(tmp_path / 'run'), 'naive')
+  features, labels = ctx.split_features(variables, ctx.dataset.eval_splits()['test'])
+  embeddings, scale = zero_shot.class_embeddings(config.model, ctx.dataset.class_names, str(names))
+  correct = zero_shot.zero_shot_logits(features, embeddings, scale).argmax(axis=1) == labels
+  zero_shot_test = results['models']['naive']['test']
+  per_class = [correct[labels == c].mean() for c in range(4)]  # 8, 6, 4 and 0 training images: all Few
+  assert zero_shot_test['per_class'] == pytest.approx(per_class) and zero_shot_test['unseen'] == per_class[3]
+  assert zero_shot_test['few'] == pytest.approx(np.mean(per_class)) and zero_shot_test['many'] is None
+  for model in ('stage1', 'stage2'):  # trained with the unseen class present: finite, reported the same way
+    report = results['models'][model]['test']
+    assert 0 <= report['unseen'] <= 1 and np.isfinite(report['calibration']['nll'])
+
+
 def test_a_cosine_text_head_is_zero_shot_at_its_own_scale(fixture, small_clip):
   from bwlm_jax.models.head import apply_head
   from bwlm_jax.text import zero_shot

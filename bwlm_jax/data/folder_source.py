@@ -27,7 +27,7 @@ def list_split(root: str, split: str, class_names=None) -> tuple[tuple[str, ...]
   if not os.path.isdir(split_dir):
     raise MissingFileError(f'image folder split {split_dir!r} does not exist; expected '
                             f'{root}/{split}/<class>/<image files>.')
-  found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+  found = _class_folders(split_dir)
   if not found:
     raise UsageError(f'{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>.')
   if class_names is None:
@@ -35,12 +35,14 @@ def list_split(root: str, split: str, class_names=None) -> tuple[tuple[str, ...]
   else:
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-      raise UsageError(f'{split_dir!r} has classes that the train split lacks: {unknown}.')
+      raise UsageError(f'{split_dir!r} has classes that the train split lacks: {unknown}; '
+                       '--config.data.unseen_classes=True makes them classes of the model (zero-shot CLIP, '
+                       "head_init='text').")
   paths, labels, skipped = [], [], []
   for label, name in enumerate(class_names):
     class_dir = os.path.join(split_dir, name)
     if not os.path.isdir(class_dir):
-      continue  # A balanced eval split may lack a class; the train split cannot (checked below).
+      continue  # An evaluation split may lack a class; the train split too, with data.unseen_classes.
     files = _files_under(class_dir)
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     skipped += [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -51,6 +53,20 @@ def list_split(root: str, split: str, class_names=None) -> tuple[tuple[str, ...]
   if skipped:
     print(f'image folder {split_dir}: left out {len(skipped)} non-image files, e.g. {skipped[0]}')
   return class_names, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _class_folders(split_dir: str) -> list[str]:
+  return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+
+
+def every_class(root: str, splits=('train', 'val', 'test')) -> tuple[str, ...]:
+  """The sorted class-folder names of every split of ROOT that exists (`data.unseen_classes`: classes that only
+  val or test hold are classes of the model too)."""
+  found = set()
+  for split in splits:
+    if os.path.isdir(os.path.join(root, split)):
+      found.update(_class_folders(os.path.join(root, split)))
+  return tuple(sorted(found))
 
 
 def _files_under(class_dir: str) -> list[str]:

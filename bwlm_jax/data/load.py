@@ -90,7 +90,16 @@ def _check_eval_classes(train: Split, eval_split: Split, split_name: str, class_
   if missing:
     names = [class_names[c] for c in missing[:10]]
     raise UsageError(f'the {split_name} split has {len(missing)} classes that the train split lacks, '
-                     f'e.g. {names}; every evaluated class needs training images.')
+                     f'e.g. {names}; set --config.data.unseen_classes=True to evaluate classes without training '
+                     "images (zero-shot CLIP, head_init='text').")
+
+
+def _check_all_seen(train: Split, class_names, what: str) -> None:
+  """One line naming the classes without a training image, for what needs every class to have some."""
+  unseen = np.flatnonzero(np.bincount(train.labels, minlength=len(class_names)) == 0)
+  if unseen.size:
+    raise UsageError(f'{what}, and {unseen.size} classes have no training image (data.unseen_classes), e.g. '
+                     f'{[class_names[c] for c in unseen[:5]]}.')
 
 
 def _validate(cfg) -> None:
@@ -153,7 +162,8 @@ def _load_folder(cfg, transform: Optional[EvalTransform]):
   if cfg.name == 'lists':
     names, lists = list_source.list_splits(cfg)
   else:
-    names, paths, labels = folder_source.list_split(cfg.folder, 'train')
+    names, paths, labels = folder_source.list_split(
+        cfg.folder, 'train', folder_source.every_class(cfg.folder) if cfg.unseen_classes else None)
     lists = {'train': (paths, labels)}
     for split in ('test', 'val'):
       if split == 'val' and not os.path.isdir(os.path.join(cfg.folder, split)):
@@ -192,13 +202,14 @@ def load_dataset(cfg, eval_transform: Optional[EvalTransform] = None) -> LongTai
   val_source = 'split' if val is not None else None
   kept = np.arange(len(train))
   if cfg.imbalance_factor is not None:
+    _check_all_seen(train, names, 'data.imbalance_factor draws a long-tail profile over every class')
     kept = _long_tail_indices(train, len(names), cfg.imbalance_factor, cfg.max_count, cfg.subset_seed, names)
     if val is None and cfg.val_per_class > 0:
       val = train.subset(validation_indices(train.labels, kept, len(names), cfg.val_per_class, cfg.subset_seed))
       val_source = 'unused_train'
     train = train.subset(kept)
   for split_name, split in (('test', test), ('val', val)):
-    if split is not None:
+    if split is not None and not cfg.unseen_classes:
       _check_eval_classes(train, split, split_name, names)
   return LongTailDataset(cfg.name, tuple(names), train, test, val, int(image_size),
                          tuple(stats[0]), tuple(stats[1]), val_source, kept, eval_transform)
@@ -221,5 +232,5 @@ def stage_train_split(dataset: LongTailDataset, stage: str, seed: int) -> Split:
   indices = stage_indices(dataset.train.labels, dataset.num_classes, stage, seed)
   if indices.size == 0:
     raise UsageError(f'the {stage} training set of {dataset.name} is empty: with classes sorted by count, '
-                     'the first tail class has no images. Every class needs training images.')
+                     'the first tail class has no images (more than half the classes have none).')
   return dataset.train.subset(indices)

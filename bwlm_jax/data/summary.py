@@ -21,6 +21,7 @@ def count_summary(counts) -> dict:
       'min_count': int(counts.min()),
       'imbalance_factor': float(nonzero.max() / nonzero.min()),
       'classes_per_group': {g: int((groups == g).sum()) for g in SHOT_GROUPS},
+      'unseen_classes': int((counts == 0).sum()),
       'stage1_total': int(stage1.sum()),
       'first_tail_count': int(counts[first_tail]),
       'stage2_total': int(stage2.sum()),
@@ -36,6 +37,8 @@ def format_summary(name: str, summary: dict, eval_lines: tuple = ()) -> str:
       f'  Data Balanced Review: stage 1 {summary["stage1_total"]:,} images; stage 2 '
       f'{summary["stage2_total"]:,} images (head classes subsampled to n_(m+1) = {summary["first_tail_count"]})',
   ]
+  if summary['unseen_classes']:
+    lines.insert(2, f'  classes without a training image (unseen; counted as few too): {summary["unseen_classes"]}')
   return '\n'.join(lines + [f'  {line}' for line in eval_lines])
 
 

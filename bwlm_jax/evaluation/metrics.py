@@ -1,5 +1,5 @@
-"""Accuracy metrics from predictions: top-1 and top-5, per class, and by shot group (absent groups are None);
-with logits, their calibration too."""
+"""Accuracy metrics from predictions: top-1 and top-5, per class, and by shot group (absent groups are None; classes
+without a training image also apart, as 'unseen'); with logits, their calibration too."""
 
 from __future__ import annotations
 
@@ -36,13 +36,24 @@ def group_accuracy(class_accuracy: np.ndarray, train_counts: np.ndarray) -> dict
   return result
 
 
+def unseen_accuracy(class_accuracy: np.ndarray, train_counts: np.ndarray) -> dict[str, Optional[float]]:
+  """{'unseen': mean per-class accuracy over the classes without a training image (data.unseen_classes; None
+  where none is evaluated)} where there are such classes (they count as Few too), else {}."""
+  unseen = np.asarray(train_counts) == 0
+  if not unseen.any():
+    return {}
+  values = class_accuracy[unseen & ~np.isnan(class_accuracy)]
+  return {'unseen': float(values.mean()) if values.size else None}
+
+
 def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict:
   """All / Many / Medium / Few top-1 accuracy, top-5, and per-class top-1 accuracy.
 
   `top_k_predictions` is [N, k] with the best class first. "All" is the accuracy over all examples
   (equal to the mean per-class accuracy on a balanced test set).
   """
-  num_classes = int(np.asarray(train_counts).size)
+  train_counts = np.asarray(train_counts)
+  num_classes = int(train_counts.size)
   top_k_predictions = np.asarray(top_k_predictions).reshape(len(labels), -1)
   correct = top_k_predictions[:, 0] == labels
   class_accuracy = per_class_accuracy(correct, labels, num_classes)
@@ -50,6 +61,7 @@ def accuracy_report(top_k_predictions: np.ndarray, labels: np.ndarray, train_cou
   return {
       'all': float(correct.mean()),
       **group_accuracy(class_accuracy, train_counts),
+      **unseen_accuracy(class_accuracy, train_counts),
       'top5': float(top5.mean()),
       'num_examples': int(labels.size),
       'per_class': [None if np.isnan(a) else float(a) for a in class_accuracy],

@@ -36,8 +36,9 @@ def tau_normalized_logits(features: np.ndarray, head_params: dict, tau: float) -
 
 
 def logit_adjusted(logits: np.ndarray, train_counts, tau: float = 1.0) -> np.ndarray:
-  """Menon et al.'s post-hoc logit adjustment: z_c - tau * log(pi_c), pi = training class prior."""
-  counts = np.maximum(np.asarray(train_counts, np.float64), 1e-12)
+  """Menon et al.'s post-hoc logit adjustment: z_c - tau * log(pi_c), pi = training class prior (a class without
+  training images counted as one image, as the balanced losses count it)."""
+  counts = np.maximum(np.asarray(train_counts, np.float64), 1)
   return (np.asarray(logits, np.float64) - tau * np.log(counts / counts.sum())).astype(np.float32)
 
 

@@ -47,7 +47,7 @@ def reweighted_accuracy(predictions: np.ndarray, labels: np.ndarray, prior: np.n
 
 def prior_shift_report(logits: np.ndarray, labels: np.ndarray, train_counts, prior: np.ndarray) -> dict:
   """Accuracy under `prior` of the model as it is, and after logit adjustment from the training prior to it."""
-  counts = np.maximum(np.asarray(train_counts, np.float64), 1e-12)
+  counts = np.maximum(np.asarray(train_counts, np.float64), 1)
   adjusted = np.asarray(logits, np.float64) + np.log(np.maximum(prior, 1e-12)) - np.log(counts / counts.sum())
   return {'accuracy': reweighted_accuracy(np.argmax(logits, -1), labels, prior),
           'adjusted_accuracy': reweighted_accuracy(adjusted.argmax(-1), labels, prior)}

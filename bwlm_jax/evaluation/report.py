@@ -15,8 +15,8 @@ def format_cell(value) -> str:
 
 
 def results_table(results: dict) -> str:
-  """One row per (model, split): Many / Medium / Few / All top-1 accuracy and ECE in %; '-' for an absent
-  group. A model with a temperature fitted on val gets a '+temperature' row: same accuracy, scaled ECE."""
+  """One row per (model, split): Many / Medium / Few / All top-1 accuracy (and Unseen where classes have no
+  training image) and ECE in %; '-' for an absent group. A model with a temperature fitted on val gets a '+temperature' row: same accuracy, scaled ECE."""
   rows = []
   for model, splits in results['models'].items():
     rows += [(model, split, report) for split, report in splits.items()]
@@ -25,9 +25,10 @@ def results_table(results: dict) -> str:
       rows.append((f'{model}+temperature ({calibration["temperature"]:.2f})', split,
                    {**splits[split], 'calibration': calibration}))
   width = max([10] + [len(model) for model, _, _ in rows])
-  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in COLUMNS) + '    ECE']
+  columns = COLUMNS + (('unseen',) if any('unseen' in report for _, _, report in rows) else ())
+  lines = [f'{"model":<{width}} {"split":<6} ' + ' '.join(f'{c.capitalize():>6}' for c in columns) + '    ECE']
   for model, split, report in rows:
-    lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report[c]):>6}' for c in COLUMNS)
+    lines.append(f'{model:<{width}} {split:<6} ' + ' '.join(f'{format_cell(report.get(c)):>6}' for c in columns)
                  + f' {format_cell(ece(report)):>6}')
   return '\n'.join(lines)
 
