@@ -177,9 +177,36 @@ def test_depthwise_multiply_adds_equal_xla_forward_and_both_gradients(kind, monk
   np.testing.assert_allclose(shifted[n, h, w_, c], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('side,kernel,stride,pads', [
+    (9, 5, 1, ((2, 2), (2, 2))), (8, 3, 2, ((0, 1), (0, 1))), (8, 5, 2, ((2, 2), (2, 2))), (7, 3, 2, ((1, 1), (1, 1))),
+    (7, 5, 2, ((1, 2), (2, 1))), (6, 3, 3, ((1, 1), (0, 2)))])
+def test_the_phased_input_gradient_equals_xlas(side, kernel, stride, pads):
+  # Every stride and padding the models use, odd sides (the last input rows reach no output), a stride of 3.
+  x, w = _inputs(2, side, 5, 5, kernel, 5, seed=4)
+  y, pullback = jax.vjp(lambda x: jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=NHWC,
+                                                                feature_group_count=5), x)
+  dy = jnp.asarray(np.random.default_rng(5).normal(size=y.shape), jnp.float32)
+  ours = conv.depthwise_input_gradient(dy, w, x.shape, (stride, stride), pads)
+  assert ours.shape == x.shape
+  np.testing.assert_allclose(ours, pullback(dy)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunk_bytes', [1, 6 * 6 * 5 * 4 * 2, 10 ** 9])  # one image, two (a remainder of one), all
+def test_the_chunked_depthwise_kernel_gradient_equals_xlas(chunk_bytes):
+  x, w = _inputs(5, 6, 5, 5, 3, 5, seed=6)
+  pads = ((0, 1), (0, 1))  # TF's SAME at stride 2
+  y, pullback = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=NHWC,
+                                                                feature_group_count=5), w)
+  dy = jnp.asarray(np.random.default_rng(7).normal(size=y.shape), jnp.float32)
+  ours = conv.depthwise_kernel_gradient(x, dy, w.shape, (2, 2), pads, chunk_bytes)
+  np.testing.assert_allclose(ours, pullback(dy)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_the_depthwise_form_is_chosen_in_one_place(monkeypatch):
   monkeypatch.setenv(conv.process_setup.DEPTHWISE_VARIABLE, 'auto')
   assert conv.shifted_depthwise() == (jax.default_backend() == 'cpu')
+  assert conv.phased_depthwise_backward() == conv.avx2_without_avx512()
+  assert not conv.phased_depthwise_backward({conv.process_setup.OPT_OUT: '0'})
   assert not conv.shifted_depthwise({conv.process_setup.DEPTHWISE_VARIABLE: 'xla'})
   with pytest.raises(UsageError, match=r"BWLM_DEPTHWISE_CONV='fast': expected one of auto, xla, shifted"):
     conv.shifted_depthwise({conv.process_setup.DEPTHWISE_VARIABLE: 'fast'})

@@ -38,6 +38,9 @@ MODE_VARIABLE, MODES = process_setup.CONV_MODE_VARIABLE, process_setup.CONV_MODE
 # Input bytes per chunk of images (x's share; the output gradient's is about the same): the fastest of 64 KiB
 # to 2 MiB on an AVX2-only CPU with 1 MiB L2 per core (docs/PERFORMANCE.md, "AVX2-only CPUs").
 CHUNK_BYTES = 256 * 1024
+# Input bytes per chunk of a depthwise kernel gradient: the fastest of 1 image, 64 KiB, 256 KiB and 1 MiB on the
+# AVX2-only CPU (EfficientNet-Lite0's shapes at 64 px, batch 64; docs/PERFORMANCE.md, "Depthwise convolutions").
+DEPTHWISE_CHUNK_BYTES = 1024 * 1024
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -205,11 +208,79 @@ def depthwise_multiply_adds(x, kernel, strides: tuple[int, int], pads):
   return total.astype(x.dtype)
 
 
+def depthwise_input_gradient(output_gradient, kernel, input_shape: Sequence[int], strides: tuple[int, int], pads):
+  """dL/dx of `depthwise_multiply_adds` as shifted multiply-adds of the output gradient, phase by phase.
+
+  Along each axis, padded-input position p = s * m + r (phase r < s) is reached by the kernel taps i = r + s * t
+  from outputs m - t, so each phase is a stride-1 sum of shifted slices of dy times those taps, and the phases
+  interleave into the padded input's gradient (no zeros multiplied: XLA's transpose of a strided slice is a pad
+  with interior zeros, slow on CPUs). Accumulated in float32.
+  """
+  kernel_h, kernel_w = kernel.shape[:2]
+  (stride_h, stride_w), ((top, _), (left, _)) = strides, pads
+  batch, height, width, channels = input_shape
+  out_h, out_w = output_gradient.shape[1:3]
+  rows, cols = -(-(top + height) // stride_h), -(-(left + width) // stride_w)  # phase lengths that cover the input
+  taps_h, taps_w = -(-kernel_h // stride_h), -(-kernel_w // stride_w)
+  dy = jnp.pad(output_gradient.astype(jnp.float32),
+               ((0, 0), (taps_h - 1, max(0, rows - out_h)), (taps_w - 1, max(0, cols - out_w)), (0, 0)))
+  phases = []
+  for r in range(stride_h):
+    row = []
+    for q in range(stride_w):
+      total = jnp.zeros((batch, rows, cols, channels), jnp.float32)
+      for t in range((kernel_h - r + stride_h - 1) // stride_h):
+        for u in range((kernel_w - q + stride_w - 1) // stride_w):
+          window = lax.slice(dy, (0, taps_h - 1 - t, taps_w - 1 - u, 0),
+                             (batch, taps_h - 1 - t + rows, taps_w - 1 - u + cols, channels))
+          total = total + window * kernel[r + stride_h * t, q + stride_w * u, 0].astype(jnp.float32)
+      row.append(total)
+    phases.append(jnp.stack(row, axis=3))  # [n, rows, cols, stride_w, C]
+  padded = jnp.stack(phases, axis=2).reshape(batch, rows * stride_h, cols * stride_w, channels)
+  return padded[:, top:top + height, left:left + width].astype(output_gradient.dtype)
+
+
+def depthwise_kernel_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: tuple[int, int], pads,
+                              chunk_bytes: int = DEPTHWISE_CHUNK_BYTES):
+  """dL/dkernel of `depthwise_multiply_adds`, summed over chunks of images of about `chunk_bytes` of `x` each (a
+  `lax.scan`): each chunk's reductions stay in the core's cache, where XLA:CPU's reduction of a whole batch
+  runs from memory several times slower."""
+  def chunk_gradient(x_chunk, dy_chunk):
+    zeros = jnp.zeros(kernel_shape, jnp.float32)
+    return jax.vjp(lambda k: depthwise_multiply_adds(x_chunk, k, strides, pads), zeros)[1](
+        dy_chunk.astype(jnp.float32))[0]
+
+  batch = x.shape[0]
+  chunk = max(1, chunk_bytes // (x[0].size * x.dtype.itemsize))
+  if batch <= chunk:
+    return chunk_gradient(x, output_gradient)
+  whole = batch // chunk * chunk
+
+  def add_chunk(total, chunks):
+    return total + chunk_gradient(*chunks), None
+
+  total, _ = lax.scan(add_chunk, jnp.zeros(kernel_shape, jnp.float32),
+                      (x[:whole].reshape(-1, chunk, *x.shape[1:]),
+                       output_gradient[:whole].reshape(-1, chunk, *output_gradient.shape[1:])))
+  if whole < batch:
+    total = total + chunk_gradient(x[whole:], output_gradient[whole:])
+  return total
+
+
+def phased_depthwise_backward(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether a depthwise convolution's gradients are `depthwise_input_gradient` and `depthwise_kernel_gradient`
+  (AVX2-only CPUs, where they measured fastest) rather than XLA's input gradient one image at a time and the
+  multiply-adds' own kernel gradient (other CPUs, measured there before; docs/PERFORMANCE.md)."""
+  return environ.get(process_setup.OPT_OUT, '1') != '0' and avx2_without_avx512()
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise(x, kernel, strides, pads):
   """A depthwise convolution in the form fastest on CPUs, pass by pass (docs/PERFORMANCE.md, "Depthwise
-  convolutions"): forward and kernel gradient as shifted multiply-adds, input gradient XLA's one image at a
-  time (the multiply-adds' transpose of a strided slice is slow at stride 2)."""
+  convolutions"): forward as shifted multiply-adds; on AVX2-only CPUs the input gradient phase by phase and the
+  kernel gradient per chunk of images (`phased_depthwise_backward`), elsewhere the input gradient XLA's one
+  image at a time (the multiply-adds' transpose of a strided slice is slow at stride 2) and the kernel gradient
+  the multiply-adds' own."""
   return depthwise_multiply_adds(x, kernel, strides, pads)
 
 
@@ -219,6 +290,9 @@ def _depthwise_forward(x, kernel, strides, pads):
 
 def _depthwise_backward(strides, pads, residuals, output_gradient):
   x, kernel = residuals
+  if phased_depthwise_backward():
+    return (depthwise_input_gradient(output_gradient, kernel, x.shape, strides, pads),
+            depthwise_kernel_gradient(x, output_gradient, kernel.shape, strides, pads).astype(kernel.dtype))
   input_gradient = _xla_input_gradient_per_image(x, kernel, output_gradient, strides, pads, x.shape[-1])
   kernel_gradient = jax.vjp(lambda k: depthwise_multiply_adds(x, k, strides, pads), kernel)[1](output_gradient)[0]
   return input_gradient, kernel_gradient
