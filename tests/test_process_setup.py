@@ -32,11 +32,12 @@ def test_tuned_environ_keeps_what_the_user_set():
   assert tunables['glibc.malloc.mmap_max'] == '0'
 
 
-@pytest.mark.parametrize('runtime,ynnpack,malloc', [
-    ('ynnpack+malloc', True, True), ('malloc', False, True), ('plain', False, False)])
-def test_each_cpu_runtime_adds_its_own_settings(runtime, ynnpack, malloc):
+@pytest.mark.parametrize('runtime,xla_flags,malloc', [
+    ('ynnpack+malloc', f'{process_setup.YNN_FLAG}={process_setup.YNN_FUSIONS}', True), ('malloc', None, True),
+    ('plain', None, False), ('no-ynnpack', f'{process_setup.YNN_FLAG}=', False)])
+def test_each_cpu_runtime_adds_its_own_settings(runtime, xla_flags, malloc):
   env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, '0.12.0.1', runtime)
-  assert (process_setup.YNN_FLAG in env.get('XLA_FLAGS', '')) == ynnpack
+  assert env.get('XLA_FLAGS') == xla_flags
   assert ('GLIBC_TUNABLES' in env) == malloc
 
 
@@ -59,8 +60,13 @@ def test_every_family_names_a_cpu_runtime():
   # Measured (docs/PERFORMANCE.md, "CPU settings per family"): YNNPACK doubles ResNet-32's step and slows the
   # others at their weights' 224 px.
   assert registry.cpu_runtime('resnet32') == registry.cpu_runtime('resnet8') == 'ynnpack+malloc'
-  assert {registry.cpu_runtime(name) for name in ('resnet50', 'efficientnet_lite0', 'vit_small_patch16',
-                                                   'clip_vit_b16')} == {'plain'}
+  others = ('resnet50', 'efficientnet_lite0', 'vit_small_patch16', 'clip_vit_b16')
+  assert {registry.cpu_runtime(name, avx2_only=False) for name in others} == {'plain'}
+  # On AVX2-only CPUs XLA's Eigen kernels beat YNNPACK's dots for the ViTs and ImageNet ResNets, not EfficientNet-Lite.
+  assert [registry.cpu_runtime(name, avx2_only=True) for name in others] == [
+      'no-ynnpack', 'plain', 'no-ynnpack', 'no-ynnpack']
+  assert registry.cpu_runtime('resnet32', avx2_only=True) == 'ynnpack+malloc'
+  assert all(family.avx2_cpu_runtime in (None, *process_setup.CPU_RUNTIMES) for family in registry.FAMILIES)
 
 
 def test_experimental_xla_flag_only_for_the_tested_jaxlib():

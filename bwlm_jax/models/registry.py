@@ -3,7 +3,9 @@ lookup by model.name. Adding a backbone is a model file that declares its family
 
 from __future__ import annotations
 
-from bwlm_jax.models import efficientnet_lite, resnet_cifar, resnet_imagenet, vit
+from typing import Optional
+
+from bwlm_jax.models import conv, efficientnet_lite, resnet_cifar, resnet_imagenet, vit
 from bwlm_jax.models.family import DTYPES, Family
 from bwlm_jax.runtime.errors import UsageError
 
@@ -21,9 +23,13 @@ def family_of(model_name: str) -> Family:
   return _BY_NAME[model_name]
 
 
-def cpu_runtime(model_name: str) -> str:
-  """The CPU settings `model_name`'s family runs with (process_setup.CPU_RUNTIMES), for start_process."""
-  return family_of(model_name).cpu_runtime
+def cpu_runtime(model_name: str, avx2_only: Optional[bool] = None) -> str:
+  """The CPU settings `model_name`'s family runs with on this CPU (`avx2_only`: whether it shows AVX2 and no
+  AVX-512; None: read it) (process_setup.CPU_RUNTIMES), for start_process."""
+  family = family_of(model_name)
+  if avx2_only is None:
+    avx2_only = conv.avx2_without_avx512()
+  return (family.avx2_cpu_runtime if avx2_only else None) or family.cpu_runtime
 
 
 def with_weights_layout() -> tuple[str, ...]:
