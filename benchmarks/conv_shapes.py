@@ -110,6 +110,8 @@ def measure(shapes, repeats: int) -> None:
                                            (x, w, dy))
       passes['input_gradient_phased'] = (jax.jit(lambda w, dy: conv_module.depthwise_input_gradient(
           dy, w, x.shape, (stride, stride), pads)), (w, dy))
+      passes['weight_gradient_shifted_per_chunk'] = (jax.jit(lambda x, dy: conv_module.depthwise_kernel_gradient(
+          x, dy, w.shape, (stride, stride), pads)), (x, dy))
     if groups == inputs:  # depthwise: the input gradient as bwlm_jax.models.conv takes it on AVX2-only CPUs
       passes['input_gradient_per_image'] = (jax.jit(lambda x, w, dy: jax.lax.map(
           lambda pair: jax.vjp(lambda x: conv(x, w), pair[0][None])[1](pair[1][None])[0][0], (x, dy))), (x, w, dy))

@@ -13,7 +13,9 @@ matrix product it is, everywhere: XLA:CPU's convolution is several times slower 
 A depthwise convolution (EfficientNet-Lite's: one kernel per channel) is, on CPUs, computed as KH x KW shifted,
 per-channel multiply-adds of the padded input: element-wise work XLA fuses, forward and both gradients, where
 XLA:CPU's grouped convolution with one channel per group is many times slower (docs/PERFORMANCE.md,
-"Depthwise convolutions"). `BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator),
+"Depthwise convolutions"); on AVX2-only CPUs its input gradient is taken phase by phase and its kernel gradient
+per chunk of images (docs/PERFORMANCE.md, "AVX2-only CPUs: every family against PyTorch").
+`BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator),
 `xla` or `shifted`.
 
 `BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
