@@ -176,6 +176,14 @@ def weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Se
 
   if chunk is None:
     chunk = max(1, CHUNK_BYTES // (x[0].size * x.dtype.itemsize))
+  return _summed_over_chunks(chunk_gradient, x, output_gradient, chunk,
+                             (*kernel_shape[:3], output_gradient.shape[-1]))
+
+
+def _summed_over_chunks(chunk_gradient, x, output_gradient, chunk: int, shape):
+  """The float32 sum of `chunk_gradient(x's chunk, output_gradient's chunk)` (of `shape`) over chunks of `chunk`
+  images: a `lax.scan` over the whole chunks, the remainder after."""
+  batch = x.shape[0]
   if batch <= chunk:
     return chunk_gradient(x, output_gradient)
   whole = batch // chunk * chunk
@@ -183,7 +191,6 @@ def weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Se
   def add_chunk(total, chunks):
     return total + chunk_gradient(*chunks), None
 
-  shape = (*kernel_shape[:3], output_gradient.shape[-1])
   total, _ = lax.scan(add_chunk, jnp.zeros(shape, jnp.float32),
                       (x[:whole].reshape(-1, chunk, *x.shape[1:]),
                        output_gradient[:whole].reshape(-1, chunk, *output_gradient.shape[1:])))
@@ -252,21 +259,8 @@ def depthwise_kernel_gradient(x, output_gradient, kernel_shape: Sequence[int], s
     return jax.vjp(lambda k: depthwise_multiply_adds(x_chunk, k, strides, pads), zeros)[1](
         dy_chunk.astype(jnp.float32))[0]
 
-  batch = x.shape[0]
   chunk = max(1, chunk_bytes // (x[0].size * x.dtype.itemsize))
-  if batch <= chunk:
-    return chunk_gradient(x, output_gradient)
-  whole = batch // chunk * chunk
-
-  def add_chunk(total, chunks):
-    return total + chunk_gradient(*chunks), None
-
-  total, _ = lax.scan(add_chunk, jnp.zeros(kernel_shape, jnp.float32),
-                      (x[:whole].reshape(-1, chunk, *x.shape[1:]),
-                       output_gradient[:whole].reshape(-1, chunk, *output_gradient.shape[1:])))
-  if whole < batch:
-    total = total + chunk_gradient(x[whole:], output_gradient[whole:])
-  return total
+  return _summed_over_chunks(chunk_gradient, x, output_gradient, chunk, kernel_shape)
 
 
 def phased_depthwise_backward(environ: Mapping[str, str] = os.environ) -> bool:
