@@ -16,7 +16,8 @@ def format_cell(value) -> str:
 
 def results_table(results: dict) -> str:
   """One row per (model, split): Many / Medium / Few / All top-1 accuracy (and Unseen where classes have no
-  training image) and ECE in %; '-' for an absent group. A model with a temperature fitted on val gets a '+temperature' row: same accuracy, scaled ECE."""
+  training image) and ECE in %; '-' for an absent group. A model with a temperature fitted on val gets a
+  '+temperature' row: same accuracy, scaled ECE."""
   rows = []
   for model, splits in results['models'].items():
     rows += [(model, split, report) for split, report in splits.items()]

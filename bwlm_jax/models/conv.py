@@ -50,9 +50,13 @@ def chunked_weight_gradient(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether convolutions traced now take the chunked weight gradient (`BWLM_CONV_WEIGHT_GRADIENT`)."""
   mode = process_setup.conv_mode(environ)
   if mode == 'auto':
-    tuned = environ.get(process_setup.OPT_OUT, '1') != '0'
-    return tuned and avx2_without_avx512() and jax.default_backend() == 'cpu'
+    return tuned_for_avx2(environ) and jax.default_backend() == 'cpu'
   return mode == 'chunked'
+
+
+def tuned_for_avx2(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether this CPU shows AVX2 and no AVX-512 and the CPU choices are not turned off (`BWLM_CPU_TUNING=0`)."""
+  return environ.get(process_setup.OPT_OUT, '1') != '0' and avx2_without_avx512()
 
 
 def avx2_without_avx512(cpuinfo_path: str = '/proc/cpuinfo') -> bool:
@@ -238,8 +242,8 @@ def depthwise_input_gradient(output_gradient, kernel, input_shape: Sequence[int]
     row = []
     for q in range(stride_w):
       total = jnp.zeros((batch, rows, cols, channels), jnp.float32)
-      for t in range((kernel_h - r + stride_h - 1) // stride_h):
-        for u in range((kernel_w - q + stride_w - 1) // stride_w):
+      for t in range(-(-(kernel_h - r) // stride_h)):  # the taps r + s * t within the kernel
+        for u in range(-(-(kernel_w - q) // stride_w)):
           window = lax.slice(dy, (0, taps_h - 1 - t, taps_w - 1 - u, 0),
                              (batch, taps_h - 1 - t + rows, taps_w - 1 - u + cols, channels))
           total = total + window * kernel[r + stride_h * t, q + stride_w * u, 0].astype(jnp.float32)
@@ -267,7 +271,7 @@ def phased_depthwise_backward(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether a depthwise convolution's gradients are `depthwise_input_gradient` and `depthwise_kernel_gradient`
   (AVX2-only CPUs, where they measured fastest) rather than XLA's input gradient one image at a time and the
   multiply-adds' own kernel gradient (other CPUs, measured there before; docs/PERFORMANCE.md)."""
-  return environ.get(process_setup.OPT_OUT, '1') != '0' and avx2_without_avx512()
+  return tuned_for_avx2(environ)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
