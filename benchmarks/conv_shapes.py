@@ -147,8 +147,7 @@ def main():
   from bwlm_jax.runtime import process_setup
   process_setup.start_process()  # the launch scripts' CPU settings (it restarts this process once with them)
   from bwlm_jax.models import conv
-  print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_flags_avx512f': 'avx512f' in conv.cpu_flags(),
-                    'cpu_flags_avx2': 'avx2' in conv.cpu_flags()}), flush=True)
+  print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_kind': conv.cpu_kind()}), flush=True)
   shapes = {'cifar': CIFAR_SHAPES, 'imagenet': IMAGENET_SHAPES, 'depthwise': DEPTHWISE_SHAPES,
             'all': CIFAR_SHAPES + IMAGENET_SHAPES + DEPTHWISE_SHAPES}
   measure(shapes[args.shapes], args.repeats)

@@ -125,25 +125,30 @@ def test_which_convolutions_take_the_chunked_gradient(monkeypatch):
 
 
 def test_mode_by_cpu_and_settings(monkeypatch):
-  monkeypatch.setattr(conv, 'avx2_without_avx512', lambda: True)
-  assert conv.chunked_weight_gradient({})  # auto on an AVX2-only CPU (the tests run on the CPU)
-  assert conv.chunked_weight_gradient({MODE_VARIABLE: 'auto'})
-  assert not conv.chunked_weight_gradient({'BWLM_CPU_TUNING': '0'})
-  assert not conv.chunked_weight_gradient({MODE_VARIABLE: 'xla'})
-  monkeypatch.setattr(conv, 'avx2_without_avx512', lambda: False)
-  assert not conv.chunked_weight_gradient({})
-  assert conv.chunked_weight_gradient({MODE_VARIABLE: 'chunked'})
+  for kind in ('avx2', 'intel-avx512'):
+    monkeypatch.setattr(conv, 'cpu_kind', lambda kind=kind: kind)
+    assert conv.chunked_weight_gradient({})  # auto on these CPU kinds (the tests run on the CPU)
+    assert conv.chunked_weight_gradient({MODE_VARIABLE: 'auto'})
+    assert not conv.chunked_weight_gradient({'BWLM_CPU_TUNING': '0'})
+    assert not conv.chunked_weight_gradient({MODE_VARIABLE: 'xla'})
+  for kind in ('amd-avx512', 'other'):
+    monkeypatch.setattr(conv, 'cpu_kind', lambda kind=kind: kind)
+    assert not conv.chunked_weight_gradient({})
+    assert conv.chunked_weight_gradient({MODE_VARIABLE: 'chunked'})
   with pytest.raises(UsageError, match=r"^BWLM_CONV_WEIGHT_GRADIENT='fast': expected one of auto, xla, chunked\.$"):
     conv.chunked_weight_gradient({MODE_VARIABLE: 'fast'})
 
 
-def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
-  cases = (('fpu avx avx2 fma', True), ('fpu avx2 avx512f avx512bw', False), ('fpu sse4_2', False))
-  for case, (flags, expected) in enumerate(cases):
-    cpuinfo = tmp_path / f'cpuinfo{case}'  # one file each: cpu_flags is cached by path
-    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
-    assert conv.avx2_without_avx512(str(cpuinfo)) is expected
-  assert conv.avx2_without_avx512(str(tmp_path / 'missing')) is False
+def test_cpu_kind_read_from_cpuinfo(tmp_path):
+  cases = (('AuthenticAMD', 'fpu avx avx2 fma', 'avx2'), ('GenuineIntel', 'fpu avx2 avx512f avx512bw', 'intel-avx512'),
+           ('AuthenticAMD', 'fpu avx2 avx512f avx512bw', 'amd-avx512'), ('GenuineIntel', 'fpu sse4_2', 'other'),
+           ('HygonGenuine', 'fpu avx2 avx512f', 'other'))
+  for case, (vendor, flags, expected) in enumerate(cases):
+    cpuinfo = tmp_path / f'cpuinfo{case}'  # one file each: cpu_info is cached by path
+    cpuinfo.write_text(f'processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\n'
+                       f'processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n')
+    assert conv.cpu_kind(str(cpuinfo)) == expected
+  assert conv.cpu_kind(str(tmp_path / 'missing')) == 'other'
 
 
 DEPTHWISE = {kind: shape for kind, shape in MODEL_CONVOLUTIONS.items() if shape[7] == shape[2] > 1}
@@ -205,7 +210,7 @@ def test_the_chunked_depthwise_kernel_gradient_equals_xlas(chunk_bytes):
 def test_the_depthwise_form_is_chosen_in_one_place(monkeypatch):
   monkeypatch.setenv(conv.process_setup.DEPTHWISE_VARIABLE, 'auto')
   assert conv.shifted_depthwise() == (jax.default_backend() == 'cpu')
-  assert conv.phased_depthwise_backward() == conv.avx2_without_avx512()
+  assert conv.phased_depthwise_backward() == (conv.cpu_kind() in ('avx2', 'intel-avx512'))
   assert not conv.phased_depthwise_backward({conv.process_setup.OPT_OUT: '0'})
   assert not conv.shifted_depthwise({conv.process_setup.DEPTHWISE_VARIABLE: 'xla'})
   with pytest.raises(UsageError, match=r"BWLM_DEPTHWISE_CONV='fast': expected one of auto, xla, shifted"):

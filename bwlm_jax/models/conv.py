@@ -1,26 +1,26 @@
 """The convolution the models use: XLA's, with the weight gradient computed in chunks of images where XLA:CPU
-is slow at it (AVX2-only x86 CPUs).
+is slow at it (AVX2-only x86 CPUs, Intel's AVX-512 ones).
 
 On AVX2-only CPUs XLA:CPU's weight gradient of a small 3x3 convolution is an order of magnitude slower than
-its forward pass (not so with AVX-512). Written as a forward convolution of the transposed input with the
-output gradient as its kernel, per chunk of images small enough to stay in the core's cache, it is several
-times faster there (figures: docs/PERFORMANCE.md, "AVX2-only CPUs", and `benchmarks/conv_shapes.py`). The
-forward pass and the input gradient stay XLA's (a depthwise convolution's input gradient taken one image at a
-time, faster there), and so does everything on other CPUs and on accelerators.
+its forward pass; on an Intel Xeon with AVX-512 2-3x slower at ResNet shapes; not so on AMD's AVX-512 CPUs.
+Written as a forward convolution of the transposed input with the output gradient as its kernel, per chunk of
+images small enough to stay in the core's cache, it is several times faster there (figures:
+docs/PERFORMANCE.md, "AVX2-only CPUs" and "Intel AVX-512", and `benchmarks/conv_shapes.py`). The forward pass
+and the input gradient stay XLA's, and so does everything on other CPUs and on accelerators. The CPU kinds
+(`cpu_kind`) that take it are CHUNKED_GRADIENT_KINDS.
 
 A 1x1 convolution of stride 1 (EfficientNet-Lite's expansions and projections, the ResNets' bottlenecks) is the
 matrix product it is, everywhere: XLA:CPU's convolution is several times slower at it, forward and backward.
 A depthwise convolution (EfficientNet-Lite's: one kernel per channel) is, on CPUs, computed as KH x KW shifted,
 per-channel multiply-adds of the padded input: element-wise work XLA fuses, forward and both gradients, where
 XLA:CPU's grouped convolution with one channel per group is many times slower (docs/PERFORMANCE.md,
-"Depthwise convolutions"); on AVX2-only CPUs its input gradient is taken phase by phase and its kernel gradient
-per chunk of images (docs/PERFORMANCE.md, "AVX2-only CPUs: every family against PyTorch").
-`BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator),
-`xla` or `shifted`.
+"Depthwise convolutions"); on the CHUNKED_GRADIENT_KINDS its input gradient is taken phase by phase and its
+kernel gradient per chunk of images, elsewhere the input gradient XLA's one image at a time.
+`BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator), `xla` or `shifted`.
 
-`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on a CPU whose flags show AVX2 and no
-AVX-512, unless `BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D,
-NHWC/HWIO, no dilation; for tests and benchmarks).
+`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on the CHUNKED_GRADIENT_KINDS, unless
+`BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D, NHWC/HWIO, no
+dilation; for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ CHUNK_BYTES = 256 * 1024
 # Input bytes per chunk of a depthwise kernel gradient: the fastest of 1 image, 64 KiB, 256 KiB and 1 MiB on the
 # AVX2-only CPU (EfficientNet-Lite0's shapes at 64 px, batch 64; docs/PERFORMANCE.md, "Depthwise convolutions").
 DEPTHWISE_CHUNK_BYTES = 1024 * 1024
+# The CPU kinds (`cpu_kind`) whose training steps measured faster with the chunked weight gradient and the phased
+# depthwise gradients (an AVX2-only AMD Zen 3; an Intel Xeon with AVX-512: docs/PERFORMANCE.md). AMD's AVX-512
+# CPUs keep XLA's weight gradient and the per-image depthwise input gradient, as measured there.
+CHUNKED_GRADIENT_KINDS = ('avx2', 'intel-avx512')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -50,29 +54,38 @@ def chunked_weight_gradient(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether convolutions traced now take the chunked weight gradient (`BWLM_CONV_WEIGHT_GRADIENT`)."""
   mode = process_setup.conv_mode(environ)
   if mode == 'auto':
-    return tuned_for_avx2(environ) and jax.default_backend() == 'cpu'
+    return tuned_cpu_kind(environ) in CHUNKED_GRADIENT_KINDS and jax.default_backend() == 'cpu'
   return mode == 'chunked'
 
 
-def tuned_for_avx2(environ: Mapping[str, str] = os.environ) -> bool:
-  """Whether this CPU shows AVX2 and no AVX-512 and the CPU choices are not turned off (`BWLM_CPU_TUNING=0`)."""
-  return environ.get(process_setup.OPT_OUT, '1') != '0' and avx2_without_avx512()
+def tuned_cpu_kind(environ: Mapping[str, str] = os.environ) -> str | None:
+  """This CPU's kind (`cpu_kind`), or None where the CPU choices are turned off (`BWLM_CPU_TUNING=0`)."""
+  return cpu_kind() if environ.get(process_setup.OPT_OUT, '1') != '0' else None
 
 
-def avx2_without_avx512(cpuinfo_path: str = '/proc/cpuinfo') -> bool:
-  """Whether the CPU shows AVX2 and no AVX-512: XLA:CPU's slow case (False if its flags are unreadable)."""
-  flags = cpu_flags(cpuinfo_path)
-  return 'avx2' in flags and 'avx512f' not in flags
+def cpu_kind(cpuinfo_path: str = '/proc/cpuinfo') -> str:
+  """The kind of CPU the convolution forms were chosen for: 'avx2' (AVX2 and no AVX-512), 'intel-avx512',
+  'amd-avx512' (by its vendor), or 'other' (no AVX2, another vendor, or /proc/cpuinfo unreadable)."""
+  vendor, flags = cpu_info(cpuinfo_path)
+  if 'avx2' not in flags:
+    return 'other'
+  if 'avx512f' not in flags:
+    return 'avx2'
+  return {'GenuineIntel': 'intel-avx512', 'AuthenticAMD': 'amd-avx512'}.get(vendor, 'other')
 
 
 @functools.cache
-def cpu_flags(cpuinfo_path: str = '/proc/cpuinfo') -> frozenset[str]:
-  """The flags of the first `flags` line of a /proc/cpuinfo file (none if it cannot be read)."""
+def cpu_info(cpuinfo_path: str = '/proc/cpuinfo') -> tuple[str, frozenset[str]]:
+  """The first `vendor_id` and the first `flags` of a /proc/cpuinfo file ('' and none if it cannot be read)."""
+  fields = {}
   try:
     with open(cpuinfo_path) as cpuinfo:
-      return frozenset(next((line.split(':', 1)[1].split() for line in cpuinfo if line.startswith('flags')), ()))
+      for line in cpuinfo:
+        name, _, value = line.partition(':')
+        fields.setdefault(name.strip(), value.strip())
   except OSError:
-    return frozenset()
+    pass
+  return fields.get('vendor_id', ''), frozenset(fields.get('flags', '').split())
 
 
 def shifted_depthwise(environ: Mapping[str, str] = os.environ) -> bool:
@@ -269,9 +282,9 @@ def depthwise_kernel_gradient(x, output_gradient, kernel_shape: Sequence[int], s
 
 def phased_depthwise_backward(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether a depthwise convolution's gradients are `depthwise_input_gradient` and `depthwise_kernel_gradient`
-  (AVX2-only CPUs, where they measured fastest) rather than XLA's input gradient one image at a time and the
-  multiply-adds' own kernel gradient (other CPUs, measured there before; docs/PERFORMANCE.md)."""
-  return tuned_for_avx2(environ)
+  (the CPU kinds where they measured fastest: CHUNKED_GRADIENT_KINDS) rather than XLA's input gradient one image
+  at a time and the multiply-adds' own kernel gradient (other CPUs, measured there before; docs/PERFORMANCE.md)."""
+  return tuned_cpu_kind(environ) in CHUNKED_GRADIENT_KINDS
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -28,7 +28,7 @@ def cpu_runtime(model_name: str, avx2_only: Optional[bool] = None) -> str:
   AVX-512; None: read it) (process_setup.CPU_RUNTIMES), for start_process."""
   family = family_of(model_name)
   if avx2_only is None:
-    avx2_only = conv.avx2_without_avx512()
+    avx2_only = conv.cpu_kind() == 'avx2'
   return (family.avx2_cpu_runtime if avx2_only else None) or family.cpu_runtime
 
 
