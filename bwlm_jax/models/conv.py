@@ -2,7 +2,7 @@
 is slow at it (AVX2-only x86 CPUs, Intel's AVX-512 ones).
 
 On AVX2-only CPUs XLA:CPU's weight gradient of a small 3x3 convolution is an order of magnitude slower than
-its forward pass; on an Intel Xeon with AVX-512 2-3x slower at ResNet shapes; not so on AMD's AVX-512 CPUs.
+its forward pass; on an Intel Xeon with AVX-512 2-4x slower at ResNet shapes; not so on AMD's AVX-512 CPUs.
 Written as a forward convolution of the transposed input with the output gradient as its kernel, per chunk of
 images small enough to stay in the core's cache, it is several times faster there (figures:
 docs/PERFORMANCE.md, "AVX2-only CPUs" and "Intel AVX-512", and `benchmarks/conv_shapes.py`). The forward pass
