@@ -100,6 +100,11 @@ def measure(shapes, repeats: int) -> None:
         'weight_gradient_chunked': (jax.jit(lambda x, dy: conv_module.weight_gradient(
             x, dy, w.shape, (stride, stride), pads, groups)), (x, dy)),
     }
+    if 1 < groups < inputs:  # grouped: the diagonal blocks of the dense gradient, chunked and from XLA's
+      for chunked in (True, False):
+        passes[f'weight_gradient_dense_blocks{"_chunked" if chunked else ""}'] = (jax.jit(
+            lambda x, dy, chunked=chunked: conv_module.grouped_weight_gradient(
+                x, dy, w.shape, (stride, stride), pads, groups, chunked)), (x, dy))
     if groups == inputs > 1:  # depthwise: as shifted multiply-adds (bwlm_jax.models.conv on CPUs), each pass
       def shifted(x, w):
         return conv_module.depthwise_multiply_adds(x, w, (stride, stride), pads)

@@ -122,6 +122,54 @@ def test_which_convolutions_take_the_chunked_gradient(monkeypatch):
   assert not custom_vjp_in(dimension_numbers=NHWC, lhs_dilation=(2, 2))
   monkeypatch.setenv(MODE_VARIABLE, 'xla')
   assert not custom_vjp_in(dimension_numbers=NHWC)
+  grouped = _inputs(2, 6, 4, 4, 3, 2)[1]
+  assert not custom_vjp_in(grouped, dimension_numbers=NHWC, feature_group_count=2)
+
+
+@pytest.mark.parametrize('kind', ['resnext_grouped', 'resnext_grouped_stride2'])
+def test_grouped_gradients_as_dense_blocks_on_every_cpu_kind(kind, monkeypatch):
+  """On a CPU kind that keeps XLA's dense weight gradient (AMD's AVX-512), a grouped convolution still takes the
+  dense-blocks weight gradient (built on XLA's dense one), equal to XLA's grouped gradient; a dense convolution
+  stays XLA's there, and `BWLM_CPU_TUNING=0` turns it off."""
+  batch, side, inputs, outputs, kernel, stride, padding, groups = MODEL_CONVOLUTIONS[kind]
+  x, w = _inputs(batch, side, inputs, outputs, kernel, groups, seed=3)
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  xla = _gradients(x, w, stride, padding, groups)
+  monkeypatch.setenv(MODE_VARIABLE, 'auto')
+  monkeypatch.setattr(conv, 'cpu_kind', lambda: 'amd-avx512')
+  assert conv.grouped_as_dense_blocks() and not conv.chunked_weight_gradient()
+  assert not conv.grouped_as_dense_blocks({conv.process_setup.OPT_OUT: '0'})
+  traced = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=NHWC, feature_group_count=groups))(x, w))
+  assert 'custom_vjp' in traced
+  dense_w = _inputs(batch, side, inputs, outputs, kernel, 1)[1]
+  assert 'custom_vjp' not in str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=NHWC))(x, dense_w))
+  blocks = _gradients(x, w, stride, padding, groups)
+  np.testing.assert_array_equal(blocks[0], xla[0])  # XLA's input gradient
+  np.testing.assert_allclose(blocks[1], xla[1], rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla[1]))))
+
+
+def test_grouped_weight_gradient_by_hand():
+  """The dense-blocks weight gradient of a 2-group convolution (3 inputs and 2 outputs a group, stride 2, pads
+  (1, 0)) against a loop over the definition within each group, chunked and from XLA's dense gradient."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(5, 5, 6, 6)).astype(np.float32)
+  stride, pads = (2, 2), ((1, 0), (1, 0))
+  out_h, out_w = (5 + 1 - 3) // 2 + 1, (6 + 1 - 3) // 2 + 1
+  dy = rng.normal(size=(5, out_h, out_w, 4)).astype(np.float32)
+  padded = np.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0))).astype(np.float64)
+  expected = np.zeros((3, 3, 3, 4))
+  for o in range(4):
+    inputs = slice(3 * (o // 2), 3 * (o // 2) + 3)  # output o's group: outputs 0-1 see inputs 0-2, 2-3 see 3-5
+    for i in range(3):
+      for j in range(3):
+        for h in range(out_h):
+          for v in range(out_w):
+            expected[i, j, :, o] += padded[:, 2 * h + i, 2 * v + j, inputs].T @ dy[:, h, v, o]
+  for chunked in (True, False):
+    got = conv.grouped_weight_gradient(jnp.asarray(x), jnp.asarray(dy), (3, 3, 3, 4), stride, pads, 2, chunked)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mode_by_cpu_and_settings(monkeypatch):

@@ -18,9 +18,12 @@ XLA:CPU's grouped convolution with one channel per group is many times slower (d
 kernel gradient per chunk of images, elsewhere the input gradient XLA's one image at a time.
 `BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator), `xla` or `shifted`.
 
-`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on the CHUNKED_GRADIENT_KINDS, unless
-`BWLM_CPU_TUNING=0`), `xla` (never chunked) or `chunked` (wherever the shape allows: 2-D, NHWC/HWIO, no
-dilation; for tests and benchmarks).
+A grouped convolution's weight gradient (ResNeXt's) is, on every CPU, the diagonal blocks of the dense
+convolution's (`grouped_weight_gradient`): XLA:CPU's own is 20-130x slower than the whole dense one.
+
+`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on the CHUNKED_GRADIENT_KINDS, grouped ones as
+dense blocks on every CPU, unless `BWLM_CPU_TUNING=0`), `xla` (XLA's for every convolution) or `chunked`
+(wherever the shape allows: 2-D, NHWC/HWIO, no dilation; for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ def cpu_info(cpuinfo_path: str = '/proc/cpuinfo') -> tuple[str, frozenset[str]]:
   return fields.get('vendor_id', ''), frozenset(fields.get('flags', '').split())
 
 
+def grouped_as_dense_blocks(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether grouped convolutions traced now take their weight gradient as the diagonal blocks of the dense one
+  (`grouped_weight_gradient`): on every CPU unless `BWLM_CONV_WEIGHT_GRADIENT=xla` or `BWLM_CPU_TUNING=0`;
+  `chunked` forces it."""
+  mode = process_setup.conv_mode(environ)
+  if mode == 'auto':
+    return tuned_cpu_kind(environ) is not None and jax.default_backend() == 'cpu'
+  return mode == 'chunked'
+
+
 def shifted_depthwise(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether depthwise convolutions traced now take the shifted multiply-adds (`BWLM_DEPTHWISE_CONV`)."""
   mode = process_setup.conv_mode(environ, process_setup.DEPTHWISE_VARIABLE)
@@ -101,7 +114,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          preferred_element_type=None):
   """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), in the form this
   module chooses: a depthwise one as shifted multiply-adds where `shifted_depthwise()`, a 1x1 one of stride 1 as a
-  matrix product, the chunked weight gradient where `chunked_weight_gradient()` and the shape allow it, else XLA's."""
+  matrix product, the chunked weight gradient where `chunked_weight_gradient()` and the shape allow it, a grouped
+  one's as dense blocks where `grouped_as_dense_blocks()`, else XLA's."""
   pads = _chunkable_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                          batch_group_count, precision, preferred_element_type)
   depthwise = pads is not None and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
@@ -110,7 +124,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if (pads is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and feature_group_count == 1
       and not any(map(any, pads))):  # a 1x1 convolution is a matrix product: XLA:CPU's dot is far faster
     return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
-  if pads is None or not chunked_weight_gradient():
+  grouped = pads is not None and feature_group_count > 1 and not depthwise
+  if pads is None or not (chunked_weight_gradient() or (grouped and grouped_as_dense_blocks())):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
                                     preferred_element_type)
@@ -162,7 +177,12 @@ def _conv_backward(strides, pads, groups, residuals, output_gradient):
   depthwise = groups > 1 and rhs.shape[2] == 1
   input_gradient = (_xla_input_gradient_per_image if depthwise else _xla_input_gradient)(
       lhs, rhs, output_gradient, strides, pads, groups)
-  return input_gradient, weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups).astype(rhs.dtype)
+  if groups > 1 and not depthwise:
+    kernel_gradient = grouped_weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups,
+                                              chunked_weight_gradient())
+  else:
+    kernel_gradient = weight_gradient(lhs, output_gradient, rhs.shape, strides, pads, groups)
+  return input_gradient, kernel_gradient.astype(rhs.dtype)
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
@@ -195,6 +215,23 @@ def weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Se
     chunk = max(1, CHUNK_BYTES // (x[0].size * x.dtype.itemsize))
   return _summed_over_chunks(chunk_gradient, x, output_gradient, chunk,
                              (*kernel_shape[:3], output_gradient.shape[-1]))
+
+
+def grouped_weight_gradient(x, output_gradient, kernel_shape: Sequence[int], strides: Sequence[int],
+                            pads: Sequence[tuple[int, int]], groups: int, chunked: bool):
+  """dL/dkernel [KH, KW, C/groups, O] of a grouped NHWC/HWIO convolution: the diagonal blocks (each group's
+  inputs against its outputs) of the dense convolution's weight gradient [KH, KW, C, O], that one chunked
+  (`weight_gradient`) or XLA's. XLA:CPU's grouped weight gradient is 20-130x slower than the dense gradient it is
+  a part of (ResNeXt-50's shapes; docs/PERFORMANCE.md, "Grouped convolutions")."""
+  kernel_h, kernel_w, per_group, outputs = kernel_shape
+  dense_shape = (kernel_h, kernel_w, per_group * groups, outputs)
+  if chunked:
+    dense = weight_gradient(x, output_gradient, dense_shape, strides, pads)
+  else:
+    dense = jax.vjp(lambda kernel: _xla_conv(x, kernel, strides, pads, 1), jnp.zeros(dense_shape, x.dtype))[1](
+        output_gradient)[0]
+  blocks = dense.reshape(kernel_h, kernel_w, groups, per_group, groups, outputs // groups)
+  return jnp.einsum('ijgagb->ijagb', blocks).reshape(kernel_shape)
 
 
 def _summed_over_chunks(chunk_gradient, x, output_gradient, chunk: int, shape):
