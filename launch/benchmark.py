@@ -58,6 +58,11 @@ _STAGE2 = flags.DEFINE_bool('stage2', True, 'Also time stage 2 (uncached, cached
 _SHAPES = {'resnet32': (128, 32, 100), 'resnet8': (128, 32, 100), 'resnext50': (64, 224, 1000),
            'resnet50': (64, 224, 1000), 'resnet10': (64, 224, 1000)}
 FAMILY_SHAPE = (64, 64, 1000)  # every other model.name: batch, side, classes (the issue's LP-FT setting)
+_FAMILY_COMPARISON = flags.DEFINE_bool(
+    'family_comparison', None, 'Time the training step and the evaluation forward pass each in a process of its '
+    'own, then the reference PyTorch class\'s (--torch_python), and print the ratios. Default: for every model '
+    'without a benchmark shape of its own (all but resnet8/10/32/50 and resnext50, which take the stage-1 / '
+    'stage-2 / evaluation measurements unless this is set).')
 _ONLY = flags.DEFINE_enum('only', None, ['train', 'eval'], 'Internal: measure one model\'s training step or '
                           'evaluation forward pass in this process (the parent reads its peak memory).')
 _THREADS = flags.DEFINE_integer('torch_threads', 2, 'PyTorch\'s CPU threads in the family comparison (the cores '
@@ -302,7 +307,7 @@ def main(argv):
       if _ONLY.value:  # one measurement of a family comparison, in its own process
         record = run_model(model_name, dtype, steps, blocks, 0, False, _ONLY.value == 'train', shape, False, 0)
         continue
-      if model_name not in _SHAPES:
+      if _FAMILY_COMPARISON.value or (_FAMILY_COMPARISON.value is None and model_name not in _SHAPES):
         family_comparison(model_name, dtype, shape, steps, blocks, torch_python)
         continue
       train = small or (_TRAIN_224.value if _TRAIN_224.value is not None else not on_cpu)
