@@ -59,9 +59,9 @@ class Family:
   check_metadata: Optional[Callable[[str, dict, str], None]] = None  # (name, metadata beside weights, its path)
   # The CPU settings its steps and feature passes run fastest with in the least memory, measured per family
   # (a runtime.process_setup.CPU_RUNTIMES name; docs/PERFORMANCE.md, "CPU settings per family"), and where
-  # another measured better on CPUs with AVX2 and no AVX-512, that one for them.
+  # another measured better on a kind of CPU (models.conv.cpu_kind), (kind, that one) for it.
   cpu_runtime: str = 'plain'
-  avx2_cpu_runtime: Optional[str] = None
+  kind_cpu_runtimes: tuple[tuple[str, str], ...] = ()
 
 
 def last_stage_blocks(backbone_params: dict) -> tuple[str, ...]:

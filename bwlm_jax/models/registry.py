@@ -23,13 +23,11 @@ def family_of(model_name: str) -> Family:
   return _BY_NAME[model_name]
 
 
-def cpu_runtime(model_name: str, avx2_only: Optional[bool] = None) -> str:
-  """The CPU settings `model_name`'s family runs with on this CPU (`avx2_only`: whether it shows AVX2 and no
-  AVX-512; None: read it) (process_setup.CPU_RUNTIMES), for start_process."""
+def cpu_runtime(model_name: str, cpu_kind: Optional[str] = None) -> str:
+  """The CPU settings `model_name`'s family runs with on a CPU of `cpu_kind` (conv.cpu_kind; None: this one's)
+  (process_setup.CPU_RUNTIMES), for start_process."""
   family = family_of(model_name)
-  if avx2_only is None:
-    avx2_only = conv.cpu_kind() == 'avx2'
-  return (family.avx2_cpu_runtime if avx2_only else None) or family.cpu_runtime
+  return dict(family.kind_cpu_runtimes).get(cpu_kind or conv.cpu_kind(), family.cpu_runtime)
 
 
 def with_weights_layout() -> tuple[str, ...]:

@@ -55,4 +55,5 @@ class CifarResNet(nn.Module):
 
 BLOCKS = {'resnet8': 1, 'resnet20': 3, 'resnet32': 5}  # model.name -> n (blocks per stage)
 FAMILY = Family('CIFAR ResNet', tuple(BLOCKS), lambda name, options: CifarResNet(BLOCKS[name], dtype=options.dtype),
-                last_modules=lambda name, params: last_stage_blocks(params), cpu_runtime='ynnpack+malloc')
+                last_modules=lambda name, params: last_stage_blocks(params), cpu_runtime='ynnpack+malloc',
+                kind_cpu_runtimes=(('intel-avx512', 'malloc'),))

@@ -27,8 +27,8 @@ MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', '
 # The sets of them a process can take, by name: (the YNNPACK fusions XLA_FLAGS sets, None: XLA's default; malloc
 # settings). 'plain' is JAX as it comes (jaxlib 0.12's XLA:CPU already hands its dots to YNNPACK); 'no-ynnpack'
 # turns that off too (XLA's Eigen kernels: the ViTs' and ImageNet ResNets' steps 8-15 % faster on an AVX2-only
-# CPU, EfficientNet-Lite's 2.6x slower). A model family names its own (`models.family.Family.cpu_runtime`, per
-# CPU kind); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
+# CPU, EfficientNet-Lite's 2.6x slower). A model family names its own (`models.family.Family.cpu_runtime`, and
+# `kind_cpu_runtimes` per CPU kind); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
 CPU_RUNTIMES = {'ynnpack+malloc': (YNN_FUSIONS, True), 'malloc': (None, True), 'plain': (None, False),
                 'no-ynnpack': ('', False)}
 DEFAULT_CPU_RUNTIME = 'ynnpack+malloc'  # where no model is known (notebooks, tools without a config)
