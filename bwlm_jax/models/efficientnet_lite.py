@@ -172,4 +172,4 @@ def _last_modules(name: str, params: dict) -> tuple[str, ...]:
 
 FAMILY = Family('EfficientNet-Lite', tuple(SCALES), _build, _last_modules,
                 input_statistics=lambda name: INPUTS[weights_family(name)], layout=_layout,
-                reference_class=_reference_class)
+                reference_class=_reference_class, kind_cpu_runtimes=(('intel-avx512', 'hugepages'),))

@@ -294,7 +294,7 @@ def _family(label: str, kind: str, reference_class, **kwargs) -> Family:
                 layout=lambda name, backbone: torch_layout.vit_layout(backbone, SPECS[name]),
                 reference_class=reference_class, tune_modes=BASE_TUNE_MODES + ('lora', 'adapter'),
                 added_modules=('lora_rank', 'adapter_dim'), patch_size=lambda name: SPECS[name].patch,
-                check_metadata=_check_quick_gelu, kind_cpu_runtimes=(('avx2', 'no-ynnpack'),), **kwargs)
+                check_metadata=_check_quick_gelu, kind_cpu_runtimes=(('avx2', 'no-ynnpack'), ('intel-avx512', 'hugepages')), **kwargs)
 
 
 TIMM_FAMILY = _family("timm's ViT, DeiT and DINOv2", 'timm', _timm_reference_class, pools=('token', 'avg'))

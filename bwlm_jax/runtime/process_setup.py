@@ -24,13 +24,17 @@ YNN_TESTED_JAXLIB = ('0.10.', '0.12.')  # experimental: an XLA that does not kno
 #    buffers (hundreds of thousands of page faults a step).
 MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
                    'glibc.malloc.trim_threshold': str(2**40)}
-# The sets of them a process can take, by name: (the YNNPACK fusions XLA_FLAGS sets, None: XLA's default; malloc
-# settings). 'plain' is JAX as it comes (jaxlib 0.12's XLA:CPU already hands its dots to YNNPACK); 'no-ynnpack'
-# turns that off too (XLA's Eigen kernels: the ViTs' and ImageNet ResNets' steps 8-15 % faster on an AVX2-only
-# CPU, EfficientNet-Lite's 2.6x slower). A model family names its own (`models.family.Family.cpu_runtime`, and
-# `kind_cpu_runtimes` per CPU kind); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
-CPU_RUNTIMES = {'ynnpack+malloc': (YNN_FUSIONS, True), 'malloc': (None, True), 'plain': (None, False),
-                'no-ynnpack': ('', False)}
+# 2b. Huge pages alone: the buffers are still mapped and unmapped each step, but in 2 MiB pages (transparent huge
+#     pages on request, the kernel's `madvise` mode): a ViT-S step's 3.5 million page faults become 0.1 million,
+#     without the growth that keeping freed memory costs a step of many large, short-lived buffers.
+HUGE_PAGE_TUNABLES = {'glibc.malloc.hugetlb': '1'}
+# The sets of them a process can take, by name: (the YNNPACK fusions XLA_FLAGS sets, None: XLA's default; glibc
+# malloc settings). 'plain' is JAX as it comes (jaxlib 0.12's XLA:CPU already hands its dots to YNNPACK);
+# 'no-ynnpack' turns that off too (XLA's Eigen kernels: the ViTs' and ImageNet ResNets' steps 8-15 % faster on an
+# AVX2-only CPU, EfficientNet-Lite's 2.6x slower). A model family names its own (`models.family.Family.cpu_runtime`,
+# and `kind_cpu_runtimes` per CPU kind); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
+CPU_RUNTIMES = {'ynnpack+malloc': (YNN_FUSIONS, MALLOC_TUNABLES), 'malloc': (None, MALLOC_TUNABLES),
+                'hugepages': (None, HUGE_PAGE_TUNABLES), 'plain': (None, {}), 'no-ynnpack': ('', {})}
 DEFAULT_CPU_RUNTIME = 'ynnpack+malloc'  # where no model is known (notebooks, tools without a config)
 # 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (faster on jaxlib 0.10,
 #    which hung in some runs; little gain on jaxlib 0.12: docs/PERFORMANCE.md).
@@ -91,14 +95,14 @@ def tensorflow_datasets(needed_for: str):
 def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str, runtime: str = DEFAULT_CPU_RUNTIME
                       ) -> dict[str, str]:
   """`environ` plus the settings of CPU runtime `runtime` (a CPU_RUNTIMES name); a value the user set is kept."""
-  ynn_fusions, malloc = CPU_RUNTIMES[runtime]
+  ynn_fusions, tunables = CPU_RUNTIMES[runtime]
   env = dict(environ)
   xla_flags = env.get('XLA_FLAGS', '')
   if ynn_fusions is not None and YNN_FLAG not in xla_flags and jaxlib_version.startswith(YNN_TESTED_JAXLIB):
     env['XLA_FLAGS'] = f'{xla_flags} {YNN_FLAG}={ynn_fusions}'.strip()
-  if malloc:
+  if tunables:
     user_tunables = dict(item.split('=', 1) for item in env.get('GLIBC_TUNABLES', '').split(':') if '=' in item)
-    env['GLIBC_TUNABLES'] = ':'.join(f'{key}={value}' for key, value in {**MALLOC_TUNABLES, **user_tunables}.items())
+    env['GLIBC_TUNABLES'] = ':'.join(f'{key}={value}' for key, value in {**tunables, **user_tunables}.items())
   return env
 
 
