@@ -198,3 +198,38 @@ def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_p
                                                    jax.tree.leaves(variables['backbone']), strict=True))
   assert weights.input_statistics(name, str(tmp_path / 'out.safetensors'))[2].endswith('out.safetensors.json')
 
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_attention_equals_jaxs_with_and_without_a_gradient(causal):
+  # Both of vit.attention's paths (heads leading without a gradient, XLA's layout under one) against
+  # jax.nn.dot_product_attention on q, k, v sliced from the same projection output.
+  import jax.numpy as jnp
+  from bwlm_jax.models.vit import attention
+  batch, tokens, heads, width = 3, 7, 2, 8
+  qkv = jax.random.normal(jax.random.key(1), (batch, tokens, 3 * heads * width))
+  cotangent = jax.random.normal(jax.random.key(2), (batch, tokens, heads * width))
+
+  def reference(x):
+    q, k, v = (x.reshape(batch, tokens, 3, heads, width)[:, :, i] for i in range(3))
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(batch, tokens, heads * width)
+
+  expected, expected_vjp = jax.vjp(reference, qkv)
+  np.testing.assert_allclose(jax.jit(attention, static_argnums=(1, 2))(qkv, heads, causal), expected, atol=1e-6)
+  got, got_vjp = jax.vjp(lambda x: attention(x, heads, causal), qkv)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  np.testing.assert_allclose(got_vjp(cotangent)[0], expected_vjp(cotangent)[0], atol=1e-5)
+  if causal:  # the first token sees only itself: its output is its own v
+    np.testing.assert_allclose(got[:, 0], qkv[:, 0, 2 * heads * width:], atol=1e-6)
+  # Under vmap (stacked backbones) as well.
+  stacked = jax.vmap(jax.grad(lambda x: jnp.sum(attention(x, heads, causal) * cotangent)))(qkv[None])
+  np.testing.assert_allclose(stacked[0], expected_vjp(cotangent)[0], atol=1e-5)
+
+
+def test_gelu_is_the_exact_one():
+  from bwlm_jax.models.vit import gelu
+  x = np.linspace(-8, 8, 101, dtype=np.float32)
+  np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  np.testing.assert_allclose(gelu(np.float32([1.0])), [0.8413447], rtol=1e-6)  # x * Phi(x), Phi(1) by table
+  np.testing.assert_allclose(jax.grad(lambda v: gelu(v).sum())(x), jax.grad(
+      lambda v: jax.nn.gelu(v, approximate=False).sum())(x), atol=1e-6)
