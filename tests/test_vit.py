@@ -233,3 +233,10 @@ def test_gelu_is_the_exact_one():
   np.testing.assert_allclose(gelu(np.float32([1.0])), [0.8413447], rtol=1e-6)  # x * Phi(x), Phi(1) by table
   np.testing.assert_allclose(jax.grad(lambda v: gelu(v).sum())(x), jax.grad(
       lambda v: jax.nn.gelu(v, approximate=False).sum())(x), atol=1e-6)
+
+
+def test_a_materialized_layernorm_output_is_the_identity_with_and_without_a_gradient():
+  from bwlm_jax.models.vit import _materialized
+  x = np.arange(6, dtype=np.float32).reshape(2, 3)
+  np.testing.assert_array_equal(jax.jit(_materialized)(x), x)
+  np.testing.assert_array_equal(jax.grad(lambda v: (_materialized(v) * x).sum())(x), x)
