@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -15,7 +16,7 @@ from bwlm_jax import weights
 from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
-from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer
+from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer, _materialized, attention, gelu
 from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder
@@ -204,8 +205,6 @@ def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_p
 def test_attention_equals_jaxs_with_and_without_a_gradient(causal):
   # Both of vit.attention's paths (heads leading without a gradient, XLA's layout under one) against
   # jax.nn.dot_product_attention on q, k, v sliced from the same projection output.
-  import jax.numpy as jnp
-  from bwlm_jax.models.vit import attention
   batch, tokens, heads, width = 3, 7, 2, 8
   qkv = jax.random.normal(jax.random.key(1), (batch, tokens, 3 * heads * width))
   cotangent = jax.random.normal(jax.random.key(2), (batch, tokens, heads * width))
@@ -227,7 +226,6 @@ def test_attention_equals_jaxs_with_and_without_a_gradient(causal):
 
 
 def test_gelu_is_the_exact_one():
-  from bwlm_jax.models.vit import gelu
   x = np.linspace(-8, 8, 101, dtype=np.float32)
   np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
   np.testing.assert_allclose(gelu(np.float32([1.0])), [0.8413447], rtol=1e-6)  # x * Phi(x), Phi(1) by table
@@ -236,7 +234,6 @@ def test_gelu_is_the_exact_one():
 
 
 def test_a_materialized_layernorm_output_is_the_identity_with_and_without_a_gradient():
-  from bwlm_jax.models.vit import _materialized
   x = np.arange(6, dtype=np.float32).reshape(2, 3)
   np.testing.assert_array_equal(jax.jit(_materialized)(x), x)
   np.testing.assert_array_equal(jax.grad(lambda v: (_materialized(v) * x).sum())(x), x)

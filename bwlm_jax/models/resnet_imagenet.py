@@ -107,4 +107,5 @@ def _reference_class(name: str, config_model: dict, num_classes: int, image_size
 
 FAMILY = Family('ImageNet ResNet', tuple(LAYOUTS), _build, last_modules=lambda name, params: last_stage_blocks(params),
                 layout=lambda name, backbone: torch_layout.resnet_layout(backbone, *LAYOUTS[name]),
-                reference_class=_reference_class, kind_cpu_runtimes=(('avx2', 'no-ynnpack'), ('intel-avx512', 'hugepages')))
+                reference_class=_reference_class,
+                kind_cpu_runtimes=(('avx2', 'no-ynnpack'), ('intel-avx512', 'hugepages')))

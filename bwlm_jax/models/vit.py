@@ -86,13 +86,14 @@ def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+_SQRT_HALF = 0.5 ** 0.5
+_LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention masks
+
+
 def gelu(x):
   """The exact GELU in PyTorch's form, x / 2 * (1 + erf(x / sqrt 2)): jax.nn.gelu's erfc form is the same to
   float rounding and 2-3x slower on XLA:CPU (forward and gradient)."""
   return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
-
-
-_SQRT_HALF = 0.5 ** 0.5
 
 
 def _attention_xla_layout(qkv, heads: int, causal: bool):
@@ -118,9 +119,6 @@ def attention(qkv, heads: int, causal: bool = False):
     logits = jnp.where(jnp.tril(jnp.ones((tokens, tokens), bool)), logits, _LARGE_NEGATIVE)
   y = jnp.einsum('bnts,bnsd->bntd', jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
   return y.transpose(0, 2, 1, 3).reshape(batch, tokens, width3 // 3)
-
-
-_LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention masks
 
 
 def _attention_forward(qkv, heads, causal):
@@ -352,7 +350,8 @@ def _family(label: str, kind: str, reference_class, **kwargs) -> Family:
                 layout=lambda name, backbone: torch_layout.vit_layout(backbone, SPECS[name]),
                 reference_class=reference_class, tune_modes=BASE_TUNE_MODES + ('lora', 'adapter'),
                 added_modules=('lora_rank', 'adapter_dim'), patch_size=lambda name: SPECS[name].patch,
-                check_metadata=_check_quick_gelu, kind_cpu_runtimes=(('avx2', 'no-ynnpack'), ('intel-avx512', 'hugepages')), **kwargs)
+                check_metadata=_check_quick_gelu,
+                kind_cpu_runtimes=(('avx2', 'no-ynnpack'), ('intel-avx512', 'hugepages')), **kwargs)
 
 
 TIMM_FAMILY = _family("timm's ViT, DeiT and DINOv2", 'timm', _timm_reference_class, pools=('token', 'avg'))
