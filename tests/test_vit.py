@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from bwlm_jax import weights
 from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
-from bwlm_jax.models.vit import CLIP, IMAGENET, Spec, VisionTransformer, _materialized, attention, gelu
+from bwlm_jax.models.vit import (CLIP, IMAGENET, Spec, VisionTransformer, _dense, _dense_product, _materialized,
+                                  attention, gelu)
 from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder
@@ -237,3 +239,34 @@ def test_a_materialized_layernorm_output_is_the_identity_with_and_without_a_grad
   x = np.arange(6, dtype=np.float32).reshape(2, 3)
   np.testing.assert_array_equal(jax.jit(_materialized)(x), x)
   np.testing.assert_array_equal(jax.grad(lambda v: (_materialized(v) * x).sum())(x), x)
+
+
+@pytest.mark.parametrize('shape', [(5, 3), (2, 5, 3), (2, 2, 4, 3)])
+def test_the_dense_product_and_its_gradients_are_autodiffs(shape):
+  rng = np.random.default_rng(0)
+  x, kernel = rng.standard_normal(shape, np.float32), rng.standard_normal((3, 4), np.float32)
+  g = rng.standard_normal(shape[:-1] + (4,), np.float32)
+  ours = jax.vjp(_dense_product, x, kernel)
+  theirs = jax.vjp(lambda a, b: a @ b, x, kernel)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+  for got, want in zip(ours[1](g), theirs[1](g)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # The kernel's gradient by hand: a sum over every token of x outer g.
+  np.testing.assert_allclose(ours[1](g)[1], np.einsum('ni,nj->ij', x.reshape(-1, 3), g.reshape(-1, 4)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_vit_dense_layer_is_flaxs_with_its_own_gradient_in_both_dtypes():
+  x = np.random.default_rng(1).standard_normal((2, 3, 8), np.float32)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    ours = _dense(5, dtype, 'fc')
+    theirs = nn.Dense(5, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name='fc')
+    params = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    loss = lambda module: lambda p: (module.apply(p, x).astype(jnp.float32) ** 2).sum()  # noqa: E731
+    np.testing.assert_allclose(ours.apply(params, x).astype(np.float32), theirs.apply(params, x).astype(np.float32))
+    got, want = jax.grad(loss(ours))(params), jax.grad(loss(theirs))(params)
+    tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert a.dtype == b.dtype == jnp.float32
+      np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
