@@ -17,7 +17,8 @@ from bwlm_jax import weights
 from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
-from bwlm_jax.models.vit import (CLIP, IMAGENET, Spec, VisionTransformer, _dense, _dense_product, _materialized,
+from bwlm_jax.models.vit import (CLIP, IMAGENET, LayerNorm, Spec, VisionTransformer, _dense, _dense_product,
+                                  _materialized,
                                   attention, gelu)
 from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
@@ -270,3 +271,27 @@ def test_a_vit_dense_layer_is_flaxs_with_its_own_gradient_in_both_dtypes():
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       assert a.dtype == b.dtype == jnp.float32
       np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('shape', [(4, 6), (2, 3, 6)])
+def test_layernorm_is_flaxs_in_values_and_gradients(shape, dtype):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 1)
+  ours, theirs = LayerNorm(1e-6, dtype), nn.LayerNorm(1e-6, dtype=dtype)
+  params = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape, np.float32)), params)
+  assert ours.apply(params, x).dtype == theirs.apply(params, x).dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(ours.apply(params, x).astype(np.float32), theirs.apply(params, x).astype(np.float32),
+                             rtol=tolerance, atol=tolerance)
+  weights = jnp.asarray(rng.standard_normal(shape, np.float32))
+  loss = lambda module: lambda p, v: (module.apply(p, v).astype(jnp.float32) * weights).sum()  # noqa: E731
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(params, x)),
+                       jax.tree.leaves(jax.grad(loss(theirs), (0, 1))(params, x))):
+    np.testing.assert_allclose(got, want, rtol=tolerance * 10, atol=tolerance * 10)
+  # By hand: [1, 2, 3] has mean 2 and variance 2/3.
+  row = jnp.asarray([[1.0, 2.0, 3.0]])
+  plain = LayerNorm(0.0).apply({'params': {'scale': jnp.ones(3), 'bias': jnp.zeros(3)}}, row)
+  np.testing.assert_allclose(plain, [[-1.5 ** 0.5, 0.0, 1.5 ** 0.5]], rtol=1e-6)

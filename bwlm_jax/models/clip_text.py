@@ -70,7 +70,7 @@ class TextTransformer(nn.Module):
     blocks = vit.Spec('clip', 0, spec.width, spec.depth, spec.heads, quick_gelu=spec.quick_gelu)
     for i in range(spec.depth):
       x = vit.Block(blocks, 1e-5, self.dtype, causal=True, name=f'resblocks_{i}')(x)
-    x = nn.LayerNorm(1e-5, dtype=self.dtype, name='ln_final')(x)
+    x = vit.LayerNorm(1e-5, dtype=self.dtype, name='ln_final')(x)
     end = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]  # end-of-text has the highest id
     projection = self.param('text_projection', nn.initializers.normal(spec.width ** -0.5), (spec.width, spec.embed))
     return end.astype(jnp.float32) @ projection

@@ -177,6 +177,48 @@ def _dense(features: int, dtype, name: str):
                   dot_general=_dense_dot_general)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer_norm(x, scale, bias, epsilon: float, dtype):
+  """nn.LayerNorm's values (statistics in float32, the variance as E[x^2] - E[x]^2, `dtype` out) with the
+  gradient written as one expression per operand: XLA:CPU's form of autodiff's was 1.03-1.1x slower in the
+  ViTs' training steps and kept more of the step's buffers alive."""
+  return _layer_norm_forward(x, scale, bias, epsilon, dtype)[0]
+
+
+def _layer_norm_forward(x, scale, bias, epsilon, dtype):
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.maximum((x32 * x32).mean(-1, keepdims=True) - mean * mean, 0.0) + epsilon)
+  return ((x32 - mean) * rstd * scale + bias).astype(dtype), (x, mean, rstd, scale)
+
+
+def _layer_norm_backward(epsilon, dtype, residuals, g):
+  del epsilon, dtype
+  x, mean, rstd, scale = residuals
+  normed = (x.astype(jnp.float32) - mean) * rstd
+  g = g.astype(jnp.float32)
+  scaled = g * scale
+  dx = rstd * (scaled - scaled.mean(-1, keepdims=True) - normed * (scaled * normed).mean(-1, keepdims=True))
+  leading = tuple(range(x.ndim - 1))
+  return dx.astype(x.dtype), (g * normed).sum(leading), g.sum(leading)
+
+
+_layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+
+class LayerNorm(nn.Module):
+  """nn.LayerNorm over the last axis (the same parameters, `scale` and `bias`, in float32) through
+  `_layer_norm`."""
+  epsilon: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return _layer_norm(x, scale, bias, self.epsilon, self.dtype)
+
+
 class LoRA(nn.Module):
   """A low-rank update beside a linear layer (Hu et al. 2022): x @ a @ b, `b` zero at the start so the
   network is exactly the pretrained one then; its scale alpha / rank is 1 (alpha = rank)."""
@@ -258,9 +300,9 @@ class Block(nn.Module):
   def __call__(self, x):
     norm1, attn, qkv, proj, ls1, norm2, mlp, fc1, fc2, ls2 = BLOCK_NAMES[self.spec.family]
     y = Attention(self.spec.heads, (qkv, proj), self.dtype, self.lora_rank, self.causal, name=attn)(
-        _materialized(nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm1)(x)))
+        _materialized(LayerNorm(self.epsilon, dtype=self.dtype, name=norm1)(x)))
     x = x + (LayerScale(name=ls1)(y) if self.spec.layer_scale else y)
-    normed = _materialized(nn.LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x))
+    normed = _materialized(LayerNorm(self.epsilon, dtype=self.dtype, name=norm2)(x))
     y = Mlp(4 * self.spec.width, (fc1, fc2), self.spec.quick_gelu, self.dtype, name=mlp)(normed)
     x = x + (LayerScale(name=ls2)(y) if self.spec.layer_scale else y)
     return x + Adapter(self.adapter_dim, self.dtype, name='adapter')(normed) if self.adapter_dim else x
@@ -323,17 +365,17 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate(tokens + [x], axis=1) + position.astype(x.dtype)
     epsilon = 1e-5 if clip else 1e-6
     if clip:
-      x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_pre')(x)
+      x = LayerNorm(epsilon, dtype=self.dtype, name='ln_pre')(x)
     for i in range(spec.depth):
       x = Block(spec, epsilon, self.dtype, self.lora_rank, self.adapter_dim,
                 name=f'{"resblocks" if clip else "blocks"}_{i}')(x)
     if clip:
-      x = nn.LayerNorm(epsilon, dtype=self.dtype, name='ln_post')(x[:, 0])
+      x = LayerNorm(epsilon, dtype=self.dtype, name='ln_post')(x[:, 0])
       proj = self.param('proj', _position_init, (width, spec.embed))  # held either way: the tower's weights
       return x @ proj.astype(x.dtype) if self.projection else x
     if self.pool == 'avg':
-      return nn.LayerNorm(epsilon, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, prefix:], axis=1))
-    return nn.LayerNorm(epsilon, dtype=self.dtype, name='norm')(x[:, 0])  # per token: the class token's alone
+      return LayerNorm(epsilon, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, prefix:], axis=1))
+    return LayerNorm(epsilon, dtype=self.dtype, name='norm')(x[:, 0])  # per token: the class token's alone
 
 
 def _build(name: str, options) -> VisionTransformer:
