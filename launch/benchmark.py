@@ -235,8 +235,7 @@ def compare_with_torch(jax_record: dict, python: str, blocks: int, steps: int) -
   """The PyTorch step of the same ResNet-32 (a separate process: its own threads), then the ratio."""
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
                         'torch_step.py')
-  env = {key: value for key, value in os.environ.items()
-         if key not in process_setup.PROCESS_START_VARIABLES}  # PyTorch's own malloc use
+  env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
   device = 'cpu' if jax_record['device'] == 'cpu' else 'cuda'  # JAX's device_kind: 'cpu' or the GPU's name
   done = subprocess.run([python, script, f'--batch={jax_record["batch"]}', f'--image_size={jax_record["image_size"]}',
                          f'--blocks={blocks}', f'--steps={steps}', f'--device={device}', f'--threads={_THREADS.value}'],
@@ -261,8 +260,7 @@ def family_comparison(model_name: str, dtype: str, shape: tuple, steps: int, blo
     if not torch_python:
       continue
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'torch_step.py')
-    env = {key: value for key, value in os.environ.items()
-         if key not in process_setup.PROCESS_START_VARIABLES}  # PyTorch's own malloc use
+    env = {key: value for key, value in os.environ.items() if key != 'GLIBC_TUNABLES'}  # PyTorch's own malloc use
     torch_record = _child([torch_python, script, f'--model={model_name}', f'--kind={kind}', f'--batch={batch}',
                            f'--image_size={size}', f'--classes={classes}', f'--steps={steps}', f'--blocks={blocks}',
                            f'--threads={_THREADS.value}', f'--dtype={dtype}'], env)

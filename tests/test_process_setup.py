@@ -43,28 +43,6 @@ def test_each_cpu_runtime_adds_its_own_settings(runtime, xla_flags, tunables):
           else None) == tunables
 
 
-def test_jemalloc_preloads_the_library_and_its_settings_keeping_the_users(monkeypatch):
-  import ctypes.util
-  monkeypatch.setattr(ctypes.util, 'find_library', lambda name: 'libjemalloc.so.2' if name == 'jemalloc' else None)
-  env = process_setup.cpu_tuned_environ({'PATH': '/bin'}, '0.12.0.1', 'jemalloc')
-  assert (env['LD_PRELOAD'], env['MALLOC_CONF']) == ('libjemalloc.so.2', process_setup.JEMALLOC_CONF)
-  assert 'GLIBC_TUNABLES' not in env and 'XLA_FLAGS' not in env
-  user = {'LD_PRELOAD': 'libfoo.so', 'MALLOC_CONF': 'narenas:2'}
-  env = process_setup.cpu_tuned_environ(user, '0.12.0.1', 'jemalloc')
-  assert (env['LD_PRELOAD'], env['MALLOC_CONF']) == ('libjemalloc.so.2 libfoo.so', 'narenas:2')
-  # Already preloaded: nothing changes, so the script does not restart again.
-  again = process_setup.cpu_tuned_environ(env, '0.12.0.1', 'jemalloc')
-  assert {key: again.get(key) for key in process_setup.PROCESS_START_VARIABLES} == {
-      key: env.get(key) for key in process_setup.PROCESS_START_VARIABLES}
-
-
-def test_jemalloc_missing_is_one_line(monkeypatch):
-  import ctypes.util
-  monkeypatch.setattr(ctypes.util, 'find_library', lambda name: None)
-  with pytest.raises(process_setup.UsageError, match=r'^BWLM_CPU_TUNING=jemalloc: libjemalloc.so.2 is not installed'):
-    process_setup.cpu_tuned_environ({}, '0.12.0.1', 'jemalloc')
-
-
 @pytest.mark.parametrize('value,chosen', [
     (None, 'malloc'), ('auto', 'malloc'), ('1', 'malloc'), ('0', 'plain'), ('plain', 'plain'),
     ('ynnpack+malloc', 'ynnpack+malloc')])

@@ -28,22 +28,13 @@ MALLOC_TUNABLES = {'glibc.malloc.hugetlb': '1', 'glibc.malloc.arena_max': '1', '
 #     pages on request, the kernel's `madvise` mode): a ViT-S step's 3.5 million page faults become 0.1 million,
 #     without the growth that keeping freed memory costs a step of many large, short-lived buffers.
 HUGE_PAGE_TUNABLES = {'glibc.malloc.hugetlb': '1'}
-# 2c. jemalloc in place of glibc's malloc (opt-in, `BWLM_CPU_TUNING=jemalloc`; Debian's and Ubuntu's
-#     libjemalloc2): with no arena of its own for huge buffers (that one gives them back at once) it keeps a step's
-#     freed buffers for the next step, so nothing is faulted in again: ViT-B/16's 224-px training step 1.2x faster
-#     on an Intel Xeon, in 1.7x the memory (docs/PERFORMANCE.md, "Dense and LayerNorm gradients").
-JEMALLOC_LIBRARY = 'libjemalloc.so.2'
-JEMALLOC_CONF = 'oversize_threshold:0,thp:always,metadata_thp:auto'
-# The variables a process reads only when it starts (tune_cpu_runtime restarts the script once to set them).
-PROCESS_START_VARIABLES = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_CONF')
 # The sets of them a process can take, by name: (the YNNPACK fusions XLA_FLAGS sets, None: XLA's default; glibc
-# malloc settings; a malloc library to preload, or None). 'plain' is JAX as it comes (jaxlib 0.12's XLA:CPU already hands its dots to YNNPACK);
+# malloc settings). 'plain' is JAX as it comes (jaxlib 0.12's XLA:CPU already hands its dots to YNNPACK);
 # 'no-ynnpack' turns that off too (XLA's Eigen kernels: the ViTs' and ImageNet ResNets' steps 8-15 % faster on an
 # AVX2-only CPU, EfficientNet-Lite's 2.6x slower). A model family names its own (`models.family.Family.cpu_runtime`,
 # and `kind_cpu_runtimes` per CPU kind); BWLM_CPU_TUNING=NAME forces one, =0 turns every CPU choice off.
-CPU_RUNTIMES = {'ynnpack+malloc': (YNN_FUSIONS, MALLOC_TUNABLES, None), 'malloc': (None, MALLOC_TUNABLES, None),
-                'hugepages': (None, HUGE_PAGE_TUNABLES, None), 'plain': (None, {}, None),
-                'no-ynnpack': ('', {}, None), 'jemalloc': (None, {}, JEMALLOC_LIBRARY)}
+CPU_RUNTIMES = {'ynnpack+malloc': (YNN_FUSIONS, MALLOC_TUNABLES), 'malloc': (None, MALLOC_TUNABLES),
+                'hugepages': (None, HUGE_PAGE_TUNABLES), 'plain': (None, {}), 'no-ynnpack': ('', {})}
 DEFAULT_CPU_RUNTIME = 'ynnpack+malloc'  # where no model is known (notebooks, tools without a config)
 # 3. Not applied by default: --cpu_devices=N splits the batch over N JAX CPU devices (faster on jaxlib 0.10,
 #    which hung in some runs; little gain on jaxlib 0.12: docs/PERFORMANCE.md).
@@ -103,17 +94,9 @@ def tensorflow_datasets(needed_for: str):
 
 def cpu_tuned_environ(environ: Mapping[str, str], jaxlib_version: str, runtime: str = DEFAULT_CPU_RUNTIME
                       ) -> dict[str, str]:
-  """`environ` plus the settings of CPU runtime `runtime` (a CPU_RUNTIMES name); a value the user set is kept.
-  A malloc library the runtime preloads that this system does not have is a one-line error."""
-  ynn_fusions, tunables, preload = CPU_RUNTIMES[runtime]
+  """`environ` plus the settings of CPU runtime `runtime` (a CPU_RUNTIMES name); a value the user set is kept."""
+  ynn_fusions, tunables = CPU_RUNTIMES[runtime]
   env = dict(environ)
-  if preload:
-    import ctypes.util
-    if not ctypes.util.find_library(preload.removeprefix('lib').split('.so')[0]):
-      raise UsageError(f'{OPT_OUT}={runtime}: {preload} is not installed (Debian/Ubuntu: apt install libjemalloc2).')
-    preloaded = env.get('LD_PRELOAD', '').split()
-    env['LD_PRELOAD'] = ' '.join(preloaded if preload in preloaded else [preload, *preloaded])
-    env.setdefault('MALLOC_CONF', JEMALLOC_CONF)
   xla_flags = env.get('XLA_FLAGS', '')
   if ynn_fusions is not None and YNN_FLAG not in xla_flags and jaxlib_version.startswith(YNN_TESTED_JAXLIB):
     env['XLA_FLAGS'] = f'{xla_flags} {YNN_FLAG}={ynn_fusions}'.strip()
@@ -174,9 +157,8 @@ def tune_cpu_runtime(reexec: bool = True, family_runtime: str = DEFAULT_CPU_RUNT
   if 'XLA_FLAGS' in tuned:
     os.environ['XLA_FLAGS'] = tuned['XLA_FLAGS']
   glibc = _platform.system() == 'Linux' and _platform.libc_ver()[0] == 'glibc'
-  changed = {key: tuned[key] for key in PROCESS_START_VARIABLES if tuned.get(key) != os.environ.get(key)}
-  if reexec and glibc and sys.executable and changed:
-    os.environ.update(changed)
+  if reexec and glibc and sys.executable and tuned.get('GLIBC_TUNABLES') != os.environ.get('GLIBC_TUNABLES'):
+    os.environ['GLIBC_TUNABLES'] = tuned['GLIBC_TUNABLES']
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
