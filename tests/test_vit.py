@@ -6,8 +6,8 @@ not fit, and runs on them end to end."""
 import json
 import os
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,8 +18,7 @@ from bwlm_jax.config import validate_config
 from bwlm_jax.runtime.errors import UsageError
 from bwlm_jax.models import LinearHead, Model, build_model, torch_layout
 from bwlm_jax.models.vit import (CLIP, IMAGENET, LayerNorm, Spec, VisionTransformer, _dense, _dense_product,
-                                  _materialized,
-                                  attention, gelu)
+                                  _materialized, attention, gelu)
 from bwlm_jax.run.training_run import train_and_evaluate
 from helpers import assert_equals_reference, random_backbone
 from test_pretrained import _config, _folder
@@ -254,7 +253,8 @@ def test_the_dense_product_and_its_gradients_are_autodiffs(shape):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # The kernel's gradient by hand: a sum over every token of x outer g.
-  np.testing.assert_allclose(ours[1](g)[1], np.einsum('ni,nj->ij', x.reshape(-1, 3), g.reshape(-1, 4)), rtol=1e-5, atol=1e-5)
+  by_hand = np.einsum('ni,nj->ij', x.reshape(-1, 3), g.reshape(-1, 4))
+  np.testing.assert_allclose(ours[1](g)[1], by_hand, rtol=1e-5, atol=1e-5)
 
 
 def test_a_vit_dense_layer_is_flaxs_with_its_own_gradient_in_both_dtypes():
@@ -286,8 +286,8 @@ def test_layernorm_is_flaxs_in_values_and_gradients(shape, dtype):
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(ours.apply(params, x).astype(np.float32), theirs.apply(params, x).astype(np.float32),
                              rtol=tolerance, atol=tolerance)
-  weights = jnp.asarray(rng.standard_normal(shape, np.float32))
-  loss = lambda module: lambda p, v: (module.apply(p, v).astype(jnp.float32) * weights).sum()  # noqa: E731
+  cotangent = jnp.asarray(rng.standard_normal(shape, np.float32))
+  loss = lambda module: lambda p, v: (module.apply(p, v).astype(jnp.float32) * cotangent).sum()  # noqa: E731
   for got, want in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(params, x)),
                        jax.tree.leaves(jax.grad(loss(theirs), (0, 1))(params, x))):
     np.testing.assert_allclose(got, want, rtol=tolerance * 10, atol=tolerance * 10)
