@@ -172,9 +172,8 @@ def _dense_dot_general(x, kernel, dimension_numbers, precision=None, preferred_e
   return _dense_product(x, kernel)
 
 
-def _dense(features: int, dtype, name: str):
-  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(), name=name,
-                  dot_general=_dense_dot_general)
+def _dense(features: int, dtype, name: str, kernel_init=nn.initializers.xavier_uniform()):
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, name=name, dot_general=_dense_dot_general)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -265,8 +264,7 @@ class Adapter(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = nn.relu(_dense(self.dim, self.dtype, 'down')(x))
-    up = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros, name='up')
-    return self.scale * up(y)
+    return self.scale * _dense(x.shape[-1], self.dtype, 'up', nn.initializers.zeros)(y)
 
 
 class Mlp(nn.Module):
