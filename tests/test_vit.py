@@ -202,7 +202,6 @@ def test_bwlm_on_a_frozen_vit_with_its_own_input_and_the_export_reads_back(tmp_p
   assert weights.input_statistics(name, str(tmp_path / 'out.safetensors'))[2].endswith('out.safetensors.json')
 
 
-
 @pytest.mark.parametrize('causal', [False, True])
 def test_attention_equals_jaxs_with_and_without_a_gradient(causal):
   # Both of vit.attention's paths (heads leading without a gradient, XLA's layout under one) against
