@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from bwlm_jax.models import torch_layout
+from bwlm_jax.models.batch_norm import BatchNorm
 from bwlm_jax.models.conv import Conv
 from bwlm_jax.models.family import Family
 
@@ -83,8 +84,8 @@ def timm_name(port_name: str, plan) -> str:
   return f'blocks.{stage}.{within}.{names[layer]}'
 
 
-def _norm(train: bool, dtype, name: str, epsilon: float = 1e-3):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, dtype=dtype, name=name)
+def _norm(train: bool, dtype, name: str, epsilon: float = 1e-3, activation=None):
+  return BatchNorm(not train, 0.99, epsilon, activation, dtype, name=name)
 
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1, same: bool = True):
@@ -110,16 +111,16 @@ class MBConv(nn.Module):
     def conv(features, kernel, stride, name, groups=1):
       return _conv(features, kernel, stride, self.dtype, name, groups, self.same)
 
-    def norm(name):
-      return _norm(train, self.dtype, name, self.epsilon)
+    def norm(name, activation='relu6'):
+      return _norm(train, self.dtype, name, self.epsilon, activation)
 
     y = x
     hidden = self.inputs * self.expand
     if self.expand != 1:
-      y = nn.relu6(norm('_bn0')(conv(hidden, 1, 1, '_expand_conv')(y)))
-    y = nn.relu6(norm('_bn1')(conv(hidden, self.kernel, self.stride, '_depthwise_conv', groups=hidden)(y)))
-    y = norm('_bn2')(conv(self.outputs, 1, 1, '_project_conv')(y))
-    return x + y if self.stride == 1 and self.inputs == self.outputs else y
+      y = norm('_bn0')(conv(hidden, 1, 1, '_expand_conv')(y))
+    y = norm('_bn1')(conv(hidden, self.kernel, self.stride, '_depthwise_conv', groups=hidden)(y))
+    skip = self.stride == 1 and self.inputs == self.outputs
+    return norm('_bn2', None)(conv(self.outputs, 1, 1, '_project_conv')(y), x if skip else None)
 
 
 class EfficientNetLite(nn.Module):
@@ -135,11 +136,11 @@ class EfficientNetLite(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = _conv(STEM, 3, 2, self.dtype, '_conv_stem', same=self.same)(x)
-    x = nn.relu6(_norm(train, self.dtype, '_bn0', self.epsilon)(x))
+    x = _norm(train, self.dtype, '_bn0', self.epsilon, 'relu6')(x)
     for i, block in enumerate(block_plan(self.stages, self.width, self.depth)):
       x = MBConv(*block[:5], self.dtype, self.same, self.epsilon, name=f'_blocks_{i}')(x, train)
     x = _conv(HEAD, 1, 1, self.dtype, '_conv_head', same=self.same)(x)
-    x = nn.relu6(_norm(train, self.dtype, '_bn1', self.epsilon)(x))
+    x = _norm(train, self.dtype, '_bn1', self.epsilon, 'relu6')(x)
     return jnp.mean(x, axis=(1, 2))
 
 

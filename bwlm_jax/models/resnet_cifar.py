@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from bwlm_jax.models.batch_norm import BatchNorm
 from bwlm_jax.models.conv import Conv
 from bwlm_jax.models.family import Family, last_stage_blocks
 
@@ -24,17 +25,17 @@ class BasicBlockA(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    norm = lambda activation: BatchNorm(not train, 0.9, 1e-5, activation, self.dtype)
     conv = lambda stride: Conv(self.channels, (3, 3), (stride, stride), padding=1, use_bias=False,
                                kernel_init=conv_init, dtype=self.dtype)
-    y = nn.relu(norm()(conv(self.stride)(x)))
-    y = norm()(conv(1)(y))
+    y = norm('relu')(conv(self.stride)(x))
+    y = conv(1)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.channels:
       shortcut = x[:, ::self.stride, ::self.stride, :]
       extra = self.channels - x.shape[-1]
       shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    return nn.relu(y + shortcut)
+    return norm('relu')(y, shortcut)
 
 
 class CifarResNet(nn.Module):
@@ -45,7 +46,7 @@ class CifarResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
+    x = BatchNorm(not train, 0.9, 1e-5, 'relu', self.dtype)(x)
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):
         stride = 2 if stage > 0 and block == 0 else 1

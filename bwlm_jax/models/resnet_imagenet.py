@@ -9,14 +9,26 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 from bwlm_jax.models import torch_layout
+from bwlm_jax.models.batch_norm import BatchNorm
 from bwlm_jax.models.conv import Conv
 from bwlm_jax.models.family import Family, last_stage_blocks
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _norm(train: bool, dtype):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+def _norm(train: bool, dtype, activation=None):
+  return BatchNorm(not train, 0.9, 1e-5, activation, dtype)
+
+
+def _shortcut_sum(x, y, channels: int, stride: int, train: bool, dtype):
+  """relu(BN(y) + shortcut): the block's last BatchNorm with the sum and ReLU after it; a shortcut that changes
+  the shape is a 1x1 convolution and a BatchNorm of its own, which takes the sum (the modules' order, and so
+  their names, as torchvision's)."""
+  if x.shape[-1] == channels and stride == 1:
+    return _norm(train, dtype, 'relu')(y, x)
+  y = _norm(train, dtype)(y)
+  x = Conv(channels, (1, 1), stride, use_bias=False, kernel_init=conv_init, dtype=dtype)(x)
+  return _norm(train, dtype, 'relu')(x, y)
 
 
 class BasicBlock(nn.Module):
@@ -28,13 +40,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool):
     y = Conv(self.channels, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init,
              dtype=self.dtype)(x)
-    y = nn.relu(_norm(train, self.dtype)(y))
+    y = _norm(train, self.dtype, 'relu')(y)
     y = Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
-    y = _norm(train, self.dtype)(y)
-    if x.shape[-1] != self.channels or self.stride != 1:
-      x = Conv(self.channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
-      x = _norm(train, self.dtype)(x)
-    return nn.relu(x + y)
+    return _shortcut_sum(x, y, self.channels, self.stride, train, self.dtype)
 
 
 class Bottleneck(nn.Module):
@@ -50,16 +58,12 @@ class Bottleneck(nn.Module):
     width = int(self.channels * self.width_per_group / 64) * self.groups
     out_channels = self.channels * 4
     y = Conv(width, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
-    y = nn.relu(_norm(train, self.dtype)(y))
+    y = _norm(train, self.dtype, 'relu')(y)
     y = Conv(width, (3, 3), self.stride, padding=1, feature_group_count=self.groups, use_bias=False,
              kernel_init=conv_init, dtype=self.dtype)(y)
-    y = nn.relu(_norm(train, self.dtype)(y))
+    y = _norm(train, self.dtype, 'relu')(y)
     y = Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
-    y = _norm(train, self.dtype)(y)
-    if x.shape[-1] != out_channels or self.stride != 1:
-      x = Conv(out_channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
-      x = _norm(train, self.dtype)(x)
-    return nn.relu(x + y)
+    return _shortcut_sum(x, y, out_channels, self.stride, train, self.dtype)
 
 
 # Blocks per stage of each network (torchvision's), and whether its blocks are bottlenecks.
@@ -81,7 +85,7 @@ class ImageNetResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = Conv(self.base_channels, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
-    x = nn.relu(_norm(train, self.dtype)(x))
+    x = _norm(train, self.dtype, 'relu')(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, size in enumerate(self.stage_sizes):
       for block in range(size):
