@@ -12,6 +12,7 @@ from bwlm_jax.models import torch_layout
 from bwlm_jax.models.batch_norm import BatchNorm
 from bwlm_jax.models.conv import Conv
 from bwlm_jax.models.family import Family, last_stage_blocks
+from bwlm_jax.models.pooling import max_pool
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -86,7 +87,7 @@ class ImageNetResNet(nn.Module):
   def __call__(self, x, train: bool):
     x = Conv(self.base_channels, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
     x = _norm(train, self.dtype, 'relu')(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     for stage, size in enumerate(self.stage_sizes):
       for block in range(size):
         stride = 2 if stage > 0 and block == 0 else 1
