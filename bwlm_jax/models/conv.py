@@ -253,21 +253,27 @@ def _summed_over_chunks(chunk_gradient, x, output_gradient, chunk: int, shape):
   return total
 
 
+def window_taps(x, window: Sequence[int], strides: Sequence[int], pads, pad_value=0) -> list:
+  """Each offset of a window sliding over NHWC `x` padded with `pad_value`: the strided slice [N, Ho, Wo, C] of
+  the padded input at that offset, in window order (row by row)."""
+  window_h, window_w = window
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
+  out_h = (padded.shape[1] - window_h) // strides[0] + 1
+  out_w = (padded.shape[2] - window_w) // strides[1] + 1
+  return [lax.slice(padded, (0, i, j, 0),
+                    (padded.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1,
+                     padded.shape[3]), (1, *strides, 1))
+          for i in range(window_h) for j in range(window_w)]
+
+
 def depthwise_multiply_adds(x, kernel, strides: tuple[int, int], pads):
   """A depthwise NHWC convolution (kernel [KH, KW, 1, C]) as the sum over the kernel's offsets of the strided
   slice of the padded input at that offset times that offset's per-channel weights; accumulated in float32."""
-  kernel_h, kernel_w = kernel.shape[:2]
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  out_h = (padded.shape[1] - kernel_h) // strides[0] + 1
-  out_w = (padded.shape[2] - kernel_w) // strides[1] + 1
   total = None
-  for i in range(kernel_h):
-    for j in range(kernel_w):
-      window = lax.slice(padded, (0, i, j, 0),
-                         (padded.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1,
-                          padded.shape[3]), (1, *strides, 1))
-      term = window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
-      total = term if total is None else total + term
+  for tap, window in enumerate(window_taps(x, kernel.shape[:2], strides, pads)):
+    i, j = divmod(tap, kernel.shape[1])
+    term = window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+    total = term if total is None else total + term
   return total.astype(x.dtype)
 
 

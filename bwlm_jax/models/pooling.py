@@ -7,10 +7,13 @@ batch 32) took 401 ms forward and backward on an Intel AVX-512 CPU; this form 11
 from __future__ import annotations
 
 import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from bwlm_jax.models.conv import window_taps
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -19,19 +22,9 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int], padding: tupl
   return nn.max_pool(x, window, strides, padding)
 
 
-def _window_taps(x, window, strides, padding):
-  """Each window position's tap, in window order, as a strided view [N, Ho, Wo, C] of x padded with -inf."""
-  (window_h, window_w), (stride_h, stride_w) = window, strides
-  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-  out_h = (padded.shape[1] - window_h) // stride_h + 1
-  out_w = (padded.shape[2] - window_w) // stride_w + 1
-  return [padded[:, i:i + stride_h * (out_h - 1) + 1:stride_h, j:j + stride_w * (out_w - 1) + 1:stride_w]
-          for i in range(window_h) for j in range(window_w)]
-
-
 def _max_pool_forward(x, window, strides, padding):
   y = nn.max_pool(x, window, strides, padding)
-  taps = _window_taps(x, window, strides, padding)
+  taps = window_taps(x, window, strides, padding, -jnp.inf)
   first = jnp.full(y.shape, len(taps) - 1, jnp.int8 if len(taps) <= 127 else jnp.int32)
   for tap in reversed(range(len(taps) - 1)):
     first = jnp.where(taps[tap] == y, tap, first)
@@ -59,4 +52,3 @@ def _max_pool_backward(window, strides, padding, residuals, output_gradient):
 
 
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
-
