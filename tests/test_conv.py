@@ -284,3 +284,58 @@ def test_a_pointwise_convolution_as_a_matrix_product_equals_xla(kind):
   lowered = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding,
                                                            dimension_numbers=NHWC)).lower(x, w).as_text()
   assert ('dot_general' in lowered) == (stride == 1) and ('convolution' in lowered) == (stride != 1)
+
+
+@pytest.mark.parametrize('side, inputs, outputs, kernel, stride, padding', [
+    (7, 8, 6, 3, 1, ((1, 1), (1, 1))),  # a ResNet's last stage: 7x7 outputs
+    (13, 8, 6, 3, 2, ((1, 1), (1, 1))),  # its first block's stride 2, odd input side
+    (8, 5, 4, 3, 2, 'SAME'),  # TF's 'SAME': pads (0, 1)
+    (6, 4, 4, 2, 1, 'VALID'),
+])
+def test_a_convolution_as_a_patch_product_equals_xla(side, inputs, outputs, kernel, stride, padding):
+  x, w = _inputs(3, side, inputs, outputs, kernel, 1, seed=7)
+  pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads((side, side), (kernel, kernel),
+                                                                               (stride, stride), padding)
+
+  def loss(conv_fn, x, w):
+    y = conv_fn(x, w)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size), y
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+
+  (_, ours), ours_grads = jax.value_and_grad(
+      lambda x, w: loss(lambda x, w: conv.patch_product(x, w, (stride, stride), pads), x, w), (0, 1),
+      has_aux=True)(x, w)
+  (_, expected), xla_grads = jax.value_and_grad(lambda x, w: loss(xla, x, w), (0, 1), has_aux=True)(x, w)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
+  for a, b in zip(ours_grads, xla_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  half = conv.patch_product(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (stride, stride), pads)
+  assert half.dtype == jnp.bfloat16
+
+
+def test_which_convolutions_take_the_patch_product(monkeypatch):
+  monkeypatch.setenv(MODE_VARIABLE, 'auto')
+  monkeypatch.setattr(conv, 'cpu_kind', lambda: 'intel-avx512')
+
+  def patch_product_in(side, kernel=3, stride=1, groups=1, padding=((1, 1), (1, 1))):
+    x, w = _inputs(2, side, 4, 4, kernel, groups)
+    jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=NHWC, feature_group_count=groups))(x, w))
+    assert ('conv_general_dilated' in jaxpr) != ('concatenate' in jaxpr)
+    return 'concatenate' in jaxpr
+
+  assert patch_product_in(7) and patch_product_in(14, stride=2)  # 7x7 outputs
+  assert not patch_product_in(8)  # 8x8 outputs: XLA's (measured slower as a patch product)
+  assert not patch_product_in(7, groups=2)  # grouped: dense blocks of XLA's
+  assert not patch_product_in(16, kernel=4, stride=4, padding='VALID')  # 16 taps: a ViT's patches stay XLA's
+  monkeypatch.setenv(MODE_VARIABLE, 'xla')
+  assert not patch_product_in(7)
+  monkeypatch.setenv(MODE_VARIABLE, 'auto')
+  monkeypatch.setenv(conv.process_setup.OPT_OUT, '0')
+  assert not patch_product_in(7)
+  monkeypatch.delenv(conv.process_setup.OPT_OUT)
+  for kind in ('avx2', 'amd-avx512', 'other'):  # not measured there: XLA's
+    monkeypatch.setattr(conv, 'cpu_kind', lambda kind=kind: kind)
+    assert not patch_product_in(7)

@@ -18,12 +18,19 @@ XLA:CPU's grouped convolution with one channel per group is many times slower (d
 kernel gradient per chunk of images, elsewhere the input gradient XLA's one image at a time.
 `BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator), `xla` or `shifted`.
 
+A dense convolution with a small output (at most PATCH_PRODUCT_MAX_OUTPUT positions an image: the ImageNet
+ResNets' last stage at 224 px) is, on the PATCH_PRODUCT_KINDS, one matrix product of its input patches (the
+window's taps side by side along the channels) with the kernel flattened, and autodiff's gradients of that:
+XLA:CPU's convolution at 7x7 outputs and 256-512 channels is 1.6-2.3x slower, forward and backward
+(docs/PERFORMANCE.md, "The convolution passes against PyTorch's").
+
 A grouped convolution's weight gradient (ResNeXt's) is, on every CPU, the diagonal blocks of the dense
 convolution's (`grouped_weight_gradient`): XLA:CPU's own is 20-130x slower than the whole dense one.
 
-`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on the CHUNKED_GRADIENT_KINDS, grouped ones as
-dense blocks on every CPU, unless `BWLM_CPU_TUNING=0`), `xla` (XLA's for every convolution) or `chunked`
-(wherever the shape allows: 2-D, NHWC/HWIO, no dilation; for tests and benchmarks).
+`BWLM_CONV_WEIGHT_GRADIENT` chooses: `auto` (the default: chunked on the CHUNKED_GRADIENT_KINDS, patch products
+on the PATCH_PRODUCT_KINDS, grouped ones as dense blocks on every CPU, unless `BWLM_CPU_TUNING=0`), `xla` (XLA's
+for every convolution) or `chunked` (wherever the shape allows: 2-D, NHWC/HWIO, no dilation; for tests and
+benchmarks).
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ DEPTHWISE_CHUNK_BYTES = 1024 * 1024
 # depthwise gradients (an AVX2-only AMD Zen 3; an Intel Xeon with AVX-512: docs/PERFORMANCE.md). AMD's AVX-512
 # CPUs keep XLA's weight gradient and the per-image depthwise input gradient, as measured there.
 CHUNKED_GRADIENT_KINDS = ('avx2', 'intel-avx512')
+# The CPU kinds whose small-output dense convolutions measured faster as one product of the input patches (an
+# Intel Xeon with AVX-512; not measured elsewhere), the most output positions an image for which they take it
+# (7x7: 1.6-2.3x faster at 128-512 channels; at 14x14 and 8x8 slower), and the most taps (3x3: the one kernel
+# measured; a ViT's 16x16 patch embedding keeps XLA's convolution).
+PATCH_PRODUCT_KINDS = ('intel-avx512',)
+PATCH_PRODUCT_MAX_OUTPUT = 7 * 7
+PATCH_PRODUCT_MAX_TAPS = 3 * 3
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -91,6 +105,12 @@ def cpu_info(cpuinfo_path: str = '/proc/cpuinfo') -> tuple[str, frozenset[str]]:
   return fields.get('vendor_id', ''), frozenset(fields.get('flags', '').split())
 
 
+def patch_products(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether small-output dense convolutions traced now take the patch product (`patch_product`)."""
+  mode = process_setup.conv_mode(environ)
+  return mode == 'auto' and tuned_cpu_kind(environ) in PATCH_PRODUCT_KINDS and jax.default_backend() == 'cpu'
+
+
 def grouped_as_dense_blocks(environ: Mapping[str, str] = os.environ) -> bool:
   """Whether grouped convolutions traced now take their weight gradient as the diagonal blocks of the dense one
   (`grouped_weight_gradient`): on every CPU unless `BWLM_CONV_WEIGHT_GRADIENT=xla` or `BWLM_CPU_TUNING=0`;
@@ -114,8 +134,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          preferred_element_type=None):
   """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), in the form this
   module chooses: a depthwise one as shifted multiply-adds where `shifted_depthwise()`, a 1x1 one of stride 1 as a
-  matrix product, the chunked weight gradient where `chunked_weight_gradient()` and the shape allow it, a grouped
-  one's as dense blocks where `grouped_as_dense_blocks()`, else XLA's."""
+  matrix product, a small-output dense one as a patch product where `patch_products()`, the chunked weight
+  gradient where `chunked_weight_gradient()` and the shape allow it, a grouped one's as dense blocks where
+  `grouped_as_dense_blocks()`, else XLA's."""
   pads = _chunkable_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                          batch_group_count, precision, preferred_element_type)
   depthwise = pads is not None and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
@@ -124,6 +145,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if (pads is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and feature_group_count == 1
       and not any(map(any, pads))):  # a 1x1 convolution is a matrix product: XLA:CPU's dot is far faster
     return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
+  if (pads is not None and feature_group_count == 1 and 1 < rhs.shape[0] * rhs.shape[1] <= PATCH_PRODUCT_MAX_TAPS
+      and _output_positions(lhs.shape, rhs.shape, window_strides, pads) <= PATCH_PRODUCT_MAX_OUTPUT
+      and patch_products()):
+    return patch_product(lhs, rhs, tuple(window_strides), pads)
   grouped = pads is not None and feature_group_count > 1 and not depthwise
   if pads is None or not (chunked_weight_gradient() or (grouped and grouped_as_dense_blocks())):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -146,6 +171,20 @@ def _chunkable_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dime
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   pads = tuple((int(low), int(high)) for low, high in padding)
   return pads if min(min(pair) for pair in pads) >= 0 else None
+
+
+def _output_positions(lhs_shape, rhs_shape, strides, pads) -> int:
+  """Output positions per image of an NHWC/HWIO convolution with explicit pads."""
+  sides = [(size + low + high - kernel) // stride + 1
+           for size, kernel, stride, (low, high) in zip(lhs_shape[1:3], rhs_shape[:2], strides, pads)]
+  return sides[0] * sides[1]
+
+
+def patch_product(x, kernel, strides: Sequence[int], pads):
+  """A dense NHWC/HWIO convolution as one matrix product: each output position's input patch (the window's taps,
+  in HWIO's order, side by side along the channels) times the kernel laid out [KH * KW * C, O]."""
+  patches = jnp.concatenate(window_taps(x, kernel.shape[:2], strides, pads), axis=-1)
+  return lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())))
 
 
 def _xla_conv(lhs, rhs, strides, pads, groups):
