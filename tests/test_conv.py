@@ -283,7 +283,8 @@ def test_a_pointwise_convolution_as_a_matrix_product_equals_xla(kind):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
   lowered = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding,
                                                            dimension_numbers=NHWC)).lower(x, w).as_text()
-  assert ('dot_general' in lowered) == (stride == 1) and ('convolution' in lowered) == (stride != 1)
+  as_product = stride == 1 or conv.patch_products()  # strided: a slice and a product where patch products pay
+  assert ('dot_general' in lowered) == as_product and ('convolution' in lowered) == (not as_product)
 
 
 @pytest.mark.parametrize('side, inputs, outputs, kernel, stride, padding', [
@@ -291,6 +292,7 @@ def test_a_pointwise_convolution_as_a_matrix_product_equals_xla(kind):
     (13, 8, 6, 3, 2, ((1, 1), (1, 1))),  # its first block's stride 2, odd input side
     (8, 5, 4, 3, 2, 'SAME'),  # TF's 'SAME': pads (0, 1)
     (6, 4, 4, 2, 1, 'VALID'),
+    (7, 8, 6, 1, 2, 'VALID'),  # a strided 1x1 shortcut: its patches are a strided slice
 ])
 def test_a_convolution_as_a_patch_product_equals_xla(side, inputs, outputs, kernel, stride, padding):
   x, w = _inputs(3, side, inputs, outputs, kernel, 1, seed=7)
@@ -323,11 +325,12 @@ def test_which_convolutions_take_the_patch_product(monkeypatch):
     x, w = _inputs(2, side, 4, 4, kernel, groups)
     jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
         x, w, (stride, stride), padding, dimension_numbers=NHWC, feature_group_count=groups))(x, w))
-    assert ('conv_general_dilated' in jaxpr) != ('concatenate' in jaxpr)
-    return 'concatenate' in jaxpr
+    assert ('conv_general_dilated' in jaxpr) != ('dot_general' in jaxpr)
+    return 'dot_general' in jaxpr
 
   assert patch_product_in(7) and patch_product_in(14, stride=2)  # 7x7 outputs
   assert not patch_product_in(8)  # 8x8 outputs: XLA's (measured slower as a patch product)
+  assert patch_product_in(16, kernel=1, stride=2, padding='VALID')  # a strided 1x1 shortcut, whatever its output
   assert not patch_product_in(7, groups=2)  # grouped: dense blocks of XLA's
   assert not patch_product_in(16, kernel=4, stride=4, padding='VALID')  # 16 taps: a ViT's patches stay XLA's
   monkeypatch.setenv(MODE_VARIABLE, 'xla')

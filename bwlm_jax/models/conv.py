@@ -19,9 +19,10 @@ kernel gradient per chunk of images, elsewhere the input gradient XLA's one imag
 `BWLM_DEPTHWISE_CONV` chooses: `auto` (shifted on a CPU, XLA's on an accelerator), `xla` or `shifted`.
 
 A dense convolution with a small output (at most PATCH_PRODUCT_MAX_OUTPUT positions an image: the ImageNet
-ResNets' last stage at 224 px) is, on the PATCH_PRODUCT_KINDS, one matrix product of its input patches (the
-window's taps side by side along the channels) with the kernel flattened, and autodiff's gradients of that:
-XLA:CPU's convolution at 7x7 outputs and 256-512 channels is 1.6-2.3x slower, forward and backward
+ResNets' last stage at 224 px), and a strided 1x1 one (their shortcuts), is, on the PATCH_PRODUCT_KINDS, one
+matrix product of its input patches (the window's taps side by side along the channels) with the kernel
+flattened, and autodiff's gradients of that: XLA:CPU's convolution at 7x7 outputs and 256-512 channels is
+1.6-2.3x slower, forward and backward, and its strided 1x1 shortcuts' training passes 1.3-2.2x slower
 (docs/PERFORMANCE.md, "The convolution passes against PyTorch's").
 
 A grouped convolution's weight gradient (ResNeXt's) is, on every CPU, the diagonal blocks of the dense
@@ -60,7 +61,9 @@ CHUNKED_GRADIENT_KINDS = ('avx2', 'intel-avx512')
 # The CPU kinds whose small-output dense convolutions measured faster as one product of the input patches (an
 # Intel Xeon with AVX-512; not measured elsewhere), the most output positions an image for which they take it
 # (7x7: 1.6-2.3x faster at 128-512 channels; at 14x14 and 8x8 slower), and the most taps (3x3: the one kernel
-# measured; a ViT's 16x16 patch embedding keeps XLA's convolution).
+# measured; a ViT's 16x16 patch embedding keeps XLA's convolution). A strided 1x1 convolution takes it whatever
+# its output (its patches are a strided slice of the input: forward and backward 1.3-2.2x faster at the ResNets'
+# shortcuts, the forward alone within 2 ms either way).
 PATCH_PRODUCT_KINDS = ('intel-avx512',)
 PATCH_PRODUCT_MAX_OUTPUT = 7 * 7
 PATCH_PRODUCT_MAX_TAPS = 3 * 3
@@ -134,8 +137,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          preferred_element_type=None):
   """`lax.conv_general_dilated` (the same arguments; flax's `nn.Conv(conv_general_dilated=...)`), in the form this
   module chooses: a depthwise one as shifted multiply-adds where `shifted_depthwise()`, a 1x1 one of stride 1 as a
-  matrix product, a small-output dense one as a patch product where `patch_products()`, the chunked weight
-  gradient where `chunked_weight_gradient()` and the shape allow it, a grouped one's as dense blocks where
+  matrix product, a small-output or strided 1x1 dense one as a patch product where `patch_products()`, the chunked
+  weight gradient where `chunked_weight_gradient()` and the shape allow it, a grouped one's as dense blocks where
   `grouped_as_dense_blocks()`, else XLA's."""
   pads = _chunkable_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                          batch_group_count, precision, preferred_element_type)
@@ -145,9 +148,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if (pads is not None and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and feature_group_count == 1
       and not any(map(any, pads))):  # a 1x1 convolution is a matrix product: XLA:CPU's dot is far faster
     return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
-  if (pads is not None and feature_group_count == 1 and 1 < rhs.shape[0] * rhs.shape[1] <= PATCH_PRODUCT_MAX_TAPS
-      and _output_positions(lhs.shape, rhs.shape, window_strides, pads) <= PATCH_PRODUCT_MAX_OUTPUT
-      and patch_products()):
+  if pads is not None and feature_group_count == 1 and _patch_product_pays(lhs, rhs, window_strides, pads):
     return patch_product(lhs, rhs, tuple(window_strides), pads)
   grouped = pads is not None and feature_group_count > 1 and not depthwise
   if pads is None or not (chunked_weight_gradient() or (grouped and grouped_as_dense_blocks())):
@@ -173,11 +174,15 @@ def _chunkable_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dime
   return pads if min(min(pair) for pair in pads) >= 0 else None
 
 
-def _output_positions(lhs_shape, rhs_shape, strides, pads) -> int:
-  """Output positions per image of an NHWC/HWIO convolution with explicit pads."""
+def _patch_product_pays(lhs, rhs, strides, pads) -> bool:
+  """Whether a dense NHWC/HWIO convolution takes the patch product: a 1x1 one (of stride > 1: its patches are a
+  strided slice), or one of at most PATCH_PRODUCT_MAX_TAPS taps and PATCH_PRODUCT_MAX_OUTPUT output positions an
+  image, where `patch_products()`."""
+  taps = rhs.shape[0] * rhs.shape[1]
   sides = [(size + low + high - kernel) // stride + 1
-           for size, kernel, stride, (low, high) in zip(lhs_shape[1:3], rhs_shape[:2], strides, pads)]
-  return sides[0] * sides[1]
+           for size, kernel, stride, (low, high) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads)]
+  small = taps == 1 or (taps <= PATCH_PRODUCT_MAX_TAPS and sides[0] * sides[1] <= PATCH_PRODUCT_MAX_OUTPUT)
+  return small and patch_products()
 
 
 def patch_product(x, kernel, strides: Sequence[int], pads):
