@@ -60,7 +60,7 @@ DEPTHWISE_CHUNK_BYTES = 1024 * 1024
 CHUNKED_GRADIENT_KINDS = ('avx2', 'intel-avx512')
 # The CPU kinds whose small-output dense convolutions measured faster as one product of the input patches (an
 # Intel Xeon with AVX-512; not measured elsewhere), the most output positions an image for which they take it
-# (7x7: 1.6-2.3x faster at 128-512 channels; at 14x14 and 8x8 slower), and the most taps (3x3: the one kernel
+# (7x7: 1.6-2.3x faster at 256-512 channels, level at 128; at 14x14 and 8x8 slower), and the most taps (3x3: the one kernel
 # measured; a ViT's 16x16 patch embedding keeps XLA's convolution). A strided 1x1 convolution takes it whatever
 # its output (its patches are a strided slice of the input: forward and backward 1.3-2.2x faster at the ResNets'
 # shortcuts, the forward alone within 2 ms either way).
@@ -109,7 +109,8 @@ def cpu_info(cpuinfo_path: str = '/proc/cpuinfo') -> tuple[str, frozenset[str]]:
 
 
 def patch_products(environ: Mapping[str, str] = os.environ) -> bool:
-  """Whether small-output dense convolutions traced now take the patch product (`patch_product`)."""
+  """Whether small-output and strided 1x1 dense convolutions traced now take the patch product (`patch_product`):
+  on the PATCH_PRODUCT_KINDS with `BWLM_CONV_WEIGHT_GRADIENT=auto`, unless `BWLM_CPU_TUNING=0`."""
   mode = process_setup.conv_mode(environ)
   return mode == 'auto' and tuned_cpu_kind(environ) in PATCH_PRODUCT_KINDS and jax.default_backend() == 'cpu'
 
