@@ -204,14 +204,13 @@ def main():
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_cpu_max_isa={args.max_isa}'.strip()
   sys.path.insert(0, ROOT)
   from bwlm_jax.runtime import process_setup
-  if args.cpu_runtime is not None and args.cpu_runtime not in process_setup.CPU_RUNTIMES:
-    sys.exit(f'error: --cpu_runtime={args.cpu_runtime}: expected one of {sorted(process_setup.CPU_RUNTIMES)}')
-  # The CPU settings (it restarts this process once with them).
-  process_setup.start_process(family_runtime=args.cpu_runtime or process_setup.DEFAULT_CPU_RUNTIME)
+  runtime = args.cpu_runtime or process_setup.DEFAULT_CPU_RUNTIME
+  if runtime not in process_setup.CPU_RUNTIMES:
+    sys.exit(f'error: --cpu_runtime={runtime}: expected one of {sorted(process_setup.CPU_RUNTIMES)}')
+  process_setup.start_process(family_runtime=runtime)  # the CPU settings (it restarts this process once with them)
   from bwlm_jax.models import conv
   print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'cpu_kind': conv.cpu_kind(),
-                    'cpu_runtime': process_setup.cpu_runtime(args.cpu_runtime or process_setup.DEFAULT_CPU_RUNTIME)}),
-        flush=True)
+                    'cpu_runtime': process_setup.cpu_runtime(runtime)}), flush=True)
   shapes = {'cifar': CIFAR_SHAPES, 'resnet18': RESNET18_SHAPES, 'imagenet': IMAGENET_SHAPES,
             'depthwise': DEPTHWISE_SHAPES,
             'all': CIFAR_SHAPES + RESNET18_SHAPES + IMAGENET_SHAPES + DEPTHWISE_SHAPES}[args.shapes]

@@ -60,10 +60,10 @@ DEPTHWISE_CHUNK_BYTES = 1024 * 1024
 CHUNKED_GRADIENT_KINDS = ('avx2', 'intel-avx512')
 # The CPU kinds whose small-output dense convolutions measured faster as one product of the input patches (an
 # Intel Xeon with AVX-512; not measured elsewhere), the most output positions an image for which they take it
-# (7x7: 1.6-2.3x faster at 256-512 channels, level at 128; at 14x14 and 8x8 slower), and the most taps (3x3: the one kernel
-# measured; a ViT's 16x16 patch embedding keeps XLA's convolution). A strided 1x1 convolution takes it whatever
-# its output (its patches are a strided slice of the input: forward and backward 1.3-2.2x faster at the ResNets'
-# shortcuts, the forward alone within 2 ms either way).
+# (7x7: 1.6-2.3x faster at 256-512 channels, level at 128; at 14x14 and 8x8 slower), and the most taps (3x3: the
+# one kernel measured; a ViT's 16x16 patch embedding keeps XLA's convolution). A strided 1x1 convolution takes it
+# whatever its output (its patches are a strided slice of the input: forward and backward 1.3-2.2x faster at the
+# ResNets' shortcuts, the forward alone within 2-5 ms either way).
 PATCH_PRODUCT_KINDS = ('intel-avx512',)
 PATCH_PRODUCT_MAX_OUTPUT = 7 * 7
 PATCH_PRODUCT_MAX_TAPS = 3 * 3
@@ -180,9 +180,8 @@ def _patch_product_pays(lhs, rhs, strides, pads) -> bool:
   strided slice), or one of at most PATCH_PRODUCT_MAX_TAPS taps and PATCH_PRODUCT_MAX_OUTPUT output positions an
   image, where `patch_products()`."""
   taps = rhs.shape[0] * rhs.shape[1]
-  sides = [(size + low + high - kernel) // stride + 1
-           for size, kernel, stride, (low, high) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads)]
-  small = taps == 1 or (taps <= PATCH_PRODUCT_MAX_TAPS and sides[0] * sides[1] <= PATCH_PRODUCT_MAX_OUTPUT)
+  out_h, out_w = _output_sides(lhs.shape[1:3], rhs.shape[:2], strides, pads)
+  small = taps == 1 or (taps <= PATCH_PRODUCT_MAX_TAPS and out_h * out_w <= PATCH_PRODUCT_MAX_OUTPUT)
   return small and patch_products()
 
 
@@ -298,13 +297,18 @@ def _summed_over_chunks(chunk_gradient, x, output_gradient, chunk: int, shape):
   return total
 
 
+def _output_sides(sides: Sequence[int], window: Sequence[int], strides: Sequence[int], pads) -> tuple[int, int]:
+  """The (height, width) of the positions a window takes sliding over `sides` padded by `pads`."""
+  return tuple((size + low + high - extent) // stride + 1
+               for size, extent, stride, (low, high) in zip(sides, window, strides, pads))
+
+
 def window_taps(x, window: Sequence[int], strides: Sequence[int], pads, pad_value=0) -> list:
   """Each offset of a window sliding over NHWC `x` padded with `pad_value`: the strided slice [N, Ho, Wo, C] of
   the padded input at that offset, in window order (row by row)."""
   window_h, window_w = window
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
-  out_h = (padded.shape[1] - window_h) // strides[0] + 1
-  out_w = (padded.shape[2] - window_w) // strides[1] + 1
+  out_h, out_w = _output_sides(x.shape[1:3], window, strides, pads)
   return [lax.slice(padded, (0, i, j, 0),
                     (padded.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1,
                      padded.shape[3]), (1, *strides, 1))
